@@ -1,0 +1,1 @@
+"""learners: fine-tune small BERT-family encoders with Learner modules and priming."""
