@@ -6,5 +6,5 @@ prints it on one line and exits with status 2, without a traceback.
 """
 
 
-class UsageError(Exception):
+class UsageError(ValueError):
     """Bad input from the user; the message says what is wrong and how to fix it."""

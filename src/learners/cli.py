@@ -1,0 +1,140 @@
+"""The `learners` command line: finetune, predict, merge, bench."""
+
+import argparse
+import sys
+
+from .errors import UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line naming the problem and where to look, exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def add_training_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags shared by `finetune` and `bench` (bench passes them through to every run)."""
+    p.add_argument("--model", help="HF hub id or local directory (default: the embedded all-MiniLM-L6-v2)")
+    p.add_argument("--data-dir", help="GLUE in its official layout, e.g. ../shared/glue (else $GLUE_DIR, else the hub)")
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--max-steps", type=int, help="train this many steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--learning-rate", type=float, help="peak learning rate (default: the method's, see README)")
+    p.add_argument("--priming-learning-rate", type=float, help="peak learning rate of the priming phase (default 1e-4)")
+    p.add_argument("--warmup-ratio", type=float, default=0.06)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--lr-scheduler", choices=["linear", "constant"], default="linear")
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--eval-steps", type=int, help="evaluate every N steps (default: four times an epoch) and at the end")
+    p.add_argument("--max-train-samples", type=int, help="train on a fixed random subset of this many examples")
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("learners options (--method learners)")
+    g.add_argument("--ratio", type=float, help="learner size as a fraction of each FFN's width (default 1/16)")
+    g.add_argument("--num-neurons", type=_positive_int_list, help="learner size in neurons: one count, or one per layer (comma-separated)")
+    g.add_argument("--selection", choices=["priming", "gradient", "magnitude", "random"], default="priming")
+    g.add_argument("--priming-steps", type=int, help="priming budget in steps")
+    g.add_argument("--priming-fraction", type=float, default=0.25, help="priming budget as a fraction of the first epoch (default 0.25)")
+    g.add_argument("--reset-after-priming", action="store_true", help="ablation: reset the encoder to the pre-trained weights after selection")
+    g.add_argument("--learner-layers", type=_positive_int_list, help="FFN blocks that get learners, e.g. 0,1,2 (default all)")
+    g.add_argument("--train-ffn-output-bias", action="store_true", help="also train each FFN's output bias b2")
+    g.add_argument("--train-layer-norm", action="store_true", help="also train each block's output LayerNorm")
+    g.add_argument("--ffn-modules", help="FFN linears relative to a block, e.g. intermediate.dense,output.dense")
+
+
+def method_options(args: argparse.Namespace) -> dict:
+    if args.method != "learners":
+        return {}
+    num = args.num_neurons
+    return {
+        "ratio": args.ratio,
+        "num_neurons": (num[0] if num and len(num) == 1 else num),
+        "selection": args.selection,
+        "priming_steps": args.priming_steps,
+        "priming_fraction": args.priming_fraction,
+        "reset_after_priming": args.reset_after_priming,
+        "layers": args.learner_layers,
+        "train_ffn_output_bias": args.train_ffn_output_bias,
+        "train_layer_norm": args.train_layer_norm,
+        "ffn_modules": tuple(args.ffn_modules.split(",")) if args.ffn_modules else None,
+        "seed": args.seed,
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="learners", description="Fine-tune small BERT-family encoders with Learner modules and priming.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    ft = sub.add_parser("finetune", help="fine-tune a model on a GLUE task or your own data")
+    ft.add_argument("--task", help="GLUE task: cola sst2 mrpc stsb qqp mnli qnli rte wnli")
+    ft.add_argument("--method", default="learners", help="full, learners (default), ...")
+    ft.add_argument("--output-dir", required=True)
+    ft.add_argument("--seed", type=int, default=0)
+    ft.add_argument("--overwrite", action="store_true", help="replace a finished run in --output-dir")
+    ft.add_argument("--train-file", help="your training data: CSV, TSV or JSONL")
+    ft.add_argument("--validation-file", help="your dev data, same columns")
+    ft.add_argument("--text-columns", help="one text column or a pair, e.g. sentence1,sentence2")
+    ft.add_argument("--label-column", default="label")
+    ft.add_argument("--task-type", choices=["classification", "regression"], help="default: inferred from the labels")
+    add_training_arguments(ft)
+
+    pr = sub.add_parser("predict", help="predict with a fine-tuned model directory")
+    pr.add_argument("--model", required=True, help="a model directory written by finetune (OUT/model) or merge")
+    pr.add_argument("--input", required=True, help="CSV, TSV or JSONL with the model's text columns")
+    pr.add_argument("--output", required=True, help="where to write predictions (.csv, .tsv or .jsonl)")
+    pr.add_argument("--text-columns", help="override the text columns saved with the model")
+    pr.add_argument("--batch-size", type=int, default=64)
+    pr.add_argument("--max-length", type=int, default=128)
+
+    mg = sub.add_parser("merge", help="merge saved learners into their base model; write a plain HF model")
+    mg.add_argument("--base", help="the base model the learners were trained from (default: the embedded model)")
+    mg.add_argument("--learners", required=True, help="directory written by save_pretrained (OUT/learners)")
+    mg.add_argument("--output", required=True)
+    return parser
+
+
+def run(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "finetune":
+        from .finetune import FinetuneArgs, run_finetune
+        results = run_finetune(FinetuneArgs(
+            output_dir=args.output_dir, task=args.task, method=args.method, model=args.model, data_dir=args.data_dir,
+            train_file=args.train_file, validation_file=args.validation_file, text_columns=args.text_columns,
+            label_column=args.label_column, task_type=args.task_type, epochs=args.epochs, max_steps=args.max_steps,
+            batch_size=args.batch_size, learning_rate=args.learning_rate, priming_learning_rate=args.priming_learning_rate,
+            warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, lr_scheduler=args.lr_scheduler,
+            max_length=args.max_length, eval_steps=args.eval_steps, max_train_samples=args.max_train_samples,
+            seed=args.seed, mixed_precision=args.mixed_precision, overwrite=args.overwrite,
+            progress=not args.no_progress, method_options=method_options(args)))
+        print(f"{results['task']} {results['method']}: {results['metric_name']} {results['metric']:.4f} "
+              f"(best {results['best_metric']:.4f}), {results['trainable_params']:,} trainable params, "
+              f"{results['train_seconds']:.1f}s training -> {args.output_dir}/results.json")
+    elif args.command == "predict":
+        from .predict import run_predict
+        n = run_predict(args.model, args.input, args.output, args.text_columns, args.batch_size, args.max_length)
+        print(f"wrote {n} predictions to {args.output}")
+    elif args.command == "merge":
+        from .merge import run_merge
+        run_merge(args.base, args.learners, args.output)
+        print(f"wrote merged model to {args.output}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except UsageError as e:
+        print(f"learners: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("learners: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

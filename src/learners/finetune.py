@@ -1,0 +1,178 @@
+"""`learners finetune`: data in, model and method, training, evaluation, results out."""
+
+import json
+import os
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .errors import UsageError
+from .methods import build_method
+from .metrics import compute_metrics, primary_metric_name
+from .models import DEFAULT_MODEL, load_model_and_tokenizer
+from .task_data import TaskData
+from .train import TrainConfig, train
+
+TASK_FILE = "learners_task.json"
+
+
+@dataclass
+class FinetuneArgs:
+    output_dir: str
+    task: str | None = None
+    method: str = "learners"
+    model: str | None = None
+    data_dir: str | None = None
+    train_file: str | None = None
+    validation_file: str | None = None
+    text_columns: str | None = None
+    label_column: str = "label"
+    task_type: str | None = None
+    epochs: float = 3.0
+    max_steps: int | None = None
+    batch_size: int = 32
+    learning_rate: float | None = None  # None: the method's default
+    priming_learning_rate: float | None = None  # None: the full fine-tuning default
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.01
+    lr_scheduler: str = "linear"
+    max_length: int = 128
+    eval_steps: int | None = None
+    max_train_samples: int | None = None
+    seed: int = 0
+    mixed_precision: str = "no"
+    overwrite: bool = False
+    progress: bool = True
+    method_options: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        for name in ("batch_size", "epochs", "max_length"):
+            if getattr(self, name) <= 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        for name in ("learning_rate", "priming_learning_rate", "max_steps", "eval_steps", "max_train_samples"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise UsageError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.task is None and self.train_file is None:
+            raise UsageError("say what to train on: --task NAME for a GLUE task, or --train-file and --validation-file for your data")
+        if self.train_file and not self.validation_file:
+            raise UsageError("--train-file needs --validation-file too (a CSV, TSV or JSONL with the same columns)")
+
+
+def load_task(args: FinetuneArgs) -> TaskData:
+    if args.train_file:
+        from .user_data import load_user_data
+        return load_user_data(args.train_file, args.validation_file, args.text_columns, args.label_column, args.task_type)
+    from .glue import load_glue
+    return load_glue(args.task, args.data_dir)
+
+
+def check_output_dir(output_dir: str, overwrite: bool) -> Path:
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output-dir {out} is a file; pass a directory path")
+    if (out / "results.json").exists() and not overwrite:
+        raise UsageError(f"{out} already holds a finished run (results.json); pass --overwrite to replace it or choose another --output-dir")
+    return out
+
+
+def encode(dataset, task: TaskData, tokenizer, max_length: int):
+    """Tokenize the text columns (one or a pair); keep `labels`; padding happens per batch."""
+    def tokenize(batch):
+        texts = [batch[c] for c in task.text_columns]
+        return tokenizer(*texts, truncation=True, max_length=max_length)
+
+    encoded = dataset.map(tokenize, batched=True, remove_columns=list(task.text_columns))
+    return encoded.rename_column("label", "labels")
+
+
+def make_loader(dataset, tokenizer, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+    from transformers import DataCollatorWithPadding
+    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                      collate_fn=DataCollatorWithPadding(tokenizer))
+
+
+@torch.no_grad()
+def predict_loader(model, loader, is_regression: bool) -> tuple[np.ndarray, np.ndarray]:
+    device = next(model.parameters()).device
+    predictions, labels = [], []
+    for batch in loader:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        gold = batch.pop("labels", None)
+        logits = model(**batch).logits.float()
+        predictions.append(logits.squeeze(-1).cpu().numpy() if is_regression else logits.argmax(-1).cpu().numpy())
+        if gold is not None:
+            labels.append(gold.cpu().numpy())
+    return np.concatenate(predictions), (np.concatenate(labels) if labels else np.array([]))
+
+
+def run_finetune(args: FinetuneArgs) -> dict:
+    """Fine-tune as `args` says; write OUT/results.json and OUT/model; return the results."""
+    args.validate()
+    out = check_output_dir(args.output_dir, args.overwrite)
+    method = build_method(args.method, args.method_options)
+    task = load_task(args)
+    model, tokenizer = load_model_and_tokenizer(args.model, task.num_labels, task.label_names)
+
+    train_set = task.train
+    if args.max_train_samples and args.max_train_samples < len(train_set):
+        train_set = train_set.shuffle(seed=0).select(range(args.max_train_samples))
+    train_loader = make_loader(encode(train_set, task, tokenizer, args.max_length), tokenizer, args.batch_size, True, args.seed)
+    dev_sets = {"": task.validation, **{f"{k}_": v for k, v in task.extra_validation.items()}}
+    dev_loaders = {prefix: make_loader(encode(ds, task, tokenizer, args.max_length), tokenizer, 128, False)
+                   for prefix, ds in dev_sets.items()}
+    metric_name = primary_metric_name(task.metric_kind)
+
+    def evaluate(m) -> dict:
+        metrics = {}
+        for prefix, loader in dev_loaders.items():
+            preds, labels = predict_loader(m, loader, task.is_regression)
+            metrics.update({prefix + k: v for k, v in compute_metrics(task.metric_kind, preds, labels).items()})
+        return metrics
+
+    learning_rate = args.learning_rate or method.default_learning_rate
+    cfg = TrainConfig(learning_rate=learning_rate, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
+                      warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, lr_scheduler=args.lr_scheduler,
+                      eval_steps=args.eval_steps, seed=args.seed, mixed_precision=args.mixed_precision,
+                      priming_learning_rate=args.priming_learning_rate or 1e-4, progress=args.progress)
+    result = train(model, method, train_loader, evaluate, metric_name, cfg)
+
+    out.mkdir(parents=True, exist_ok=True)
+    counts = method.parameter_counts(result.model)
+    extra = method.save_extra(result.model, out)
+    plain = method.plain_model(result.model)
+    plain.save_pretrained(out / "model")
+    tokenizer.save_pretrained(out / "model")
+    (out / "model" / TASK_FILE).write_text(json.dumps(
+        {"task": task.name, "text_columns": list(task.text_columns), "label_names": task.label_names}, indent=2))
+
+    final_phase = [s for phase, s in result.step_seconds if phase != "priming"] or [s for _, s in result.step_seconds]
+    best = result.best or result.history[-1]
+    results = {
+        "task": task.name, "method": method.name, "model": args.model or DEFAULT_MODEL, "seed": args.seed,
+        "metric_name": metric_name, "metric": result.history[-1]["metric"], "best_metric": best["metric"],
+        "best_step": best["step"], "final_metrics": result.history[-1]["metrics"],
+        "trainable_params": counts["trainable"], "encoder_trainable_params": counts["encoder"],
+        "head_params": counts["head"], "total_params": counts["total"],
+        "trainable_percent": round(100 * counts["trainable"] / counts["total"], 4),
+        "train_seconds": round(result.train_seconds, 3), "peak_memory_mb": round(result.peak_memory_mb, 1),
+        "steps": result.steps, "priming_steps": result.priming_steps,
+        "step_ms": round(1000 * statistics.median(final_phase), 2),
+        "epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size,
+        "learning_rate": learning_rate, "train_examples": len(train_set),
+        "device": "cuda" if torch.cuda.is_available() else "cpu", "torch_threads": torch.get_num_threads(),
+        "history": [{k: v for k, v in h.items()} for h in result.history],
+        "args": {k: v for k, v in asdict(args).items() if k != "progress"},
+        **extra,
+    }
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2))
+    os.replace(tmp, out / "results.json")
+    return results

@@ -1,0 +1,90 @@
+"""`LearnerConfig`: how big the learners are, how they are chosen, where they go."""
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from ..errors import UsageError
+
+SELECTION_STRATEGIES = ("priming", "gradient", "magnitude", "random")
+
+# FFN module names relative to a transformer block, by `config.model_type`:
+# (first linear W1, second linear W2, the block's output LayerNorm).
+FFN_MODULES = {
+    "bert": ("intermediate.dense", "output.dense", "output.LayerNorm"),
+    "roberta": ("intermediate.dense", "output.dense", "output.LayerNorm"),
+    "xlm-roberta": ("intermediate.dense", "output.dense", "output.LayerNorm"),
+    "electra": ("intermediate.dense", "output.dense", "output.LayerNorm"),
+    "distilbert": ("ffn.lin1", "ffn.lin2", "output_layer_norm"),
+}
+
+
+@dataclass
+class LearnerConfig:
+    """Configuration of Learner modules (PEFT conventions: a plain dataclass, saved as JSON).
+
+    Give exactly one of `ratio` (k = ceil(ratio * m) per FFN of width m) or
+    `num_neurons` (one count for all layers, or one per layer).
+    """
+
+    ratio: float | None = None
+    num_neurons: int | list[int] | None = None
+    selection: str = "priming"
+    # Priming budget: a number of full fine-tuning steps, or a fraction of the first epoch.
+    priming_steps: int | None = None
+    priming_fraction: float = 0.25
+    # Keep the primed weights (warm start) or reset the encoder to the pre-trained ones after selection.
+    reset_after_priming: bool = False
+    # Batches whose accumulated gradient magnitude scores neurons for selection="gradient".
+    gradient_batches: int = 8
+    # Which FFN blocks get learners (positions in the encoder, 0-based); None means all.
+    layers: list[int] | None = None
+    # Also train the FFN's output bias b2 and the block's output LayerNorm.
+    train_ffn_output_bias: bool = False
+    train_layer_norm: bool = False
+    # FFN (W1, W2) module names relative to a block, and the output LayerNorm name;
+    # None picks the defaults for BERT/MiniLM, DistilBERT and RoBERTa.
+    ffn_modules: tuple[str, str] | None = None
+    layer_norm_module: str | None = None
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.ffn_modules is not None:
+            self.ffn_modules = tuple(self.ffn_modules)
+        if (self.ratio is None) == (self.num_neurons is None):
+            raise UsageError("LearnerConfig needs exactly one of ratio= (a fraction of the FFN width) or num_neurons=")
+        if self.ratio is not None and not 0 < self.ratio <= 1:
+            raise UsageError(f"learner ratio must be in (0, 1], got {self.ratio}; e.g. ratio=0.0625 trains 1/16 of each FFN")
+        counts = self.num_neurons if isinstance(self.num_neurons, list) else [self.num_neurons]
+        if self.num_neurons is not None and any(not isinstance(c, int) or c < 1 for c in counts):
+            raise UsageError(f"num_neurons must be positive integers, got {self.num_neurons}")
+        if self.selection not in SELECTION_STRATEGIES:
+            raise UsageError(f"unknown selection {self.selection!r}; choose one of {', '.join(SELECTION_STRATEGIES)}")
+        if self.priming_steps is not None and self.priming_steps < 1:
+            raise UsageError(f"priming_steps must be >= 1, got {self.priming_steps}")
+        if not 0 < self.priming_fraction <= 1:
+            raise UsageError(f"priming_fraction must be in (0, 1] (a fraction of the first epoch), got {self.priming_fraction}")
+        if self.gradient_batches < 1:
+            raise UsageError(f"gradient_batches must be >= 1, got {self.gradient_batches}")
+
+    def neurons_for(self, layer_position: int, ffn_width: int) -> int:
+        """k for the FFN at `layer_position` (among the layers that get learners)."""
+        if self.ratio is not None:
+            k = math.ceil(self.ratio * ffn_width)
+        elif isinstance(self.num_neurons, list):
+            k = self.num_neurons[layer_position]
+        else:
+            k = self.num_neurons
+        if k > ffn_width:
+            raise UsageError(f"learner size k={k} is larger than the FFN width m={ffn_width}; use at most {ffn_width} neurons")
+        return k
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if d["ffn_modules"] is not None:
+            d["ffn_modules"] = list(d["ffn_modules"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LearnerConfig":
+        return cls(**d)

@@ -1,0 +1,173 @@
+"""`LearnerModel`: injects learners into a transformers model, saves, restores and merges them.
+
+Layout follows HF PEFT: the config is a dataclass (config.py), the layers own
+the math (layer.py), and this wrapper owns injection, saving and merging.
+"""
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import UsageError
+from .config import LearnerConfig
+from .ffn import FFNBlock, find_ffn_blocks, head_parameter_names
+from .layer import LearnerColumnLinear, LearnerRowLinear
+from .selection import select_at_random, select_by_magnitude
+
+CONFIG_NAME = "learners_config.json"
+WEIGHTS_NAME = "learners_model.safetensors"
+
+
+def _replace(block: FFNBlock, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(block.block.get_submodule(parent_name) if parent_name else block.block, child, new)
+
+
+class LearnerModel(nn.Module):
+    """A transformers model whose FFNs train only their learner neurons (plus the task head)."""
+
+    def __init__(self, model: nn.Module, config: LearnerConfig, indices: list[torch.Tensor]):
+        super().__init__()
+        blocks = find_ffn_blocks(model, config)
+        if len(indices) != len(blocks):
+            raise UsageError(f"got learner indices for {len(indices)} FFN blocks, but the model has {len(blocks)} that get learners")
+        head_names = set(head_parameter_names(model))
+        self.total_params = sum(p.numel() for p in model.parameters())
+        self.base_model = model
+        self.learner_config = config
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for block, idx in zip(blocks, indices):
+            if isinstance(block.up, LearnerRowLinear):
+                raise UsageError("this model already has learners; call merge_and_unload() before adding new ones")
+            up = LearnerRowLinear(block.up, idx)
+            down = LearnerColumnLinear(block.down, idx, train_bias=config.train_ffn_output_bias)
+            _replace(block, block.up_name, up)
+            _replace(block, block.down_name, down)
+            if config.train_layer_norm and block.layer_norm is not None:
+                block.layer_norm.requires_grad_(True)
+        for name, p in model.named_parameters():
+            if name in head_names:
+                p.requires_grad_(True)
+        self.head_names = head_names
+
+    def __getattr__(self, name):
+        """Forward unknown attributes (config, device, ...) to the wrapped model, as PEFT does."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_model":
+                raise
+            return getattr(self.base_model, name)
+
+    def forward(self, *args, **kwargs):
+        return self.base_model(*args, **kwargs)
+
+    @property
+    def ffn_blocks(self) -> list[FFNBlock]:
+        return find_ffn_blocks(self.base_model, self.learner_config)
+
+    @property
+    def indices(self) -> list[torch.Tensor]:
+        return [b.up.indices.cpu() for b in self.ffn_blocks]
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Trainable parameters split into learners (encoder) and task head, and the model's total."""
+        learners = head = 0
+        for name, p in self.base_model.named_parameters():
+            if p.requires_grad:
+                if name in self.head_names:
+                    head += p.numel()
+                else:
+                    learners += p.numel()
+        return {"learners": learners, "head": head, "trainable": learners + head, "total": self.total_params}
+
+    def print_trainable_parameters(self) -> None:
+        c = self.parameter_counts()
+        print(f"trainable params: {c['trainable']:,} (learners {c['learners']:,} + head {c['head']:,}) "
+              f"|| all params: {c['total']:,} || trainable%: {100 * c['trainable'] / c['total']:.4f} "
+              f"|| learners%: {100 * c['learners'] / c['total']:.4f}")
+
+    # ---- saving and loading -------------------------------------------------------
+
+    def save_pretrained(self, save_directory: str | Path) -> Path:
+        """Write only the trained tensors (learner slices, head, options) and neuron indices, plus the config."""
+        out = Path(save_directory)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {name: p.detach().contiguous().cpu() for name, p in self.base_model.named_parameters() if p.requires_grad}
+        for i, idx in enumerate(self.indices):
+            tensors[f"learner_indices.{i}"] = idx.contiguous()
+        save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+        model_config = getattr(self.base_model, "config", None)
+        meta = {
+            "learner_config": self.learner_config.to_dict(),
+            "base_model_name_or_path": getattr(model_config, "_name_or_path", None),
+            "model_type": getattr(model_config, "model_type", None),
+            "num_labels": getattr(model_config, "num_labels", None),
+            "id2label": {str(k): v for k, v in (getattr(model_config, "id2label", None) or {}).items()},
+            "problem_type": getattr(model_config, "problem_type", None),
+        }
+        (out / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+        return out
+
+    @staticmethod
+    def read_metadata(directory: str | Path) -> dict:
+        path = Path(directory) / CONFIG_NAME
+        if not path.is_file() or not (Path(directory) / WEIGHTS_NAME).is_file():
+            raise UsageError(f"{directory} holds no saved learners ({CONFIG_NAME} and {WEIGHTS_NAME}); "
+                             "pass the directory that LearnerModel.save_pretrained / learners finetune wrote")
+        return json.loads(path.read_text())
+
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, directory: str | Path) -> "LearnerModel":
+        """Restore saved learners (and head) onto `model`, the same base model they were trained from."""
+        meta = cls.read_metadata(directory)
+        config = LearnerConfig.from_dict(meta["learner_config"])
+        tensors = load_file(str(Path(directory) / WEIGHTS_NAME))
+        count = sum(1 for k in tensors if k.startswith("learner_indices."))
+        indices = [tensors.pop(f"learner_indices.{i}") for i in range(count)]
+        learner_model = cls(model, config, indices)
+        params = dict(learner_model.base_model.named_parameters())
+        unknown = sorted(set(tensors) - set(params))
+        if unknown:
+            raise UsageError(f"saved learners do not fit this base model (unknown tensors {unknown[:3]}...); "
+                             f"load them on the model they were trained from: {meta.get('base_model_name_or_path')}")
+        with torch.no_grad():
+            for name, value in tensors.items():
+                if params[name].shape != value.shape:
+                    raise UsageError(f"saved tensor {name} has shape {tuple(value.shape)} but the base model's is "
+                                     f"{tuple(params[name].shape)}; use the base model the learners were trained from")
+                params[name].copy_(value)
+        return learner_model
+
+    # ---- merging ------------------------------------------------------------------
+
+    def merge_and_unload(self) -> nn.Module:
+        """Write the learners back into their FFNs and return the plain transformers model."""
+        for block in self.ffn_blocks:
+            _replace(block, block.up_name, block.up.to_linear())
+            _replace(block, block.down_name, block.down.to_linear())
+        model = self.base_model
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+
+
+def get_learner_model(model: nn.Module, config: LearnerConfig, indices: list[torch.Tensor] | None = None) -> LearnerModel:
+    """Wrap `model` with learners. `magnitude` and `random` select at once; `priming` and
+    `gradient` select from training batches, so pass their `indices=` (see learners.learner.selection)."""
+    if indices is None:
+        if config.selection == "magnitude":
+            indices = select_by_magnitude(model, config)
+        elif config.selection == "random":
+            indices = select_at_random(model, config)
+        else:
+            raise UsageError(
+                f"selection={config.selection!r} picks neurons from training batches: run it through "
+                "`learners finetune --method learners`, or select with learners.learner.selection."
+                "select_by_priming / select_by_gradient and pass indices="
+            )
+    return LearnerModel(model, config, indices)

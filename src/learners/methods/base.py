@@ -1,0 +1,53 @@
+"""What every fine-tuning method provides to the training engine."""
+
+from pathlib import Path
+
+from torch import nn
+
+from ..learner.ffn import head_parameter_names
+
+
+class Method:
+    """A fine-tuning method: which parameters train, and how the result is saved.
+
+    `prepare` runs before the first step (it may read a few `batches`);
+    methods with a priming phase return a positive `priming_steps`, train the
+    whole model for that many steps, then `after_priming` reconfigures.
+    """
+
+    name = "method"
+    default_learning_rate = 1e-4
+
+    def __init__(self, options: dict | None = None):
+        self.options = options or {}
+        self.head_names: set[str] = set()
+
+    def prepare(self, model: nn.Module, batches) -> nn.Module:
+        self.head_names = set(head_parameter_names(model))
+        return model
+
+    def priming_steps(self, steps_per_epoch: int) -> int:
+        return 0
+
+    def after_priming(self, model: nn.Module, batches) -> nn.Module:
+        return model
+
+    def parameter_counts(self, model: nn.Module) -> dict[str, int]:
+        """Trainable parameters: the encoder part and the task head separately, and the model's total."""
+        head = encoder = total = 0
+        for name, p in model.named_parameters():
+            total += p.numel()
+            if p.requires_grad:
+                if name in self.head_names:
+                    head += p.numel()
+                else:
+                    encoder += p.numel()
+        return {"encoder": encoder, "head": head, "trainable": encoder + head, "total": total}
+
+    def plain_model(self, model: nn.Module) -> nn.Module:
+        """The trained model as a plain transformers model (merged where the method allows)."""
+        return model
+
+    def save_extra(self, model: nn.Module, output_dir: Path) -> dict:
+        """Method-specific files beside OUT/model; returns facts for results.json."""
+        return {}

