@@ -40,7 +40,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--selection", choices=["priming", "gradient", "magnitude", "random"], default="priming")
     g.add_argument("--priming-steps", type=int, help="priming budget in steps")
     g.add_argument("--priming-fraction", type=float, default=0.25, help="priming budget as a fraction of the first epoch (default 0.25)")
-    g.add_argument("--reset-after-priming", action="store_true", help="ablation: reset the encoder to the pre-trained weights after selection")
+    g.add_argument("--reset-after-priming", action="store_true", help="ablation: start the learners from their pre-trained weights, not the primed ones")
     g.add_argument("--learner-layers", type=_positive_int_list, help="FFN blocks that get learners, e.g. 0,1,2 (default all)")
     g.add_argument("--train-ffn-output-bias", action="store_true", help="also train each FFN's output bias b2")
     g.add_argument("--train-layer-norm", action="store_true", help="also train each block's output LayerNorm")

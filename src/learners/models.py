@@ -54,7 +54,8 @@ def load_model_and_tokenizer(name_or_path: str | None, num_labels: int, label_na
     hf_logging.set_verbosity_error()  # the "newly initialized head" warning is expected here
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForSequenceClassification.from_pretrained(source, **kwargs)
+        # A checkpoint with another head (other label count) loads its encoder; the head starts fresh.
+        model = AutoModelForSequenceClassification.from_pretrained(source, ignore_mismatched_sizes=True, **kwargs)
     except (OSError, ValueError) as e:
         where = "local directory" if Path(source).exists() else "hub id"
         raise UsageError(f"cannot load model {name_or_path!r} ({where}): {str(e).splitlines()[0]} "

@@ -13,6 +13,7 @@ evaluation.
 
 import math
 import resource
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -138,7 +139,8 @@ def train(model: nn.Module, method, train_loader, evaluate: Callable[[nn.Module]
         if phase != "priming" and (result.best is None or entry["metric"] > result.best["metric"]):
             state = {n: p.detach().clone() for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
             result.best = {**entry, "state": state}
-        bar.set_postfix({metric_name: f"{entry['metric']:.4f}", "phase": phase})
+        tqdm.write(f"step {step}/{total} ({phase}) {metric_name} {entry['metric']:.4f}, "
+                   f"{entry['seconds']:.1f}s training", file=sys.stderr)
 
     bar = tqdm(total=total, disable=not cfg.progress, desc="training", dynamic_ncols=True)
     model.train()

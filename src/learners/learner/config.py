@@ -32,7 +32,8 @@ class LearnerConfig:
     # Priming budget: a number of full fine-tuning steps, or a fraction of the first epoch.
     priming_steps: int | None = None
     priming_fraction: float = 0.25
-    # Keep the primed weights (warm start) or reset the encoder to the pre-trained ones after selection.
+    # After priming, learners start from their primed values (warm start) or, with this, the pre-trained ones.
+    # All other encoder weights always return to pre-trained, so base model + learners + head is the model.
     reset_after_priming: bool = False
     # Batches whose accumulated gradient magnitude scores neurons for selection="gradient".
     gradient_batches: int = 8

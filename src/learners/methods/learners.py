@@ -1,9 +1,10 @@
 """Learner modules with priming (the method of this project).
 
-prepare       -> priming: snapshot the FFNs and train the whole model (full fine-tuning);
+prepare       -> priming: snapshot the pre-trained weights and train the whole model;
                  gradient/magnitude/random: select now and wrap.
-after_priming -> score neurons by how far they moved, keep the top-k per FFN,
-                 optionally reset the encoder to the pre-trained weights, wrap.
+after_priming -> score neurons by how far they moved, keep the top-k per FFN with their
+                 primed values (warm start) and the primed head, put the rest back
+                 to the pre-trained weights, wrap.
 """
 
 from itertools import islice
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from ..learner import LearnerConfig, LearnerModel, get_learner_model
+from ..learner.ffn import FFNBlock, find_ffn_blocks
 from ..learner.selection import select_by_gradient, select_by_priming, snapshot_ffns
 from .base import Method
 
@@ -38,8 +40,7 @@ class LearnersMethod(Method):
         config = self.config
         if config.selection == "priming":
             self.before = snapshot_ffns(model, config)
-            if config.reset_after_priming:
-                self.pretrained = {n: p.detach().clone() for n, p in model.named_parameters() if n not in self.head_names}
+            self.pretrained = {n: p.detach().clone() for n, p in model.named_parameters() if n not in self.head_names}
             return model
         if config.selection == "gradient":
             return LearnerModel(model, config, select_by_gradient(model, config, islice(batches, config.gradient_batches)))
@@ -51,14 +52,26 @@ class LearnersMethod(Method):
         return self.config.priming_steps or max(1, round(self.config.priming_fraction * steps_per_epoch))
 
     def after_priming(self, model: nn.Module, batches) -> nn.Module:
-        indices = select_by_priming(model, self.config, self.before)
-        if self.pretrained is not None:
+        """Select by priming; keep the primed learner slices (and head), put every other weight back.
+
+        Everything outside the learners and the head returns to its pre-trained value, so the
+        final model is exactly base model + learners + head: the small checkpoint that
+        save_pretrained writes restores it on the base model, and merging is exact.
+        With reset_after_priming the learner slices return to their pre-trained values too.
+        """
+        config = self.config
+        indices = select_by_priming(model, config, self.before)
+        blocks = find_ffn_blocks(model, config)
+        with torch.no_grad():
+            primed = [_trained_slices(b, idx, config) for b, idx in zip(blocks, indices)]
             params = dict(model.named_parameters())
-            with torch.no_grad():
-                for name, value in self.pretrained.items():
-                    params[name].copy_(value)
-            self.pretrained = None
-        return LearnerModel(model, self.config, indices)
+            for name, value in self.pretrained.items():
+                params[name].copy_(value)
+            if not config.reset_after_priming:
+                for block, idx, slices in zip(blocks, indices, primed):
+                    _restore_slices(block, idx, slices)
+        self.pretrained = self.before = None
+        return LearnerModel(model, config, indices)
 
     def parameter_counts(self, model: nn.Module) -> dict[str, int]:
         c = model.parameter_counts()
@@ -72,3 +85,23 @@ class LearnersMethod(Method):
 
     def plain_model(self, model: nn.Module) -> nn.Module:
         return model.merge_and_unload()
+
+
+def _trained_slices(block: FFNBlock, idx: torch.Tensor, config: LearnerConfig) -> dict:
+    """Copies of what the learner phase will train in one FFN block: W1[L,:], b1[L], W2[:,L] (+ b2, LayerNorm)."""
+    slices = {"w1": block.up.weight[idx].clone(), "b1": block.up.bias[idx].clone(), "w2": block.down.weight[:, idx].clone()}
+    if config.train_ffn_output_bias:
+        slices["b2"] = block.down.bias.clone()
+    if config.train_layer_norm and block.layer_norm is not None:
+        slices["ln"] = {k: v.clone() for k, v in block.layer_norm.state_dict().items()}
+    return slices
+
+
+def _restore_slices(block: FFNBlock, idx: torch.Tensor, slices: dict) -> None:
+    block.up.weight[idx] = slices["w1"]
+    block.up.bias[idx] = slices["b1"]
+    block.down.weight[:, idx] = slices["w2"]
+    if "b2" in slices:
+        block.down.bias.copy_(slices["b2"])
+    if "ln" in slices:
+        block.layer_norm.load_state_dict(slices["ln"])

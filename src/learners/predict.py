@@ -1,0 +1,69 @@
+"""`learners predict`: a fine-tuned model directory + a data file -> one prediction per row."""
+
+import csv
+import json
+from pathlib import Path
+
+import torch
+
+from .errors import UsageError
+from .finetune import TASK_FILE, predict_loader
+from .user_data import pick_text_columns, read_table
+
+OUTPUT_SUFFIXES = (".csv", ".tsv", ".jsonl")
+
+
+def load_finetuned(model_dir: str):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = Path(model_dir)
+    if not (path / "config.json").is_file():
+        raise UsageError(f"--model {model_dir} is not a model directory (no config.json); pass OUT/model of a finetune run")
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot load the model in {model_dir}: {str(e).splitlines()[0]}; pass OUT/model of a finetune run") from e
+
+
+def run_predict(model_dir: str, input_file: str, output_file: str, text_columns: str | None = None,
+                batch_size: int = 64, max_length: int = 128) -> int:
+    """Write `output_file` with the input rows and a `prediction` column; return the number of rows."""
+    out = Path(output_file)
+    if out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise UsageError(f"--output {out.name}: unsupported file type; use .csv, .tsv or .jsonl")
+    if batch_size <= 0:
+        raise UsageError(f"--batch-size must be positive, got {batch_size}")
+    model, tokenizer = load_finetuned(model_dir)
+    task_file = Path(model_dir) / TASK_FILE
+    saved = json.loads(task_file.read_text()) if task_file.is_file() else {}
+    table = read_table(input_file, "--input")
+    if text_columns is None and saved.get("text_columns"):
+        text_columns = ",".join(saved["text_columns"])
+    columns = pick_text_columns(text_columns, table.columns, Path(input_file).name)
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise UsageError(f"--input {Path(input_file).name} lacks the model's text column(s) {', '.join(missing)}; "
+                         f"columns found: {', '.join(table.columns)}. Pass --text-columns with names from that list")
+
+    regression = model.config.problem_type == "regression" or model.config.num_labels == 1
+    model.eval()
+    encodings = [tokenizer(*[[row[c] for row in table.rows[i:i + batch_size]] for c in columns], truncation=True,
+                           max_length=max_length, padding=True, return_tensors="pt")
+                 for i in range(0, len(table.rows), batch_size)]
+    predictions, _ = predict_loader(model, [dict(e) for e in encodings], regression)
+    if regression:
+        values = [float(p) for p in predictions]
+    else:
+        values = [model.config.id2label[int(p)] for p in predictions]
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{**row, "prediction": value} for row, value in zip(table.rows, values)]
+    with open(out, "w", newline="", encoding="utf-8") as f:
+        if out.suffix.lower() == ".jsonl":
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        else:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t" if out.suffix.lower() == ".tsv" else ",")
+            writer.writeheader()
+            writer.writerows(rows)
+    return len(rows)

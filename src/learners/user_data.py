@@ -1,0 +1,280 @@
+"""User data files (CSV, TSV, JSON lines) -> TaskData.
+
+Every cell is read as a string (numbers are parsed here, so errors can name the
+file, line and value). Each row's position is kept as the file's line number,
+which is what an editor shows the user.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+import datasets
+
+from .errors import UsageError
+from .task_data import TaskData
+
+TASK_TYPES = ("classification", "regression")
+MAX_INFERRED_CLASSES = 20  # integer labels with more distinct values than this are taken as regression
+SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
+
+
+class Table:
+    """Columns of string cells from one file, with the file line number of each row."""
+
+    def __init__(self, path: Path, columns: list[str], rows: list[dict[str, str]], lines: list[int]):
+        self.path, self.columns, self.rows, self.lines = path, columns, rows, lines
+
+    def where(self, i: int) -> str:
+        return f"{self.path.name} line {self.lines[i]}"
+
+
+def _read_delimited(path: Path, delimiter: str) -> Table:
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        columns = [c.strip() for c in next(reader, [])]
+        rows, lines = [], []
+        for row in reader:
+            if not any(cell.strip() for cell in row):  # blank line
+                continue
+            if len(row) != len(columns):
+                sep = "tab" if delimiter == "\t" else "comma"
+                raise UsageError(
+                    f"{path.name} line {reader.line_num} has {len(row)} fields but the header has {len(columns)}; "
+                    f"put double quotes around text that contains a {sep} or a line break."
+                )
+            rows.append(dict(zip(columns, row)))
+            lines.append(reader.line_num)
+    return Table(path, columns, rows, lines)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _read_json_lines(path: Path) -> Table:
+    """One JSON object per line; a .json file holding one array of objects works too."""
+    with open(path, encoding="utf-8-sig") as f:
+        text = f.read()
+    if text.lstrip().startswith("["):
+        try:
+            items = [(i + 1, obj) for i, obj in enumerate(json.loads(text))]
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{path.name} is not valid JSON ({e}); write one JSON object per line.") from e
+    else:
+        items = []
+        for n, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                items.append((n, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise UsageError(f"{path.name} line {n} is not valid JSON ({e.msg}); write one JSON object per line.") from e
+    columns: list[str] = []
+    rows, lines = [], []
+    for n, obj in items:
+        if not isinstance(obj, dict):
+            raise UsageError(
+                f"{path.name} line {n} is not a JSON object; "
+                'write one object per line, like {"text": "...", "label": "..."}.'
+            )
+        columns += [k for k in obj if k not in columns]
+        rows.append({k: _cell(v) for k, v in obj.items()})
+        lines.append(n)
+    rows = [{c: row.get(c, "") for c in columns} for row in rows]  # a key missing from a line reads as ""
+    return Table(path, columns, rows, lines)
+
+
+def read_table(file, flag: str) -> Table:
+    """Read a .csv/.tsv/.jsonl/.json file as string cells; `flag` (e.g. "--train-file") names it in errors."""
+    path = Path(file).expanduser()
+    if not path.is_file():
+        raise UsageError(f"{flag} {path} does not exist; check the path.")
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise UsageError(f"{flag} {path.name}: unsupported file type {suffix or '(none)'!r}; use a .csv, .tsv or .jsonl file.")
+    try:
+        if suffix in (".jsonl", ".json"):
+            table = _read_json_lines(path)
+        else:
+            table = _read_delimited(path, "\t" if suffix == ".tsv" else ",")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{flag} {path.name} is not UTF-8 text ({e.reason}); save it with UTF-8 encoding.") from e
+    except csv.Error as e:
+        raise UsageError(f"{flag} {path.name} cannot be parsed ({e}); check its quoting.") from e
+    if not table.rows:
+        raise UsageError(f"{flag} {path.name} has no examples (empty file or header only); add at least one row.")
+    return table
+
+
+def pick_text_columns(text_columns: str | None, columns: list[str], file: str) -> tuple[str, ...]:
+    """Parse --text-columns ("a" or "a,b"), or pick the default text column(s) among `columns`."""
+    found = ", ".join(columns)
+    if text_columns is None:
+        if "text" in columns:
+            return ("text",)
+        if "sentence" in columns:
+            return ("sentence",)
+        if "sentence1" in columns and "sentence2" in columns:
+            return ("sentence1", "sentence2")
+        raise UsageError(
+            f"no text column in {file} (looked for text, sentence, or sentence1+sentence2); columns found: {found}. "
+            "Pass --text-columns with one or two names from that list, e.g. --text-columns question,passage."
+        )
+    names = tuple(c.strip() for c in text_columns.split(",") if c.strip())
+    if not 1 <= len(names) <= 2:
+        raise UsageError(
+            f"--text-columns {text_columns!r} names {len(names)} columns; give one or two comma-separated names "
+            "(a single text, or a pair such as sentence1,sentence2)."
+        )
+    return names
+
+
+def _check_columns(table: Table, text_columns: tuple[str, ...], label_column: str) -> None:
+    found = ", ".join(table.columns)
+    for name in text_columns:
+        if name not in table.columns:
+            raise UsageError(
+                f"text column {name!r} not found in {table.path.name}; columns found: {found}. "
+                "Pass --text-columns with names from that list."
+            )
+    if label_column not in table.columns:
+        raise UsageError(
+            f"label column {label_column!r} not found in {table.path.name}; columns found: {found}. "
+            "Pass --label-column with a name from that list."
+        )
+
+
+def _number(value: str) -> float | None:
+    try:
+        x = float(value)
+    except ValueError:
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _class_name(value: str) -> str:
+    """"1", "1.0" and " 1" are the same class "1"."""
+    x = _number(value)
+    return str(int(x)) if x is not None and x.is_integer() else value
+
+
+def _infer_task_type(labels: list[str], table: Table) -> str:
+    numbers = [_number(v) for v in labels]
+    if all(x is not None for x in numbers):
+        few = len(set(numbers)) <= MAX_INFERRED_CLASSES
+        return "classification" if few and all(x.is_integer() for x in numbers) else "regression"
+    fractional = next((v for v, x in zip(labels, numbers) if x is not None and not x.is_integer()), None)
+    if fractional is not None:  # scores like 3.8 next to a word: almost surely a broken regression file
+        bad = next(i for i, x in enumerate(numbers) if x is None)
+        raise UsageError(
+            f"labels mix numbers (e.g. {fractional}) and text (e.g. {labels[bad]!r} at {table.where(bad)}); "
+            "fix the non-numeric labels, or pass --task-type classification or --task-type regression."
+        )
+    return "classification"
+
+
+def _labels(table: Table, label_column: str) -> list[str]:
+    labels = []
+    for i, row in enumerate(table.rows):
+        value = row.get(label_column, "").strip()
+        if not value:
+            raise UsageError(
+                f"empty label at {table.where(i)} (column {label_column!r}); fill it in or delete that row."
+            )
+        labels.append(value)
+    return labels
+
+
+def _regression_labels(labels: list[str], table: Table) -> list[float]:
+    values = []
+    for i, value in enumerate(labels):
+        x = _number(value)
+        if x is None:
+            raise UsageError(
+                f"regression label {value!r} at {table.where(i)} is not a number; fix that row, "
+                "or pass --task-type classification if the labels are classes."
+            )
+        values.append(x)
+    return values
+
+
+def _dataset(table: Table, text_columns: tuple[str, ...], labels: list, label_type: str) -> datasets.Dataset:
+    data = {c: [row.get(c, "") for row in table.rows] for c in text_columns}
+    data["label"] = labels
+    features = datasets.Features({**{c: datasets.Value("string") for c in text_columns}, "label": datasets.Value(label_type)})
+    return datasets.Dataset.from_dict(data, features=features)
+
+
+def load_user_data(
+    train_file: str | os.PathLike,
+    validation_file: str | os.PathLike,
+    text_columns: str | None = None,
+    label_column: str = "label",
+    task_type: str | None = None,
+) -> TaskData:
+    """Load a train and a validation file (.csv, .tsv, .jsonl/.json) as a classification or regression task.
+
+    `text_columns` is "col" or "col1,col2"; None picks text, sentence, or sentence1+sentence2.
+    `task_type` None infers it: integer labels with at most 20 distinct values, or any
+    non-numeric label, mean classification; otherwise regression.
+    """
+    if task_type is not None and task_type not in TASK_TYPES:
+        raise UsageError(f"--task-type {task_type!r} is not supported; use classification or regression, or leave it out to infer it.")
+    if validation_file is None:
+        raise UsageError("no validation file given; pass --validation-file with held-out examples in the same format as --train-file.")
+    train = read_table(train_file, "--train-file")
+    validation = read_table(validation_file, "--validation-file")
+    columns = pick_text_columns(text_columns, train.columns, train.path.name)
+    _check_columns(train, columns, label_column)
+    _check_columns(validation, columns, label_column)
+
+    train_labels = _labels(train, label_column)
+    validation_labels = _labels(validation, label_column)
+    task_type = task_type or _infer_task_type(train_labels, train)
+
+    if task_type == "regression":
+        return TaskData(
+            name="custom",
+            text_columns=columns,
+            label_names=None,
+            metric_kind="pearson_spearman",
+            train=_dataset(train, columns, _regression_labels(train_labels, train), "float32"),
+            validation=_dataset(validation, columns, _regression_labels(validation_labels, validation), "float32"),
+            extra_validation={},
+        )
+
+    train_classes = [_class_name(v) for v in train_labels]
+    distinct = set(train_classes)
+    numeric = all(_number(c) is not None for c in distinct)
+    label_names = sorted(distinct, key=float) if numeric else sorted(distinct)
+    if len(label_names) < 2:
+        raise UsageError(
+            f"every training label in {train.path.name} is {label_names[0]!r}; a classifier needs at least two classes. "
+            "Check --label-column, or pass --task-type regression for numeric targets."
+        )
+    ids = {name: i for i, name in enumerate(label_names)}
+    validation_ids = []
+    for i, value in enumerate(validation_labels):
+        name = _class_name(value)
+        if name not in ids:
+            raise UsageError(
+                f"validation label {value!r} at {validation.where(i)} never occurs in the training labels "
+                f"({', '.join(label_names)}); fix or drop those validation rows, or add training examples of that class."
+            )
+        validation_ids.append(ids[name])
+    return TaskData(
+        name="custom",
+        text_columns=columns,
+        label_names=label_names,
+        metric_kind="accuracy_macro_f1",
+        train=_dataset(train, columns, [ids[c] for c in train_classes], "int64"),
+        validation=_dataset(validation, columns, validation_ids, "int64"),
+        extra_validation={},
+    )

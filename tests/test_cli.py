@@ -1,0 +1,140 @@
+"""`learners finetune / predict / merge` end to end on a tiny random BERT, and every bad input."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from learners.cli import main
+
+RESULT_FIELDS = {"task", "method", "model", "metric_name", "metric", "best_metric", "trainable_params", "total_params",
+                 "train_seconds", "peak_memory_mb", "steps", "history"}
+
+
+def finetune(tmp_path, tiny_model_dir, glue_dir, *extra, out="run"):
+    args = ["finetune", "--task", "cola", "--data-dir", str(glue_dir), "--model", str(tiny_model_dir),
+            "--output-dir", str(tmp_path / out), "--max-steps", "6", "--eval-steps", "3", "--batch-size", "8",
+            "--max-train-samples", "64", "--no-progress", *extra]
+    assert main(args) == 0
+    return json.loads((tmp_path / out / "results.json").read_text())
+
+
+def test_full_finetune_writes_results_and_a_loadable_model(tmp_path, tiny_model_dir, glue_dir):
+    r = finetune(tmp_path, tiny_model_dir, glue_dir, "--method", "full")
+    assert RESULT_FIELDS <= set(r)
+    assert (r["task"], r["method"], r["metric_name"], r["steps"]) == ("cola", "full", "matthews_correlation", 6)
+    assert r["trainable_params"] == r["total_params"] > 0
+    assert [h["step"] for h in r["history"]] == [3, 6]
+    assert all(set(h) >= {"step", "seconds", "metric"} for h in r["history"])
+    assert r["history"][0]["seconds"] <= r["history"][1]["seconds"] <= r["train_seconds"]
+    assert r["best_metric"] == max(h["metric"] for h in r["history"])
+    assert r["peak_memory_mb"] > 0 and r["train_examples"] == 64
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "run" / "model")
+    assert model.config.id2label == {0: "unacceptable", 1: "acceptable"}
+
+
+def test_learners_finetune_primes_then_trains_learners_and_merges(tmp_path, tiny_model_dir, glue_dir):
+    r = finetune(tmp_path, tiny_model_dir, glue_dir, "--method", "learners", "--priming-steps", "2", "--ratio", "0.25")
+    assert r["priming_steps"] == 2
+    assert [(h["step"], h["phase"]) for h in r["history"]] == [(2, "priming"), (3, "train"), (6, "train")]
+    assert r["learner_neurons"] == [16, 16]  # ceil(0.25 * 64) in both layers
+    # learners: 16 neurons x (32 + 1 + 32) per layer; head: pooler 32x32+32, classifier 32x2+2
+    assert r["encoder_trainable_params"] == 2 * 16 * 65
+    assert r["head_params"] == 32 * 32 + 32 + 32 * 2 + 2
+    assert r["trainable_params"] == r["encoder_trainable_params"] + r["head_params"] < r["total_params"]
+    run = tmp_path / "run"
+    assert (run / "learners" / "learners_model.safetensors").stat().st_size < 0.2 * (run / "model" / "model.safetensors").stat().st_size
+
+    # learners merge writes a plain model that transformers loads without learners, with the same logits
+    assert main(["merge", "--base", str(tiny_model_dir), "--learners", str(run / "learners"), "--output", str(tmp_path / "merged")]) == 0
+    code = ("import sys, torch; from transformers import AutoModelForSequenceClassification as M; "
+            "a = M.from_pretrained(sys.argv[1]).eval(); b = M.from_pretrained(sys.argv[2]).eval(); "
+            "x = torch.randint(5, 1000, (3, 11)); assert 'learners' not in sys.modules; "
+            "d = (a(input_ids=x).logits - b(input_ids=x).logits).abs().max().item(); print(d); assert d < 1e-6")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "merged"), str(run / "model")], check=True)
+
+
+def test_predict_writes_one_label_per_row(tmp_path, tiny_model_dir, glue_dir):
+    finetune(tmp_path, tiny_model_dir, glue_dir, "--method", "full")
+    (tmp_path / "in.csv").write_text('sentence\nThe cat sat.\n"He said, ""go""."\nCats sleeps.\n')
+    assert main(["predict", "--model", str(tmp_path / "run" / "model"), "--input", str(tmp_path / "in.csv"),
+                 "--output", str(tmp_path / "out.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["sentence"] for r in rows] == ["The cat sat.", 'He said, "go".', "Cats sleeps."]
+    assert all(r["prediction"] in {"acceptable", "unacceptable"} for r in rows)
+
+
+def test_user_data_regression_end_to_end(tmp_path, tiny_model_dir):
+    rows = [{"a": f"text {i}", "b": f"other {i % 3}", "score": i / 7} for i in range(24)]
+    for name in ("train.jsonl", "dev.jsonl"):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["finetune", "--train-file", str(tmp_path / "train.jsonl"), "--validation-file", str(tmp_path / "dev.jsonl"),
+                 "--text-columns", "a,b", "--label-column", "score", "--model", str(tiny_model_dir), "--method", "learners",
+                 "--selection", "magnitude", "--max-steps", "3", "--batch-size", "8", "--output-dir", str(tmp_path / "run"),
+                 "--no-progress"]) == 0
+    r = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert (r["task"], r["metric_name"], r["priming_steps"]) == ("custom", "pearson", 0)
+    assert main(["predict", "--model", str(tmp_path / "run" / "model"), "--input", str(tmp_path / "dev.jsonl"),
+                 "--output", str(tmp_path / "pred.csv")]) == 0
+    lines = (tmp_path / "pred.csv").read_text().splitlines()
+    assert lines[0] == "a,b,score,prediction" and len(lines) == 25
+    float(lines[1].split(",")[-1])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--task", "colaa"], "unknown GLUE task 'colaa'.*--train-file"),
+    (["--task", "cola", "--data-dir", "/no/such/glue"], "/no/such/glue"),
+    (["--train-file", "/no/such.csv", "--validation-file", "/no/such.csv"], "does not exist"),
+    (["--task", "cola", "--batch-size", "0"], "--batch-size must be positive"),
+    (["--task", "cola", "--epochs", "-1"], "--epochs must be positive"),
+    (["--task", "cola", "--learning-rate", "0"], "--learning-rate must be positive"),
+    (["--task", "cola", "--method", "magic"], "unknown method 'magic'"),
+    (["--task", "cola", "--model", "/no/such/model-dir"], "cannot load model"),
+    (["--task", "cola", "--ratio", "0"], r"ratio must be in \(0, 1\]"),
+    (["--task", "cola", "--ratio", "2"], r"ratio must be in \(0, 1\]"),
+])
+def test_bad_input_is_one_line_exit_2_no_traceback(args, message, tmp_path, capsys, glue_dir):
+    full = ["finetune", "--output-dir", str(tmp_path / "o"), "--no-progress", *args]
+    if "--data-dir" not in args:
+        full += ["--data-dir", str(glue_dir)]
+    assert main(full) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("learners: error: ") and re.search(message, err), err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_user_data_errors_reach_the_cli(tmp_path, capsys):
+    (tmp_path / "t.csv").write_text("sentence,label\nhello,1\n")
+    (tmp_path / "empty.csv").write_text("")
+    assert main(["finetune", "--train-file", str(tmp_path / "t.csv"), "--validation-file", str(tmp_path / "t.csv"),
+                 "--text-columns", "sentnce", "--output-dir", str(tmp_path / "o")]) == 2
+    assert "columns found: sentence, label" in capsys.readouterr().err
+    assert main(["finetune", "--train-file", str(tmp_path / "empty.csv"), "--validation-file", str(tmp_path / "t.csv"),
+                 "--output-dir", str(tmp_path / "o")]) == 2
+    assert "no examples" in capsys.readouterr().err
+
+
+def test_existing_run_is_not_overwritten_without_flag(tmp_path, tiny_model_dir, glue_dir, capsys):
+    finetune(tmp_path, tiny_model_dir, glue_dir, "--method", "full")
+    before = (tmp_path / "run" / "results.json").read_text()
+    with pytest.raises(AssertionError):
+        finetune(tmp_path, tiny_model_dir, glue_dir, "--method", "full")
+    assert "--overwrite" in capsys.readouterr().err
+    assert (tmp_path / "run" / "results.json").read_text() == before
+
+
+def test_unparseable_flag_is_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["finetune", "--output-dir", "x", "--batch-size", "abc"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "invalid int value: 'abc'" in err and err.count("\n") == 1
+
+
+def test_console_script_help():
+    out = subprocess.run(["learners", "finetune", "--help"], capture_output=True, text=True, check=True).stdout
+    assert "--task" in out and "--method" in out and "--output-dir" in out

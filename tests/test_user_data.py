@@ -1,0 +1,233 @@
+"""User CSV/TSV/JSONL files -> TaskData, and every bad-input case as a one-line UsageError."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from learners.errors import UsageError
+from learners.user_data import load_user_data
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    return write(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture
+def csv_pair(tmp_path):
+    train = write(tmp_path / "train.csv", 'text,label\n"good, really",pos\nbad,neg\n"so ""fine""",pos\n')
+    dev = write(tmp_path / "dev.csv", "text,label\nmeh,neg\ngreat,pos\n")
+    return train, dev
+
+
+def test_csv_single_text_string_labels(csv_pair):
+    data = load_user_data(*csv_pair, text_columns=None)
+    assert data.name == "custom"
+    assert data.text_columns == ("text",)
+    assert data.label_names == ["neg", "pos"]
+    assert not data.is_regression and data.num_labels == 2
+    assert data.metric_kind == "accuracy_macro_f1"
+    assert data.extra_validation == {}
+    assert data.train.to_dict() == {"text": ["good, really", "bad", 'so "fine"'], "label": [1, 0, 1]}
+    assert data.train.features["label"].dtype == "int64"
+    assert data.validation["label"] == [0, 1]
+
+
+def test_tsv_pair_numeric_classes_sorted_numerically(tmp_path):
+    rows = ["sentence1\tsentence2\tlabel", "a\tb\t10", "c\td\t2", "e\tf\t0", 'g "q\th\t2']
+    train = write(tmp_path / "train.tsv", "\n".join(rows) + "\n")
+    dev = write(tmp_path / "dev.tsv", "sentence1\tsentence2\tlabel\nx\ty\t10\n")
+    data = load_user_data(train, dev, text_columns=None)
+    assert data.text_columns == ("sentence1", "sentence2")
+    assert data.label_names == ["0", "2", "10"]  # numeric order, not "0" < "10" < "2"
+    assert data.train["label"] == [2, 1, 0, 1]
+    assert data.train["sentence1"][3] == 'g "q'
+    assert data.validation["label"] == [2]
+
+
+def test_jsonl_pair_with_explicit_columns_and_label_column(tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", [
+        {"q": "Is it?", "p": "It is.", "y": "yes", "id": 1},
+        {"q": "Is not?", "p": "It is.", "y": "no", "id": 2},
+    ])
+    dev = write_jsonl(tmp_path / "dev.jsonl", [{"q": "x", "p": "y", "y": "no", "id": 3}])
+    data = load_user_data(train, dev, text_columns="q, p", label_column="y")
+    assert data.text_columns == ("q", "p")
+    assert data.train.column_names == ["q", "p", "label"]
+    assert data.label_names == ["no", "yes"]
+    assert data.train["label"] == [1, 0]
+
+
+def test_regression_inferred_from_floats(tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", [{"sentence": "a", "label": 0.5}, {"sentence": "b", "label": 3},
+                                                    {"sentence": "c", "label": 4.25}])
+    dev = write_jsonl(tmp_path / "dev.jsonl", [{"sentence": "d", "label": 1}])
+    data = load_user_data(train, dev, text_columns=None)
+    assert data.text_columns == ("sentence",)
+    assert data.is_regression and data.label_names is None and data.num_labels == 1
+    assert data.metric_kind == "pearson_spearman"
+    assert data.train.features["label"].dtype == "float32"
+    assert data.train["label"] == pytest.approx([0.5, 3.0, 4.25])
+    assert data.validation["label"] == [1.0]
+
+
+def test_many_distinct_integers_inferred_as_regression(tmp_path):
+    train = write(tmp_path / "train.csv", "text,label\n" + "".join(f"t{i},{i}\n" for i in range(25)))
+    dev = write(tmp_path / "dev.csv", "text,label\nx,3\n")
+    assert load_user_data(train, dev, None).is_regression
+
+
+def test_task_type_override(tmp_path):
+    train = write(tmp_path / "train.csv", "text,label\na,1\nb,2\nc,1\n")
+    dev = write(tmp_path / "dev.csv", "text,label\nd,2.0\n")
+    assert load_user_data(train, dev, None).label_names == ["1", "2"]  # inferred classification
+    regression = load_user_data(train, dev, None, task_type="regression")
+    assert regression.is_regression and regression.train["label"] == [1.0, 2.0, 1.0]
+    floats = write(tmp_path / "floats.csv", "text,label\na,0.5\nb,1.5\n")
+    forced = load_user_data(floats, floats, None, task_type="classification")
+    assert forced.label_names == ["0.5", "1.5"] and forced.metric_kind == "accuracy_macro_f1"
+
+
+def test_validation_label_2_0_matches_train_class_2(tmp_path):
+    train = write(tmp_path / "train.csv", "text,label\na,1\nb,2\n")
+    dev = write(tmp_path / "dev.csv", "text,label\nd,2.0\n")
+    assert load_user_data(train, dev, None).validation["label"] == [1]
+
+
+# ---- errors: each is one line naming the problem and the fix ----
+
+
+def raises(match: str):
+    return pytest.raises(UsageError, match=match)
+
+
+def test_missing_file(tmp_path, csv_pair):
+    with raises(r"--train-file .*nope\.csv does not exist; check the path"):
+        load_user_data(tmp_path / "nope.csv", csv_pair[1], None)
+    with raises(r"--validation-file .*nope\.csv does not exist"):
+        load_user_data(csv_pair[0], tmp_path / "nope.csv", None)
+
+
+def test_unsupported_extension(tmp_path, csv_pair):
+    xlsx = write(tmp_path / "train.xlsx", "x")
+    with raises(r"unsupported file type '\.xlsx'; use a \.csv, \.tsv or \.jsonl file"):
+        load_user_data(xlsx, csv_pair[1], None)
+
+
+@pytest.mark.parametrize("name,text", [("e.csv", ""), ("h.csv", "text,label\n"), ("e.jsonl", "\n\n"), ("e.tsv", "text\tlabel\n\n")])
+def test_empty_file(tmp_path, csv_pair, name, text):
+    empty = write(tmp_path / name, text)
+    with raises(rf"--train-file {name} has no examples \(empty file or header only\); add at least one row"):
+        load_user_data(empty, csv_pair[1], None)
+
+
+def test_text_column_missing_lists_columns(csv_pair):
+    with raises(r"text column 'sentnce' not found in train\.csv; columns found: text, label\. Pass --text-columns"):
+        load_user_data(*csv_pair, text_columns="sentnce")
+
+
+def test_no_default_text_column_lists_columns(tmp_path):
+    train = write(tmp_path / "train.csv", "body,label\na,x\n")
+    with raises(r"no text column in train\.csv .*columns found: body, label\. Pass --text-columns"):
+        load_user_data(train, train, None)
+
+
+def test_label_column_missing_lists_columns(csv_pair):
+    with raises(r"label column 'target' not found in train\.csv; columns found: text, label\. Pass --label-column"):
+        load_user_data(*csv_pair, text_columns=None, label_column="target")
+
+
+def test_validation_file_missing_column(tmp_path, csv_pair):
+    dev = write(tmp_path / "dev2.csv", "sentence,label\na,pos\n")
+    with raises(r"text column 'text' not found in dev2\.csv; columns found: sentence, label"):
+        load_user_data(csv_pair[0], dev, None)
+
+
+def test_more_than_two_text_columns(csv_pair):
+    with raises(r"--text-columns 'a,b,c' names 3 columns; give one or two comma-separated names"):
+        load_user_data(*csv_pair, text_columns="a,b,c")
+
+
+def test_regression_label_not_a_number_shows_value_and_line(tmp_path):
+    train = write(tmp_path / "train.csv", "text,label\na,1.5\nb,oops\n")
+    with raises(r"regression label 'oops' at train\.csv line 3 is not a number; fix that row, or pass --task-type classification"):
+        load_user_data(train, train, None, task_type="regression")
+
+
+def test_mixed_numbers_and_text_labels_without_task_type(tmp_path):
+    train = write(tmp_path / "train.csv", "text,label\na,1.5\nb,2.25\nc,n/a\n")
+    with raises(r"labels mix numbers \(e\.g\. 1\.5\) and text \(e\.g\. 'n/a' at train\.csv line 4\); .*--task-type"):
+        load_user_data(train, train, None)
+
+
+def test_empty_label_cell(tmp_path):
+    train = write(tmp_path / "train.csv", "text,label\na,pos\nb,\nc,neg\n")
+    with raises(r"empty label at train\.csv line 3 \(column 'label'\); fill it in or delete that row"):
+        load_user_data(train, train, None)
+    jsonl = write_jsonl(tmp_path / "train.jsonl", [{"text": "a", "label": "x"}, {"text": "b", "label": None}])
+    with raises(r"empty label at train\.jsonl line 2"):
+        load_user_data(jsonl, jsonl, None)
+
+
+def test_validation_label_not_in_train(tmp_path, csv_pair):
+    dev = write(tmp_path / "dev.csv", "text,label\nmeh,neg\nhmm,maybe\n")
+    with raises(r"validation label 'maybe' at dev\.csv line 3 never occurs in the training labels \(neg, pos\); fix or drop"):
+        load_user_data(csv_pair[0], dev, None)
+
+
+def test_single_class_train(tmp_path):
+    train = write(tmp_path / "train.csv", "text,label\na,pos\nb,pos\n")
+    with raises(r"every training label in train\.csv is 'pos'; a classifier needs at least two classes"):
+        load_user_data(train, train, None)
+
+
+def test_bad_task_type_and_no_validation_file(csv_pair):
+    with raises(r"--task-type 'regresion' is not supported; use classification or regression"):
+        load_user_data(*csv_pair, text_columns=None, task_type="regresion")
+    with raises(r"no validation file given; pass --validation-file"):
+        load_user_data(csv_pair[0], None, None)
+
+
+def test_wrong_field_count_names_line_and_quoting(tmp_path, csv_pair):
+    train = write(tmp_path / "train.csv", "text,label\ngood, really,pos\n")
+    with raises(r"train\.csv line 2 has 3 fields but the header has 2; put double quotes around text that contains a comma"):
+        load_user_data(train, csv_pair[1], None)
+
+
+def test_bad_json_line(tmp_path):
+    train = write(tmp_path / "train.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", label: y}\n')
+    with raises(r"train\.jsonl line 2 is not valid JSON .*one JSON object per line"):
+        load_user_data(train, train, None)
+
+
+def test_errors_are_one_line(tmp_path, csv_pair):
+    with pytest.raises(UsageError) as info:
+        load_user_data(*csv_pair, text_columns="nope")
+    assert "\n" not in str(info.value)
+
+
+def test_json_array_file(tmp_path):
+    rows = [{"text": "a", "label": 0}, {"text": "b", "label": 1}]
+    train = write(tmp_path / "train.json", json.dumps(rows))
+    data = load_user_data(train, train, None)
+    assert data.label_names == ["0", "1"] and data.train["text"] == ["a", "b"]
+
+
+def test_read_table_and_pick_text_columns_for_prediction_input(tmp_path):
+    """`learners predict` reads unlabeled files with these two helpers."""
+    from learners.user_data import pick_text_columns, read_table
+
+    path = write_jsonl(tmp_path / "in.jsonl", [{"sentence": "a", "n": 1}, {"sentence": "b", "extra": True}])
+    table = read_table(path, "--input")
+    assert table.columns == ["sentence", "n", "extra"]
+    assert table.rows == [{"sentence": "a", "n": "1", "extra": ""}, {"sentence": "b", "n": "", "extra": "true"}]
+    assert pick_text_columns(None, table.columns, path.name) == ("sentence",)
+    with raises(r"--input .*missing\.csv does not exist"):
+        read_table(tmp_path / "missing.csv", "--input")
