@@ -56,6 +56,7 @@ def test_learners_finetune_primes_then_trains_learners_and_merges(tmp_path, tiny
             "x = torch.randint(5, 1000, (3, 11)); assert 'learners' not in sys.modules; "
             "d = (a(input_ids=x).logits - b(input_ids=x).logits).abs().max().item(); print(d); assert d < 1e-6")
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "merged"), str(run / "model")], check=True)
+    assert json.loads((tmp_path / "merged" / "learners_task.json").read_text())["text_columns"] == ["sentence"]
 
 
 def test_predict_writes_one_label_per_row(tmp_path, tiny_model_dir, glue_dir):

@@ -150,8 +150,10 @@ def run_finetune(args: FinetuneArgs) -> dict:
     plain = method.plain_model(result.model)
     plain.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
-    (out / "model" / TASK_FILE).write_text(json.dumps(
-        {"task": task.name, "text_columns": list(task.text_columns), "label_names": task.label_names}, indent=2))
+    task_info = json.dumps({"task": task.name, "text_columns": list(task.text_columns), "label_names": task.label_names}, indent=2)
+    for directory in (out / "model", out / "learners"):
+        if directory.is_dir():
+            (directory / TASK_FILE).write_text(task_info)
 
     final_phase = [s for phase, s in result.step_seconds if phase != "priming"] or [s for _, s in result.step_seconds]
     best = result.best or result.history[-1]
@@ -168,7 +170,7 @@ def run_finetune(args: FinetuneArgs) -> dict:
         "epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size,
         "learning_rate": learning_rate, "train_examples": len(train_set),
         "device": "cuda" if torch.cuda.is_available() else "cpu", "torch_threads": torch.get_num_threads(),
-        "history": [{k: v for k, v in h.items()} for h in result.history],
+        "history": result.history,
         "args": {k: v for k, v in asdict(args).items() if k != "progress"},
         **extra,
     }

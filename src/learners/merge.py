@@ -4,6 +4,7 @@ from pathlib import Path
 
 from .errors import UsageError
 from .learner import LearnerModel
+from .finetune import TASK_FILE
 from .models import load_model_and_tokenizer
 
 
@@ -20,7 +21,7 @@ def run_merge(base: str | None, learners_dir: str, output: str) -> Path:
     out = Path(output)
     merged.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    task_file = Path(learners_dir).parent / "model" / "learners_task.json"
+    task_file = Path(learners_dir) / TASK_FILE  # text columns and labels, for `learners predict`
     if task_file.is_file():
-        (out / task_file.name).write_text(task_file.read_text())
+        (out / TASK_FILE).write_text(task_file.read_text())
     return out
