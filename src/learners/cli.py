@@ -45,9 +45,28 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train-ffn-output-bias", action="store_true", help="also train each FFN's output bias b2")
     g.add_argument("--train-layer-norm", action="store_true", help="also train each block's output LayerNorm")
     g.add_argument("--ffn-modules", help="FFN linears relative to a block, e.g. intermediate.dense,output.dense")
+    g = p.add_argument_group("LoRA options (--method lora)")
+    g.add_argument("--lora-rank", type=int, help="rank r of the update B A (default 8)")
+    g.add_argument("--lora-alpha", type=float, help="scaling: the update is multiplied by alpha / r (default 16)")
+    g.add_argument("--lora-dropout", type=float, help="dropout on the LoRA input (default 0.1)")
+    g.add_argument("--lora-target-modules", help="linears that get LoRA, name suffixes, comma-separated "
+                                                 "(default query,value; q_lin,v_lin for DistilBERT)")
+    g = p.add_argument_group("adapter options (--method adapter)")
+    g.add_argument("--adapter-size", type=int, help="bottleneck size of each adapter (default 64)")
+    g = p.add_argument_group("FAR options (--method far)")
+    g.add_argument("--far-ratio", type=float, help="trained output units as a fraction of each FFN linear's (default 1/8)")
+    g.add_argument("--far-priming-fraction", type=float, help="priming budget as a fraction of the first epoch (default 0.25)")
 
 
 def method_options(args: argparse.Namespace) -> dict:
+    """The options of the chosen method (None: the method's default)."""
+    if args.method == "lora":
+        return {"rank": args.lora_rank, "alpha": args.lora_alpha, "dropout": args.lora_dropout,
+                "target_modules": args.lora_target_modules}
+    if args.method == "adapter":
+        return {"bottleneck_size": args.adapter_size}
+    if args.method == "far":
+        return {"ratio": args.far_ratio, "priming_fraction": args.far_priming_fraction}
     if args.method != "learners":
         return {}
     num = args.num_neurons
@@ -72,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ft = sub.add_parser("finetune", help="fine-tune a model on a GLUE task or your own data")
     ft.add_argument("--task", help="GLUE task: cola sst2 mrpc stsb qqp mnli qnli rte wnli")
-    ft.add_argument("--method", default="learners", help="full, learners (default), ...")
+    ft.add_argument("--method", default="learners",
+                    help="full, head, bitfit, lora, adapter, far, learners (default); see README for what each trains")
     ft.add_argument("--output-dir", required=True)
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--overwrite", action="store_true", help="replace a finished run in --output-dir")
@@ -95,6 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--base", help="the base model the learners were trained from (default: the embedded model)")
     mg.add_argument("--learners", required=True, help="directory written by save_pretrained (OUT/learners)")
     mg.add_argument("--output", required=True)
+
+    bn = sub.add_parser("bench", help="run finetune over tasks x methods x seeds; write bench.csv, bench.md and plots")
+    bn.add_argument("--tasks", help="GLUE tasks, comma-separated, e.g. cola,mrpc")
+    bn.add_argument("--methods", default="full,learners", help="methods, comma-separated (default full,learners)")
+    bn.add_argument("--seeds", help="seeds, comma-separated (default 0,1,2)")
+    bn.add_argument("--output-dir", required=True, help="runs go to OUT/runs/TASK/METHOD/seedN; finished ones are skipped")
+    bn.add_argument("--target", help="time-to-target bar: 0.5 for every task, or cola=0.25,mrpc=0.85 "
+                                     "(default: 95%% of full's mean best on the task)")
+    bn.add_argument("--report-only", action="store_true", help="only rebuild bench.csv, bench.md and the plots from OUT/runs")
+    add_training_arguments(bn)
     return parser
 
 
@@ -122,6 +152,9 @@ def run(argv: list[str] | None = None) -> int:
         from .merge import run_merge
         run_merge(args.base, args.learners, args.output)
         print(f"wrote merged model to {args.output}")
+    elif args.command == "bench":
+        from .bench import run_bench
+        return run_bench(args)
     return 0
 
 

@@ -14,15 +14,22 @@ OUTPUT_SUFFIXES = (".csv", ".tsv", ".jsonl")
 
 
 def load_finetuned(model_dir: str):
+    """The model and tokenizer in `model_dir`; bottleneck adapters saved beside the weights
+    (method `adapter`: adapters_config.json + adapters.safetensors) are put back in."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from .methods.adapter import has_adapters, load_adapters
 
     path = Path(model_dir)
     if not (path / "config.json").is_file():
         raise UsageError(f"--model {model_dir} is not a model directory (no config.json); pass OUT/model of a finetune run")
     try:
-        return AutoModelForSequenceClassification.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+        model, tokenizer = AutoModelForSequenceClassification.from_pretrained(path), AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot load the model in {model_dir}: {str(e).splitlines()[0]}; pass OUT/model of a finetune run") from e
+    if has_adapters(path):
+        load_adapters(model, path)
+    return model, tokenizer
 
 
 def run_predict(model_dir: str, input_file: str, output_file: str, text_columns: str | None = None,

@@ -1,12 +1,22 @@
 """Fine-tuning methods by name: the project's learners and the baselines, each in its own file."""
 
 from ..errors import UsageError
+from .adapter import BottleneckAdapters
 from .base import Method
+from .bitfit import BitFit
+from .far import FreezeAndReconfigure
 from .full import FullFineTuning
+from .head import HeadOnly
 from .learners import LearnersMethod
+from .lora import LoRA
 
 METHODS: dict[str, type[Method]] = {
     "full": FullFineTuning,
+    "head": HeadOnly,
+    "bitfit": BitFit,
+    "lora": LoRA,
+    "adapter": BottleneckAdapters,
+    "far": FreezeAndReconfigure,
     "learners": LearnersMethod,
 }
 

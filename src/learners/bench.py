@@ -1,0 +1,151 @@
+"""`learners bench`: run the grid seed x task x method, each run `learners finetune` in its own process.
+
+A run lives in OUT/runs/{task}/{method}/seed{seed} with its results.json and log.txt (stdout and
+stderr). A run whose results.json exists is skipped, so a killed bench picks up where it stopped; a run
+dir without one (killed or failed) is run again. A failed run is reported with its log and the bench
+goes on; the exit status is 1 if any run failed. The report (report.py) is built from whatever finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .errors import UsageError
+from .report import build_report, run_dir
+
+
+def _list(text: str | None) -> list[str]:
+    return [x.strip() for x in (text or "").split(",") if x.strip()]
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        return [int(x) for x in _list(text)]
+    except ValueError:
+        raise UsageError(f"--seeds takes comma-separated integers, e.g. 0,1,2; got {text!r}") from None
+
+
+def parse_target(text: str | None) -> float | dict[str, float] | None:
+    """`0.5` (every task) or `cola=0.25,mrpc=0.85` (tasks not named get the default target)."""
+    if not text:
+        return None
+    from .glue import get_task
+    try:
+        if "=" not in text:
+            return float(text)
+        return {get_task(k).name: float(v) for k, v in (part.split("=", 1) for part in _list(text))}
+    except ValueError as e:
+        if isinstance(e, UsageError):
+            raise
+        raise UsageError(f"--target takes a number (0.5) or task=number pairs (cola=0.25,mrpc=0.85); got {text!r}") from None
+
+
+def training_flags(args: argparse.Namespace) -> list[str]:
+    """The finetune flags for every training option (add_training_arguments) set away from its default.
+
+    Generic over the parser, so options added to add_training_arguments later pass through too."""
+    from .cli import add_training_arguments
+    probe = argparse.ArgumentParser(add_help=False)
+    add_training_arguments(probe)
+    flags = []
+    for action in probe._actions:
+        value = getattr(args, action.dest, None)
+        if action.dest == "no_progress" or value is None or value == action.default:
+            continue
+        flag = max(action.option_strings, key=len)
+        if action.nargs == 0:  # store_true / store_const
+            flags.append(flag)
+        elif isinstance(value, (list, tuple)) and action.nargs in ("+", "*"):
+            flags += [flag, *map(str, value)]
+        elif isinstance(value, (list, tuple)):
+            flags += [flag, ",".join(map(str, value))]
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+def launch(command: list[str], log_path: Path) -> int:
+    """Run one finetune process, its stdout and stderr to log_path; return its exit status."""
+    with open(log_path, "w") as log:
+        log.write("$ " + " ".join(command) + "\n\n")
+        log.flush()
+        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+
+
+def _last_line(path: Path) -> str:
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    out = Path(args.output_dir)
+    seeds = parse_seeds(args.seeds) if args.seeds else None
+    target = parse_target(args.target)
+    tasks, methods = _list(args.tasks), _list(args.methods)
+    if args.report_only:
+        from .glue import get_task
+        tasks = [get_task(t).name for t in tasks]
+        written = build_report(out, target, tasks, methods, seeds)
+        if not written:
+            raise UsageError(f"no finished runs under {out / 'runs'} to report on; run `learners bench` without --report-only first")
+        print(f"wrote {', '.join(str(p) for p in written)}")
+        return 0
+
+    seeds = seeds if seeds is not None else [0, 1, 2]
+    if not tasks or not methods or not seeds:
+        raise UsageError("learners bench needs --tasks (e.g. cola,mrpc), --methods (e.g. full,learners) and --seeds (e.g. 0,1,2)")
+    from .glue import get_task
+    from .methods import METHODS
+    tasks = [get_task(t).name for t in tasks]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise UsageError(f"unknown method(s) {', '.join(unknown)}; choose from: {', '.join(METHODS)}")
+
+    flags = training_flags(args)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = out / "bench.json"
+    before = json.loads(settings.read_text()).get("training_flags") if settings.exists() else flags
+    if before != flags:
+        print(f"warning: {out} was started with other training options ({' '.join(before or [])}); finished runs keep "
+              "their results, new runs use the options given now", file=sys.stderr)
+    settings.write_text(json.dumps({"tasks": tasks, "methods": methods, "seeds": seeds, "training_flags": flags}, indent=2))
+
+    # seed outermost: a bench stopped early still has every task x method at the first seeds
+    grid = [(t, m, s) for s in seeds for t in tasks for m in methods]
+    failed = []
+    for i, (task, method, seed) in enumerate(grid, 1):
+        directory = run_dir(out, task, method, seed)
+        prefix = f"[{i}/{len(grid)}] {task} {method} seed{seed}:"
+        if (directory / "results.json").exists():
+            print(f"{prefix} skip (done)", flush=True)
+            continue
+        redo = directory.exists()
+        directory.mkdir(parents=True, exist_ok=True)
+        print(f"{prefix} {'redo (no results.json)' if redo else 'run'} ...", flush=True)
+        command = [sys.executable, "-m", "learners.cli", "finetune", "--task", task, "--method", method,
+                   "--seed", str(seed), "--output-dir", str(directory), *flags, "--no-progress"]
+        started = time.perf_counter()
+        status = launch(command, directory / "log.txt")
+        elapsed = time.perf_counter() - started
+        if status == 0 and (directory / "results.json").exists():
+            r = json.loads((directory / "results.json").read_text())
+            print(f"{prefix} done in {elapsed:.0f}s: best {r['metric_name']} {r['best_metric']:.4f}, "
+                  f"{r['train_seconds']:.1f}s training, peak {r['peak_memory_mb']:.0f} MB", flush=True)
+        else:
+            failed.append(directory)
+            print(f"{prefix} FAILED (exit {status}): {_last_line(directory / 'log.txt')}\n"
+                  f"    log: {directory / 'log.txt'}", flush=True)
+
+    written = build_report(out, target, tasks, methods, seeds)
+    if written:
+        print(f"wrote {', '.join(str(p) for p in written)}")
+    if failed:
+        print(f"{len(failed)} of {len(grid)} runs failed; their logs:\n" + "\n".join(f"  {d / 'log.txt'}" for d in failed),
+              file=sys.stderr)
+        return 1
+    return 0
