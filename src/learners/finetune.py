@@ -38,8 +38,8 @@ class FinetuneArgs:
     learning_rate: float | None = None  # None: the method's default
     priming_learning_rate: float | None = None  # None: the full fine-tuning default
     warmup_ratio: float = 0.06
-    weight_decay: float = 0.01
-    lr_scheduler: str = "linear"
+    weight_decay: float | None = None  # None: the method's default
+    lr_scheduler: str | None = None  # None: the method's default
     max_length: int = 128
     eval_steps: int | None = None
     max_train_samples: int | None = None
@@ -139,7 +139,9 @@ def run_finetune(args: FinetuneArgs) -> dict:
 
     learning_rate = args.learning_rate or method.default_learning_rate
     cfg = TrainConfig(learning_rate=learning_rate, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
-                      warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, lr_scheduler=args.lr_scheduler,
+                      warmup_ratio=args.warmup_ratio,
+                      weight_decay=method.default_weight_decay if args.weight_decay is None else args.weight_decay,
+                      lr_scheduler=args.lr_scheduler or method.default_lr_scheduler,
                       eval_steps=args.eval_steps, seed=args.seed, mixed_precision=args.mixed_precision,
                       priming_learning_rate=args.priming_learning_rate or 1e-4, progress=args.progress)
     result = train(model, method, train_loader, evaluate, metric_name, cfg)

@@ -162,6 +162,8 @@ class BottleneckAdapters(Method):
 
     name = "adapter"
     default_learning_rate = 1e-3
+    default_lr_scheduler = "constant"
+    default_weight_decay = 0.0
 
     def __init__(self, options: dict | None = None):
         super().__init__(options)

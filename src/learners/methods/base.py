@@ -17,6 +17,10 @@ class Method:
 
     name = "method"
     default_learning_rate = 1e-4
+    # Measured on CoLA with the default model (../shared/DESIGN.md): LoRA and BitFit stay at the majority
+    # class for 3 epochs under linear decay + weight decay, and learn under a constant rate without decay.
+    default_lr_scheduler = "linear"
+    default_weight_decay = 0.01
 
     def __init__(self, options: dict | None = None):
         self.options = options or {}

@@ -13,6 +13,8 @@ class BitFit(Method):
 
     name = "bitfit"
     default_learning_rate = 1e-3
+    default_lr_scheduler = "constant"
+    default_weight_decay = 0.0
 
     def prepare(self, model: nn.Module, batches) -> nn.Module:
         super().prepare(model, batches)

@@ -51,6 +51,8 @@ class LoRA(Method):
 
     name = "lora"
     default_learning_rate = 5e-4
+    default_lr_scheduler = "constant"
+    default_weight_decay = 0.0
 
     def __init__(self, options: dict | None = None):
         super().__init__(options)
