@@ -1,6 +1,6 @@
 """Median step time and peak memory per method, side by side in one run.
 
-    python benchmarks/step_time_memory.py [--methods full,learners] [--batch-size 32] [--length 128] [--steps 20]
+    python benchmarks/step_time_memory.py [--methods full,learners] [--batch-size 32] [--lengths 128] [--steps 20]
 
 Each method runs in its own fresh process (peak RSS is per process), on the
 default model (or --model), with the same optimizer step as `learners
@@ -74,37 +74,39 @@ def worker(args) -> dict:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", default="full,learners")
+    p.add_argument("--methods", default="full,learners", help="the first is the baseline of the ratios")
     p.add_argument("--model")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--length", type=int, default=128)
+    p.add_argument("--lengths", default="128", help="sequence lengths, one table block each, e.g. 128,64")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--length", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         print(json.dumps(worker(args)))
         return
-    rows = []
-    for method in args.methods.split(","):
-        cmd = [sys.executable, __file__, "--worker", method, "--batch-size", str(args.batch_size), "--length",
-               str(args.length), "--steps", str(args.steps), "--warmup", str(args.warmup)]
-        if args.model:
-            cmd += ["--model", args.model]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        rows.append(json.loads(out.strip().splitlines()[-1]))
-    base = rows[0]
-    print(f"batch {args.batch_size} x length {args.length}, median of {args.steps} steps after {args.warmup} warm-up, "
-          f"device {base['device']}, {base['threads']} threads\n")
-    print("| method | trainable params | median step (ms) | vs " + base["method"] + " | peak memory (MB) | vs "
-          + base["method"] + " | training memory above loaded model (MB) | vs " + base["method"] + " |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        extra = r["peak_mb"] - r["loaded_rss_mb"]
+    print("| batch x length | method | trainable params | median step (ms) | vs first | peak memory (MB) | vs first "
+          "| training memory above loaded model (MB) | vs first |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for length in [int(x) for x in args.lengths.split(",")]:
+        rows = []
+        for method in args.methods.split(","):
+            cmd = [sys.executable, __file__, "--worker", method, "--batch-size", str(args.batch_size), "--length",
+                   str(length), "--steps", str(args.steps), "--warmup", str(args.warmup)]
+            if args.model:
+                cmd += ["--model", args.model]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            rows.append(json.loads(out.strip().splitlines()[-1]))
+        base = rows[0]
         base_extra = base["peak_mb"] - base["loaded_rss_mb"]
-        print(f"| {r['method']} | {r['trainable']:,} ({100 * r['trainable'] / r['total']:.2f}%) | {r['step_ms']:.0f} | "
-              f"{r['step_ms'] / base['step_ms']:.2f}x | {r['peak_mb']:.0f} | {r['peak_mb'] / base['peak_mb']:.2f}x | "
-              f"{extra:.0f} | {extra / base_extra:.2f}x |")
+        for r in rows:
+            extra = r["peak_mb"] - r["loaded_rss_mb"]
+            print(f"| {args.batch_size} x {length} | {r['method']} | {r['trainable']:,} ({100 * r['trainable'] / r['total']:.2f}%) "
+                  f"| {r['step_ms']:.0f} | {r['step_ms'] / base['step_ms']:.2f}x | {r['peak_mb']:.0f} | "
+                  f"{r['peak_mb'] / base['peak_mb']:.2f}x | {extra:.0f} | {extra / base_extra:.2f}x |", flush=True)
+    print(f"\nmedian of {args.steps} steps after {args.warmup} warm-up steps; device {base['device']}, "
+          f"{base['threads']} threads; each method in a fresh process")
 
 
 if __name__ == "__main__":
