@@ -97,6 +97,7 @@ def run_bench(args: argparse.Namespace) -> int:
         return 0
 
     seeds = seeds if seeds is not None else [0, 1, 2]
+    methods = methods or ["full", "learners"]
     if not tasks or not methods or not seeds:
         raise UsageError("learners bench needs --tasks (e.g. cola,mrpc), --methods (e.g. full,learners) and --seeds (e.g. 0,1,2)")
     from .glue import get_task

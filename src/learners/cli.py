@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bn = sub.add_parser("bench", help="run finetune over tasks x methods x seeds; write bench.csv, bench.md and plots")
     bn.add_argument("--tasks", help="GLUE tasks, comma-separated, e.g. cola,mrpc")
-    bn.add_argument("--methods", default="full,learners", help="methods, comma-separated (default full,learners)")
+    bn.add_argument("--methods", help="methods, comma-separated (default full,learners; with --report-only: every method found)")
     bn.add_argument("--seeds", help="seeds, comma-separated (default 0,1,2)")
     bn.add_argument("--output-dir", required=True, help="runs go to OUT/runs/TASK/METHOD/seedN; finished ones are skipped")
     bn.add_argument("--target", help="time-to-target bar: 0.5 for every task, or cola=0.25,mrpc=0.85 "
