@@ -4,7 +4,6 @@ import csv
 import json
 from pathlib import Path
 
-import torch
 
 from .errors import UsageError
 from .finetune import TASK_FILE, predict_loader

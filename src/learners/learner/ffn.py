@@ -36,6 +36,12 @@ class FFNBlock:
         return self.up.out_features
 
 
+def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule at dotted path `name` under `root` (used to swap FFN/adapter layers in and out)."""
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
 def _linear_listing(model: nn.Module) -> str:
     """The model's Linear modules, with layer numbers folded into '*', for error messages."""
     seen = {}

@@ -13,17 +13,12 @@ from torch import nn
 
 from ..errors import UsageError
 from .config import LearnerConfig
-from .ffn import FFNBlock, find_ffn_blocks, head_parameter_names
+from .ffn import FFNBlock, find_ffn_blocks, head_parameter_names, set_submodule
 from .layer import LearnerColumnLinear, LearnerRowLinear
 from .selection import select_at_random, select_by_magnitude
 
 CONFIG_NAME = "learners_config.json"
 WEIGHTS_NAME = "learners_model.safetensors"
-
-
-def _replace(block: FFNBlock, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(block.block.get_submodule(parent_name) if parent_name else block.block, child, new)
 
 
 class LearnerModel(nn.Module):
@@ -45,8 +40,8 @@ class LearnerModel(nn.Module):
                 raise UsageError("this model already has learners; call merge_and_unload() before adding new ones")
             up = LearnerRowLinear(block.up, idx)
             down = LearnerColumnLinear(block.down, idx, train_bias=config.train_ffn_output_bias)
-            _replace(block, block.up_name, up)
-            _replace(block, block.down_name, down)
+            set_submodule(block.block, block.up_name, up)
+            set_submodule(block.block, block.down_name, down)
             if config.train_layer_norm and block.layer_norm is not None:
                 block.layer_norm.requires_grad_(True)
         for name, p in model.named_parameters():
@@ -148,8 +143,8 @@ class LearnerModel(nn.Module):
     def merge_and_unload(self) -> nn.Module:
         """Write the learners back into their FFNs and return the plain transformers model."""
         for block in self.ffn_blocks:
-            _replace(block, block.up_name, block.up.to_linear())
-            _replace(block, block.down_name, block.down.to_linear())
+            set_submodule(block.block, block.up_name, block.up.to_linear())
+            set_submodule(block.block, block.down_name, block.down.to_linear())
         model = self.base_model
         for p in model.parameters():
             p.requires_grad_(True)

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..learner.config import LearnerConfig
-from ..learner.ffn import find_ffn_blocks
+from ..learner.ffn import find_ffn_blocks, set_submodule
 from .base import Method
 
 CONFIG_NAME = "adapters_config.json"
@@ -85,11 +85,6 @@ def adapter_sites(model: nn.Module) -> list[str]:
     return sites
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
-
-
 def add_adapters(model: nn.Module, size: int, sites: list[str] | None = None) -> list[str]:
     """Wrap each site's projection with an adapter of bottleneck `size`; returns the sites."""
     sites = adapter_sites(model) if sites is None else sites
@@ -97,7 +92,7 @@ def add_adapters(model: nn.Module, size: int, sites: list[str] | None = None) ->
         linear = model.get_submodule(name)
         if isinstance(linear, AdapterLinear):
             raise UsageError(f"{name} already has an adapter")
-        _set_module(model, name, AdapterLinear(linear, size))
+        set_submodule(model, name, AdapterLinear(linear, size))
     return sites
 
 
@@ -108,7 +103,7 @@ def adapter_modules(model: nn.Module) -> dict[str, AdapterLinear]:
 def remove_adapters(model: nn.Module) -> nn.Module:
     """Put the plain projections back (the adapters are dropped; save them first)."""
     for name, module in adapter_modules(model).items():
-        _set_module(model, name, module.linear)
+        set_submodule(model, name, module.linear)
     return model
 
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..learner.config import LearnerConfig
-from ..learner.ffn import find_ffn_blocks
+from ..learner.ffn import find_ffn_blocks, set_submodule
 from ..learner.layer import LearnerRowLinear
 from .base import Method
 
@@ -46,11 +46,6 @@ def select_units(weight: torch.Tensor, bias: torch.Tensor, weight0: torch.Tensor
     """The k output units (rows) that moved most from (weight0, bias0) in L1 distance, sorted."""
     score = (weight - weight0).abs().sum(dim=1) + (bias - bias0).abs()
     return score.topk(k).indices.sort().values
-
-
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
 class FreezeAndReconfigure(Method):
@@ -113,7 +108,7 @@ class FreezeAndReconfigure(Method):
         for name, p in model.named_parameters():
             p.requires_grad_(name in self.head_names)
         for name, idx in self.units.items():
-            _set_module(model, name, LearnerRowLinear(model.get_submodule(name), idx))
+            set_submodule(model, name, LearnerRowLinear(model.get_submodule(name), idx))
         return model
 
     def parameter_counts(self, model: nn.Module) -> dict[str, int]:
@@ -128,6 +123,6 @@ class FreezeAndReconfigure(Method):
         """Write the trained rows back: every LearnerRowLinear becomes an nn.Linear again."""
         for name, module in list(model.named_modules()):
             if isinstance(module, LearnerRowLinear):
-                _set_module(model, name, module.to_linear())
+                set_submodule(model, name, module.to_linear())
         model.requires_grad_(True)
         return model

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..learner import LearnerConfig, LearnerModel, get_learner_model
 from ..learner.ffn import FFNBlock, find_ffn_blocks
-from ..learner.selection import select_by_gradient, select_by_priming, snapshot_ffns
+from ..learner.selection import select_by_gradient, select_by_priming
 from .base import Method
 
 
@@ -32,14 +32,12 @@ class LearnersMethod(Method):
         if "ratio" not in options and "num_neurons" not in options:
             options["ratio"] = DEFAULT_RATIO
         self.config = LearnerConfig(**options)
-        self.before = None
         self.pretrained = None
 
     def prepare(self, model: nn.Module, batches) -> nn.Module:
         super().prepare(model, batches)
         config = self.config
         if config.selection == "priming":
-            self.before = snapshot_ffns(model, config)
             self.pretrained = {n: p.detach().clone() for n, p in model.named_parameters() if n not in self.head_names}
             return model
         if config.selection == "gradient":
@@ -60,8 +58,10 @@ class LearnersMethod(Method):
         With reset_after_priming the learner slices return to their pre-trained values too.
         """
         config = self.config
-        indices = select_by_priming(model, config, self.before)
         blocks = find_ffn_blocks(model, config)
+        before = [tuple(self.pretrained[f"{b.name}.{module}.{kind}"].float().cpu() for module, kind in
+                        ((b.up_name, "weight"), (b.up_name, "bias"), (b.down_name, "weight"))) for b in blocks]
+        indices = select_by_priming(model, config, before)
         with torch.no_grad():
             primed = [_trained_slices(b, idx, config) for b, idx in zip(blocks, indices)]
             params = dict(model.named_parameters())
@@ -70,7 +70,7 @@ class LearnersMethod(Method):
             if not config.reset_after_priming:
                 for block, idx, slices in zip(blocks, indices, primed):
                     _restore_slices(block, idx, slices)
-        self.pretrained = self.before = None
+        self.pretrained = None
         return LearnerModel(model, config, indices)
 
     def parameter_counts(self, model: nn.Module) -> dict[str, int]:
