@@ -1,35 +1,49 @@
 #!/usr/bin/env bash
-# The CPU benchmark behind BENCHMARKS.md: two streams, one thread each, side by side on a 2-core machine.
-# Resumable: re-run it to finish the grid (a run is skipped once its results.json exists).
-# SEEDS=0,1,2 bash benchmarks/run_cpu_grid.sh   completes the 3-seed grid.
+# The CPU benchmark behind BENCHMARKS.md: a job queue worked by two processes, one thread each, on a
+# 2-core machine. Jobs run in priority order (the main table's closest rivals first, then the learner
+# ablations, then the rest), one `learners bench` call per task x method, so a stop at any point leaves
+# the most useful part done. Resumable: re-run it to finish the grid (a run whose results.json exists
+# is skipped).
+#   bash benchmarks/run_cpu_grid.sh                  seed 0
+#   SEEDS=0,1,2 bash benchmarks/run_cpu_grid.sh      the 3-seed grid
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench-out/cpu}
 GLUE=${GLUE:-../shared/glue}
-METHODS=full,learners,lora,bitfit,far,adapter,head   # learners and its closest rivals first
 SEEDS=${SEEDS:-0}
+SST2="--max-train-samples 10000"   # SST-2: a 10k training subset, the full dev set
 export OMP_NUM_THREADS=1
 mkdir -p "$OUT"
-bench() { learners bench --data-dir "$GLUE" --seeds "$SEEDS" "$@"; }
+
 ablations() {  # the learner ablations on one task
-  bench --tasks "$1" --methods learners --selection gradient --output-dir "$OUT/ablation-selection-gradient"
-  bench --tasks "$1" --methods learners --selection magnitude --output-dir "$OUT/ablation-selection-magnitude"
-  bench --tasks "$1" --methods learners --selection random --output-dir "$OUT/ablation-selection-random"
-  bench --tasks "$1" --methods learners --reset-after-priming --output-dir "$OUT/ablation-reset-after-priming"
+  echo "--tasks $1 --methods learners --selection gradient --output-dir $OUT/ablation-selection-gradient"
+  echo "--tasks $1 --methods learners --selection magnitude --output-dir $OUT/ablation-selection-magnitude"
+  echo "--tasks $1 --methods learners --selection random --output-dir $OUT/ablation-selection-random"
+  echo "--tasks $1 --methods learners --reset-after-priming --output-dir $OUT/ablation-reset-after-priming"
   for r in 0.015625 0.03125 0.125; do
-    bench --tasks "$1" --methods learners --ratio "$r" --output-dir "$OUT/ablation-ratio-$r"
+    echo "--tasks $1 --methods learners --ratio $r --output-dir $OUT/ablation-ratio-$r"
   done
 }
-(
-  bench --tasks cola --methods "$METHODS" --output-dir "$OUT/main"
+jobs() {  # one line per job: the learners bench arguments
+  for t in cola mrpc stsb rte sst2; do
+    for m in full learners lora bitfit; do
+      [ "$t" = sst2 ] && echo "--tasks sst2 --methods $m $SST2 --output-dir $OUT/main-sst2-10k" \
+                      || echo "--tasks $t --methods $m --output-dir $OUT/main"
+    done
+  done
   ablations cola
-  bench --tasks stsb --methods "$METHODS" --output-dir "$OUT/main"
-  bench --tasks sst2 --methods "$METHODS" --max-train-samples 10000 --output-dir "$OUT/main-sst2-10k"
-) >> "$OUT.stream1.log" 2>&1 &
-(
-  bench --tasks mrpc --methods "$METHODS" --output-dir "$OUT/main"
+  for t in cola mrpc stsb rte sst2; do
+    for m in far adapter head; do
+      [ "$t" = sst2 ] && echo "--tasks sst2 --methods $m $SST2 --output-dir $OUT/main-sst2-10k" \
+                      || echo "--tasks $t --methods $m --output-dir $OUT/main"
+    done
+  done
   ablations mrpc
-  bench --tasks rte --methods "$METHODS" --output-dir "$OUT/main"
-) >> "$OUT.stream2.log" 2>&1 &
-wait
-learners bench --report-only --output-dir "$OUT/main"
+}
+
+# every job appends to $OUT.queue.log; finished runs are skipped in a fraction of a second
+jobs | xargs -P 2 -L 1 sh -c 'log=$0 glue=$1 seeds=$2; shift 2
+  python -m learners.cli bench --data-dir "$glue" --seeds "$seeds" "$@" >> "$log" 2>&1' "$OUT.queue.log" "$GLUE" "$SEEDS"
+for dir in "$OUT"/main "$OUT"/main-sst2-10k "$OUT"/ablation-*; do
+  [ -d "$dir/runs" ] && python -m learners.cli bench --report-only --output-dir "$dir"
+done
