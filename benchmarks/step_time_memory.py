@@ -9,6 +9,11 @@ length, so every step does the same work. Learners are measured in their
 training phase (selection by magnitude: the step cost does not depend on which
 neurons were picked). Memory: peak RSS of the process on the CPU (and the part
 of it above the RSS after the model was loaded), peak allocated on CUDA.
+
+Matmul GFLOPs of one forward + backward pass (torch.utils.flop_counter, which
+counts matrix products only) put the step-time ratio in context: a method that
+must back-propagate the input gradient through every layer cannot get much
+below its FLOP ratio on hardware where matmuls dominate.
 """
 
 import argparse
@@ -31,6 +36,7 @@ def rss_mb() -> float:
 def worker(args) -> dict:
     import torch
     from accelerate import Accelerator
+    from torch.utils.flop_counter import FlopCounterMode
 
     from learners.methods import build_method
     from learners.models import load_model_and_tokenizer
@@ -66,8 +72,13 @@ def worker(args) -> dict:
         training_step(model, b, optimizer, scheduler, accelerator, cfg.max_grad_norm)
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
+    peak_mb = peak_memory_mb(device)  # before the FLOP count below, which runs one more pass
+    with FlopCounterMode(display=False) as flops:
+        accelerator.backward(model(**batch()).loss)
+    optimizer.zero_grad(set_to_none=True)
     counts = method.parameter_counts(accelerator.unwrap_model(model))
-    return {"method": args.worker, "step_ms": 1000 * statistics.median(times), "peak_mb": peak_memory_mb(device),
+    return {"method": args.worker, "step_ms": 1000 * statistics.median(times), "peak_mb": peak_mb,
+            "gflops": flops.get_total_flops() / 1e9,
             "loaded_rss_mb": loaded_rss, "trainable": counts["trainable"], "total": counts["total"],
             "device": str(device), "threads": torch.get_num_threads()}
 
@@ -87,8 +98,8 @@ def main():
         print(json.dumps(worker(args)))
         return
     print("| batch x length | method | trainable params | median step (ms) | vs first | peak memory (MB) | vs first "
-          "| training memory above loaded model (MB) | vs first |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| training memory above loaded model (MB) | vs first | matmul GFLOPs (fwd+bwd) | vs first |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for length in [int(x) for x in args.lengths.split(",")]:
         rows = []
         for method in args.methods.split(","):
@@ -104,7 +115,8 @@ def main():
             extra = r["peak_mb"] - r["loaded_rss_mb"]
             print(f"| {args.batch_size} x {length} | {r['method']} | {r['trainable']:,} ({100 * r['trainable'] / r['total']:.2f}%) "
                   f"| {r['step_ms']:.0f} | {r['step_ms'] / base['step_ms']:.2f}x | {r['peak_mb']:.0f} | "
-                  f"{r['peak_mb'] / base['peak_mb']:.2f}x | {extra:.0f} | {extra / base_extra:.2f}x |", flush=True)
+                  f"{r['peak_mb'] / base['peak_mb']:.2f}x | {extra:.0f} | {extra / base_extra:.2f}x | {r['gflops']:.0f} | "
+                  f"{r['gflops'] / base['gflops']:.2f}x |", flush=True)
     print(f"\nmedian of {args.steps} steps after {args.warmup} warm-up steps; device {base['device']}, "
           f"{base['threads']} threads; each method in a fresh process")
 

@@ -105,7 +105,7 @@ class _LearnerLinear(nn.Module):
             raise ValueError(f"learner indices must lie in [0, {size}); got {int(indices.min())}..{int(indices.max())}")
         self.in_features = base.in_features
         self.out_features = base.out_features
-        self.register_buffer("weight", base.weight.detach().clone())
+        self.register_buffer("weight", base.weight.detach())
         self.register_buffer("indices", indices.sort().values)
         self.learner_weight = nn.Parameter(self.weight.index_select(self.axis, self.indices).clone())
 
@@ -127,7 +127,7 @@ class LearnerRowLinear(_LearnerLinear):
 
     def __init__(self, base: nn.Linear, indices: torch.Tensor):
         super().__init__(base, indices)
-        self.register_buffer("bias", base.bias.detach().clone())
+        self.register_buffer("bias", base.bias.detach())
         self.learner_bias = nn.Parameter(self.bias.index_select(0, self.indices).clone())
 
     def forward(self, x):
