@@ -47,3 +47,9 @@ jobs | xargs -P 2 -L 1 sh -c 'log=$0 glue=$1 seeds=$2; shift 2
 for dir in "$OUT"/main "$OUT"/main-sst2-10k "$OUT"/ablation-*; do
   [ -d "$dir/runs" ] && python -m learners.cli bench --report-only --output-dir "$dir"
 done
+# one table over all five tasks (the SST-2 runs, on their 10k subset, live in their own bench dir)
+mkdir -p "$OUT/all/runs"
+for t in "$OUT"/main/runs/* "$OUT"/main-sst2-10k/runs/*; do
+  [ -d "$t" ] && ln -sfn "$(realpath "$t")" "$OUT/all/runs/$(basename "$t")"
+done
+python -m learners.cli bench --report-only --output-dir "$OUT/all"
