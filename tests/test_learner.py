@@ -74,6 +74,16 @@ def test_frozen_weights_stay_bit_identical_and_optimizer_holds_no_state_for_them
     assert len(optimizer.state) == len(optimized)
 
 
+def test_learner_layers_share_the_frozen_weights_instead_of_copying_them():
+    model = tiny_model("bert")
+    block = find_ffn_blocks(model, LearnerConfig(ratio=0.25))[0]
+    up_weight, up_bias, down_weight = block.up.weight, block.up.bias, block.down.weight
+    get_learner_model(model, LearnerConfig(ratio=0.25, selection="magnitude"))
+    assert block.up.weight.data_ptr() == up_weight.data_ptr()
+    assert block.up.bias.data_ptr() == up_bias.data_ptr()
+    assert block.down.weight.data_ptr() == down_weight.data_ptr()
+
+
 def train_a_little(lm, steps=3):
     optimizer, scheduler = make_optimizer(lm, TrainConfig(learning_rate=1e-2), 1e-2, 0, 10, 0)
     for step in range(steps):
