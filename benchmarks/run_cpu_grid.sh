@@ -24,19 +24,17 @@ ablations() {  # the learner ablations on one task
     echo "--tasks $1 --methods learners --ratio $r --output-dir $OUT/ablation-ratio-$r"
   done
 }
+main_job() {  # one task x method of the main table; SST-2 has its own bench dir (10k training subset)
+  if [ "$1" = sst2 ]; then echo "--tasks sst2 --methods $2 $SST2 --output-dir $OUT/main-sst2-10k"
+  else echo "--tasks $1 --methods $2 --output-dir $OUT/main"; fi
+}
 jobs() {  # one line per job: the learners bench arguments
   for t in cola mrpc stsb rte sst2; do
-    for m in full learners lora bitfit; do
-      [ "$t" = sst2 ] && echo "--tasks sst2 --methods $m $SST2 --output-dir $OUT/main-sst2-10k" \
-                      || echo "--tasks $t --methods $m --output-dir $OUT/main"
-    done
+    for m in full learners lora bitfit; do main_job "$t" "$m"; done
   done
   ablations cola
   for t in cola mrpc stsb rte sst2; do
-    for m in far adapter head; do
-      [ "$t" = sst2 ] && echo "--tasks sst2 --methods $m $SST2 --output-dir $OUT/main-sst2-10k" \
-                      || echo "--tasks $t --methods $m --output-dir $OUT/main"
-    done
+    for m in far adapter head; do main_job "$t" "$m"; done
   done
   ablations mrpc
 }

@@ -18,7 +18,6 @@ below its FLOP ratio on hardware where matmuls dominate.
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys

@@ -6,8 +6,7 @@ import subprocess
 import sys
 
 import pytest
-import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification
 
 from learners.cli import main
 

@@ -1,7 +1,6 @@
 """The learning-rate schedule that spans priming and learner training."""
 
 import pytest
-import torch
 
 from conftest import tiny_model
 from learners.train import TrainConfig, lr_multiplier, make_optimizer

@@ -4,7 +4,6 @@ import csv
 import json
 from pathlib import Path
 
-
 from .errors import UsageError
 from .finetune import TASK_FILE, predict_loader
 from .user_data import pick_text_columns, read_table
