@@ -59,19 +59,55 @@ def test_learner_gradients_equal_the_full_models_slices(family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_frozen_weights_stay_bit_identical_and_optimizer_holds_no_state_for_them(family):
     reference, lm = learner_model(family)
-    frozen_before = {n: t.clone() for n, t in list(lm.named_buffers()) + list(lm.named_parameters()) if not t.requires_grad}
+    learner_layers = {n: m for n, m in lm.named_modules() if isinstance(m, (LearnerRowLinear, LearnerColumnLinear))}
+    # The full-weight buffers of learner layers hold the learner slices (written in place); the rest is frozen.
+    kept = {f"{n}.{b}" for n in learner_layers for b in ("weight", "bias")}
+    frozen_before = {n: t.clone() for n, t in list(lm.named_buffers()) + list(lm.named_parameters())
+                     if not t.requires_grad and n not in kept}
+    buffers_before = {n: (m.weight.clone(), m.bias.clone()) for n, m in learner_layers.items()}
     trainable_before = {n: p.detach().clone() for n, p in lm.named_parameters() if p.requires_grad}
     optimizer, scheduler = make_optimizer(lm, TrainConfig(learning_rate=1e-2), 1e-2, 0, 10, 0)
     for step in range(3):
         lm(**tiny_batch(seed=step)).loss.backward()
         optimizer.step(), scheduler.step(), optimizer.zero_grad()
+    current = dict(list(lm.named_buffers()) + list(lm.named_parameters()))
     for name, value in frozen_before.items():
-        current = dict(list(lm.named_buffers()) + list(lm.named_parameters()))[name]
-        assert torch.equal(current, value), f"{name} changed"
+        assert torch.equal(current[name], value), f"{name} changed"
+    for name, module in learner_layers.items():
+        module.sync()
+        weight, bias = buffers_before[name]
+        frozen = torch.ones(module.weight.shape[module.axis], dtype=torch.bool)
+        frozen[module.indices] = False
+        assert torch.equal(module.weight.index_select(module.axis, frozen.nonzero()[:, 0]),
+                           weight.index_select(module.axis, frozen.nonzero()[:, 0])), name
+        assert torch.equal(module.weight.index_select(module.axis, module.indices), module.learner_weight.detach())
+        if isinstance(module, LearnerRowLinear):
+            assert torch.equal(module.bias[frozen], bias[frozen])
+            assert torch.equal(module.bias[module.indices], module.learner_bias.detach())
     assert all(not torch.equal(p, trainable_before[n]) for n, p in lm.named_parameters() if p.requires_grad)
     optimized = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert optimized == {id(p) for p in lm.parameters() if p.requires_grad}
     assert len(optimizer.state) == len(optimized)
+
+
+def test_the_full_weight_follows_every_change_of_the_learner_slices_without_a_copy_per_step():
+    """Optimizer steps, copy_ and loading all reach the forward pass; the buffer is written in place."""
+    _, lm = learner_model("bert")
+    block = lm.ffn_blocks[0]
+    pointer = block.up.weight.data_ptr()
+    batch = tiny_batch()
+    lm.eval()
+    with torch.no_grad():
+        before = lm(**batch).logits
+        block.up.learner_weight.add_(0.5)
+        changed = lm(**batch).logits
+        assert not torch.equal(changed, before)
+        block.up.learner_weight.sub_(0.5)
+        block.up.learner_bias.copy_(block.up.learner_bias)  # a no-op write still re-syncs, harmlessly
+        torch.testing.assert_close(lm(**batch).logits, before, atol=1e-6, rtol=0)
+    assert block.up.weight.data_ptr() == pointer
+    idx = block.up.indices
+    assert torch.equal(block.up.weight[idx], block.up.learner_weight.detach())
 
 
 def test_learner_layers_share_the_frozen_weights_instead_of_copying_them():

@@ -17,6 +17,17 @@ def _positive_int_list(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
+def _learner_layers(text: str) -> str | list[int]:
+    """'auto', 'all', 'top-N', or block numbers such as '3,4,5' (checked by LearnerConfig)."""
+    text = text.strip()
+    if text in ("auto", "all") or text.startswith("top-"):
+        return text
+    try:
+        return _positive_int_list(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 'auto', 'all', 'top-N' or block numbers such as 3,4,5")
+
+
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
     """Flags shared by `finetune` and `bench` (bench passes them through to every run)."""
     p.add_argument("--model", help="HF hub id or local directory (default: the embedded all-MiniLM-L6-v2)")
@@ -41,7 +52,14 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--priming-steps", type=int, help="priming budget in steps")
     g.add_argument("--priming-fraction", type=float, default=0.25, help="priming budget as a fraction of the first epoch (default 0.25)")
     g.add_argument("--reset-after-priming", action="store_true", help="ablation: start the learners from their pre-trained weights, not the primed ones")
-    g.add_argument("--learner-layers", type=_positive_int_list, help="FFN blocks that get learners, e.g. 0,1,2 (default all)")
+    g.add_argument("--learner-layers", type=_learner_layers,
+                   help="FFN blocks that get learners: auto (chosen by the priming signal), all, top-N (the N blocks "
+                        "nearest the output) or block numbers, e.g. 3,4,5 (default: see README)")
+    g.add_argument("--layer-coverage", type=float,
+                   help="with --learner-layers auto: the fewest top blocks holding this share of the priming signal (default 0.5)")
+    g.add_argument("--priming-scope", choices=["all", "ffn", "learner-layers"],
+                   help="what trains during priming: the whole model, every FFN, or only the learner blocks' FFNs "
+                        "(the head always; default all)")
     g.add_argument("--train-ffn-output-bias", action="store_true", help="also train each FFN's output bias b2")
     g.add_argument("--train-layer-norm", action="store_true", help="also train each block's output LayerNorm")
     g.add_argument("--ffn-modules", help="FFN linears relative to a block, e.g. intermediate.dense,output.dense")
@@ -78,6 +96,8 @@ def method_options(args: argparse.Namespace) -> dict:
         "priming_fraction": args.priming_fraction,
         "reset_after_priming": args.reset_after_priming,
         "layers": args.learner_layers,
+        "layer_coverage": args.layer_coverage,
+        "priming_scope": args.priming_scope,
         "train_ffn_output_bias": args.train_ffn_output_bias,
         "train_layer_norm": args.train_layer_norm,
         "ffn_modules": tuple(args.ffn_modules.split(",")) if args.ffn_modules else None,

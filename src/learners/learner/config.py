@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from ..errors import UsageError
 
 SELECTION_STRATEGIES = ("priming", "gradient", "magnitude", "random")
+PRIMING_SCOPES = ("all", "ffn", "learner-layers")
 
 # FFN module names relative to a transformer block, by `config.model_type`:
 # (first linear W1, second linear W2, the block's output LayerNorm).
@@ -37,8 +38,18 @@ class LearnerConfig:
     reset_after_priming: bool = False
     # Batches whose accumulated gradient magnitude scores neurons for selection="gradient".
     gradient_batches: int = 8
-    # Which FFN blocks get learners (positions in the encoder, 0-based); None means all.
-    layers: list[int] | None = None
+    # Which FFN blocks get learners: None or "all" (every block), "top-N" (the N blocks nearest the
+    # output), "auto" (chosen by the priming/gradient signal, see selection.choose_layers), or a
+    # list of block positions (0-based). Nothing below the lowest learner block runs backward.
+    layers: str | list[int] | None = None
+    # For layers="auto": the learner blocks are the fewest top blocks that hold this share of
+    # the selection signal summed over all blocks.
+    layer_coverage: float = 0.5
+    # What trains during priming: "all" (the whole model), "ffn" (every FFN's W1, b1, W2 and the
+    # head: no gradients or optimizer state for embeddings and attention), "learner-layers" (only
+    # the FFNs of the learner blocks and the head, so priming back-propagates no deeper than the
+    # learner phase; needs fixed layers, not "auto").
+    priming_scope: str = "all"
     # Also train the FFN's output bias b2 and the block's output LayerNorm.
     train_ffn_output_bias: bool = False
     train_layer_norm: bool = False
@@ -65,8 +76,47 @@ class LearnerConfig:
             raise UsageError(f"priming_steps must be >= 1, got {self.priming_steps}")
         if not 0 < self.priming_fraction <= 1:
             raise UsageError(f"priming_fraction must be in (0, 1] (a fraction of the first epoch), got {self.priming_fraction}")
+        self._check_layers()
+        if not 0 < self.layer_coverage <= 1:
+            raise UsageError(f"layer_coverage must be in (0, 1], got {self.layer_coverage}")
+        if self.priming_scope not in PRIMING_SCOPES:
+            raise UsageError(f"unknown priming_scope {self.priming_scope!r}; choose one of {', '.join(PRIMING_SCOPES)}")
+        if self.priming_scope == "learner-layers" and self.layers == "auto":
+            raise UsageError("priming_scope='learner-layers' needs the learner layers before priming; with layers='auto' "
+                             "priming chooses them. Give layers ('top-3', [3, 4, 5]) or use priming_scope 'all' or 'ffn'")
         if self.gradient_batches < 1:
             raise UsageError(f"gradient_batches must be >= 1, got {self.gradient_batches}")
+
+    def _check_layers(self) -> None:
+        layers = self.layers
+        if layers is None or layers in ("all", "auto"):
+            return
+        if isinstance(layers, str):
+            if layers.startswith("top-") and layers[4:].isdigit() and int(layers[4:]) >= 1:
+                return
+            raise UsageError(f"learner layers {layers!r} not understood; use 'all', 'auto', 'top-N' (the N blocks "
+                             "nearest the output, N >= 1) or a list of block numbers such as 3,4,5")
+        if not layers or any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in layers):
+            raise UsageError(f"learner layers must be block numbers >= 0, got {layers}")
+        if len(set(layers)) != len(layers):
+            raise UsageError(f"learner layers must be distinct, got {layers}")
+        self.layers = sorted(layers)
+
+    def layer_positions(self, num_blocks: int) -> list[int]:
+        """The FFN blocks (0-based) that get learners, of `num_blocks`; "auto" gives every block (candidates)."""
+        layers = self.layers
+        if layers is None or layers in ("all", "auto"):
+            return list(range(num_blocks))
+        if isinstance(layers, str):  # "top-N"
+            n = int(layers[4:])
+            if n > num_blocks:
+                raise UsageError(f"learner layers {layers!r} asks for {n} blocks, but the model has {num_blocks}; "
+                                 f"use at most top-{num_blocks}")
+            return list(range(num_blocks - n, num_blocks))
+        bad = [i for i in layers if i >= num_blocks]
+        if bad:
+            raise UsageError(f"learner layers {bad} do not exist: the model has {num_blocks} FFN blocks (0..{num_blocks - 1})")
+        return list(layers)
 
     def neurons_for(self, layer_position: int, ffn_width: int) -> int:
         """k for the FFN at `layer_position` (among the layers that get learners)."""

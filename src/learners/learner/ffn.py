@@ -52,7 +52,7 @@ def _linear_listing(model: nn.Module) -> str:
 
 
 def find_ffn_blocks(model: nn.Module, config: LearnerConfig) -> list[FFNBlock]:
-    """All FFN blocks in encoder order, restricted to `config.layers` if given."""
+    """The FFN blocks that get learners under `config.layers`, in encoder order ("auto": all of them)."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if config.ffn_modules is not None:
         up_name, down_name = config.ffn_modules
@@ -80,12 +80,7 @@ def find_ffn_blocks(model: nn.Module, config: LearnerConfig) -> list[FFNBlock]:
             f"no FFN pair {up_name!r} -> {down_name!r} found in the model. Its Linear modules are: {_linear_listing(model)}. "
             "Pass the names of the FFN's two linears relative to a transformer block with ffn_modules= / --ffn-modules"
         )
-    if config.layers is not None:
-        bad = [i for i in config.layers if not 0 <= i < len(blocks)]
-        if bad:
-            raise UsageError(f"learner layers {bad} do not exist: the model has {len(blocks)} FFN blocks (0..{len(blocks) - 1})")
-        blocks = [blocks[i] for i in sorted(set(config.layers))]
-    return blocks
+    return [blocks[i] for i in config.layer_positions(len(blocks))]
 
 
 def _is_linear_like(module: nn.Module) -> bool:

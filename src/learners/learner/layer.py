@@ -4,26 +4,31 @@ An FFN is `W2 · act(W1 · x + b1) + b2` with `m` intermediate neurons. A learne
 is the sub-FFN of `k` chosen neurons `L`: rows `W1[L, :]` and entries `b1[L]`
 of the first linear, columns `W2[:, L]` of the second. Everything else stays
 frozen, so the function at the start is the original one and merging back is
-a plain `index_copy`.
+a plain copy.
 
 Two layers, one per side of the FFN:
 
 * `LearnerRowLinear` wraps W1: the `k` learner *output* rows train.
 * `LearnerColumnLinear` wraps W2: the `k` learner *input* columns train.
 
-Both run the same single dense matmul as `nn.Linear` in the forward pass. Their
-backward passes (custom autograd functions below) are where the method saves:
+Storage: the full weight stays a frozen buffer (the model's own tensor, not a
+copy) and the learner slice is a small `nn.Parameter`. The buffer is kept
+equal to the merged weight: whenever a learner slice has changed since the
+last forward (an optimizer step, a load, any in-place edit: tracked by the
+parameter's version counter), the `k` rows/columns are written into the buffer
+in place. So a step costs one single dense matmul with the buffer, as in
+`nn.Linear`, and no `m x d` copy is ever made.
 
-* the input gradient goes through the full weight (earlier layers need it);
+The backward passes (custom autograd functions below) are where the method saves:
+
+* the input gradient goes through the full weight, and only when the layer
+  below needs it: under the lowest learner layer nothing runs backward;
 * the weight gradient is computed for the `k` learner rows/columns only, so no
   `m x d` gradient buffer or optimizer state exists for frozen weights;
 * `LearnerColumnLinear` keeps only the learner slice `a[..., L]` of the FFN's
-  hidden activation for its weight gradient, instead of all `m` neurons.
-
-The full weight is a frozen buffer; the learner slice is a separate, small
-`nn.Parameter`. The effective weight is rebuilt with `index_copy` (an `m x d`
-copy, negligible next to the matmul) each forward and again in backward
-rather than saved, so it costs no activation memory.
+  hidden activation for its weight gradient, instead of all `m` neurons;
+* under autocast the weight is cast once in forward and that cast is reused in
+  backward (as autocast's cache does for `nn.Linear`).
 """
 
 import torch
@@ -31,24 +36,28 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _compute_weight(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The weight in the dtype the matmul runs in: autocast's dtype when autocast is on, else as stored."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return weight.to(torch.get_autocast_dtype(device_type))
+    return weight
+
+
 class _RowLearnerFunction(torch.autograd.Function):
-    """y = x W^T + b where rows `idx` of W and b come from the learner slice."""
+    """y = x W^T + b; gradients for rows `idx` of W and b only (W, b already hold the learner rows)."""
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, x, weight, bias, learner_weight, learner_bias, idx):
-        w = weight.index_copy(0, idx, learner_weight)
-        b = bias.index_copy(0, idx, learner_bias)
-        ctx.save_for_backward(x, weight, learner_weight, idx)
-        return F.linear(x, w, b)
+        w = _compute_weight(weight, x)
+        ctx.save_for_backward(x if ctx.needs_input_grad[3] else None, w, idx)
+        return F.linear(x, w, bias.to(w.dtype) if w.dtype != bias.dtype else bias)
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_out):
-        x, weight, learner_weight, idx = ctx.saved_tensors
+        x, w, idx = ctx.saved_tensors
         grad_x = grad_lw = grad_lb = None
         if ctx.needs_input_grad[0]:
-            w = weight.index_copy(0, idx, learner_weight)
             grad_x = grad_out @ w.to(grad_out.dtype)
         grad_rows = grad_out.index_select(-1, idx).reshape(-1, idx.numel())  # (tokens, k)
         if ctx.needs_input_grad[3]:
@@ -59,24 +68,21 @@ class _RowLearnerFunction(torch.autograd.Function):
 
 
 class _ColumnLearnerFunction(torch.autograd.Function):
-    """y = a W^T + b where columns `idx` of W come from the learner slice."""
+    """y = a W^T + b; gradients for columns `idx` of W (and b if it trains) only."""
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, a, weight, bias, learner_weight, idx):
-        w = weight.index_copy(1, idx, learner_weight)
+        w = _compute_weight(weight, a)
         # Only the learner neurons' activations are needed for the weight gradient.
         a_learner = a.index_select(-1, idx) if ctx.needs_input_grad[3] else None
-        ctx.save_for_backward(a_learner, weight, learner_weight, idx)
-        return F.linear(a, w, bias)
+        ctx.save_for_backward(a_learner, w if ctx.needs_input_grad[0] else None, idx)
+        return F.linear(a, w, bias.to(w.dtype) if w.dtype != bias.dtype else bias)
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_out):
-        a_learner, weight, learner_weight, idx = ctx.saved_tensors
+        a_learner, w, idx = ctx.saved_tensors
         grad_a = grad_b = grad_lw = None
         if ctx.needs_input_grad[0]:
-            w = weight.index_copy(1, idx, learner_weight)
             grad_a = grad_out @ w.to(grad_out.dtype)
         flat_grad = grad_out.reshape(-1, grad_out.shape[-1])  # (tokens, d)
         if ctx.needs_input_grad[2]:
@@ -87,7 +93,7 @@ class _ColumnLearnerFunction(torch.autograd.Function):
 
 
 class _LearnerLinear(nn.Module):
-    """Shared storage for both sides: frozen full weight + trainable learner slice."""
+    """Shared storage for both sides: frozen full weight (kept merged) + trainable learner slice."""
 
     axis: int  # 0: learner rows (W1), 1: learner columns (W2)
 
@@ -108,13 +114,33 @@ class _LearnerLinear(nn.Module):
         self.register_buffer("weight", base.weight.detach())
         self.register_buffer("indices", indices.sort().values)
         self.learner_weight = nn.Parameter(self.weight.index_select(self.axis, self.indices).clone())
+        self._synced_state = None
 
     @property
     def num_neurons(self) -> int:
         return self.indices.numel()
 
+    def _learner_tensors(self) -> list[torch.Tensor]:
+        return [self.learner_weight]
+
+    def _write_slices(self) -> None:
+        self.weight.index_copy_(self.axis, self.indices, self.learner_weight.detach().to(self.weight.dtype))
+
+    def sync(self) -> None:
+        """Write the learner slices into the full weight in place if they changed since the last write.
+
+        A slice changes through in-place updates (optimizer steps, `copy_`, loading), which bump the
+        parameter's version counter, or by being replaced (`.to(device)`), which changes its storage.
+        """
+        state = tuple((t.data_ptr(), t._version) for t in self._learner_tensors())
+        if state != self._synced_state:
+            with torch.no_grad():
+                self._write_slices()
+            self._synced_state = state
+
     def merged_weight(self) -> torch.Tensor:
-        return self.weight.index_copy(self.axis, self.indices, self.learner_weight.detach())
+        self.sync()
+        return self.weight.detach().clone()
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, learner_neurons={self.num_neurons}"
@@ -129,12 +155,22 @@ class LearnerRowLinear(_LearnerLinear):
         super().__init__(base, indices)
         self.register_buffer("bias", base.bias.detach())
         self.learner_bias = nn.Parameter(self.bias.index_select(0, self.indices).clone())
+        self.sync()
+
+    def _learner_tensors(self) -> list[torch.Tensor]:
+        return [self.learner_weight, self.learner_bias]
+
+    def _write_slices(self) -> None:
+        super()._write_slices()
+        self.bias.index_copy_(0, self.indices, self.learner_bias.detach().to(self.bias.dtype))
 
     def forward(self, x):
+        self.sync()
         return _RowLearnerFunction.apply(x, self.weight, self.bias, self.learner_weight, self.learner_bias, self.indices)
 
     def merged_bias(self) -> torch.Tensor:
-        return self.bias.index_copy(0, self.indices, self.learner_bias.detach())
+        self.sync()
+        return self.bias.detach().clone()
 
     def to_linear(self) -> nn.Linear:
         return _plain_linear(self.merged_weight(), self.merged_bias())
@@ -148,8 +184,10 @@ class LearnerColumnLinear(_LearnerLinear):
     def __init__(self, base: nn.Linear, indices: torch.Tensor, train_bias: bool = False):
         super().__init__(base, indices)
         self.bias = nn.Parameter(base.bias.detach().clone(), requires_grad=train_bias)
+        self.sync()
 
     def forward(self, a):
+        self.sync()
         return _ColumnLearnerFunction.apply(a, self.weight, self.bias, self.learner_weight, self.indices)
 
     def to_linear(self) -> nn.Linear:

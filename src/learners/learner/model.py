@@ -15,7 +15,7 @@ from ..errors import UsageError
 from .config import LearnerConfig
 from .ffn import FFNBlock, find_ffn_blocks, head_parameter_names, set_submodule
 from .layer import LearnerColumnLinear, LearnerRowLinear
-from .selection import select_at_random, select_by_magnitude
+from .selection import magnitude_scores, select, select_at_random
 
 CONFIG_NAME = "learners_config.json"
 WEIGHTS_NAME = "learners_model.safetensors"
@@ -26,6 +26,9 @@ class LearnerModel(nn.Module):
 
     def __init__(self, model: nn.Module, config: LearnerConfig, indices: list[torch.Tensor]):
         super().__init__()
+        if config.layers == "auto":
+            raise UsageError("layers='auto' is chosen from a selection signal: get the config with the chosen layers and "
+                             "the indices from learners.learner.selection.select(model, config, scores)")
         blocks = find_ffn_blocks(model, config)
         if len(indices) != len(blocks):
             raise UsageError(f"got learner indices for {len(indices)} FFN blocks, but the model has {len(blocks)} that get learners")
@@ -156,13 +159,13 @@ def get_learner_model(model: nn.Module, config: LearnerConfig, indices: list[tor
     `gradient` select from training batches, so pass their `indices=` (see learners.learner.selection)."""
     if indices is None:
         if config.selection == "magnitude":
-            indices = select_by_magnitude(model, config)
+            config, indices = select(model, config, magnitude_scores(model, config))
         elif config.selection == "random":
             indices = select_at_random(model, config)
         else:
             raise UsageError(
                 f"selection={config.selection!r} picks neurons from training batches: run it through "
-                "`learners finetune --method learners`, or select with learners.learner.selection."
-                "select_by_priming / select_by_gradient and pass indices="
+                "`learners finetune --method learners`, or score with learners.learner.selection."
+                "priming_scores / gradient_scores, pick with select(model, config, scores) and pass indices="
             )
     return LearnerModel(model, config, indices)

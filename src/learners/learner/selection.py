@@ -9,11 +9,19 @@ top `k`. A neuron `i` owns row `W1[i, :]`, entry `b1[i]` and column `W2[:, i]`.
               without any update
 * magnitude - the same L1 sum over the weights themselves
 * random    - a seeded random choice
+
+With `layers="auto"` the same scores also choose *where* learners go
+(`choose_layers`): the backward pass only has to reach the lowest learner
+block, so the learner blocks are the fewest blocks counted down from the
+output that hold `layer_coverage` of the signal.
 """
+
+from dataclasses import replace
 
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from .config import LearnerConfig
 from .ffn import FFNBlock, find_ffn_blocks
 
@@ -43,29 +51,76 @@ def _sizes(blocks: list[FFNBlock], config: LearnerConfig) -> list[int]:
     return [config.neurons_for(i, b.width) for i, b in enumerate(blocks)]
 
 
-def select_by_priming(model: nn.Module, config: LearnerConfig, before: list[tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
-    """Top-k neurons per FFN by how far they moved from `before` (see `snapshot_ffns`)."""
+def choose_layers(scores: list[torch.Tensor], sizes: list[int], coverage: float) -> list[int]:
+    """The fewest top blocks whose learners' signal (sum of their top-k scores) reaches `coverage` of all blocks'.
+
+    Blocks above the lowest learner block cost no extra backward pass, so the choice is a depth:
+    count blocks from the output down until the share is reached.
+    """
+    signal = [float(torch.topk(s.float(), k).values.sum()) for s, k in zip(scores, sizes)]
+    total, covered = sum(signal), 0.0
+    for n, value in enumerate(reversed(signal), start=1):
+        covered += value
+        if covered >= coverage * total:
+            return list(range(len(signal) - n, len(signal)))
+    return list(range(len(signal)))
+
+
+def select(model: nn.Module, config: LearnerConfig, scores: list[torch.Tensor]) -> tuple[LearnerConfig, list[torch.Tensor]]:
+    """Top-k neurons per learner block from per-neuron `scores` (one tensor per block of
+    `find_ffn_blocks(model, config)`). With layers="auto" the scores choose the blocks too.
+
+    Returns the config with the learner blocks written out (a list) and the indices per block.
+    """
     blocks = find_ffn_blocks(model, config)
-    indices = []
-    for block, k, (w1, b1, w2) in zip(blocks, _sizes(blocks, config), before):
+    if config.layers != "auto":
+        return config, [top_k(s, k) for s, k in zip(scores, _sizes(blocks, config))]
+    if isinstance(config.num_neurons, list):
+        raise UsageError("layers='auto' chooses how many blocks get learners, so num_neurons must be one count, not a list")
+    chosen = choose_layers(scores, _sizes(blocks, config), config.layer_coverage)
+    resolved = replace(config, layers=chosen)
+    return resolved, [top_k(scores[i], k) for i, k in zip(chosen, _sizes([blocks[i] for i in chosen], resolved))]
+
+
+def priming_scores(model: nn.Module, config: LearnerConfig, before: list[tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
+    """How far each neuron moved from `before` (see `snapshot_ffns`), per block."""
+    scores = []
+    for block, (w1, b1, w2) in zip(find_ffn_blocks(model, config), before):
         w1_now, b1_now, w2_now = ffn_tensors(block)
-        indices.append(top_k(neuron_l1(w1_now - w1, b1_now - b1, w2_now - w2), k))
+        scores.append(neuron_l1(w1_now - w1, b1_now - b1, w2_now - w2))
+    return scores
+
+
+def _fixed_layers(config: LearnerConfig, indices: list[torch.Tensor]) -> list[torch.Tensor]:
+    if config.layers == "auto":
+        raise UsageError("with layers='auto' the scores choose the blocks too: call "
+                         "learners.learner.selection.select(model, config, scores), which returns the config and indices")
     return indices
 
 
+def select_by_priming(model: nn.Module, config: LearnerConfig, before: list[tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
+    """Top-k neurons per FFN by how far they moved from `before` (see `snapshot_ffns`)."""
+    return _fixed_layers(config, select(model, config, priming_scores(model, config, before))[1])
+
+
+def magnitude_scores(model: nn.Module, config: LearnerConfig) -> list[torch.Tensor]:
+    """Per-neuron L1 weight mass, per block."""
+    return [neuron_l1(*ffn_tensors(b)) for b in find_ffn_blocks(model, config)]
+
+
 def select_by_magnitude(model: nn.Module, config: LearnerConfig) -> list[torch.Tensor]:
-    blocks = find_ffn_blocks(model, config)
-    return [top_k(neuron_l1(*ffn_tensors(b)), k) for b, k in zip(blocks, _sizes(blocks, config))]
+    return _fixed_layers(config, select(model, config, magnitude_scores(model, config))[1])
 
 
 def select_at_random(model: nn.Module, config: LearnerConfig) -> list[torch.Tensor]:
     blocks = find_ffn_blocks(model, config)
     generator = torch.Generator().manual_seed(config.seed)
-    return [torch.randperm(b.width, generator=generator)[:k].sort().values for b, k in zip(blocks, _sizes(blocks, config))]
+    return _fixed_layers(config, [torch.randperm(b.width, generator=generator)[:k].sort().values
+                                  for b, k in zip(blocks, _sizes(blocks, config))])
 
 
-def select_by_gradient(model: nn.Module, config: LearnerConfig, batches) -> list[torch.Tensor]:
-    """Top-k neurons by gradient magnitude accumulated over `batches` (dicts of model inputs with labels).
+def gradient_scores(model: nn.Module, config: LearnerConfig, batches) -> list[torch.Tensor]:
+    """Per-neuron gradient magnitude accumulated over `batches` (dicts of model inputs with labels), per block.
 
     No parameter is updated; gradients are cleared afterwards.
     """
@@ -80,5 +135,9 @@ def select_by_gradient(model: nn.Module, config: LearnerConfig, batches) -> list
             scores[i] += neuron_l1(b.up.weight.grad, b.up.bias.grad, b.down.weight.grad).float().cpu()
     model.zero_grad(set_to_none=True)
     model.train(was_training)
-    return [top_k(s, k) for s, k in zip(scores, _sizes(blocks, config))]
+    return scores
 
+
+def select_by_gradient(model: nn.Module, config: LearnerConfig, batches) -> list[torch.Tensor]:
+    """Top-k neurons by gradient magnitude accumulated over `batches` (see `gradient_scores`)."""
+    return _fixed_layers(config, select(model, config, gradient_scores(model, config, batches))[1])

@@ -1,10 +1,11 @@
 """Learner modules with priming (the method of this project).
 
-prepare       -> priming: snapshot the pre-trained weights and train the whole model;
+prepare       -> priming: snapshot what priming will train (`priming_scope`: the whole model, every
+                 FFN, or the learner blocks' FFNs; the head always) and freeze the rest;
                  gradient/magnitude/random: select now and wrap.
-after_priming -> score neurons by how far they moved, keep the top-k per FFN with their
-                 primed values (warm start) and the primed head, put the rest back
-                 to the pre-trained weights, wrap.
+after_priming -> score neurons by how far they moved; with layers="auto" the scores also choose
+                 the learner blocks; keep the top-k per block with their primed values (warm start)
+                 and the primed head, put the rest back to the pre-trained weights, wrap.
 """
 
 from itertools import islice
@@ -15,11 +16,11 @@ from torch import nn
 
 from ..learner import LearnerConfig, LearnerModel, get_learner_model
 from ..learner.ffn import FFNBlock, find_ffn_blocks
-from ..learner.selection import select_by_gradient, select_by_priming
+from ..learner.selection import gradient_scores, priming_scores, select
 from .base import Method
 
 
-DEFAULT_RATIO = 1 / 16  # 96 of MiniLM's 1536 FFN neurons: 1.95% of the model's parameters
+DEFAULT_RATIO = 1 / 16  # 96 of MiniLM's 1536 FFN neurons per learner block
 
 
 class LearnersMethod(Method):
@@ -33,16 +34,31 @@ class LearnersMethod(Method):
             options["ratio"] = DEFAULT_RATIO
         self.config = LearnerConfig(**options)
         self.pretrained = None
+        self.layer_signal = None  # per-block sum of the priming scores, for results.json
+
+    def check(self, model: nn.Module) -> None:
+        """Fail before training if the learner layers or sizes do not fit `model`."""
+        for i, block in enumerate(find_ffn_blocks(model, self.config)):
+            if self.config.layers != "auto" or not isinstance(self.config.num_neurons, list):
+                self.config.neurons_for(i, block.width)
 
     def prepare(self, model: nn.Module, batches) -> nn.Module:
         super().prepare(model, batches)
         config = self.config
         if config.selection == "priming":
-            self.pretrained = {n: p.detach().clone() for n, p in model.named_parameters() if n not in self.head_names}
+            primed = priming_parameter_names(model, config, self.head_names)
+            for name, p in model.named_parameters():
+                p.requires_grad_(name in primed)
+            self.pretrained = {n: p.detach().clone() for n, p in model.named_parameters()
+                               if n in primed and n not in self.head_names}
             return model
         if config.selection == "gradient":
-            return LearnerModel(model, config, select_by_gradient(model, config, islice(batches, config.gradient_batches)))
-        return get_learner_model(model, config)
+            scores = gradient_scores(model, config, islice(batches, config.gradient_batches))
+            self.config, indices = select(model, config, scores)
+            return LearnerModel(model, self.config, indices)
+        model = get_learner_model(model, config)
+        self.config = model.learner_config
+        return model
 
     def priming_steps(self, steps_per_epoch: int) -> int:
         if self.config.selection != "priming":
@@ -57,21 +73,23 @@ class LearnersMethod(Method):
         save_pretrained writes restores it on the base model, and merging is exact.
         With reset_after_priming the learner slices return to their pre-trained values too.
         """
-        config = self.config
-        blocks = find_ffn_blocks(model, config)
+        candidates = find_ffn_blocks(model, self.config)
         before = [tuple(self.pretrained[f"{b.name}.{module}.{kind}"].float().cpu() for module, kind in
-                        ((b.up_name, "weight"), (b.up_name, "bias"), (b.down_name, "weight"))) for b in blocks]
-        indices = select_by_priming(model, config, before)
+                        ((b.up_name, "weight"), (b.up_name, "bias"), (b.down_name, "weight"))) for b in candidates]
+        scores = priming_scores(model, self.config, before)
+        self.layer_signal = [round(float(s.sum()), 4) for s in scores]
+        self.config, indices = select(model, self.config, scores)
+        blocks = find_ffn_blocks(model, self.config)
         with torch.no_grad():
-            primed = [_trained_slices(b, idx, config) for b, idx in zip(blocks, indices)]
+            primed = [_trained_slices(b, idx, self.config) for b, idx in zip(blocks, indices)]
             params = dict(model.named_parameters())
             for name, value in self.pretrained.items():
                 params[name].copy_(value)
-            if not config.reset_after_priming:
+            if not self.config.reset_after_priming:
                 for block, idx, slices in zip(blocks, indices, primed):
                     _restore_slices(block, idx, slices)
         self.pretrained = None
-        return LearnerModel(model, config, indices)
+        return LearnerModel(model, self.config, indices)
 
     def parameter_counts(self, model: nn.Module) -> dict[str, int]:
         c = model.parameter_counts()
@@ -80,11 +98,23 @@ class LearnersMethod(Method):
     def save_extra(self, model: nn.Module, output_dir: Path) -> dict:
         learners_dir = model.save_pretrained(output_dir / "learners")
         size = sum(f.stat().st_size for f in learners_dir.iterdir())
+        blocks = len(find_ffn_blocks(model.base_model, LearnerConfig(ratio=1.0, ffn_modules=self.config.ffn_modules)))
         return {"learners_dir": str(learners_dir), "learners_checkpoint_bytes": size,
-                "learner_neurons": [int(i.numel()) for i in model.indices]}
+                "learner_layers": self.config.layer_positions(blocks),
+                "learner_neurons": [int(i.numel()) for i in model.indices], "priming_layer_signal": self.layer_signal}
 
     def plain_model(self, model: nn.Module) -> nn.Module:
         return model.merge_and_unload()
+
+
+def priming_parameter_names(model: nn.Module, config: LearnerConfig, head_names: set[str]) -> set[str]:
+    """What trains during priming under `config.priming_scope` (the head always does)."""
+    if config.priming_scope == "all":
+        return {n for n, _ in model.named_parameters()}
+    blocks = find_ffn_blocks(model, config if config.priming_scope == "learner-layers" else LearnerConfig(
+        ratio=1.0, ffn_modules=config.ffn_modules, layer_norm_module=config.layer_norm_module))
+    prefixes = tuple(f"{b.name}.{module}." for b in blocks for module in (b.up_name, b.down_name))
+    return {n for n, _ in model.named_parameters() if n.startswith(prefixes)} | set(head_names)
 
 
 def _trained_slices(block: FFNBlock, idx: torch.Tensor, config: LearnerConfig) -> dict:

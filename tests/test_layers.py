@@ -1,0 +1,178 @@
+"""Layer-selective learners: where they go, what runs backward, and what priming trains."""
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, BertConfig
+
+from conftest import FAMILIES, tiny_batch, tiny_model
+from learners import LearnerConfig, LearnerModel, get_learner_model
+from learners.errors import UsageError
+from learners.learner.ffn import find_ffn_blocks
+from learners.learner.selection import choose_layers, priming_scores, select, snapshot_ffns
+from learners.methods import build_method
+from learners.methods.learners import priming_parameter_names
+
+
+def four_layer_bert(seed=0):
+    torch.manual_seed(seed)
+    config = BertConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, vocab_size=120,
+                        num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return AutoModelForSequenceClassification.from_config(config)
+
+
+@pytest.mark.parametrize("layers,expected", [(None, [0, 1, 2, 3]), ("all", [0, 1, 2, 3]), ("top-1", [3]),
+                                             ("top-3", [1, 2, 3]), ([2, 0], [0, 2]), ("auto", [0, 1, 2, 3])])
+def test_layer_specs_resolve_to_blocks(layers, expected):
+    config = LearnerConfig(ratio=0.25, layers=layers)
+    assert config.layer_positions(4) == expected
+    assert [b.name for b in find_ffn_blocks(four_layer_bert(), config)] == [f"bert.encoder.layer.{i}" for i in expected]
+
+
+@pytest.mark.parametrize("layers,message", [
+    ("top-0", "not understood"), ("bottom", "not understood"), ([1, 1], "distinct"), ([-1], ">= 0"), ([], ">= 0"),
+])
+def test_bad_layer_specs_are_clear_errors(layers, message):
+    with pytest.raises(UsageError, match=message):
+        LearnerConfig(ratio=0.25, layers=layers)
+
+
+@pytest.mark.parametrize("layers,message", [("top-5", "at most top-4"), ([4], r"layers \[4\] do not exist")])
+def test_layers_beyond_the_model_are_clear_errors(layers, message):
+    with pytest.raises(UsageError, match=message):
+        get_learner_model(four_layer_bert(), LearnerConfig(ratio=0.25, selection="random", layers=layers))
+
+
+def test_choose_layers_takes_the_fewest_top_blocks_that_hold_the_coverage():
+    scores = [torch.tensor([4.0, 0, 0]), torch.tensor([1.0, 0, 0]), torch.tensor([2.0, 1, 0]), torch.tensor([3.0, 0, 0])]
+    sizes = [1, 1, 1, 1]  # signals 4, 1, 2, 3 (of 10)
+    assert choose_layers(scores, sizes, 0.3) == [3]
+    assert choose_layers(scores, sizes, 0.5) == [2, 3]
+    assert choose_layers(scores, sizes, 0.55) == [1, 2, 3]
+    assert choose_layers(scores, sizes, 1.0) == [0, 1, 2, 3]
+    # with k=2 the signals are 4, 1, 3, 3 (of 11): the top two hold 6
+    assert choose_layers(scores, [2, 2, 2, 2], 6 / 11) == [2, 3]
+    assert choose_layers(scores, [2, 2, 2, 2], 6.5 / 11) == [1, 2, 3]
+
+
+def test_auto_selection_returns_the_chosen_blocks_and_their_top_neurons():
+    model = four_layer_bert()
+    config = LearnerConfig(num_neurons=2, layers="auto", layer_coverage=0.5)
+    scores = [torch.zeros(64) for _ in range(4)]
+    scores[3][[5, 9]] = 3.0
+    scores[0][[1, 2]] = 1.0
+    scores[1][7] = 2.0
+    resolved, indices = select(model, config, scores)
+    assert resolved.layers == [3] and [i.tolist() for i in indices] == [[5, 9]]
+    lm = LearnerModel(model, resolved, indices)
+    assert [b.name for b in lm.ffn_blocks] == ["bert.encoder.layer.3"]
+    with pytest.raises(UsageError, match="select"):
+        LearnerModel(four_layer_bert(), config, indices)
+
+
+def test_magnitude_selection_with_auto_layers():
+    lm = get_learner_model(four_layer_bert(), LearnerConfig(num_neurons=4, selection="magnitude", layers="auto"))
+    assert isinstance(lm.learner_config.layers, list) and lm.learner_config.layers[-1] == 3
+    assert len(lm.indices) == len(lm.learner_config.layers)
+
+
+@pytest.mark.parametrize("layers", ["top-1", "top-2", [1, 3]])
+def test_nothing_runs_backward_below_the_lowest_learner_block(layers):
+    lm = get_learner_model(four_layer_bert(), LearnerConfig(ratio=0.25, selection="random", layers=layers))
+    lowest = min(lm.learner_config.layer_positions(4))
+    out = lm(**tiny_batch(), output_hidden_states=True)
+    # hidden_states[i] is the input of block i: it has a graph only above the lowest learner block
+    assert [h.grad_fn is not None for h in out.hidden_states] == [i > lowest for i in range(5)]
+    seen = set()
+
+    def walk(fn):
+        if fn is None or fn in seen:
+            return
+        seen.add(fn)
+        for next_fn, _ in fn.next_functions:
+            walk(next_fn)
+
+    walk(out.loss.grad_fn)
+    # no graph node touches an attention weight of a block at or below the lowest learner block
+    attention_leaves = {id(p) for n, p in lm.named_parameters() if ".attention." in n}
+    assert not any(id(getattr(fn, "variable", None)) in attention_leaves for fn in seen)
+
+
+@pytest.mark.parametrize("layers", ["top-1", [0, 2]])
+def test_layer_selective_gradients_equal_the_full_models_slices(layers):
+    model = four_layer_bert()
+    reference = copy.deepcopy(model)
+    lm = get_learner_model(model, LearnerConfig(ratio=0.25, selection="random", layers=layers, seed=3))
+    batch = tiny_batch()
+    reference(**batch).loss.backward()
+    lm(**batch).loss.backward()
+    for block, idx in zip(lm.ffn_blocks, lm.indices):
+        ref = reference.get_submodule(block.name)
+        torch.testing.assert_close(block.up.learner_weight.grad, ref.intermediate.dense.weight.grad[idx], atol=1e-6, rtol=0)
+        torch.testing.assert_close(block.up.learner_bias.grad, ref.intermediate.dense.bias.grad[idx], atol=1e-6, rtol=0)
+        torch.testing.assert_close(block.down.learner_weight.grad, ref.output.dense.weight.grad[:, idx], atol=1e-6, rtol=0)
+
+
+def test_under_autocast_the_learner_step_matches_nn_linear_under_autocast():
+    model = four_layer_bert()
+    reference = copy.deepcopy(model)
+    lm = get_learner_model(model, LearnerConfig(ratio=0.25, selection="random", layers="top-2"))
+    batch = tiny_batch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref_loss = reference(**batch).loss
+        loss = lm(**batch).loss
+    ref_loss.backward()
+    loss.backward()
+    torch.testing.assert_close(loss, ref_loss)
+    for block, idx in zip(lm.ffn_blocks, lm.indices):
+        ref = reference.get_submodule(block.name)
+        assert block.up.learner_weight.grad.dtype == torch.float32
+        torch.testing.assert_close(block.up.learner_weight.grad, ref.intermediate.dense.weight.grad[idx], atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("scope", ["ffn", "learner-layers"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_priming_scope_trains_only_ffns_and_the_head(scope, family):
+    model = tiny_model(family)
+    method = build_method("learners", {"ratio": 0.25, "layers": "top-1", "priming_scope": scope})
+    model = method.prepare(model, iter([]))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == priming_parameter_names(model, method.config, method.head_names)
+    assert method.head_names <= trainable
+    blocks = find_ffn_blocks(model, LearnerConfig(ratio=1.0))
+    expected_blocks = blocks if scope == "ffn" else blocks[-1:]
+    ffn = {f"{b.name}.{m}.{k}" for b in expected_blocks for m in (b.up_name, b.down_name) for k in ("weight", "bias")}
+    assert trainable - method.head_names == ffn
+    assert set(method.pretrained) == ffn  # only what priming moves is kept to put back
+
+
+def test_priming_with_a_scope_ends_as_base_model_plus_learners_plus_head():
+    """After priming and reconfiguration the model is exactly base + learners + head, whatever the scope."""
+    base = four_layer_bert()
+    model = copy.deepcopy(base)
+    method = build_method("learners", {"num_neurons": 4, "layers": "auto", "priming_scope": "ffn", "layer_coverage": 0.6})
+    model = method.prepare(model, iter([]))
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    for seed in range(3):
+        model(**tiny_batch(seed=seed)).loss.backward()
+        optimizer.step(), optimizer.zero_grad()
+    lm = method.after_priming(model, iter([]))
+    assert isinstance(lm.learner_config.layers, list) and lm.learner_config.layers[-1] == 3
+    assert len(method.layer_signal) == 4
+    config, indices = lm.learner_config, lm.indices
+    plain = lm.merge_and_unload()
+    base_params, merged = dict(base.named_parameters()), dict(plain.named_parameters())
+    for block, idx in zip(find_ffn_blocks(plain, config), indices):
+        w = f"{block.name}.intermediate.dense.weight"
+        frozen = torch.ones(64, dtype=torch.bool)
+        frozen[idx] = False
+        assert torch.equal(merged[w][frozen], base_params[w][frozen])
+        assert not torch.equal(merged[w][idx], base_params[w][idx])  # the primed warm start is kept
+    untouched = [n for n in merged if ".attention." in n or "embeddings" in n]
+    assert untouched and all(torch.equal(merged[n], base_params[n]) for n in untouched)
+
+
+def test_learner_layers_scope_needs_fixed_layers():
+    with pytest.raises(UsageError, match="needs the learner layers before priming"):
+        LearnerConfig(ratio=0.25, layers="auto", priming_scope="learner-layers")
