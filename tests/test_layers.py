@@ -10,7 +10,7 @@ from conftest import FAMILIES, tiny_batch, tiny_model
 from learners import LearnerConfig, LearnerModel, get_learner_model
 from learners.errors import UsageError
 from learners.learner.ffn import find_ffn_blocks
-from learners.learner.selection import choose_layers, priming_scores, select, snapshot_ffns
+from learners.learner.selection import choose_layers, gradient_scores, select
 from learners.methods import build_method
 from learners.methods.learners import priming_parameter_names
 
@@ -173,6 +173,17 @@ def test_priming_with_a_scope_ends_as_base_model_plus_learners_plus_head():
     assert untouched and all(torch.equal(merged[n], base_params[n]) for n in untouched)
 
 
-def test_learner_layers_scope_needs_fixed_layers():
-    with pytest.raises(UsageError, match="needs the learner layers before priming"):
-        LearnerConfig(ratio=0.25, layers="auto", priming_scope="learner-layers")
+def test_auto_layers_with_learner_layer_priming_are_chosen_by_a_gradient_probe_before_priming():
+    model = four_layer_bert()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    method = build_method("learners", {"num_neurons": 4, "layers": "auto", "priming_scope": "learner-layers",
+                                       "gradient_batches": 2, "layer_coverage": 0.5})
+    model = method.prepare(model, iter([tiny_batch(seed=s) for s in range(5)]))
+    chosen = method.config.layers
+    assert isinstance(chosen, list) and chosen[-1] == 3 and len(method.probe_signal) == 4
+    probe = gradient_scores(four_layer_bert(), LearnerConfig(num_neurons=4), [tiny_batch(seed=s) for s in range(2)])
+    assert chosen == choose_layers(probe, [4] * 4, 0.5)
+    # the probe updated nothing and left no gradients; priming trains only the chosen blocks' FFNs and the head
+    assert all(torch.equal(p, before[n]) and p.grad is None for n, p in model.named_parameters())
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad} - method.head_names
+    assert {int(n.split(".")[3]) for n in trainable} == set(chosen)

@@ -48,7 +48,8 @@ class LearnerConfig:
     # What trains during priming: "all" (the whole model), "ffn" (every FFN's W1, b1, W2 and the
     # head: no gradients or optimizer state for embeddings and attention), "learner-layers" (only
     # the FFNs of the learner blocks and the head, so priming back-propagates no deeper than the
-    # learner phase; needs fixed layers, not "auto").
+    # learner phase; with layers="auto" a gradient probe of `gradient_batches` batches, without
+    # updates, chooses the blocks before priming).
     priming_scope: str = "all"
     # Also train the FFN's output bias b2 and the block's output LayerNorm.
     train_ffn_output_bias: bool = False
@@ -81,9 +82,6 @@ class LearnerConfig:
             raise UsageError(f"layer_coverage must be in (0, 1], got {self.layer_coverage}")
         if self.priming_scope not in PRIMING_SCOPES:
             raise UsageError(f"unknown priming_scope {self.priming_scope!r}; choose one of {', '.join(PRIMING_SCOPES)}")
-        if self.priming_scope == "learner-layers" and self.layers == "auto":
-            raise UsageError("priming_scope='learner-layers' needs the learner layers before priming; with layers='auto' "
-                             "priming chooses them. Give layers ('top-3', [3, 4, 5]) or use priming_scope 'all' or 'ffn'")
         if self.gradient_batches < 1:
             raise UsageError(f"gradient_batches must be >= 1, got {self.gradient_batches}")
 

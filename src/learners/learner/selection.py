@@ -126,7 +126,11 @@ def gradient_scores(model: nn.Module, config: LearnerConfig, batches) -> list[to
     """
     blocks = find_ffn_blocks(model, config)
     scores = [torch.zeros(b.width) for b in blocks]
-    was_training = model.training
+    was_training, requires_grad = model.training, {p: p.requires_grad for p in model.parameters()}
+    model.requires_grad_(False)  # weight gradients for the scored tensors only, and nothing below the lowest block
+    for b in blocks:
+        for p in (b.up.weight, b.up.bias, b.down.weight):
+            p.requires_grad_(True)
     model.train()
     for batch in batches:
         model.zero_grad(set_to_none=True)
@@ -135,6 +139,8 @@ def gradient_scores(model: nn.Module, config: LearnerConfig, batches) -> list[to
             scores[i] += neuron_l1(b.up.weight.grad, b.up.bias.grad, b.down.weight.grad).float().cpu()
     model.zero_grad(set_to_none=True)
     model.train(was_training)
+    for p, flag in requires_grad.items():
+        p.requires_grad_(flag)
     return scores
 
 

@@ -8,6 +8,7 @@ after_priming -> score neurons by how far they moved; with layers="auto" the sco
                  and the primed head, put the rest back to the pre-trained weights, wrap.
 """
 
+from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from torch import nn
 
 from ..learner import LearnerConfig, LearnerModel, get_learner_model
 from ..learner.ffn import FFNBlock, find_ffn_blocks
-from ..learner.selection import gradient_scores, priming_scores, select
+from ..learner.selection import choose_layers, gradient_scores, priming_scores, select
 from .base import Method
 
 
@@ -35,6 +36,7 @@ class LearnersMethod(Method):
         self.config = LearnerConfig(**options)
         self.pretrained = None
         self.layer_signal = None  # per-block sum of the priming scores, for results.json
+        self.probe_signal = None  # per-block sum of the gradient probe's scores (auto layers, learner-layers scope)
 
     def check(self, model: nn.Module) -> None:
         """Fail before training if the learner layers or sizes do not fit `model`."""
@@ -46,6 +48,8 @@ class LearnersMethod(Method):
         super().prepare(model, batches)
         config = self.config
         if config.selection == "priming":
+            if config.layers == "auto" and config.priming_scope == "learner-layers":
+                config = self.config = self._probe_layers(model, batches)
             primed = priming_parameter_names(model, config, self.head_names)
             for name, p in model.named_parameters():
                 p.requires_grad_(name in primed)
@@ -59,6 +63,14 @@ class LearnersMethod(Method):
         model = get_learner_model(model, config)
         self.config = model.learner_config
         return model
+
+    def _probe_layers(self, model: nn.Module, batches) -> LearnerConfig:
+        """Choose the learner blocks before priming from gradient magnitudes over a few batches (no updates)."""
+        config = self.config
+        scores = gradient_scores(model, config, islice(batches, config.gradient_batches))
+        self.probe_signal = [round(float(s.sum()), 6) for s in scores]
+        sizes = [config.neurons_for(0, b.width) for b in find_ffn_blocks(model, config)]
+        return replace(config, layers=choose_layers(scores, sizes, config.layer_coverage))
 
     def priming_steps(self, steps_per_epoch: int) -> int:
         if self.config.selection != "priming":
@@ -101,7 +113,8 @@ class LearnersMethod(Method):
         blocks = len(find_ffn_blocks(model.base_model, LearnerConfig(ratio=1.0, ffn_modules=self.config.ffn_modules)))
         return {"learners_dir": str(learners_dir), "learners_checkpoint_bytes": size,
                 "learner_layers": self.config.layer_positions(blocks),
-                "learner_neurons": [int(i.numel()) for i in model.indices], "priming_layer_signal": self.layer_signal}
+                "learner_neurons": [int(i.numel()) for i in model.indices], "priming_layer_signal": self.layer_signal,
+                "probe_layer_signal": self.probe_signal}
 
     def plain_model(self, model: nn.Module) -> nn.Module:
         return model.merge_and_unload()
