@@ -10,6 +10,9 @@ training phase (selection by magnitude: the step cost does not depend on which
 neurons were picked). Memory: peak RSS of the process on the CPU (and the part
 of it above the RSS after the model was loaded), peak allocated on CUDA.
 
+benchmarks/gpu_step_time.py reuses the worker (run_worker) with a random-init model of a named size
+(--arch), mixed precision (--precision) and torch.compile (--compile).
+
 Matmul GFLOPs of one forward + backward pass (torch.utils.flop_counter, which
 counts matrix products only) put the step-time ratio in context: a method that
 must back-propagate the input gradient through every layer cannot get much
@@ -24,6 +27,17 @@ import sys
 import time
 
 
+# Random-init encoders by size (benchmarks/gpu_step_time.py): random weights cost the same per step as
+# trained ones, and need no download. `tiny` runs on a CPU in seconds, for trying the scripts.
+ARCHS = {
+    "minilm-l6": ("bert", {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12,
+                           "intermediate_size": 1536, "vocab_size": 30522}),
+    "distilbert-base": ("distilbert", {}),
+    "bert-base": ("bert", {}),
+    "tiny": ("bert", {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 256}),
+}
+
+
 def rss_mb() -> float:
     with open("/proc/self/status") as f:
         for line in f:
@@ -32,54 +46,145 @@ def rss_mb() -> float:
     return float("nan")
 
 
+def build_model(args, device):
+    """The model to time: a random-init one of size --arch, built on `device` (fast), or the real --model."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, BertConfig, DistilBertConfig
+
+    if args.arch:
+        kind, overrides = ARCHS[args.arch]
+        # problem_type set now: the first forward would set it, and torch.compile would recompile for that
+        config = (BertConfig if kind == "bert" else DistilBertConfig)(
+            num_labels=2, problem_type="single_label_classification", **overrides)
+        with torch.device(device):
+            return AutoModelForSequenceClassification.from_config(config)
+    from learners.models import load_model_and_tokenizer
+    model, _ = load_model_and_tokenizer(args.model, 2, ["a", "b"])
+    return model.to(device)
+
+
+def method_options(args) -> dict:
+    """--options (JSON) if given; else learners select by magnitude (priming needs a training loop, and the
+    step cost does not depend on which neurons were picked)."""
+    if args.options is not None:
+        return json.loads(args.options)
+    return {"selection": "magnitude"} if args.worker == "learners" else {}
+
+
+def learner_layers(model) -> str:
+    """How many FFN blocks hold learners, e.g. "6/6" ("" for other methods): shows what a layers option did."""
+    from learners.learner.model import LearnerModel
+    if not isinstance(model, LearnerModel):
+        return ""
+    config = model.base_model.config
+    total = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", None)
+    return f"{len(model.ffn_blocks)}/{total}"
+
+
+def device_name(device) -> str:
+    """The GPU's name (torch.cuda.get_device_name), or the CPU's model name: timings mean nothing without it."""
+    import torch
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    with open("/proc/cpuinfo") as f:
+        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    return names[0] if names else "cpu"
+
+
 def worker(args) -> dict:
+    """Time `args.worker`'s training step in this (fresh) process; returns one JSON-able row."""
     import torch
     from accelerate import Accelerator
     from torch.utils.flop_counter import FlopCounterMode
 
     from learners.methods import build_method
-    from learners.models import load_model_and_tokenizer
     from learners.train import TrainConfig, make_optimizer, peak_memory_mb, training_step
 
     torch.manual_seed(0)
-    model, tokenizer = load_model_and_tokenizer(args.model, 2, ["a", "b"])
-    options = {"selection": "magnitude"} if args.worker == "learners" else {}
-    method = build_method(args.worker, options)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=args.precision, cpu=not torch.cuda.is_available())
     device = accelerator.device
-    model.to(device)
+    model = build_model(args, device)
+    method = build_method(args.worker, method_options(args))
+    vocab_size = model.config.vocab_size
     gen = torch.Generator().manual_seed(0)
 
     def batch():
-        ids = torch.randint(1000, tokenizer.vocab_size, (args.batch_size, args.length), generator=gen)
+        ids = torch.randint(1000, vocab_size, (args.batch_size, args.length), generator=gen)
         return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
                 "labels": torch.randint(0, 2, (args.batch_size,), generator=gen).to(device)}
 
     model = method.prepare(model, iter([batch() for _ in range(2)]))
+    layers = learner_layers(model)
     cfg = TrainConfig(learning_rate=method.default_learning_rate)
     total = args.warmup + args.steps
     optimizer, scheduler = make_optimizer(model, cfg, cfg.learning_rate, 0, total, 0)
     model, optimizer = accelerator.prepare(model, optimizer)
+    eager = model
+    if args.compile:
+        model = compile_model(model)
     model.train()
     if device.type == "cuda":
+        torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     loaded_rss = rss_mb()
     times = []
     for i in range(total):
         b = batch()
         t0 = time.perf_counter()
-        training_step(model, b, optimizer, scheduler, accelerator, cfg.max_grad_norm)
+        training_step(model, b, optimizer, scheduler, accelerator, cfg.max_grad_norm)  # synchronises on CUDA
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
     peak_mb = peak_memory_mb(device)  # before the FLOP count below, which runs one more pass
-    with FlopCounterMode(display=False) as flops:
-        accelerator.backward(model(**batch()).loss)
+    with FlopCounterMode(display=False) as flops:  # the eager module: the counter sees its matmuls
+        accelerator.backward(eager(**batch()).loss)
     optimizer.zero_grad(set_to_none=True)
-    counts = method.parameter_counts(accelerator.unwrap_model(model))
-    return {"method": args.worker, "step_ms": 1000 * statistics.median(times), "peak_mb": peak_mb,
-            "gflops": flops.get_total_flops() / 1e9,
+    counts = method.parameter_counts(accelerator.unwrap_model(eager))
+    return {"method": args.label or args.worker, "step_ms": 1000 * statistics.median(times), "peak_mb": peak_mb,
+            "gflops": flops.get_total_flops() / 1e9, "learner_layers": layers,
             "loaded_rss_mb": loaded_rss, "trainable": counts["trainable"], "total": counts["total"],
-            "device": str(device), "threads": torch.get_num_threads()}
+            "device": str(device), "device_name": device_name(device), "torch": torch.__version__,
+            "precision": args.precision, "compiled": bool(args.compile), "threads": torch.get_num_threads()}
+
+
+def compile_model(model):
+    """torch.compile, failing with a message that says what to do (compilation itself runs at the first step)."""
+    import torch
+    try:
+        return torch.compile(model)
+    except Exception as e:  # noqa: BLE001 - any backend error: report it plainly
+        raise SystemExit(f"torch.compile failed ({type(e).__name__}: {e}); run without --compile") from e
+
+
+def add_worker_arguments(p: argparse.ArgumentParser) -> None:
+    """The worker's own flags (hidden): shared by this script's main and run_worker."""
+    for flag, kw in [("--worker", {}), ("--length", {"type": int}), ("--arch", {"choices": list(ARCHS)}),
+                     ("--precision", {"choices": ["no", "bf16", "fp16"], "default": "no"}),
+                     ("--compile", {"action": "store_true"}), ("--options", {}), ("--label", {})]:
+        p.add_argument(flag, help=argparse.SUPPRESS, **kw)
+
+
+def run_worker(method: str, batch_size: int, length: int, steps: int, warmup: int, model: str | None = None,
+               arch: str | None = None, precision: str = "no", compile: bool = False, options: dict | None = None,
+               label: str | None = None, timeout: float | None = None) -> dict:
+    """Run one worker in a fresh process (so peak memory is this method's alone) and return its row.
+
+    Raises RuntimeError with the worker's last error line if it fails or times out."""
+    cmd = [sys.executable, __file__, "--worker", method, "--batch-size", str(batch_size), "--length", str(length),
+           "--steps", str(steps), "--warmup", str(warmup), "--precision", precision]
+    for flag, value in [("--model", model), ("--arch", arch), ("--label", label),
+                        ("--options", None if options is None else json.dumps(options))]:
+        if value is not None:
+            cmd += [flag, value]
+    if compile:
+        cmd.append("--compile")
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"timed out after {timeout:.0f}s") from None
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        raise RuntimeError(lines[-1].strip() if lines else f"exit {done.returncode}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main():
@@ -90,8 +195,7 @@ def main():
     p.add_argument("--lengths", default="128", help="sequence lengths, one table block each, e.g. 128,64")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--worker", help=argparse.SUPPRESS)
-    p.add_argument("--length", type=int, help=argparse.SUPPRESS)
+    add_worker_arguments(p)
     args = p.parse_args()
     if args.worker:
         print(json.dumps(worker(args)))
@@ -100,14 +204,8 @@ def main():
           "| training memory above loaded model (MB) | vs first | matmul GFLOPs (fwd+bwd) | vs first |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for length in [int(x) for x in args.lengths.split(",")]:
-        rows = []
-        for method in args.methods.split(","):
-            cmd = [sys.executable, __file__, "--worker", method, "--batch-size", str(args.batch_size), "--length",
-                   str(length), "--steps", str(args.steps), "--warmup", str(args.warmup)]
-            if args.model:
-                cmd += ["--model", args.model]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-            rows.append(json.loads(out.strip().splitlines()[-1]))
+        rows = [run_worker(method, args.batch_size, length, args.steps, args.warmup, model=args.model)
+                for method in args.methods.split(",")]
         base = rows[0]
         base_extra = base["peak_mb"] - base["loaded_rss_mb"]
         for r in rows:

@@ -1,0 +1,147 @@
+"""Step time and peak memory of every method on three model sizes, for a GPU (prepared to run in one go).
+
+    python benchmarks/gpu_step_time.py [--sizes minilm-l6,distilbert-base,bert-base] [--batch-sizes 32,128]
+        [--methods full,bitfit,lora,learners,learners-all] [--steps 20] [--warmup 5] [--precision bf16]
+        [--compile] [--output bench-out/gpu/step_time]
+
+One markdown table per size x batch (length 128), every method side by side with ratios vs `full`. Models
+are random-init transformers configs (the step cost does not depend on the weights, and nothing is
+downloaded). Each method runs in a fresh process through benchmarks/step_time_memory.py's worker, with the
+training engine's optimizer step (learners.train.make_optimizer, training_step), bf16 autocast by default,
+and a CUDA sync after every step. Peak memory: torch.cuda.max_memory_allocated on CUDA, peak RSS on the CPU.
+
+`learners` is the method with its default options; `learners-all` puts learners in every FFN block
+(options {"layers": None}, passed to learners.methods.build_method as they are). Both select by magnitude:
+priming needs a training loop, and which neurons are picked does not change the step cost. The table's
+"learner layers" column shows how many blocks got learners, so an option that means something else later
+shows up there.
+
+--compile adds, for every method, a row "METHOD +compile" with the model wrapped in torch.compile (the
+first steps compile; the warm-up absorbs them), so one table says whether compiling helps. It is off by
+default: compiling every method and size takes minutes.
+
+On a CPU, `--sizes tiny --batch-sizes 4 --steps 3 --precision no` tries the whole script in seconds.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from step_time_memory import ARCHS, run_worker  # noqa: E402 - the worker lives beside this script
+
+# Table name -> (method for build_method, its options). Learners select by magnitude (see the docstring).
+VARIANTS = {
+    "full": ("full", {}),
+    "bitfit": ("bitfit", {}),
+    "lora": ("lora", {}),
+    "learners": ("learners", {"selection": "magnitude"}),
+    "learners-all": ("learners", {"selection": "magnitude", "layers": None}),
+}
+LENGTH = 128
+WORKER_TIMEOUT_S = 300  # one method on one size; a hung worker must not eat the whole run
+
+
+def measure_block(args, arch: str, batch_size: int) -> list[dict]:
+    """Every method (and its compiled twin with --compile) on one size x batch, each in a fresh process.
+
+    A failed method becomes a row with its error, so one failure does not lose the rest of the run."""
+    rows = []
+    for name in args.methods:
+        for compiled in ([False, True] if args.compile else [False]):
+            method, options = VARIANTS[name]
+            label = name + (" +compile" if compiled else "")
+            try:
+                row = run_worker(method, batch_size, LENGTH, args.steps, args.warmup, arch=arch,
+                                 precision=args.precision, compile=compiled, options=options, label=label,
+                                 timeout=WORKER_TIMEOUT_S)
+            except RuntimeError as e:
+                row = {"method": label, "error": str(e)}
+                print(f"  {arch} batch {batch_size} {label}: FAILED: {e}", file=sys.stderr, flush=True)
+            rows.append({"size": arch, "batch_size": batch_size, "length": LENGTH, **row})
+    return rows
+
+
+def ratio(value: float, base: float | None) -> str:
+    return f"{value / base:.2f}x" if base else "-"
+
+
+def format_block(rows: list[dict]) -> str:
+    """One markdown table: a row per method, ratios vs the eager `full` row (or the first that ran)."""
+    ok = [r for r in rows if "error" not in r]
+    base = next((r for r in ok if r["method"] == "full"), ok[0] if ok else {})
+    first = rows[0]
+    lines = [f"### {first['size']}, batch {first['batch_size']} x {first['length']}", "",
+             "| method | learner layers | trainable params | median step (ms) | vs full | peak memory (MB) | vs full "
+             "| matmul GFLOPs (fwd+bwd) | vs full |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['method']} | failed: {r['error'][:120]} | | | | | | | |")
+            continue
+        lines.append(f"| {r['method']} | {r['learner_layers'] or '-'} | {r['trainable']:,} "
+                     f"({100 * r['trainable'] / r['total']:.2f}%) | {r['step_ms']:.1f} | "
+                     f"{ratio(r['step_ms'], base.get('step_ms'))} | {r['peak_mb']:.0f} | "
+                     f"{ratio(r['peak_mb'], base.get('peak_mb'))} | {r['gflops']:.1f} | "
+                     f"{ratio(r['gflops'], base.get('gflops'))} |")
+    return "\n".join(lines)
+
+
+def footer(args, rows: list[dict], seconds: float) -> str:
+    """What ran where: the device name and torch version are part of every result."""
+    ok = [r for r in rows if "error" not in r]
+    where = f"{ok[0]['device_name']} ({ok[0]['device']}), torch {ok[0]['torch']}" if ok else "no method ran"
+    return (f"median of {args.steps} steps after {args.warmup} warm-up steps, precision {args.precision}, "
+            f"random-init models, each method in a fresh process; {where}; whole run {seconds:.0f}s")
+
+
+def write_output(path: str, markdown: str, rows: list[dict], args) -> None:
+    """PATH.md (the tables) and PATH.json (every row and the settings)."""
+    base = Path(path)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    base.with_suffix(".md").write_text(markdown + "\n")
+    settings = {k: getattr(args, k) for k in ("sizes", "batch_sizes", "methods", "steps", "warmup", "precision", "compile")}
+    base.with_suffix(".json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {base.with_suffix('.md')} and {base.with_suffix('.json')}")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="minilm-l6,distilbert-base,bert-base", help=f"from {', '.join(ARCHS)}")
+    p.add_argument("--batch-sizes", default="32,128")
+    p.add_argument("--methods", default=",".join(VARIANTS), help=f"from {', '.join(VARIANTS)}")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--precision", choices=["bf16", "fp16", "no"], default="bf16", help="accelerate mixed_precision")
+    p.add_argument("--compile", action="store_true", help="also time each method under torch.compile")
+    p.add_argument("--output", help="also write the tables to OUTPUT.md and the rows to OUTPUT.json")
+    args = p.parse_args(argv)
+    args.sizes, args.methods = args.sizes.split(","), args.methods.split(",")
+    args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    unknown = [s for s in args.sizes if s not in ARCHS] + [m for m in args.methods if m not in VARIANTS]
+    if unknown:
+        p.error(f"unknown size or method: {', '.join(unknown)}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    started = time.perf_counter()
+    blocks, rows = [], []
+    for arch in args.sizes:
+        for batch_size in args.batch_sizes:
+            block = measure_block(args, arch, batch_size)
+            blocks.append(format_block(block))
+            rows += block
+            print(blocks[-1] + "\n", flush=True)
+    markdown = "\n\n".join(blocks) + "\n\n" + footer(args, rows, time.perf_counter() - started)
+    print(markdown.rsplit("\n", 1)[-1])
+    if args.output:
+        write_output(args.output, markdown, rows, args)
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
