@@ -38,7 +38,7 @@ VARIANTS = {
     "bitfit": ("bitfit", {}),
     "lora": ("lora", {}),
     "learners": ("learners", {"selection": "magnitude"}),
-    "learners-all": ("learners", {"selection": "magnitude", "layers": None}),
+    "learners-all": ("learners", {"selection": "magnitude", "layers": "all"}),
 }
 LENGTH = 128
 WORKER_TIMEOUT_S = 300  # one method on one size; a hung worker must not eat the whole run
