@@ -8,6 +8,7 @@ after_priming -> score neurons by how far they moved; with layers="auto" the sco
                  and the primed head, put the rest back to the pre-trained weights, wrap.
 """
 
+import sys
 from dataclasses import replace
 from itertools import islice
 from pathlib import Path
@@ -70,7 +71,9 @@ class LearnersMethod(Method):
         scores = gradient_scores(model, config, islice(batches, config.gradient_batches))
         self.probe_signal = [round(float(s.sum()), 6) for s in scores]
         sizes = [config.neurons_for(0, b.width) for b in find_ffn_blocks(model, config)]
-        return replace(config, layers=choose_layers(scores, sizes, config.layer_coverage))
+        layers = choose_layers(scores, sizes, config.layer_coverage)
+        print(f"learners: blocks {layers} get learners; gradient probe signal per block {self.probe_signal}", file=sys.stderr)
+        return replace(config, layers=layers)
 
     def priming_steps(self, steps_per_epoch: int) -> int:
         if self.config.selection != "priming":
@@ -91,6 +94,8 @@ class LearnersMethod(Method):
         scores = priming_scores(model, self.config, before)
         self.layer_signal = [round(float(s.sum()), 4) for s in scores]
         self.config, indices = select(model, self.config, scores)
+        print(f"learners: blocks {self.config.layers if self.config.layers is not None else 'all'} get learners; "
+              f"priming signal per block {self.layer_signal}", file=sys.stderr)
         blocks = find_ffn_blocks(model, self.config)
         with torch.no_grad():
             primed = [_trained_slices(b, idx, self.config) for b, idx in zip(blocks, indices)]
