@@ -187,9 +187,19 @@ def run_worker(method: str, batch_size: int, length: int, steps: int, warmup: in
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def method_spec(spec: str) -> tuple[str, dict | None]:
+    """"learners:top-3" -> learners with layers top-3 (selected by magnitude); other names as they are."""
+    name, _, layers = spec.partition(":")
+    if not layers:
+        return name, None
+    return name, {"selection": "magnitude", "layers": [int(i) for i in layers.split("+")] if "+" in layers else layers}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", default="full,learners", help="the first is the baseline of the ratios")
+    p.add_argument("--methods", default="full,learners",
+                   help="the first is the baseline of the ratios; learners:LAYERS times learners in those blocks "
+                        "(all, top-N, or blocks joined by +, e.g. 3+4+5), e.g. full,bitfit,learners:all,learners:top-3")
     p.add_argument("--model")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lengths", default="128", help="sequence lengths, one table block each, e.g. 128,64")
@@ -204,8 +214,9 @@ def main():
           "| training memory above loaded model (MB) | vs first | matmul GFLOPs (fwd+bwd) | vs first |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for length in [int(x) for x in args.lengths.split(",")]:
-        rows = [run_worker(method, args.batch_size, length, args.steps, args.warmup, model=args.model)
-                for method in args.methods.split(",")]
+        rows = [run_worker(method_spec(spec)[0], args.batch_size, length, args.steps, args.warmup, model=args.model,
+                           options=method_spec(spec)[1], label=spec)
+                for spec in args.methods.split(",")]
         base = rows[0]
         base_extra = base["peak_mb"] - base["loaded_rss_mb"]
         for r in rows:

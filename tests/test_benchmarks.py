@@ -32,3 +32,29 @@ def test_gpu_step_time_prints_a_row_per_method(monkeypatch, capsys, tmp_path):
     assert rows["full"].count("1.00x") == 3
     assert rows["learners-all"].split("|")[2].strip() == "2/2"  # learners in both blocks of the tiny model
     assert "torch" in out and (tmp_path / "steps.md").exists() and (tmp_path / "steps.json").exists()
+
+
+def test_frontier_keeps_the_points_no_other_beats_on_speed_and_quality(tmp_path, monkeypatch, capsys):
+    import frontier
+    points = [{"label": "full", "ratio": 1.0, "quality": 0.70}, {"label": "a", "ratio": 0.5, "quality": 0.68},
+              {"label": "b", "ratio": 0.6, "quality": 0.67}, {"label": "c", "ratio": 0.4, "quality": 0.60},
+              {"label": "d", "ratio": 0.5, "quality": 0.68}]
+    assert frontier.on_frontier(points) == {"full", "a", "c", "d"}  # b: a is faster and better; a, d tie
+
+    def write(bench, method, task, seed, best):
+        run = bench / "runs" / task / method / f"seed{seed}"
+        run.mkdir(parents=True)
+        (run / "results.json").write_text(json.dumps({"task": task, "method": method, "best_metric": best}))
+
+    write(tmp_path / "b1", "full", "cola", 0, 0.30), write(tmp_path / "b1", "full", "cola", 1, 0.20)
+    write(tmp_path / "b1", "full", "rte", 0, 0.60)
+    write(tmp_path / "b2", "learners", "cola", 0, 0.24)  # no rte: the mean is over cola only
+    (tmp_path / "ratios.json").write_text(json.dumps({"full": 1.0, "learners top-3": 0.45}))
+    monkeypatch.setattr(sys, "argv", ["frontier.py", "--step-ratios", str(tmp_path / "ratios.json"), "--output",
+                                      str(tmp_path / "f"), f"full={tmp_path / 'b1'}:full",
+                                      f"learners top-3={tmp_path / 'b2'}:learners"])
+    frontier.main()
+    table = (tmp_path / "f.md").read_text()
+    assert "| full | 1.00x | 0.250 | 0.250 | 2 | yes |" in table
+    assert "| learners top-3 | 0.45x | 0.240 | 0.240 | 1 | yes |" in table
+    assert (tmp_path / "f.png").stat().st_size > 0
