@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 from .errors import UsageError
@@ -119,6 +120,7 @@ def run_finetune(args: FinetuneArgs) -> dict:
     out = check_output_dir(args.output_dir, args.overwrite)
     method = build_method(args.method, args.method_options)
     task = load_task(args)
+    set_seed(args.seed)  # before the model: a freshly initialised task head is random too
     model, tokenizer = load_model_and_tokenizer(args.model, task.num_labels, task.label_names)
 
     train_set = task.train

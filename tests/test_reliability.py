@@ -1,0 +1,56 @@
+"""Reliability (issue 9): same seed, same run; tiny runs; diverging runs stop; outputs checked up front."""
+
+import json
+import random
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from learners.cli import main
+
+METHODS = ["full", "head", "bitfit", "lora", "adapter", "far", "learners"]
+WORDS = "the cat dog sat ran on a mat big small red blue happy sad old new".split()
+
+
+def write_data(directory, rows=60, classes=("a", "b", "c")):
+    """A tiny three-class CSV (three classes: the tiny model's saved two-class head is re-initialised)."""
+    rng = random.Random(0)
+    lines = ["text,label"] + [" ".join(rng.choice(WORDS) for _ in range(6)) + "," + classes[i % len(classes)]
+                              for i in range(rows)]
+    (directory / "train.csv").write_text("\n".join(lines) + "\n")
+    (directory / "dev.csv").write_text("\n".join(lines[:13]) + "\n")
+
+
+def finetune_args(tmp_path, model_dir, out, method, *extra):
+    if not (tmp_path / "train.csv").exists():
+        write_data(tmp_path)
+    args = ["finetune", "--train-file", str(tmp_path / "train.csv"), "--validation-file", str(tmp_path / "dev.csv"),
+            "--model", str(model_dir), "--method", method, "--output-dir", str(tmp_path / out), "--no-progress", *extra]
+    if method == "learners":
+        args += ["--ratio", "0.25"]
+    return args
+
+
+def run_ok(tmp_path, model_dir, out, method, *extra) -> dict:
+    assert main(finetune_args(tmp_path, model_dir, out, method, *extra)) == 0
+    return json.loads((tmp_path / out / "results.json").read_text())
+
+
+def weights(directory):
+    return load_file(str(directory / "model" / "model.safetensors"))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_same_seed_same_run(method, tmp_path, tiny_model_dir):
+    extra = ["--max-steps", "4", "--batch-size", "8", "--eval-steps", "2", "--seed", "3"]
+    if method == "learners":
+        extra += ["--priming-steps", "1"]
+    a = run_ok(tmp_path, tiny_model_dir, "a", method, *extra)
+    b = run_ok(tmp_path, tiny_model_dir, "b", method, *extra)
+    assert [(h["step"], h["metrics"]) for h in a["history"]] == [(h["step"], h["metrics"]) for h in b["history"]]
+    assert (a["metric"], a["best_metric"], a["best_step"]) == (b["metric"], b["best_metric"], b["best_step"])
+    wa, wb = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    head = [k for k in wa if k.startswith("classifier.")]
+    assert head and wa[head[0]].shape[0] == 3  # a freshly initialised (three-class) head, seeded too
