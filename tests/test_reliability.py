@@ -54,3 +54,43 @@ def test_same_seed_same_run(method, tmp_path, tiny_model_dir):
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
     head = [k for k in wa if k.startswith("classifier.")]
     assert head and wa[head[0]].shape[0] == 3  # a freshly initialised (three-class) head, seeded too
+
+
+def test_diverging_run_stops_with_the_fix_and_writes_nothing(tmp_path, tiny_model_dir, capsys):
+    args = finetune_args(tmp_path, tiny_model_dir, "nan", "full", "--max-steps", "8", "--batch-size", "8",
+                         "--learning-rate", "1e6")
+    assert main(args) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith("learners: error: training diverged at step") and "lower --learning-rate (now 1e+06)" in err
+    assert not (tmp_path / "nan").exists()
+
+
+def test_non_finite_gradient_stops_before_the_weights_change():
+    from accelerate import Accelerator
+
+    from conftest import tiny_batch, tiny_model
+    from learners.errors import TrainingDiverged
+    from learners.train import TrainConfig, make_optimizer, training_step
+
+    model = tiny_model("bert")
+    optimizer, scheduler = make_optimizer(model, TrainConfig(learning_rate=1e-3), 1e-3, 0, 10, 0)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model.classifier.weight.register_hook(lambda g: g * float("inf"))
+    with pytest.raises(TrainingDiverged, match="gradient norm is (inf|nan)"):
+        training_step(model, tiny_batch(), optimizer, scheduler, Accelerator(cpu=True), 1.0)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def test_non_finite_learners_are_neither_saved_nor_merged(tmp_path):
+    from conftest import tiny_model
+    from learners import LearnerConfig, get_learner_model
+    from learners.errors import UsageError
+
+    model = get_learner_model(tiny_model("bert"), LearnerConfig(ratio=0.25, selection="magnitude"))
+    with torch.no_grad():
+        model.base_model.classifier.weight[0, 0] = float("nan")
+    with pytest.raises(UsageError, match="NaN or infinite values .*classifier.weight"):
+        model.save_pretrained(tmp_path / "l")
+    assert not (tmp_path / "l").exists()
+    with pytest.raises(UsageError, match="cannot be merged"):
+        model.merge_and_unload()

@@ -11,7 +11,7 @@ import torch
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
-from .errors import UsageError
+from .errors import UsageError, check_finite
 from .methods import build_method
 from .metrics import compute_metrics, primary_metric_name
 from .models import DEFAULT_MODEL, load_model_and_tokenizer
@@ -147,6 +147,7 @@ def run_finetune(args: FinetuneArgs) -> dict:
                       eval_steps=args.eval_steps, seed=args.seed, mixed_precision=args.mixed_precision,
                       priming_learning_rate=args.priming_learning_rate or 1e-4, progress=args.progress)
     result = train(model, method, train_loader, evaluate, metric_name, cfg)
+    check_finite(result.model.state_dict().items(), "the trained model", "Lower --learning-rate and run again.")
 
     out.mkdir(parents=True, exist_ok=True)
     counts = method.parameter_counts(result.model)

@@ -24,6 +24,8 @@ from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
+from .errors import TrainingDiverged
+
 
 @dataclass
 class TrainConfig:
@@ -84,17 +86,32 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def training_step(model, batch, optimizer, scheduler, accelerator: Accelerator, max_grad_norm: float) -> torch.Tensor:
-    """One optimizer step: forward, backward, clip, update. Returns the loss (synchronised on CUDA)."""
+    """One optimizer step: forward, backward, clip, update. Returns the loss (synchronised on CUDA).
+
+    A NaN or infinite loss or gradient norm raises TrainingDiverged before the weights change
+    (with fp16 an infinite gradient norm is the loss scaler's business: it skips that step)."""
     loss = model(**batch).loss
+    if not torch.isfinite(loss.detach()):
+        raise TrainingDiverged(f"the loss is {loss.item()}")
     accelerator.backward(loss)
     if max_grad_norm:
-        accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+        norm = accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+        if accelerator.scaler is None and not torch.isfinite(norm):
+            raise TrainingDiverged(f"the gradient norm is {norm.item()}")
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     if accelerator.device.type == "cuda":
         torch.cuda.synchronize(accelerator.device)
     return loss.detach()
+
+
+def diverged(error: TrainingDiverged, step: int, phase: str, learning_rate: float, cfg: TrainConfig) -> TrainingDiverged:
+    """The one-line message for a run that diverged: where, at which rate, and what to change."""
+    flag = "--priming-learning-rate" if phase == "priming" else "--learning-rate"
+    hint = " or --mixed-precision no" if cfg.mixed_precision != "no" else ""
+    return TrainingDiverged(f"training diverged at step {step} ({phase} phase): {error}; lower {flag} "
+                            f"(now {learning_rate:g}){hint} and run again. Nothing was saved")
 
 
 def train(model: nn.Module, method, train_loader, evaluate: Callable[[nn.Module], dict], metric_name: str,
@@ -148,7 +165,10 @@ def train(model: nn.Module, method, train_loader, evaluate: Callable[[nn.Module]
     while step < total:
         for batch in loader:
             t0 = time.perf_counter()
-            loss = training_step(model, batch, optimizer, scheduler, accelerator, cfg.max_grad_norm)
+            try:
+                loss = training_step(model, batch, optimizer, scheduler, accelerator, cfg.max_grad_norm)
+            except TrainingDiverged as e:
+                raise diverged(e, step + 1, phase, learning_rate, cfg) from None
             elapsed = time.perf_counter() - t0
             result.step_seconds.append((phase, elapsed))
             result.train_seconds += elapsed
@@ -159,7 +179,8 @@ def train(model: nn.Module, method, train_loader, evaluate: Callable[[nn.Module]
                 run_eval(step)
                 t0 = time.perf_counter()
                 model = method.after_priming(accelerator.unwrap_model(model), batches()).to(device)
-                optimizer, scheduler = make_optimizer(model, cfg, cfg.learning_rate, step, total, warmup)
+                learning_rate = cfg.learning_rate
+                optimizer, scheduler = make_optimizer(model, cfg, learning_rate, step, total, warmup)
                 model, optimizer = accelerator.prepare(model, optimizer)
                 model.train()
                 result.train_seconds += time.perf_counter() - t0

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import UsageError
+from ..errors import UsageError, check_finite
 from .config import LearnerConfig
 from .ffn import FFNBlock, find_ffn_blocks, head_parameter_names, set_submodule
 from .layer import LearnerColumnLinear, LearnerRowLinear
@@ -90,9 +90,10 @@ class LearnerModel(nn.Module):
 
     def save_pretrained(self, save_directory: str | Path) -> Path:
         """Write only the trained tensors (learner slices, head, options) and neuron indices, plus the config."""
+        tensors = {name: p.detach().contiguous().cpu() for name, p in self.base_model.named_parameters() if p.requires_grad}
+        check_finite(tensors.items(), "the learners", "Retrain them with a lower learning rate.")
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
-        tensors = {name: p.detach().contiguous().cpu() for name, p in self.base_model.named_parameters() if p.requires_grad}
         for i, idx in enumerate(self.indices):
             tensors[f"learner_indices.{i}"] = idx.contiguous()
         save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
@@ -142,6 +143,8 @@ class LearnerModel(nn.Module):
 
     def merge_and_unload(self) -> nn.Module:
         """Write the learners back into their FFNs and return the plain transformers model."""
+        check_finite(self.base_model.named_parameters(), "the learners or their head",
+                     "They cannot be merged; retrain them with a lower learning rate.")
         for block in self.ffn_blocks:
             set_submodule(block.block, block.up_name, block.up.to_linear())
             set_submodule(block.block, block.down_name, block.down.to_linear())
