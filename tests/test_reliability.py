@@ -94,3 +94,23 @@ def test_non_finite_learners_are_neither_saved_nor_merged(tmp_path):
     assert not (tmp_path / "l").exists()
     with pytest.raises(UsageError, match="cannot be merged"):
         model.merge_and_unload()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_one_step_runs_work_for_every_method(method, tmp_path, tiny_model_dir):
+    r = run_ok(tmp_path, tiny_model_dir, "one", method, "--max-steps", "1", "--batch-size", "8")
+    assert r["steps"] == 1 and r["history"][-1]["step"] == 1 and r["history"][-1]["phase"] == "train"
+    assert r["priming_steps"] == (1 if method in ("far", "learners") else 0)
+    assert r["trainable_params"] < r["total_params"] or method == "full"
+    assert (tmp_path / "one" / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("method", ["learners", "far"])
+def test_one_epoch_of_one_batch_primes_then_selects(method, tmp_path, tiny_model_dir, capsys):
+    r = run_ok(tmp_path, tiny_model_dir, "tiny", method, "--epochs", "1", "--batch-size", "64")
+    assert (r["steps"], r["priming_steps"]) == (1, 1)
+    assert [h["phase"] for h in r["history"]] == ["priming", "train"]
+    assert "priming takes 1, then selection, then no learner-only steps" in capsys.readouterr().err
+    if method == "learners":
+        assert main(["merge", "--base", str(tiny_model_dir), "--learners", str(tmp_path / "tiny" / "learners"),
+                     "--output", str(tmp_path / "merged")]) == 0

@@ -24,7 +24,7 @@ from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
-from .errors import TrainingDiverged
+from .errors import TrainingDiverged, UsageError
 
 
 @dataclass
@@ -106,6 +106,19 @@ def training_step(model, batch, optimizer, scheduler, accelerator: Accelerator, 
     return loss.detach()
 
 
+def priming_budget(wanted: int, total: int) -> int:
+    """Priming steps in a run of `total` steps: as many as wanted, leaving at least one learner step.
+
+    A one-step run primes for its one step, then selects and reconfigures with no learner-only
+    step (the result is base model + primed learners + head); a warning says so."""
+    budget = min(wanted, max(1, total - 1))
+    if wanted and (budget < wanted or budget == total):
+        rest = "no learner-only steps" if budget == total else f"{total - budget} learner step(s)"
+        tqdm.write(f"warning: the run has {total} step(s), too few for {wanted} priming step(s) and learner training: "
+                   f"priming takes {budget}, then selection, then {rest}", file=sys.stderr)
+    return budget
+
+
 def diverged(error: TrainingDiverged, step: int, phase: str, learning_rate: float, cfg: TrainConfig) -> TrainingDiverged:
     """The one-line message for a run that diverged: where, at which rate, and what to change."""
     flag = "--priming-learning-rate" if phase == "priming" else "--learning-rate"
@@ -127,10 +140,12 @@ def train(model: nn.Module, method, train_loader, evaluate: Callable[[nn.Module]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise UsageError("no training batches: the training set is empty; add examples")
     total = cfg.max_steps if cfg.max_steps else math.ceil(cfg.epochs * steps_per_epoch)
     warmup = math.floor(cfg.warmup_ratio * total)
     eval_steps = cfg.eval_steps or max(1, math.ceil(steps_per_epoch / 4))
-    priming_steps = min(method.priming_steps(steps_per_epoch), total - 1) if total > 1 else 0
+    priming_steps = priming_budget(method.priming_steps(steps_per_epoch), total)
     result = TrainResult(model=model, priming_steps=priming_steps)
 
     def batches():
@@ -185,8 +200,8 @@ def train(model: nn.Module, method, train_loader, evaluate: Callable[[nn.Module]
                 model.train()
                 result.train_seconds += time.perf_counter() - t0
                 phase = "train"
-            elif step % eval_steps == 0 or step == total:
-                run_eval(step)
+            if step == total or (step % eval_steps == 0 and step != priming_steps):
+                run_eval(step)  # when priming took every step, this evaluates the reconfigured model
             if step >= total:
                 break
     bar.close()
