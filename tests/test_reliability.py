@@ -114,3 +114,41 @@ def test_one_epoch_of_one_batch_primes_then_selects(method, tmp_path, tiny_model
     if method == "learners":
         assert main(["merge", "--base", str(tiny_model_dir), "--learners", str(tmp_path / "tiny" / "learners"),
                      "--output", str(tmp_path / "merged")]) == 0
+
+
+def unwritable_dir(tmp_path, monkeypatch):
+    """A read-only directory; as root (who may write anyway) the permission check is made to say no."""
+    import os
+
+    import learners.errors
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    if os.geteuid() == 0:
+        monkeypatch.setattr(learners.errors, "_writable", lambda d: d != locked.absolute())
+    return locked
+
+
+@pytest.mark.parametrize("where,message", [
+    ("file", "is a file; pass a directory path"),
+    ("under-file", "cannot be created: .* is a file, not a directory"),
+    ("read-only", "no write permission in"),
+    ("under-read-only", "no write permission in"),
+])
+def test_unwritable_output_dir_fails_before_training(where, message, tmp_path, tiny_model_dir, monkeypatch, capsys):
+    import re
+
+    import learners.finetune
+
+    (tmp_path / "afile").write_text("x")
+    locked = unwritable_dir(tmp_path, monkeypatch)
+    out = {"file": tmp_path / "afile", "under-file": tmp_path / "afile" / "run",
+           "read-only": locked, "under-read-only": locked / "run"}[where]
+    monkeypatch.setattr(learners.finetune, "load_task", lambda *a, **k: pytest.fail("work started"))
+    args = finetune_args(tmp_path, tiny_model_dir, "x", "full")
+    args[args.index("--output-dir") + 1] = str(out)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and re.search(message, err), err
+    assert not (tmp_path / "afile").is_dir() and list(locked.iterdir()) == []

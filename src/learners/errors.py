@@ -1,9 +1,12 @@
-"""The one exception type for bad user input.
+"""The one exception type for bad user input, and the checks that raise it.
 
 Everything a user can get wrong (a task name, a path, a column, a flag value)
 raises `UsageError` with a message that names the problem and the fix. The CLI
 prints it on one line and exits with status 2, without a traceback.
 """
+
+import os
+from pathlib import Path
 
 
 class UsageError(ValueError):
@@ -22,3 +25,24 @@ def check_finite(named_tensors, what: str, fix: str) -> None:
     for name, tensor in named_tensors:
         if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
             raise UsageError(f"{what} has NaN or infinite values (first in {name}); nothing was written. {fix}")
+
+
+def _writable(directory: Path) -> bool:
+    return os.access(directory, os.W_OK | os.X_OK)
+
+
+def check_output_path(path, flag: str, directory: bool = True) -> Path:
+    """Fail now, before any work, if `path` (a directory, or a file with `directory=False`) cannot be
+    written: a file or directory of the wrong kind in the way, a parent that is a file, no permission.
+    Creates nothing."""
+    path = Path(path).expanduser()
+    kind = "directory" if directory else "file"
+    if path.exists() and path.is_dir() != directory:
+        raise UsageError(f"{flag} {path} is a {'file' if directory else 'directory'}; pass a {kind} path")
+    existing = next(p for p in [path.absolute(), *path.absolute().parents] if p.exists())
+    if not existing.is_dir() and existing != path.absolute():
+        raise UsageError(f"{flag} {path} cannot be created: {existing} is a file, not a directory")
+    folder = existing if existing.is_dir() else existing.parent
+    if not _writable(folder):
+        raise UsageError(f"{flag} {path} cannot be written: no write permission in {folder}; choose another {kind}")
+    return path

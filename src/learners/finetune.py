@@ -11,7 +11,7 @@ import torch
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
-from .errors import UsageError, check_finite
+from .errors import UsageError, check_finite, check_output_path
 from .methods import build_method
 from .metrics import compute_metrics, primary_metric_name
 from .models import DEFAULT_MODEL, load_model_and_tokenizer
@@ -75,9 +75,7 @@ def load_task(args: FinetuneArgs) -> TaskData:
 
 
 def check_output_dir(output_dir: str, overwrite: bool) -> Path:
-    out = Path(output_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--output-dir {out} is a file; pass a directory path")
+    out = check_output_path(output_dir, "--output-dir")
     if (out / "results.json").exists() and not overwrite:
         raise UsageError(f"{out} already holds a finished run (results.json); pass --overwrite to replace it or choose another --output-dir")
     return out

@@ -4,7 +4,7 @@ import csv
 import json
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import UsageError, check_output_path
 from .finetune import TASK_FILE, predict_loader
 from .user_data import pick_text_columns, read_table
 
@@ -33,7 +33,7 @@ def load_finetuned(model_dir: str):
 def run_predict(model_dir: str, input_file: str, output_file: str, text_columns: str | None = None,
                 batch_size: int = 64, max_length: int = 128) -> int:
     """Write `output_file` with the input rows and a `prediction` column; return the number of rows."""
-    out = Path(output_file)
+    out = check_output_path(output_file, "--output", directory=False)
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise UsageError(f"--output {out.name}: unsupported file type; use .csv, .tsv or .jsonl")
     if batch_size <= 0:
