@@ -152,3 +152,25 @@ def test_unwritable_output_dir_fails_before_training(where, message, tmp_path, t
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and re.search(message, err), err
     assert not (tmp_path / "afile").is_dir() and list(locked.iterdir()) == []
+
+
+def test_max_length_limit_comes_from_the_model_config():
+    from conftest import tiny_config
+    from learners.errors import UsageError
+    from learners.models import check_max_length, max_sequence_length
+
+    assert [max_sequence_length(tiny_config(f)) for f in ("bert", "distilbert", "roberta")] == [64, 64, 70]
+    assert check_max_length(None, tiny_config("roberta")) == 70  # the default 128, capped to the limit
+    assert check_max_length(None, tiny_config("bert", vocab_size=30)) == 64
+    with pytest.raises(UsageError, match="--max-length 71 is longer than this model takes \\(70 tokens"):
+        check_max_length(71, tiny_config("roberta"))
+
+
+def test_method_check_runs_before_training(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    import learners.finetune
+
+    monkeypatch.setattr(learners.finetune, "train", lambda *a, **k: pytest.fail("training started"))
+    args = finetune_args(tmp_path, tiny_model_dir, "x", "lora", "--lora-target-modules", "query,qkv")
+    assert main(args) == 2
+    assert "--lora-target-modules qkv name no module of this bert model" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

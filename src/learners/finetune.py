@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from .errors import UsageError, check_finite, check_output_path
 from .methods import build_method
 from .metrics import compute_metrics, primary_metric_name
-from .models import DEFAULT_MODEL, load_model_and_tokenizer
+from .models import DEFAULT_MODEL, check_max_length, load_model_and_tokenizer
 from .task_data import TaskData
 from .train import TrainConfig, train
 
@@ -41,7 +41,7 @@ class FinetuneArgs:
     warmup_ratio: float = 0.06
     weight_decay: float | None = None  # None: the method's default
     lr_scheduler: str | None = None  # None: the method's default
-    max_length: int = 128
+    max_length: int | None = None  # None: 128, or the model's limit if lower
     eval_steps: int | None = None
     max_train_samples: int | None = None
     seed: int = 0
@@ -51,10 +51,10 @@ class FinetuneArgs:
     method_options: dict = field(default_factory=dict)
 
     def validate(self) -> None:
-        for name in ("batch_size", "epochs", "max_length"):
+        for name in ("batch_size", "epochs"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        for name in ("learning_rate", "priming_learning_rate", "max_steps", "eval_steps", "max_train_samples"):
+        for name in ("learning_rate", "priming_learning_rate", "max_steps", "eval_steps", "max_train_samples", "max_length"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -120,13 +120,15 @@ def run_finetune(args: FinetuneArgs) -> dict:
     task = load_task(args)
     set_seed(args.seed)  # before the model: a freshly initialised task head is random too
     model, tokenizer = load_model_and_tokenizer(args.model, task.num_labels, task.label_names)
+    max_length = check_max_length(args.max_length, model.config)
+    method.check(model)
 
     train_set = task.train
     if args.max_train_samples and args.max_train_samples < len(train_set):
         train_set = train_set.shuffle(seed=0).select(range(args.max_train_samples))
-    train_loader = make_loader(encode(train_set, task, tokenizer, args.max_length), tokenizer, args.batch_size, True, args.seed)
+    train_loader = make_loader(encode(train_set, task, tokenizer, max_length), tokenizer, args.batch_size, True, args.seed)
     dev_sets = {"": task.validation, **{f"{k}_": v for k, v in task.extra_validation.items()}}
-    dev_loaders = {prefix: make_loader(encode(ds, task, tokenizer, args.max_length), tokenizer, 128, False)
+    dev_loaders = {prefix: make_loader(encode(ds, task, tokenizer, max_length), tokenizer, 128, False)
                    for prefix, ds in dev_sets.items()}
     metric_name = primary_metric_name(task.metric_kind)
 
@@ -171,7 +173,7 @@ def run_finetune(args: FinetuneArgs) -> dict:
         "steps": result.steps, "priming_steps": result.priming_steps,
         "step_ms": round(1000 * statistics.median(final_phase), 2),
         "epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size,
-        "learning_rate": learning_rate, "train_examples": len(train_set),
+        "learning_rate": learning_rate, "max_length": max_length, "train_examples": len(train_set),
         "device": "cuda" if torch.cuda.is_available() else "cpu", "torch_threads": torch.get_num_threads(),
         "history": result.history,
         "args": {k: v for k, v in asdict(args).items() if k != "progress"},

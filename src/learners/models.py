@@ -37,6 +37,32 @@ def resolve_model(name_or_path: str | None) -> str:
     return name_or_path
 
 
+# Models whose position ids start after the padding id (RoBERTa's `padding_idx + 1`), by `config.model_type`.
+PADDING_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "roberta-prelayernorm", "data2vec-text", "mpnet", "xmod"}
+DEFAULT_MAX_LENGTH = 128
+
+
+def max_sequence_length(config) -> int | None:
+    """The longest input the model's position embeddings allow (None: no such limit in the config)."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit and getattr(config, "model_type", None) in PADDING_OFFSET_POSITIONS:
+        limit -= (getattr(config, "pad_token_id", None) or 0) + 1
+    return limit
+
+
+def check_max_length(max_length: int | None, config) -> int:
+    """--max-length checked against the model's limit; None: 128, or the limit if that is lower."""
+    limit = max_sequence_length(config)
+    if max_length is None:
+        return min(DEFAULT_MAX_LENGTH, limit) if limit else DEFAULT_MAX_LENGTH
+    if max_length <= 0:
+        raise UsageError(f"--max-length must be positive, got {max_length}")
+    if limit and max_length > limit:
+        raise UsageError(f"--max-length {max_length} is longer than this model takes ({limit} tokens, from its "
+                         f"max_position_embeddings); pass --max-length {limit} or less")
+    return max_length
+
+
 def load_model_and_tokenizer(name_or_path: str | None, num_labels: int, label_names: list[str] | None):
     """A sequence-classification model (a regression head when `label_names` is None) and its tokenizer."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer

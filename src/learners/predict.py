@@ -6,6 +6,7 @@ from pathlib import Path
 
 from .errors import UsageError, check_output_path
 from .finetune import TASK_FILE, predict_loader
+from .models import check_max_length
 from .user_data import pick_text_columns, read_table
 
 OUTPUT_SUFFIXES = (".csv", ".tsv", ".jsonl")
@@ -31,7 +32,7 @@ def load_finetuned(model_dir: str):
 
 
 def run_predict(model_dir: str, input_file: str, output_file: str, text_columns: str | None = None,
-                batch_size: int = 64, max_length: int = 128) -> int:
+                batch_size: int = 64, max_length: int | None = None) -> int:
     """Write `output_file` with the input rows and a `prediction` column; return the number of rows."""
     out = check_output_path(output_file, "--output", directory=False)
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
@@ -39,6 +40,7 @@ def run_predict(model_dir: str, input_file: str, output_file: str, text_columns:
     if batch_size <= 0:
         raise UsageError(f"--batch-size must be positive, got {batch_size}")
     model, tokenizer = load_finetuned(model_dir)
+    max_length = check_max_length(max_length, model.config)
     task_file = Path(model_dir) / TASK_FILE
     saved = json.loads(task_file.read_text()) if task_file.is_file() else {}
     table = read_table(input_file, "--input")

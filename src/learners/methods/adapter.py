@@ -171,6 +171,9 @@ class BottleneckAdapters(Method):
             raise UsageError(f"--adapter-size must be a positive integer, got {self.size}")
         self.total_params = 0
 
+    def check(self, model: nn.Module) -> None:
+        adapter_sites(model)  # the model type has known adapter sites
+
     def prepare(self, model: nn.Module, batches) -> nn.Module:
         super().prepare(model, batches)
         self.total_params = sum(p.numel() for p in model.parameters())
