@@ -5,6 +5,7 @@ raises `UsageError` with a message that names the problem and the fix. The CLI
 prints it on one line and exits with status 2, without a traceback.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -46,3 +47,30 @@ def check_output_path(path, flag: str, directory: bool = True) -> Path:
     if not _writable(folder):
         raise UsageError(f"{flag} {path} cannot be written: no write permission in {folder}; choose another {kind}")
     return path
+
+
+def read_json_file(path, what: str) -> dict:
+    """A JSON object from `path`; a missing, unreadable or malformed file is a UsageError naming `what`."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UsageError(f"{what} {path} cannot be read: {first_line(e)}; it is damaged or not from learners") from e
+    if not isinstance(data, dict):
+        raise UsageError(f"{what} {path} holds no JSON object; it is damaged or not from learners")
+    return data
+
+
+def read_safetensors(path, what: str) -> dict:
+    """The tensors in a safetensors file (never a pickle); a damaged file is a UsageError naming `what`."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise UsageError(f"{what} {path} is not a readable safetensors file ({first_line(e)}); "
+                         "it is truncated or damaged: copy or write it again") from e
+
+
+def first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

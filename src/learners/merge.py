@@ -8,16 +8,28 @@ from .finetune import TASK_FILE
 from .models import load_model_and_tokenizer
 
 
+def _labels(meta: dict, learners_dir: str) -> tuple[int, list[str] | None]:
+    """The head's label count and names saved in learners_config.json (names None: regression)."""
+    regression = meta.get("problem_type") == "regression"
+    try:
+        id2label = meta.get("id2label") or {}
+        label_names = None if regression else [str(id2label[str(i)]) for i in range(len(id2label))] or None
+        num_labels = int(meta.get("num_labels") or (1 if regression else len(label_names or [0, 1])))
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise UsageError(f"{learners_dir}/learners_config.json has malformed labels (num_labels, id2label: "
+                         f"{type(e).__name__} {e}); it is damaged") from e
+    if num_labels < 1 or (label_names and len(label_names) != num_labels):
+        raise UsageError(f"{learners_dir}/learners_config.json: num_labels {num_labels} does not fit id2label; it is damaged")
+    return num_labels, label_names
+
+
 def run_merge(base: str | None, learners_dir: str, output: str) -> Path:
     out = check_output_path(output, "--output")
     if not Path(learners_dir).is_dir():
         raise UsageError(f"--learners {learners_dir} does not exist; pass the learners directory a finetune run wrote (OUT/learners)")
     meta = LearnerModel.read_metadata(learners_dir)
-    id2label = meta.get("id2label") or {}
-    regression = meta.get("problem_type") == "regression"
-    label_names = None if regression else [id2label[str(i)] for i in range(len(id2label))] or None
-    num_labels = meta.get("num_labels") or (1 if regression else len(label_names or [0, 1]))
-    model, tokenizer = load_model_and_tokenizer(base, num_labels, label_names)
+    num_labels, label_names = _labels(meta, learners_dir)
+    model, tokenizer = load_model_and_tokenizer(base, num_labels, label_names, "--base")
     merged = LearnerModel.from_pretrained(model, learners_dir).merge_and_unload()
     merged.save_pretrained(out)
     tokenizer.save_pretrained(out)

@@ -3,7 +3,7 @@
 import hashlib
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import UsageError, first_line
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2 (embedded)"
 # The official all-MiniLM-L6-v2 model.safetensors, as pinned by the model's own hub page.
@@ -30,10 +30,24 @@ def embedded_model_dir() -> Path:
     return path
 
 
-def resolve_model(name_or_path: str | None) -> str:
-    """A path or hub id that transformers can load; the default resolves to the embedded weights."""
+def looks_like_path(name: str) -> bool:
+    """A local path, not a hub id ("org/name"): starts with / . ~, or has a backslash or more than one slash."""
+    return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
+
+
+def resolve_model(name_or_path: str | None, flag: str = "--model") -> str:
+    """A path or hub id that transformers can load; the default resolves to the embedded weights.
+    A local path must exist and hold a model (config.json)."""
     if name_or_path in DEFAULT_ALIASES:
         return str(embedded_model_dir())
+    path = Path(name_or_path).expanduser()
+    if path.exists() or looks_like_path(name_or_path):
+        if not path.is_dir():
+            raise UsageError(f"{flag} {name_or_path}: no such model directory; pass a directory holding config.json "
+                             "and model.safetensors (omit it for the embedded all-MiniLM-L6-v2)")
+        if not (path / "config.json").is_file():
+            raise UsageError(f"{flag} {name_or_path} is not a model directory (no config.json)")
+        return str(path)
     return name_or_path
 
 
@@ -63,12 +77,15 @@ def check_max_length(max_length: int | None, config) -> int:
     return max_length
 
 
-def load_model_and_tokenizer(name_or_path: str | None, num_labels: int, label_names: list[str] | None):
-    """A sequence-classification model (a regression head when `label_names` is None) and its tokenizer."""
+def load_model_and_tokenizer(name_or_path: str | None, num_labels: int, label_names: list[str] | None,
+                             flag: str = "--model"):
+    """A sequence-classification model (a regression head when `label_names` is None) and its tokenizer.
+    Weights are read from safetensors only, never from pickle files."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    source = resolve_model(name_or_path)
+    source = resolve_model(name_or_path, flag)
     kwargs = {"num_labels": num_labels}
     if label_names is None:
         kwargs["problem_type"] = "regression"
@@ -81,11 +98,12 @@ def load_model_and_tokenizer(name_or_path: str | None, num_labels: int, label_na
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         # A checkpoint with another head (other label count) loads its encoder; the head starts fresh.
-        model = AutoModelForSequenceClassification.from_pretrained(source, ignore_mismatched_sizes=True, **kwargs)
-    except (OSError, ValueError) as e:
+        model = AutoModelForSequenceClassification.from_pretrained(source, ignore_mismatched_sizes=True,
+                                                                   use_safetensors=True, **kwargs)
+    except (OSError, ValueError, SafetensorError) as e:
         where = "local directory" if Path(source).exists() else "hub id"
-        raise UsageError(f"cannot load model {name_or_path!r} ({where}): {str(e).splitlines()[0]} "
-                         "Pass --model with a local model directory, or a hub id while online "
+        raise UsageError(f"cannot load model {name_or_path!r} ({where}): {first_line(e)} "
+                         f"Pass {flag} with a local model directory (safetensors weights), or a hub id while online "
                          "(omit --model for the embedded all-MiniLM-L6-v2)") from e
     finally:
         hf_logging.set_verbosity(verbosity)

@@ -4,7 +4,7 @@ import csv
 import json
 from pathlib import Path
 
-from .errors import UsageError, check_output_path
+from .errors import UsageError, check_output_path, first_line, read_json_file
 from .finetune import TASK_FILE, predict_loader
 from .models import check_max_length
 from .user_data import pick_text_columns, read_table
@@ -15,6 +15,7 @@ OUTPUT_SUFFIXES = (".csv", ".tsv", ".jsonl")
 def load_finetuned(model_dir: str):
     """The model and tokenizer in `model_dir`; bottleneck adapters saved beside the weights
     (method `adapter`: adapters_config.json + adapters.safetensors) are put back in."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from .methods.adapter import has_adapters, load_adapters
@@ -22,10 +23,13 @@ def load_finetuned(model_dir: str):
     path = Path(model_dir)
     if not (path / "config.json").is_file():
         raise UsageError(f"--model {model_dir} is not a model directory (no config.json); pass OUT/model of a finetune run")
-    try:
-        model, tokenizer = AutoModelForSequenceClassification.from_pretrained(path), AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"cannot load the model in {model_dir}: {str(e).splitlines()[0]}; pass OUT/model of a finetune run") from e
+    try:  # safetensors weights only: a model directory's pickle files are never loaded
+        model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, SafetensorError) as e:
+        raise UsageError(f"cannot load the model in {model_dir}: {first_line(e)}; pass OUT/model of a finetune run") from e
+    except Exception as e:  # the tokenizers library reports a damaged tokenizer.json as a bare Exception
+        raise UsageError(f"cannot load the tokenizer in {model_dir}: {first_line(e)}; pass OUT/model of a finetune run") from e
     if has_adapters(path):
         load_adapters(model, path)
     return model, tokenizer
@@ -42,7 +46,7 @@ def run_predict(model_dir: str, input_file: str, output_file: str, text_columns:
     model, tokenizer = load_finetuned(model_dir)
     max_length = check_max_length(max_length, model.config)
     task_file = Path(model_dir) / TASK_FILE
-    saved = json.loads(task_file.read_text()) if task_file.is_file() else {}
+    saved = read_json_file(task_file, "task file") if task_file.is_file() else {}
     table = read_table(input_file, "--input")
     if text_columns is None and saved.get("text_columns"):
         text_columns = ",".join(saved["text_columns"])
