@@ -1,6 +1,7 @@
 """Loading the encoder and tokenizer: the embedded default, a local directory, or a hub id."""
 
 import hashlib
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UsageError, first_line
@@ -77,13 +78,28 @@ def check_max_length(max_length: int | None, config) -> int:
     return max_length
 
 
+@contextmanager
+def quiet_transformers():
+    """No transformers warnings or progress bars (loading a small model) while inside."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def load_model_and_tokenizer(name_or_path: str | None, num_labels: int, label_names: list[str] | None,
                              flag: str = "--model"):
     """A sequence-classification model (a regression head when `label_names` is None) and its tokenizer.
     Weights are read from safetensors only, never from pickle files."""
     from safetensors import SafetensorError
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     source = resolve_model(name_or_path, flag)
     kwargs = {"num_labels": num_labels}
@@ -93,18 +109,15 @@ def load_model_and_tokenizer(name_or_path: str | None, num_labels: int, label_na
         kwargs["id2label"] = dict(enumerate(label_names))
         kwargs["label2id"] = {name: i for i, name in enumerate(label_names)}
         kwargs["problem_type"] = "single_label_classification"
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the "newly initialized head" warning is expected here
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        # A checkpoint with another head (other label count) loads its encoder; the head starts fresh.
-        model = AutoModelForSequenceClassification.from_pretrained(source, ignore_mismatched_sizes=True,
-                                                                   use_safetensors=True, **kwargs)
-    except (OSError, ValueError, SafetensorError) as e:
-        where = "local directory" if Path(source).exists() else "hub id"
-        raise UsageError(f"cannot load model {name_or_path!r} ({where}): {first_line(e)} "
-                         f"Pass {flag} with a local model directory (safetensors weights), or a hub id while online "
-                         "(omit --model for the embedded all-MiniLM-L6-v2)") from e
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    with quiet_transformers():  # the "newly initialized head" warning is expected here
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            # A checkpoint with another head (other label count) loads its encoder; the head starts fresh.
+            model = AutoModelForSequenceClassification.from_pretrained(source, ignore_mismatched_sizes=True,
+                                                                       use_safetensors=True, **kwargs)
+        except (OSError, ValueError, SafetensorError) as e:
+            where = "local directory" if Path(source).exists() else "hub id"
+            raise UsageError(f"cannot load model {name_or_path!r} ({where}): {first_line(e)}. "
+                             f"Pass {flag} with a local model directory (safetensors weights), or a hub id while online "
+                             "(omit --model for the embedded all-MiniLM-L6-v2)") from e
     return model, tokenizer

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from .errors import UsageError, check_output_path, first_line, read_json_file
 from .finetune import TASK_FILE, predict_loader
-from .models import check_max_length
+from .models import check_max_length, quiet_transformers
 from .user_data import pick_text_columns, read_table
 
 OUTPUT_SUFFIXES = (".csv", ".tsv", ".jsonl")
@@ -23,13 +23,16 @@ def load_finetuned(model_dir: str):
     path = Path(model_dir)
     if not (path / "config.json").is_file():
         raise UsageError(f"--model {model_dir} is not a model directory (no config.json); pass OUT/model of a finetune run")
-    try:  # safetensors weights only: a model directory's pickle files are never loaded
-        model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True)
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, SafetensorError) as e:
-        raise UsageError(f"cannot load the model in {model_dir}: {first_line(e)}; pass OUT/model of a finetune run") from e
-    except Exception as e:  # the tokenizers library reports a damaged tokenizer.json as a bare Exception
-        raise UsageError(f"cannot load the tokenizer in {model_dir}: {first_line(e)}; pass OUT/model of a finetune run") from e
+    with quiet_transformers():
+        try:  # safetensors weights only: a model directory's pickle files are never loaded
+            model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True)
+        except (OSError, ValueError, SafetensorError) as e:
+            raise UsageError(f"cannot load the model in {model_dir}: {first_line(e)}; pass OUT/model of a finetune run") from e
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except Exception as e:  # the tokenizers library reports a damaged tokenizer.json as a bare Exception
+            raise UsageError(f"cannot load the tokenizer in {model_dir}: {first_line(e)}; "
+                             "pass OUT/model of a finetune run") from e
     if has_adapters(path):
         load_adapters(model, path)
     return model, tokenizer

@@ -153,7 +153,7 @@ class LearnerModel(nn.Module):
 
     def merge_and_unload(self) -> nn.Module:
         """Write the learners back into their FFNs and return the plain transformers model."""
-        check_finite(self.base_model.named_parameters(), "the learners or their head",
+        check_finite(self.base_model.named_parameters(), "the learner model",
                      "They cannot be merged; retrain them with a lower learning rate.")
         for block in self.ffn_blocks:
             set_submodule(block.block, block.up_name, block.up.to_linear())
