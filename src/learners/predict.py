@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 from pathlib import Path
 
 from .errors import UsageError, check_output_path, first_line, read_json_file
@@ -72,7 +73,8 @@ def run_predict(model_dir: str, input_file: str, output_file: str, text_columns:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = [{**row, "prediction": value} for row, value in zip(table.rows, values)]
-    with open(out, "w", newline="", encoding="utf-8") as f:
+    partial = out.with_name(out.name + ".partial")  # renamed when complete: never a half-written --output
+    with open(partial, "w", newline="", encoding="utf-8") as f:
         if out.suffix.lower() == ".jsonl":
             for row in rows:
                 f.write(json.dumps(row) + "\n")
@@ -80,4 +82,5 @@ def run_predict(model_dir: str, input_file: str, output_file: str, text_columns:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t" if out.suffix.lower() == ".tsv" else ",")
             writer.writeheader()
             writer.writerows(rows)
+    os.replace(partial, out)
     return len(rows)
