@@ -107,6 +107,11 @@ def write(path, text):
     path.write_text(text)
 
 
+def broken_link(c):
+    (c.tmp / "link").symlink_to(c.tmp / "gone")
+    return c.tmp / "link"
+
+
 # ---- the table -----------------------------------------------------------------------------------
 # (id, build(ctx) -> (argv, output path that must stay untouched), regex the message must match)
 
@@ -178,6 +183,7 @@ CASES = [
     ("mg-weights-nan", lambda c: (merge(c, learners_copy(c, lambda t: t[next(k for k in t if "learner_weight" in k)].fill_(float("nan")))), c.out),
      r"NaN or infinite values .*cannot be merged"),
     ("mg-output-is-file", lambda c: (merge(c, out=c.tmp / "afile"), c.tmp / "afile"), r"is a file; pass a directory"),
+    ("mg-output-broken-link", lambda c: (merge(c, out=broken_link(c)), c.tmp / "link"), r"is a broken symbolic link"),
     ("mg-learners-missing", lambda c: (merge(c, c.tmp / "nope"), c.out), r"does not exist"),
     ("mg-learners-empty-dir", lambda c: (merge(c, c.tmp), c.out), r"holds no saved learners"),
     ("mg-base-missing", lambda c: (merge(c) + ["--base", str(c.tmp / "nope")], c.out), r"--base .*no such model directory"),

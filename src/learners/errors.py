@@ -38,6 +38,8 @@ def check_output_path(path, flag: str, directory: bool = True) -> Path:
     Creates nothing."""
     path = Path(path).expanduser()
     kind = "directory" if directory else "file"
+    if path.is_symlink() and not path.exists():
+        raise UsageError(f"{flag} {path} is a broken symbolic link; remove it or choose another {kind}")
     if path.exists() and path.is_dir() != directory:
         raise UsageError(f"{flag} {path} is a {'file' if directory else 'directory'}; pass a {kind} path")
     existing = next(p for p in [path.absolute(), *path.absolute().parents] if p.exists())
