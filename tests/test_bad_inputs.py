@@ -182,6 +182,8 @@ CASES = [
     ("mg-index-missing", lambda c: (merge(c, learners_copy(c, lambda t: t.pop("learner_indices.0"))), c.out), r"lacks learner indices"),
     ("mg-weights-nan", lambda c: (merge(c, learners_copy(c, lambda t: t[next(k for k in t if "learner_weight" in k)].fill_(float("nan")))), c.out),
      r"NaN or infinite values .*cannot be merged"),
+    ("mg-task-file-broken", lambda c: (merge(c, learners_copy(c, damage_dir=lambda d: write(d / "learners_task.json", "{oops"))), c.out),
+     r"task file .* cannot be read"),
     ("mg-output-is-file", lambda c: (merge(c, out=c.tmp / "afile"), c.tmp / "afile"), r"is a file; pass a directory"),
     ("mg-output-broken-link", lambda c: (merge(c, out=broken_link(c)), c.tmp / "link"), r"is a broken symbolic link"),
     ("mg-learners-missing", lambda c: (merge(c, c.tmp / "nope"), c.out), r"does not exist"),

@@ -1,8 +1,9 @@
 """`learners merge`: saved learners + their base model -> one plain transformers model directory."""
 
+import json
 from pathlib import Path
 
-from .errors import UsageError, check_output_path
+from .errors import UsageError, check_output_path, read_json_file
 from .learner import LearnerModel
 from .finetune import TASK_FILE
 from .models import load_model_and_tokenizer
@@ -29,11 +30,12 @@ def run_merge(base: str | None, learners_dir: str, output: str) -> Path:
         raise UsageError(f"--learners {learners_dir} does not exist; pass the learners directory a finetune run wrote (OUT/learners)")
     meta = LearnerModel.read_metadata(learners_dir)
     num_labels, label_names = _labels(meta, learners_dir)
+    task_file = Path(learners_dir) / TASK_FILE  # text columns and labels, for `learners predict`
+    task = read_json_file(task_file, "task file") if task_file.is_file() else None
     model, tokenizer = load_model_and_tokenizer(base, num_labels, label_names, "--base")
     merged = LearnerModel.from_pretrained(model, learners_dir).merge_and_unload()
     merged.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    task_file = Path(learners_dir) / TASK_FILE  # text columns and labels, for `learners predict`
-    if task_file.is_file():
-        (out / TASK_FILE).write_text(task_file.read_text())
+    if task is not None:
+        (out / TASK_FILE).write_text(json.dumps(task, indent=2))
     return out
