@@ -93,7 +93,7 @@ def test_user_data_regression_end_to_end(tmp_path, tiny_model_dir):
     (["--task", "cola", "--epochs", "-1"], "--epochs must be positive"),
     (["--task", "cola", "--learning-rate", "0"], "--learning-rate must be positive"),
     (["--task", "cola", "--method", "magic"], "unknown method 'magic'"),
-    (["--task", "cola", "--model", "/no/such/model-dir"], "cannot load model"),
+    (["--task", "cola", "--model", "/no/such/model-dir"], "--model /no/such/model-dir: no such model directory"),
     (["--task", "cola", "--ratio", "0"], r"ratio must be in \(0, 1\]"),
     (["--task", "cola", "--ratio", "2"], r"ratio must be in \(0, 1\]"),
 ])

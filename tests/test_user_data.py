@@ -231,3 +231,28 @@ def test_read_table_and_pick_text_columns_for_prediction_input(tmp_path):
     assert pick_text_columns(None, table.columns, path.name) == ("sentence",)
     with raises(r"--input .*missing\.csv does not exist"):
         read_table(tmp_path / "missing.csv", "--input")
+
+
+@pytest.mark.parametrize("value", ["NaN", "nan", "null"])
+def test_missing_value_labels_are_not_a_class(tmp_path, value):
+    train = write(tmp_path / "train.csv", f"text,label\na,pos\nb,{value}\nc,neg\n")
+    with raises(rf"missing label '{value}' at train\.csv line 3 \(column 'label'\); fill it in or delete that row"):
+        load_user_data(train, train, None)
+    jsonl = write(tmp_path / "train.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": NaN}\n')
+    with raises(r"missing label 'NaN' at train\.jsonl line 2"):
+        load_user_data(jsonl, jsonl, None)
+
+
+@pytest.mark.parametrize("task_type", [None, "classification"])
+def test_numeric_and_text_classes_do_not_mix(tmp_path, task_type):
+    train = write(tmp_path / "train.csv", "text,label\na,0\nb,1\nc,pos\nd,neg\n")
+    with raises(r"labels in train\.csv mix numbers and text: '0' at train\.csv line 2 and 'pos' at train\.csv line 4; "
+                r"use one kind of label"):
+        load_user_data(train, train, None, task_type=task_type)
+
+
+def test_text_column_cannot_be_the_label_column(csv_pair):
+    with raises(r"column 'label' is both a text column and the label column"):
+        load_user_data(*csv_pair, text_columns="text,label")
+    with raises(r"--text-columns names 'text' twice"):
+        load_user_data(*csv_pair, text_columns="text,text")

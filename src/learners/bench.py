@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import UsageError, check_output_path
 from .report import build_report, run_dir
 
 
@@ -83,7 +83,7 @@ def _last_line(path: Path) -> str:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    out = Path(args.output_dir)
+    out = check_output_path(args.output_dir, "--output-dir")
     seeds = parse_seeds(args.seeds) if args.seeds else None
     target = parse_target(args.target)
     tasks, methods = _list(args.tasks), _list(args.methods)

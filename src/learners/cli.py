@@ -40,7 +40,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-ratio", type=float, default=0.06)
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: the method's, see README)")
     p.add_argument("--lr-scheduler", choices=["linear", "constant"], help="after warm-up (default: the method's, see README)")
-    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--max-length", type=int, help="truncate inputs to this many tokens (default 128, or the model's limit if lower)")
     p.add_argument("--eval-steps", type=int, help="evaluate every N steps (default: four times an epoch) and at the end")
     p.add_argument("--max-train-samples", type=int, help="train on a fixed random subset of this many examples")
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--output", required=True, help="where to write predictions (.csv, .tsv or .jsonl)")
     pr.add_argument("--text-columns", help="override the text columns saved with the model")
     pr.add_argument("--batch-size", type=int, default=64)
-    pr.add_argument("--max-length", type=int, default=128)
+    pr.add_argument("--max-length", type=int, help="truncate inputs to this many tokens (default 128, or the model's limit if lower)")
 
     mg = sub.add_parser("merge", help="merge saved learners into their base model; write a plain HF model")
     mg.add_argument("--base", help="the base model the learners were trained from (default: the embedded model)")

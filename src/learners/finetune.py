@@ -8,12 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
-from .errors import UsageError
+from .errors import UsageError, check_finite, check_output_path
 from .methods import build_method
 from .metrics import compute_metrics, primary_metric_name
-from .models import DEFAULT_MODEL, load_model_and_tokenizer
+from .models import DEFAULT_MODEL, check_max_length, load_model_and_tokenizer
 from .task_data import TaskData
 from .train import TrainConfig, train
 
@@ -40,7 +41,7 @@ class FinetuneArgs:
     warmup_ratio: float = 0.06
     weight_decay: float | None = None  # None: the method's default
     lr_scheduler: str | None = None  # None: the method's default
-    max_length: int = 128
+    max_length: int | None = None  # None: 128, or the model's limit if lower
     eval_steps: int | None = None
     max_train_samples: int | None = None
     seed: int = 0
@@ -50,10 +51,10 @@ class FinetuneArgs:
     method_options: dict = field(default_factory=dict)
 
     def validate(self) -> None:
-        for name in ("batch_size", "epochs", "max_length"):
+        for name in ("batch_size", "epochs"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        for name in ("learning_rate", "priming_learning_rate", "max_steps", "eval_steps", "max_train_samples"):
+        for name in ("learning_rate", "priming_learning_rate", "max_steps", "eval_steps", "max_train_samples", "max_length"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -74,9 +75,7 @@ def load_task(args: FinetuneArgs) -> TaskData:
 
 
 def check_output_dir(output_dir: str, overwrite: bool) -> Path:
-    out = Path(output_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--output-dir {out} is a file; pass a directory path")
+    out = check_output_path(output_dir, "--output-dir")
     if (out / "results.json").exists() and not overwrite:
         raise UsageError(f"{out} already holds a finished run (results.json); pass --overwrite to replace it or choose another --output-dir")
     return out
@@ -119,14 +118,17 @@ def run_finetune(args: FinetuneArgs) -> dict:
     out = check_output_dir(args.output_dir, args.overwrite)
     method = build_method(args.method, args.method_options)
     task = load_task(args)
+    set_seed(args.seed)  # before the model: a freshly initialised task head is random too
     model, tokenizer = load_model_and_tokenizer(args.model, task.num_labels, task.label_names)
+    max_length = check_max_length(args.max_length, model.config)
+    method.check(model)
 
     train_set = task.train
     if args.max_train_samples and args.max_train_samples < len(train_set):
         train_set = train_set.shuffle(seed=0).select(range(args.max_train_samples))
-    train_loader = make_loader(encode(train_set, task, tokenizer, args.max_length), tokenizer, args.batch_size, True, args.seed)
+    train_loader = make_loader(encode(train_set, task, tokenizer, max_length), tokenizer, args.batch_size, True, args.seed)
     dev_sets = {"": task.validation, **{f"{k}_": v for k, v in task.extra_validation.items()}}
-    dev_loaders = {prefix: make_loader(encode(ds, task, tokenizer, args.max_length), tokenizer, 128, False)
+    dev_loaders = {prefix: make_loader(encode(ds, task, tokenizer, max_length), tokenizer, 128, False)
                    for prefix, ds in dev_sets.items()}
     metric_name = primary_metric_name(task.metric_kind)
 
@@ -145,6 +147,7 @@ def run_finetune(args: FinetuneArgs) -> dict:
                       eval_steps=args.eval_steps, seed=args.seed, mixed_precision=args.mixed_precision,
                       priming_learning_rate=args.priming_learning_rate or 1e-4, progress=args.progress)
     result = train(model, method, train_loader, evaluate, metric_name, cfg)
+    check_finite(result.model.state_dict().items(), "the trained model", "Lower --learning-rate and run again.")
 
     out.mkdir(parents=True, exist_ok=True)
     counts = method.parameter_counts(result.model)
@@ -170,7 +173,7 @@ def run_finetune(args: FinetuneArgs) -> dict:
         "steps": result.steps, "priming_steps": result.priming_steps,
         "step_ms": round(1000 * statistics.median(final_phase), 2),
         "epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size,
-        "learning_rate": learning_rate, "train_examples": len(train_set),
+        "learning_rate": learning_rate, "max_length": max_length, "train_examples": len(train_set),
         "device": "cuda" if torch.cuda.is_available() else "cpu", "torch_threads": torch.get_num_threads(),
         "history": result.history,
         "args": {k: v for k, v in asdict(args).items() if k != "progress"},

@@ -1,27 +1,41 @@
 """`learners merge`: saved learners + their base model -> one plain transformers model directory."""
 
+import json
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import UsageError, check_output_path, read_json_file
 from .learner import LearnerModel
 from .finetune import TASK_FILE
 from .models import load_model_and_tokenizer
 
 
+def _labels(meta: dict, learners_dir: str) -> tuple[int, list[str] | None]:
+    """The head's label count and names saved in learners_config.json (names None: regression)."""
+    regression = meta.get("problem_type") == "regression"
+    try:
+        id2label = meta.get("id2label") or {}
+        label_names = None if regression else [str(id2label[str(i)]) for i in range(len(id2label))] or None
+        num_labels = int(meta.get("num_labels") or (1 if regression else len(label_names or [0, 1])))
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise UsageError(f"{learners_dir}/learners_config.json has malformed labels (num_labels, id2label: "
+                         f"{type(e).__name__} {e}); it is damaged") from e
+    if num_labels < 1 or (label_names and len(label_names) != num_labels):
+        raise UsageError(f"{learners_dir}/learners_config.json: num_labels {num_labels} does not fit id2label; it is damaged")
+    return num_labels, label_names
+
+
 def run_merge(base: str | None, learners_dir: str, output: str) -> Path:
+    out = check_output_path(output, "--output")
     if not Path(learners_dir).is_dir():
         raise UsageError(f"--learners {learners_dir} does not exist; pass the learners directory a finetune run wrote (OUT/learners)")
     meta = LearnerModel.read_metadata(learners_dir)
-    id2label = meta.get("id2label") or {}
-    regression = meta.get("problem_type") == "regression"
-    label_names = None if regression else [id2label[str(i)] for i in range(len(id2label))] or None
-    num_labels = meta.get("num_labels") or (1 if regression else len(label_names or [0, 1]))
-    model, tokenizer = load_model_and_tokenizer(base, num_labels, label_names)
+    num_labels, label_names = _labels(meta, learners_dir)
+    task_file = Path(learners_dir) / TASK_FILE  # text columns and labels, for `learners predict`
+    task = read_json_file(task_file, "task file") if task_file.is_file() else None
+    model, tokenizer = load_model_and_tokenizer(base, num_labels, label_names, "--base")
     merged = LearnerModel.from_pretrained(model, learners_dir).merge_and_unload()
-    out = Path(output)
     merged.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    task_file = Path(learners_dir) / TASK_FILE  # text columns and labels, for `learners predict`
-    if task_file.is_file():
-        (out / TASK_FILE).write_text(task_file.read_text())
+    if task is not None:
+        (out / TASK_FILE).write_text(json.dumps(task, indent=2))
     return out

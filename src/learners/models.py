@@ -1,9 +1,10 @@
 """Loading the encoder and tokenizer: the embedded default, a local directory, or a hub id."""
 
 import hashlib
+from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import UsageError, first_line
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2 (embedded)"
 # The official all-MiniLM-L6-v2 model.safetensors, as pinned by the model's own hub page.
@@ -30,19 +31,77 @@ def embedded_model_dir() -> Path:
     return path
 
 
-def resolve_model(name_or_path: str | None) -> str:
-    """A path or hub id that transformers can load; the default resolves to the embedded weights."""
+def looks_like_path(name: str) -> bool:
+    """A local path, not a hub id ("org/name"): starts with / . ~, or has a backslash or more than one slash."""
+    return name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1
+
+
+def resolve_model(name_or_path: str | None, flag: str = "--model") -> str:
+    """A path or hub id that transformers can load; the default resolves to the embedded weights.
+    A local path must exist and hold a model (config.json)."""
     if name_or_path in DEFAULT_ALIASES:
         return str(embedded_model_dir())
+    path = Path(name_or_path).expanduser()
+    if path.exists() or looks_like_path(name_or_path):
+        if not path.is_dir():
+            raise UsageError(f"{flag} {name_or_path}: no such model directory; pass a directory holding config.json "
+                             "and model.safetensors (omit it for the embedded all-MiniLM-L6-v2)")
+        if not (path / "config.json").is_file():
+            raise UsageError(f"{flag} {name_or_path} is not a model directory (no config.json)")
+        return str(path)
     return name_or_path
 
 
-def load_model_and_tokenizer(name_or_path: str | None, num_labels: int, label_names: list[str] | None):
-    """A sequence-classification model (a regression head when `label_names` is None) and its tokenizer."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+# Models whose position ids start after the padding id (RoBERTa's `padding_idx + 1`), by `config.model_type`.
+PADDING_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "camembert", "roberta-prelayernorm", "data2vec-text", "mpnet", "xmod"}
+DEFAULT_MAX_LENGTH = 128
+
+
+def max_sequence_length(config) -> int | None:
+    """The longest input the model's position embeddings allow (None: no such limit in the config)."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit and getattr(config, "model_type", None) in PADDING_OFFSET_POSITIONS:
+        limit -= (getattr(config, "pad_token_id", None) or 0) + 1
+    return limit
+
+
+def check_max_length(max_length: int | None, config) -> int:
+    """--max-length checked against the model's limit; None: 128, or the limit if that is lower."""
+    limit = max_sequence_length(config)
+    if max_length is None:
+        return min(DEFAULT_MAX_LENGTH, limit) if limit else DEFAULT_MAX_LENGTH
+    if max_length <= 0:
+        raise UsageError(f"--max-length must be positive, got {max_length}")
+    if limit and max_length > limit:
+        raise UsageError(f"--max-length {max_length} is longer than this model takes ({limit} tokens, from its "
+                         f"max_position_embeddings); pass --max-length {limit} or less")
+    return max_length
+
+
+@contextmanager
+def quiet_transformers():
+    """No transformers warnings or progress bars (loading a small model) while inside."""
     from transformers.utils import logging as hf_logging
 
-    source = resolve_model(name_or_path)
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def load_model_and_tokenizer(name_or_path: str | None, num_labels: int, label_names: list[str] | None,
+                             flag: str = "--model"):
+    """A sequence-classification model (a regression head when `label_names` is None) and its tokenizer.
+    Weights are read from safetensors only, never from pickle files."""
+    from safetensors import SafetensorError
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    source = resolve_model(name_or_path, flag)
     kwargs = {"num_labels": num_labels}
     if label_names is None:
         kwargs["problem_type"] = "regression"
@@ -50,17 +109,15 @@ def load_model_and_tokenizer(name_or_path: str | None, num_labels: int, label_na
         kwargs["id2label"] = dict(enumerate(label_names))
         kwargs["label2id"] = {name: i for i, name in enumerate(label_names)}
         kwargs["problem_type"] = "single_label_classification"
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the "newly initialized head" warning is expected here
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        # A checkpoint with another head (other label count) loads its encoder; the head starts fresh.
-        model = AutoModelForSequenceClassification.from_pretrained(source, ignore_mismatched_sizes=True, **kwargs)
-    except (OSError, ValueError) as e:
-        where = "local directory" if Path(source).exists() else "hub id"
-        raise UsageError(f"cannot load model {name_or_path!r} ({where}): {str(e).splitlines()[0]} "
-                         "Pass --model with a local model directory, or a hub id while online "
-                         "(omit --model for the embedded all-MiniLM-L6-v2)") from e
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    with quiet_transformers():  # the "newly initialized head" warning is expected here
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            # A checkpoint with another head (other label count) loads its encoder; the head starts fresh.
+            model = AutoModelForSequenceClassification.from_pretrained(source, ignore_mismatched_sizes=True,
+                                                                       use_safetensors=True, **kwargs)
+        except (OSError, ValueError, SafetensorError) as e:
+            where = "local directory" if Path(source).exists() else "hub id"
+            raise UsageError(f"cannot load model {name_or_path!r} ({where}): {first_line(e)}. "
+                             f"Pass {flag} with a local model directory (safetensors weights), or a hub id while online "
+                             "(omit --model for the embedded all-MiniLM-L6-v2)") from e
     return model, tokenizer

@@ -24,6 +24,8 @@ from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
+from .errors import TrainingDiverged, UsageError
+
 
 @dataclass
 class TrainConfig:
@@ -86,17 +88,45 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def training_step(model, batch, optimizer, scheduler, accelerator: Accelerator, max_grad_norm: float) -> torch.Tensor:
-    """One optimizer step: forward, backward, clip, update. Returns the loss (synchronised on CUDA)."""
+    """One optimizer step: forward, backward, clip, update. Returns the loss (synchronised on CUDA).
+
+    A NaN or infinite loss or gradient norm raises TrainingDiverged before the weights change
+    (with fp16 an infinite gradient norm is the loss scaler's business: it skips that step)."""
     loss = model(**batch).loss
+    if not torch.isfinite(loss.detach()):
+        raise TrainingDiverged(f"the loss is {loss.item()}")
     accelerator.backward(loss)
     if max_grad_norm:
-        accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+        norm = accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
+        if accelerator.scaler is None and not torch.isfinite(norm):
+            raise TrainingDiverged(f"the gradient norm is {norm.item()}")
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     if accelerator.device.type == "cuda":
         torch.cuda.synchronize(accelerator.device)
     return loss.detach()
+
+
+def priming_budget(wanted: int, total: int) -> int:
+    """Priming steps in a run of `total` steps: as many as wanted, leaving at least one learner step.
+
+    A one-step run primes for its one step, then selects and reconfigures with no learner-only
+    step (the result is base model + primed learners + head); a warning says so."""
+    budget = min(wanted, max(1, total - 1))
+    if wanted and (budget < wanted or budget == total):
+        rest = "no learner-only steps" if budget == total else f"{total - budget} learner step(s)"
+        tqdm.write(f"warning: the run has {total} step(s), too few for {wanted} priming step(s) and learner training: "
+                   f"priming takes {budget}, then selection, then {rest}", file=sys.stderr)
+    return budget
+
+
+def diverged(error: TrainingDiverged, step: int, phase: str, learning_rate: float, cfg: TrainConfig) -> TrainingDiverged:
+    """The one-line message for a run that diverged: where, at which rate, and what to change."""
+    flag = "--priming-learning-rate" if phase == "priming" else "--learning-rate"
+    hint = " or --mixed-precision no" if cfg.mixed_precision != "no" else ""
+    return TrainingDiverged(f"training diverged at step {step} ({phase} phase): {error}; lower {flag} "
+                            f"(now {learning_rate:g}){hint} and run again. Nothing was saved")
 
 
 def train(model: nn.Module, method, train_loader, evaluate: Callable[[nn.Module], dict], metric_name: str,
@@ -112,10 +142,12 @@ def train(model: nn.Module, method, train_loader, evaluate: Callable[[nn.Module]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise UsageError("no training batches: the training set is empty; add examples")
     total = cfg.max_steps if cfg.max_steps else math.ceil(cfg.epochs * steps_per_epoch)
     warmup = math.floor(cfg.warmup_ratio * total)
     eval_steps = cfg.eval_steps or max(1, math.ceil(steps_per_epoch / 4))
-    priming_steps = min(method.priming_steps(steps_per_epoch), total - 1) if total > 1 else 0
+    priming_steps = priming_budget(method.priming_steps(steps_per_epoch), total)
     result = TrainResult(model=model, priming_steps=priming_steps)
 
     def batches():
@@ -150,7 +182,10 @@ def train(model: nn.Module, method, train_loader, evaluate: Callable[[nn.Module]
     while step < total:
         for batch in loader:
             t0 = time.perf_counter()
-            loss = training_step(model, batch, optimizer, scheduler, accelerator, cfg.max_grad_norm)
+            try:
+                loss = training_step(model, batch, optimizer, scheduler, accelerator, cfg.max_grad_norm)
+            except TrainingDiverged as e:
+                raise diverged(e, step + 1, phase, learning_rate, cfg) from None
             elapsed = time.perf_counter() - t0
             result.step_seconds.append((phase, elapsed))
             result.train_seconds += elapsed
@@ -161,13 +196,14 @@ def train(model: nn.Module, method, train_loader, evaluate: Callable[[nn.Module]
                 run_eval(step)
                 t0 = time.perf_counter()
                 model = method.after_priming(accelerator.unwrap_model(model), batches()).to(device)
-                optimizer, scheduler = make_optimizer(model, cfg, cfg.learning_rate, step, total, warmup)
+                learning_rate = cfg.learning_rate
+                optimizer, scheduler = make_optimizer(model, cfg, learning_rate, step, total, warmup)
                 model, optimizer = accelerator.prepare(model, optimizer)
                 model.train()
                 result.train_seconds += time.perf_counter() - t0
                 phase = "train"
-            elif step % eval_steps == 0 or step == total:
-                run_eval(step)
+            if step == total or (step % eval_steps == 0 and step != priming_steps):
+                run_eval(step)  # when priming took every step, this evaluates the reconfigured model
             if step >= total:
                 break
     bar.close()

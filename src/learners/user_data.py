@@ -21,6 +21,7 @@ from .task_data import TaskData
 TASK_TYPES = ("classification", "regression")
 MAX_INFERRED_CLASSES = 20  # integer labels with more distinct values than this are taken as regression
 SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
+MISSING_LABELS = ("", "nan", "null")  # what an exported missing value reads as (JSON NaN/null, pandas NaN)
 
 
 class Table:
@@ -138,6 +139,13 @@ def pick_text_columns(text_columns: str | None, columns: list[str], file: str) -
 
 def _check_columns(table: Table, text_columns: tuple[str, ...], label_column: str) -> None:
     found = ", ".join(table.columns)
+    if label_column in text_columns:
+        raise UsageError(
+            f"column {label_column!r} is both a text column and the label column; the model would read the answer. "
+            "Pass --text-columns and --label-column with different names."
+        )
+    if len(set(text_columns)) != len(text_columns):
+        raise UsageError(f"--text-columns names {text_columns[0]!r} twice; give one column, or two different ones.")
     for name in text_columns:
         if name not in table.columns:
             raise UsageError(
@@ -184,12 +192,24 @@ def _labels(table: Table, label_column: str) -> list[str]:
     labels = []
     for i, row in enumerate(table.rows):
         value = row.get(label_column, "").strip()
-        if not value:
+        if value.lower() in MISSING_LABELS:
             raise UsageError(
-                f"empty label at {table.where(i)} (column {label_column!r}); fill it in or delete that row."
+                f"{'missing label ' + repr(value) if value else 'empty label'} at {table.where(i)} (column {label_column!r}); "
+                "fill it in or delete that row."
             )
         labels.append(value)
     return labels
+
+
+def _check_one_kind(classes: list[str], table: Table) -> None:
+    """Class labels are all numbers or all text: 0/1 next to neg/pos would make four classes of two."""
+    numeric = [_number(c) is not None for c in classes]
+    if any(numeric) and not all(numeric):
+        i, j = numeric.index(True), numeric.index(False)
+        raise UsageError(
+            f"labels in {table.path.name} mix numbers and text: {classes[i]!r} at {table.where(i)} and "
+            f"{classes[j]!r} at {table.where(j)}; use one kind of label for every row (e.g. all 0/1 or all neg/pos)."
+        )
 
 
 def _regression_labels(labels: list[str], table: Table) -> list[float]:
@@ -251,6 +271,7 @@ def load_user_data(
         )
 
     train_classes = [_class_name(v) for v in train_labels]
+    _check_one_kind(train_classes, train)
     distinct = set(train_classes)
     numeric = all(_number(c) is not None for c in distinct)
     label_names = sorted(distinct, key=float) if numeric else sorted(distinct)

@@ -8,10 +8,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from ..errors import UsageError
+from ..errors import UsageError, check_finite, read_json_file, read_safetensors
 from .config import LearnerConfig
 from .ffn import FFNBlock, find_ffn_blocks, head_parameter_names, set_submodule
 from .layer import LearnerColumnLinear, LearnerRowLinear
@@ -93,9 +93,10 @@ class LearnerModel(nn.Module):
 
     def save_pretrained(self, save_directory: str | Path) -> Path:
         """Write only the trained tensors (learner slices, head, options) and neuron indices, plus the config."""
+        tensors = {name: p.detach().contiguous().cpu() for name, p in self.base_model.named_parameters() if p.requires_grad}
+        check_finite(tensors.items(), "the learners", "Retrain them with a lower learning rate.")
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
-        tensors = {name: p.detach().contiguous().cpu() for name, p in self.base_model.named_parameters() if p.requires_grad}
         for i, idx in enumerate(self.indices):
             tensors[f"learner_indices.{i}"] = idx.contiguous()
         save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
@@ -113,26 +114,36 @@ class LearnerModel(nn.Module):
 
     @staticmethod
     def read_metadata(directory: str | Path) -> dict:
+        """The saved metadata, its `learner_config` checked to be a valid LearnerConfig."""
         path = Path(directory) / CONFIG_NAME
         if not path.is_file() or not (Path(directory) / WEIGHTS_NAME).is_file():
             raise UsageError(f"{directory} holds no saved learners ({CONFIG_NAME} and {WEIGHTS_NAME}); "
                              "pass the directory that LearnerModel.save_pretrained / learners finetune wrote")
-        return json.loads(path.read_text())
+        meta = read_json_file(path, "learner config")
+        _learner_config(meta, path)
+        return meta
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, directory: str | Path) -> "LearnerModel":
         """Restore saved learners (and head) onto `model`, the same base model they were trained from."""
         meta = cls.read_metadata(directory)
-        config = LearnerConfig.from_dict(meta["learner_config"])
-        tensors = load_file(str(Path(directory) / WEIGHTS_NAME))
-        count = sum(1 for k in tensors if k.startswith("learner_indices."))
-        indices = [tensors.pop(f"learner_indices.{i}") for i in range(count)]
-        learner_model = cls(model, config, indices)
+        config = _learner_config(meta, Path(directory) / CONFIG_NAME)
+        tensors = read_safetensors(Path(directory) / WEIGHTS_NAME, "learner weights")
+        indices = _pop_indices(tensors, Path(directory) / WEIGHTS_NAME)
+        try:
+            learner_model = cls(model, config, indices)
+        except (ValueError, IndexError) as e:
+            if isinstance(e, UsageError):
+                raise
+            raise UsageError(f"the learner indices in {Path(directory) / WEIGHTS_NAME} do not fit this model: {e}") from e
         params = dict(learner_model.base_model.named_parameters())
         unknown = sorted(set(tensors) - set(params))
         if unknown:
             raise UsageError(f"saved learners do not fit this base model (unknown tensors {unknown[:3]}...); "
                              f"load them on the model they were trained from: {meta.get('base_model_name_or_path')}")
+        missing = sorted(n for n, p in params.items() if p.requires_grad and n not in tensors)
+        if missing:
+            raise UsageError(f"{Path(directory) / WEIGHTS_NAME} lacks trained tensors {missing[:3]}; it is incomplete")
         with torch.no_grad():
             for name, value in tensors.items():
                 if params[name].shape != value.shape:
@@ -145,6 +156,8 @@ class LearnerModel(nn.Module):
 
     def merge_and_unload(self) -> nn.Module:
         """Write the learners back into their FFNs and return the plain transformers model."""
+        check_finite(self.base_model.named_parameters(), "the learner model",
+                     "They cannot be merged; retrain them with a lower learning rate.")
         for block in self.ffn_blocks:
             set_submodule(block.block, block.up_name, block.up.to_linear())
             set_submodule(block.block, block.down_name, block.down.to_linear())
@@ -152,6 +165,31 @@ class LearnerModel(nn.Module):
         for p in model.parameters():
             p.requires_grad_(True)
         return model
+
+
+def _learner_config(meta: dict, path: Path) -> LearnerConfig:
+    """The LearnerConfig saved in `meta`; unknown keys or bad values are a UsageError naming the file."""
+    saved = meta.get("learner_config")
+    if not isinstance(saved, dict):
+        raise UsageError(f"{path} has no learner_config object; it is damaged or not from learners")
+    try:
+        return LearnerConfig.from_dict(saved)
+    except UsageError as e:
+        raise UsageError(f"{path}: {e}") from e
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"{path} is not a valid learner config ({e}); it is damaged or from another version") from e
+
+
+def _pop_indices(tensors: dict, path: Path) -> list[torch.Tensor]:
+    """Remove and return the integer tensors `learner_indices.0`, `.1`, ... from the loaded `tensors`."""
+    count = sum(1 for k in tensors if k.startswith("learner_indices."))
+    try:
+        indices = [tensors.pop(f"learner_indices.{i}") for i in range(count)]
+    except KeyError as e:
+        raise UsageError(f"{path} lacks learner indices {e}; it is damaged") from e
+    if any(idx.is_floating_point() or idx.is_complex() or idx.dtype == torch.bool for idx in indices):
+        raise UsageError(f"{path} holds learner indices that are not integers; it is damaged")
+    return indices
 
 
 def get_learner_model(model: nn.Module, config: LearnerConfig, indices: list[torch.Tensor] | None = None) -> LearnerModel:

@@ -20,10 +20,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from ..errors import UsageError
+from ..errors import UsageError, first_line, read_json_file, read_safetensors
 from ..learner.config import LearnerConfig
 from ..learner.ffn import find_ffn_blocks, set_submodule
 from .base import Method
@@ -133,17 +133,20 @@ def load_adapters(model: nn.Module, directory: str | Path) -> nn.Module:
     directory = Path(directory)
     if not (directory / WEIGHTS_NAME).is_file():
         raise UsageError(f"{directory} has {CONFIG_NAME} but no {WEIGHTS_NAME}; the adapter weights are missing")
-    meta = json.loads((directory / CONFIG_NAME).read_text())
+    meta = read_json_file(directory / CONFIG_NAME, "adapter config")
     try:
-        add_adapters(model, meta["bottleneck_size"], meta["sites"])
-    except AttributeError as e:
-        raise UsageError(f"the adapters in {directory} do not fit this model ({e})") from e
-    tensors = load_file(str(directory / WEIGHTS_NAME))
+        add_adapters(model, int(meta["bottleneck_size"]), list(meta["sites"]))
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise UsageError(f"the adapters in {directory} do not fit this model ({type(e).__name__}: {e})") from e
+    tensors = read_safetensors(directory / WEIGHTS_NAME, "adapter weights")
     modules = adapter_modules(model)
-    with torch.no_grad():
-        for site, module in modules.items():
-            state = {k: tensors.pop(f"{site}.{k}") for k in module.adapter.state_dict()}
-            module.adapter.load_state_dict(state)
+    try:
+        with torch.no_grad():
+            for site, module in modules.items():
+                state = {k: tensors.pop(f"{site}.{k}") for k in module.adapter.state_dict()}
+                module.adapter.load_state_dict(state)
+    except (KeyError, RuntimeError) as e:
+        raise UsageError(f"{directory / WEIGHTS_NAME} does not match its {CONFIG_NAME} ({first_line(e)})") from e
     if tensors:
         raise UsageError(f"{directory / WEIGHTS_NAME} holds tensors for no adapter site: {sorted(tensors)[:3]}")
     return model
@@ -170,6 +173,9 @@ class BottleneckAdapters(Method):
         if not (isinstance(self.size, int) and self.size >= 1):
             raise UsageError(f"--adapter-size must be a positive integer, got {self.size}")
         self.total_params = 0
+
+    def check(self, model: nn.Module) -> None:
+        adapter_sites(model)  # the model type has known adapter sites
 
     def prepare(self, model: nn.Module, batches) -> nn.Module:
         super().prepare(model, batches)

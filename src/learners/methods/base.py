@@ -26,6 +26,9 @@ class Method:
         self.options = options or {}
         self.head_names: set[str] = set()
 
+    def check(self, model: nn.Module) -> None:
+        """Raise UsageError if this method's options do not fit `model`; runs before any training."""
+
     def prepare(self, model: nn.Module, batches) -> nn.Module:
         self.head_names = set(head_parameter_names(model))
         return model

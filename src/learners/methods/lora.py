@@ -73,15 +73,28 @@ class LoRA(Method):
         self.total_params = 0
         self.head_params = 0
 
-    def prepare(self, model: nn.Module, batches) -> nn.Module:
-        from peft import LoraConfig, TaskType, get_peft_model
-
-        super().prepare(model, batches)
+    def targets(self, model: nn.Module) -> list[str]:
+        """The LoRA target module suffixes for `model`; each must name at least one of its modules."""
         model_type = getattr(getattr(model, "config", None), "model_type", None)
         targets = self.target_modules or list(TARGET_MODULES.get(model_type, ()))
         if not targets:
             raise UsageError(f"no default LoRA target modules for model type {model_type!r}; "
                              "name them with --lora-target-modules, e.g. query,value")
+        names = [n for n, _ in model.named_modules()]
+        missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+        if missing:
+            raise UsageError(f"--lora-target-modules {','.join(missing)} name no module of this {model_type} model; "
+                             f"use module name suffixes such as {','.join(TARGET_MODULES.get(model_type, ('query', 'value')))}")
+        return targets
+
+    def check(self, model: nn.Module) -> None:
+        self.targets(model)
+
+    def prepare(self, model: nn.Module, batches) -> nn.Module:
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        super().prepare(model, batches)
+        targets = self.targets(model)
         sizes = {n: p.numel() for n, p in model.named_parameters()}
         self.total_params = sum(sizes.values())
         self.head_params = sum(sizes[n] for n in self.head_names)

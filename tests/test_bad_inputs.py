@@ -1,0 +1,232 @@
+"""Every bad input is one line on stderr and exit status 2: no traceback, nothing written to the output path.
+
+Table-driven over finetune, predict, merge and bench; the CLI runs in-process (learners.cli.main).
+A case builds its command from `ctx` (a finished tiny learners run and adapter run, data files, a
+tmp dir) and may damage a copy of a saved model first; `out` is the output path that must stay untouched.
+"""
+
+import json
+import re
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from learners.cli import main
+
+LEARNERS = "learners_model.safetensors"
+LEARNERS_CONFIG = "learners_config.json"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model_dir):
+    """A tiny learners run and a tiny adapter run on a three-class CSV, and the CSV files."""
+    d = tmp_path_factory.mktemp("trained")
+    rows = [f"word{i % 7} thing{i % 5},{'abc'[i % 3]}" for i in range(24)]
+    (d / "train.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    (d / "dev.csv").write_text("text,label\n" + "\n".join(rows[:6]) + "\n")
+    for method in ("learners", "adapter"):
+        assert main(["finetune", "--train-file", str(d / "train.csv"), "--validation-file", str(d / "dev.csv"),
+                     "--model", str(tiny_model_dir), "--method", method, "--ratio", "0.25", "--max-steps", "2",
+                     "--priming-steps", "1", "--batch-size", "12", "--output-dir", str(d / method), "--no-progress"]) == 0
+    return d
+
+
+@pytest.fixture
+def ctx(tmp_path, trained, tiny_model_dir):
+    (tmp_path / "afile").write_text("keep me\n")
+    return SimpleNamespace(tmp=tmp_path, data=trained, model=tiny_model_dir, out=tmp_path / "out")
+
+
+# ---- building blocks -----------------------------------------------------------------------------
+
+def finetune(c, *extra, train=None, dev=None, out=None):
+    return ["finetune", "--train-file", str(train or c.data / "train.csv"), "--validation-file", str(dev or c.data / "dev.csv"),
+            "--model", str(c.model), "--output-dir", str(out or c.out), "--max-steps", "1", "--batch-size", "8",
+            "--no-progress", *[str(x) for x in extra]]
+
+
+def predict(c, model=None, *extra, out=None, input=None):
+    return ["predict", "--model", str(model or c.data / "learners" / "model"), "--input", str(input or c.data / "dev.csv"),
+            "--output", str(out or c.out.with_suffix(".csv")), *[str(x) for x in extra]]
+
+
+def merge(c, learners=None, *extra, out=None):
+    return ["merge", "--base", str(c.model), "--learners", str(learners or c.data / "learners" / "learners"),
+            "--output", str(out or c.out), *[str(x) for x in extra]]
+
+
+def bench(c, *extra, out=None):
+    return ["bench", "--output-dir", str(out or c.out), "--model", str(c.model), "--no-progress", *extra]
+
+
+def csv_file(c, text, name="bad.csv"):
+    (c.tmp / name).write_text(text)
+    return c.tmp / name
+
+
+def copy(c, src, name="copy"):
+    return Path(shutil.copytree(src, c.tmp / name))
+
+
+def truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def learners_copy(c, damage_tensors=None, damage_config=None, damage_dir=None):
+    """A copy of the saved learners with its tensors, its config or its files changed."""
+    d = copy(c, c.data / "learners" / "learners")
+    if damage_dir:
+        damage_dir(d)
+    if damage_tensors:
+        tensors = load_file(str(d / LEARNERS))
+        damage_tensors(tensors)
+        save_file(tensors, str(d / LEARNERS))
+    if damage_config:
+        meta = json.loads((d / LEARNERS_CONFIG).read_text())
+        damage_config(meta)
+        (d / LEARNERS_CONFIG).write_text(json.dumps(meta))
+    return d
+
+
+def model_copy(c, damage, source="learners"):
+    d = copy(c, c.data / source / "model")
+    damage(d)
+    return d
+
+
+def set_index(tensors, value):
+    tensors["learner_indices.0"][0] = value
+
+
+def write(path, text):
+    path.write_text(text)
+
+
+def broken_link(c):
+    (c.tmp / "link").symlink_to(c.tmp / "gone")
+    return c.tmp / "link"
+
+
+# ---- the table -----------------------------------------------------------------------------------
+# (id, build(ctx) -> (argv, output path that must stay untouched), regex the message must match)
+
+CASES = [
+    # finetune
+    ("ft-max-length-over-model", lambda c: (finetune(c, "--max-length", 100000), c.out), r"longer than this model takes \(64 tokens"),
+    ("ft-max-length-zero", lambda c: (finetune(c, "--max-length", 0), c.out), r"--max-length must be positive"),
+    ("ft-output-is-file", lambda c: (finetune(c, out=c.tmp / "afile"), c.tmp / "afile"), r"is a file; pass a directory"),
+    ("ft-output-under-file", lambda c: (finetune(c, out=c.tmp / "afile" / "run"), c.tmp / "afile"), r"is a file, not a directory"),
+    ("ft-model-missing", lambda c: (finetune(c) + ["--model", str(c.tmp / "nope")], c.out), r"no such model directory"),
+    ("ft-model-not-a-model-dir", lambda c: (finetune(c) + ["--model", str(c.tmp)], c.out), r"not a model directory \(no config.json\)"),
+    ("ft-model-truncated-weights", lambda c: (finetune(c) + ["--model", str(model_copy(c, lambda d: truncate(d / "model.safetensors")))], c.out),
+     r"cannot load model .*local directory"),
+    ("ft-model-pickle-only", lambda c: (finetune(c) + ["--model", str(model_copy(c, lambda d: (d / "model.safetensors").rename(d / "pytorch_model.bin")))], c.out),
+     r"no file named model.safetensors"),
+    ("ft-label-nan", lambda c: (finetune(c, train=csv_file(c, "text,label\na,x\nb,NaN\nc,y\n")), c.out), r"missing label 'NaN' at bad.csv line 3"),
+    ("ft-labels-mixed", lambda c: (finetune(c, train=csv_file(c, "text,label\na,0\nb,1\nc,pos\nd,neg\n")), c.out), r"mix numbers and text"),
+    ("ft-text-is-label", lambda c: (finetune(c, "--text-columns", "text,label"), c.out), r"both a text column and the label column"),
+    ("ft-lora-target-missing", lambda c: (finetune(c, "--method", "lora", "--lora-target-modules", "qkv"), c.out), r"name no module of this bert model"),
+    ("ft-no-validation-file", lambda c: (finetune(c)[:3] + finetune(c)[5:], c.out), r"--train-file needs --validation-file"),
+    ("ft-warmup-ratio", lambda c: (finetune(c, "--warmup-ratio", 1), c.out), r"--warmup-ratio must be in \[0, 1\)"),
+    ("ft-max-steps-zero", lambda c: (finetune(c, "--max-steps", 0), c.out), r"--max-steps must be positive"),
+    ("ft-dev-label-unknown", lambda c: (finetune(c, dev=csv_file(c, "text,label\na,zzz\n")), c.out), r"never occurs in the training labels"),
+    ("ft-unsupported-file", lambda c: (finetune(c, train=csv_file(c, "x", "data.txt")), c.out), r"unsupported file type '.txt'"),
+    ("ft-ratio-too-big", lambda c: (finetune(c, "--ratio", 2), c.out), r"ratio must be in \(0, 1\]"),
+    ("ft-unknown-method", lambda c: (finetune(c, "--method", "magic"), c.out), r"unknown method 'magic'"),
+    ("ft-bad-flag-value", lambda c: (finetune(c, "--batch-size", "abc"), c.out), r"invalid int value: 'abc'"),
+    # predict
+    ("pr-model-missing", lambda c: (predict(c, c.tmp / "nope"), c.out.with_suffix(".csv")), r"not a model directory"),
+    ("pr-output-is-dir", lambda c: (predict(c, out=c.tmp), None), r"is a directory; pass a file path"),
+    ("pr-output-suffix", lambda c: (predict(c, out=c.tmp / "p.xlsx"), c.tmp / "p.xlsx"), r"unsupported file type; use .csv"),
+    ("pr-output-under-file", lambda c: (predict(c, out=c.tmp / "afile" / "p.csv"), c.tmp / "afile"), r"is a file, not a directory"),
+    ("pr-max-length", lambda c: (predict(c, None, "--max-length", 100000), c.out.with_suffix(".csv")), r"longer than this model takes \(64"),
+    ("pr-input-missing", lambda c: (predict(c, input=c.tmp / "none.csv"), c.out.with_suffix(".csv")), r"--input .*does not exist"),
+    ("pr-input-lacks-column", lambda c: (predict(c, input=csv_file(c, "words\nhi\n")), c.out.with_suffix(".csv")), r"lacks the model's text column"),
+    ("pr-task-file-broken", lambda c: (predict(c, model_copy(c, lambda d: write(d / "learners_task.json", "{oops"))), c.out.with_suffix(".csv")),
+     r"task file .* cannot be read"),
+    ("pr-weights-truncated", lambda c: (predict(c, model_copy(c, lambda d: truncate(d / "model.safetensors"))), c.out.with_suffix(".csv")),
+     r"cannot load the model in"),
+    ("pr-config-broken", lambda c: (predict(c, model_copy(c, lambda d: write(d / "config.json", "{oops"))), c.out.with_suffix(".csv")),
+     r"cannot load the model in"),
+    ("pr-tokenizer-broken", lambda c: (predict(c, model_copy(c, lambda d: write(d / "tokenizer.json", "{oops"))), c.out.with_suffix(".csv")),
+     r"cannot load the tokenizer in"),
+    ("pr-adapter-config-broken", lambda c: (predict(c, model_copy(c, lambda d: write(d / "adapters_config.json", "[1"), "adapter")), c.out.with_suffix(".csv")),
+     r"adapter config .* cannot be read"),
+    ("pr-adapter-weights-truncated", lambda c: (predict(c, model_copy(c, lambda d: truncate(d / "adapters.safetensors"), "adapter")), c.out.with_suffix(".csv")),
+     r"adapter weights .* not a readable safetensors file"),
+    # merge
+    ("mg-weights-truncated", lambda c: (merge(c, learners_copy(c, damage_dir=lambda d: truncate(d / LEARNERS))), c.out),
+     r"learner weights .* not a readable safetensors file"),
+    ("mg-config-broken-json", lambda c: (merge(c, learners_copy(c, damage_dir=lambda d: write(d / LEARNERS_CONFIG, "{oops"))), c.out),
+     r"learner config .* cannot be read"),
+    ("mg-config-array", lambda c: (merge(c, learners_copy(c, damage_dir=lambda d: write(d / LEARNERS_CONFIG, "[]"))), c.out),
+     r"holds no JSON object"),
+    ("mg-config-unknown-key", lambda c: (merge(c, learners_copy(c, damage_config=lambda m: m["learner_config"].update(bogus=1))), c.out),
+     r"not a valid learner config .*bogus"),
+    ("mg-config-bad-value", lambda c: (merge(c, learners_copy(c, damage_config=lambda m: m["learner_config"].update(ratio=7))), c.out),
+     r"learner ratio must be in \(0, 1\]"),
+    ("mg-config-no-learner-config", lambda c: (merge(c, learners_copy(c, damage_config=lambda m: m.pop("learner_config"))), c.out),
+     r"has no learner_config object"),
+    ("mg-config-bad-labels", lambda c: (merge(c, learners_copy(c, damage_config=lambda m: m.update(id2label={"7": "x"}))), c.out),
+     r"malformed labels"),
+    ("mg-index-out-of-range", lambda c: (merge(c, learners_copy(c, lambda t: set_index(t, 10**6))), c.out), r"indices .* do not fit this model.*must lie in"),
+    ("mg-index-negative", lambda c: (merge(c, learners_copy(c, lambda t: set_index(t, -1))), c.out), r"must lie in"),
+    ("mg-index-duplicate", lambda c: (merge(c, learners_copy(c, lambda t: set_index(t, int(t["learner_indices.0"][1])))), c.out), r"must be distinct"),
+    ("mg-index-float", lambda c: (merge(c, learners_copy(c, lambda t: t.update({"learner_indices.0": t["learner_indices.0"].float()}))), c.out),
+     r"not integers"),
+    ("mg-index-missing", lambda c: (merge(c, learners_copy(c, lambda t: t.pop("learner_indices.0"))), c.out), r"lacks learner indices"),
+    ("mg-weights-nan", lambda c: (merge(c, learners_copy(c, lambda t: t[next(k for k in t if "learner_weight" in k)].fill_(float("nan")))), c.out),
+     r"NaN or infinite values .*cannot be merged"),
+    ("mg-task-file-broken", lambda c: (merge(c, learners_copy(c, damage_dir=lambda d: write(d / "learners_task.json", "{oops"))), c.out),
+     r"task file .* cannot be read"),
+    ("mg-output-is-file", lambda c: (merge(c, out=c.tmp / "afile"), c.tmp / "afile"), r"is a file; pass a directory"),
+    ("mg-output-broken-link", lambda c: (merge(c, out=broken_link(c)), c.tmp / "link"), r"is a broken symbolic link"),
+    ("mg-learners-missing", lambda c: (merge(c, c.tmp / "nope"), c.out), r"does not exist"),
+    ("mg-learners-empty-dir", lambda c: (merge(c, c.tmp), c.out), r"holds no saved learners"),
+    ("mg-base-missing", lambda c: (merge(c) + ["--base", str(c.tmp / "nope")], c.out), r"--base .*no such model directory"),
+    # bench
+    ("bn-seeds", lambda c: (bench(c, "--tasks", "cola", "--seeds", "a,b"), c.out), r"--seeds takes comma-separated integers"),
+    ("bn-method", lambda c: (bench(c, "--tasks", "cola", "--methods", "magic"), c.out), r"unknown method\(s\) magic"),
+    ("bn-task", lambda c: (bench(c, "--tasks", "colaa"), c.out), r"unknown GLUE task 'colaa'"),
+    ("bn-output-is-file", lambda c: (bench(c, "--tasks", "cola", out=c.tmp / "afile"), c.tmp / "afile"), r"is a file; pass a directory"),
+    ("bn-target", lambda c: (bench(c, "--tasks", "cola", "--target", "abc"), c.out), r"--target takes a number"),
+    ("bn-report-only-empty", lambda c: (bench(c, "--report-only"), c.out), r"no finished runs"),
+]
+
+
+def run_cli(argv, capsys) -> tuple[int, str]:
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse errors
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def snapshot(path):
+    if path is None or not path.exists():
+        return None
+    return path.read_bytes() if path.is_file() else sorted(p.name for p in path.iterdir())
+
+
+@pytest.mark.parametrize("build,message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(build, message, ctx, capsys):
+    argv, out = build(ctx)
+    before = snapshot(out)
+    code, err = run_cli(argv, capsys)
+    assert code == 2, err
+    assert "Traceback" not in err and err.count("\n") == 1 and err.endswith("\n"), err
+    assert re.search(message, err), err
+    assert snapshot(out) == before  # nothing created, nothing overwritten
+    if out is not None and out.suffix == ".csv":
+        assert not out.exists()
+
+
+def test_enough_cases():
+    assert len(CASES) >= 30 and len({c[0] for c in CASES}) == len(CASES)
+    commands = {c[0][:2] for c in CASES}
+    assert commands == {"ft", "pr", "mg", "bn"}
