@@ -6,7 +6,7 @@
         "learners top-3=docs/benchmarks/cpu2/top3:learners" ...
 
 Each point is LABEL=BENCH_DIR:METHOD: the finished runs of METHOD under BENCH_DIR/runs/TASK/METHOD/seed*/
-(the layout `learners bench` writes). Quality is the mean over seeds of the best dev metric per task, then
+(the layout `learners bench` writes), or the rows of BENCH_DIR/bench.csv where no runs are kept. Quality is the mean over seeds of the best dev metric per task, then
 the mean over the tasks that every point has (so points are compared on the same tasks). Speed is the
 step-time ratio to full fine-tuning measured side by side by benchmarks/step_time_memory.py at a fixed
 shape (JSON {LABEL: ratio}); run-to-run step times inside fine-tunings vary with sequence length and
@@ -15,6 +15,7 @@ points on the frontier (no other point is both faster and at least as good).
 """
 
 import argparse
+import csv
 import json
 import statistics
 import sys
@@ -27,6 +28,9 @@ from learners.report import load_runs  # noqa: E402
 def task_means(bench_dir: str, method: str) -> dict[str, tuple[float, int]]:
     """{task: (mean best metric over seeds, number of seeds)} of `method`'s finished runs in `bench_dir`."""
     results, _ = load_runs(Path(bench_dir))
+    if not results and (Path(bench_dir) / "bench.csv").is_file():  # an older bench kept only its CSV
+        with open(Path(bench_dir) / "bench.csv") as f:
+            results = [{**row, "best_metric": float(row["best_metric"])} for row in csv.DictReader(f)]
     by_task: dict[str, list[float]] = {}
     for r in results:
         if r["method"] == method:

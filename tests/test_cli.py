@@ -39,7 +39,8 @@ def test_full_finetune_writes_results_and_a_loadable_model(tmp_path, tiny_model_
 def test_learners_finetune_primes_then_trains_learners_and_merges(tmp_path, tiny_model_dir, glue_dir):
     r = finetune(tmp_path, tiny_model_dir, glue_dir, "--method", "learners", "--priming-steps", "2", "--ratio", "0.25")
     assert r["priming_steps"] == 2
-    assert [(h["step"], h["phase"]) for h in r["history"]] == [(2, "priming"), (3, "train"), (6, "train")]
+    assert [(h["step"], h["phase"]) for h in r["history"]] == [(2, "priming"), (2, "reconfigured"), (3, "train"),
+                                                                (6, "train")]
     assert r["learner_neurons"] == [16, 16]  # ceil(0.25 * 64) in both layers
     # learners: 16 neurons x (32 + 1 + 32) per layer; head: pooler 32x32+32, classifier 32x2+2
     assert r["encoder_trainable_params"] == 2 * 16 * 65

@@ -286,7 +286,7 @@ def test_cli_finetune_each_baseline(method, flags, encoder, tmp_path, tiny_model
     assert r["total_params"] == sum(p.numel() for p in model.parameters())
     if method == "far":
         assert r["priming_steps"] == 2 and r["far_units"] == [16, 8, 16, 8]  # round(0.25 * 64/8), ceil(r * out)
-        assert [h["phase"] for h in r["history"]] == ["priming", "train"]
+        assert [h["phase"] for h in r["history"]] == ["priming", "reconfigured", "train"]
     if method == "lora":
         assert (out / "lora" / "adapter_config.json").is_file() and r["lora_checkpoint_bytes"] > 0
     if method == "adapter":

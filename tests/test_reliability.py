@@ -99,7 +99,9 @@ def test_non_finite_learners_are_neither_saved_nor_merged(tmp_path):
 @pytest.mark.parametrize("method", METHODS)
 def test_one_step_runs_work_for_every_method(method, tmp_path, tiny_model_dir):
     r = run_ok(tmp_path, tiny_model_dir, "one", method, "--max-steps", "1", "--batch-size", "8")
-    assert r["steps"] == 1 and r["history"][-1]["step"] == 1 and r["history"][-1]["phase"] == "train"
+    primed = method in ("far", "learners")
+    assert r["steps"] == 1 and r["history"][-1]["step"] == 1
+    assert r["history"][-1]["phase"] == ("reconfigured" if primed else "train")
     assert r["priming_steps"] == (1 if method in ("far", "learners") else 0)
     assert r["trainable_params"] < r["total_params"] or method == "full"
     assert (tmp_path / "one" / "model" / "model.safetensors").is_file()
@@ -109,7 +111,7 @@ def test_one_step_runs_work_for_every_method(method, tmp_path, tiny_model_dir):
 def test_one_epoch_of_one_batch_primes_then_selects(method, tmp_path, tiny_model_dir, capsys):
     r = run_ok(tmp_path, tiny_model_dir, "tiny", method, "--epochs", "1", "--batch-size", "64")
     assert (r["steps"], r["priming_steps"]) == (1, 1)
-    assert [h["phase"] for h in r["history"]] == ["priming", "train"]
+    assert [h["phase"] for h in r["history"]] == ["priming", "reconfigured"]
     assert "priming takes 1, then selection, then no learner-only steps" in capsys.readouterr().err
     if method == "learners":
         assert main(["merge", "--base", str(tiny_model_dir), "--learners", str(tmp_path / "tiny" / "learners"),

@@ -134,7 +134,8 @@ def train(model: nn.Module, method, train_loader, evaluate: Callable[[nn.Module]
     """Train `model` with `method` (see learners.methods) and evaluate as configured.
 
     `evaluate(model)` returns a dict of dev metrics containing `metric_name` (higher is better).
-    The best evaluation after priming is restored into the returned model.
+    The best evaluation of the learner phase (or of the whole run without priming) is restored into
+    the returned model; the evaluations of the primed and the just reconfigured model are reported only.
     """
     set_seed(cfg.seed)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
@@ -170,7 +171,7 @@ def train(model: nn.Module, method, train_loader, evaluate: Callable[[nn.Module]
         entry = {"step": step, "epoch": round(step / steps_per_epoch, 4), "seconds": round(result.train_seconds, 3),
                  "metric": metrics[metric_name], "phase": phase, "metrics": metrics}
         result.history.append(entry)
-        if phase != "priming" and (result.best is None or entry["metric"] > result.best["metric"]):
+        if phase == "train" and (result.best is None or entry["metric"] > result.best["metric"]):
             state = {n: p.detach().clone() for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
             result.best = {**entry, "state": state}
         tqdm.write(f"step {step}/{total} ({phase}) {metric_name} {entry['metric']:.4f}, "
@@ -201,9 +202,11 @@ def train(model: nn.Module, method, train_loader, evaluate: Callable[[nn.Module]
                 model, optimizer = accelerator.prepare(model, optimizer)
                 model.train()
                 result.train_seconds += time.perf_counter() - t0
+                phase = "reconfigured"  # base model + primed learners + head, before any learner step
+                run_eval(step)
                 phase = "train"
-            if step == total or (step % eval_steps == 0 and step != priming_steps):
-                run_eval(step)  # when priming took every step, this evaluates the reconfigured model
+            elif step == total or step % eval_steps == 0:
+                run_eval(step)
             if step >= total:
                 break
     bar.close()

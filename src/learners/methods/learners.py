@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import UsageError
 from ..learner import LearnerConfig, LearnerModel, get_learner_model
 from ..learner.ffn import FFNBlock, find_ffn_blocks
 from ..learner.selection import choose_layers, gradient_scores, priming_scores, select
@@ -41,9 +42,17 @@ class LearnersMethod(Method):
 
     def check(self, model: nn.Module) -> None:
         """Fail before training if the learner layers or sizes do not fit `model`."""
-        for i, block in enumerate(find_ffn_blocks(model, self.config)):
-            if self.config.layers != "auto" or not isinstance(self.config.num_neurons, list):
-                self.config.neurons_for(i, block.width)
+        config = self.config
+        blocks = find_ffn_blocks(model, config)
+        if isinstance(config.num_neurons, list):
+            if config.layers == "auto":
+                raise UsageError("--learner-layers auto chooses how many blocks get learners, so --num-neurons must be "
+                                 "one count, not a list")
+            if len(config.num_neurons) != len(blocks):
+                raise UsageError(f"--num-neurons gives {len(config.num_neurons)} counts but {len(blocks)} FFN blocks get "
+                                 "learners; give one count, or one per learner block")
+        for i, block in enumerate(blocks):
+            config.neurons_for(i, block.width)
 
     def prepare(self, model: nn.Module, batches) -> nn.Module:
         super().prepare(model, batches)
