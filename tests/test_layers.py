@@ -187,3 +187,22 @@ def test_auto_layers_with_learner_layer_priming_are_chosen_by_a_gradient_probe_b
     assert all(torch.equal(p, before[n]) and p.grad is None for n, p in model.named_parameters())
     trainable = {n for n, p in model.named_parameters() if p.requires_grad} - method.head_names
     assert {int(n.split(".")[3]) for n in trainable} == set(chosen)
+
+
+@pytest.mark.parametrize("frozen_dropout", [True, False])
+def test_frozen_dropout_off_runs_the_part_below_the_learners_in_inference_mode(frozen_dropout):
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, vocab_size=120,
+                        num_labels=2, hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3)
+    lm = get_learner_model(AutoModelForSequenceClassification.from_config(config),
+                           LearnerConfig(ratio=0.25, selection="random", layers="top-2", frozen_dropout=frozen_dropout))
+    lm.train()
+    layers = lm.base_model.bert.encoder.layer
+    assert [layers[i].training for i in range(4)] == [frozen_dropout, frozen_dropout, True, True]
+    assert lm.base_model.bert.embeddings.training == frozen_dropout
+    batch = tiny_batch()
+    first, second = (lm(**batch, output_hidden_states=True).hidden_states for _ in range(2))
+    assert torch.equal(first[2], second[2]) != frozen_dropout  # the input of the lowest learner block
+    assert not torch.equal(first[4], second[4])  # dropout still acts in the learner blocks
+    lm.eval()
+    assert not any(m.training for m in lm.modules())

@@ -60,6 +60,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--priming-scope", choices=["all", "ffn", "learner-layers"],
                    help="what trains during priming: the whole model, every FFN, or only the learner blocks' FFNs "
                         "(the head always; default all)")
+    g.add_argument("--no-frozen-dropout", dest="frozen_dropout", action="store_false",
+                   help="run the frozen blocks below the lowest learner block (and the embeddings) without dropout "
+                        "while the learners train: faster on the CPU, no dropout noise below the learners")
     g.add_argument("--train-ffn-output-bias", action="store_true", help="also train each FFN's output bias b2")
     g.add_argument("--train-layer-norm", action="store_true", help="also train each block's output LayerNorm")
     g.add_argument("--ffn-modules", help="FFN linears relative to a block, e.g. intermediate.dense,output.dense")
@@ -99,6 +102,7 @@ def method_options(args: argparse.Namespace) -> dict:
         "layer_coverage": args.layer_coverage,
         "priming_scope": args.priming_scope,
         "train_ffn_output_bias": args.train_ffn_output_bias,
+        "frozen_dropout": args.frozen_dropout,
         "train_layer_norm": args.train_layer_norm,
         "ffn_modules": tuple(args.ffn_modules.split(",")) if args.ffn_modules else None,
         "seed": args.seed,

@@ -51,6 +51,10 @@ class LearnerConfig:
     # learner phase; with layers="auto" a gradient probe of `gradient_batches` batches, without
     # updates, chooses the blocks before priming).
     priming_scope: str = "all"
+    # Dropout in the frozen blocks below the lowest learner block (and in the embeddings). False runs
+    # them in inference mode while the learners train: no dropout noise there, and on the CPU the fast
+    # fused attention kernel instead of the one with dropout (measured in BENCHMARKS.md).
+    frozen_dropout: bool = True
     # Also train the FFN's output bias b2 and the block's output LayerNorm.
     train_ffn_output_bias: bool = False
     train_layer_norm: bool = False

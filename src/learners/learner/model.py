@@ -5,6 +5,7 @@ the math (layer.py), and this wrapper owns injection, saving and merging.
 """
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -63,6 +64,23 @@ class LearnerModel(nn.Module):
 
     def forward(self, *args, **kwargs):
         return self.base_model(*args, **kwargs)
+
+    def train(self, mode: bool = True) -> "LearnerModel":
+        """As nn.Module.train; with `frozen_dropout=False` the frozen part below the lowest learner block
+        (embeddings and blocks) stays in inference mode: nothing there trains, so only its dropout changes."""
+        super().train(mode)
+        if mode and not self.learner_config.frozen_dropout:
+            for module in self.frozen_below_learners():
+                module.eval()
+        return self
+
+    def frozen_below_learners(self) -> list[nn.Module]:
+        """The embeddings and the transformer blocks below the lowest block that holds a learner."""
+        all_blocks = find_ffn_blocks(self.base_model, replace(self.learner_config, layers="all"))
+        lowest = [b.name for b in all_blocks].index(self.ffn_blocks[0].name)
+        backbone = getattr(self.base_model, getattr(self.base_model, "base_model_prefix", ""), self.base_model)
+        embeddings = [backbone.embeddings] if isinstance(getattr(backbone, "embeddings", None), nn.Module) else []
+        return embeddings + [b.block for b in all_blocks[:lowest]]
 
     @property
     def ffn_blocks(self) -> list[FFNBlock]:
