@@ -104,7 +104,10 @@ def worker(args) -> dict:
     accelerator = Accelerator(mixed_precision=args.precision, cpu=not torch.cuda.is_available())
     device = accelerator.device
     model = build_model(args, device)
-    method = build_method(args.worker, method_options(args))
+    # "forward": the forward pass alone (train mode, dropout on, no graph): the floor of any method that runs
+    # the whole forward pass every step, timed as full fine-tuning's model with nothing to update.
+    forward_only = args.worker == "forward"
+    method = build_method("full" if forward_only else args.worker, method_options(args))
     vocab_size = model.config.vocab_size
     gen = torch.Generator().manual_seed(0)
 
@@ -131,14 +134,26 @@ def worker(args) -> dict:
     for i in range(total):
         b = batch()
         t0 = time.perf_counter()
-        training_step(model, b, optimizer, scheduler, accelerator, cfg.max_grad_norm)  # synchronises on CUDA
+        if forward_only:
+            with torch.no_grad():
+                model(**b)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        else:
+            training_step(model, b, optimizer, scheduler, accelerator, cfg.max_grad_norm)  # synchronises on CUDA
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
     peak_mb = peak_memory_mb(device)  # before the FLOP count below, which runs one more pass
     with FlopCounterMode(display=False) as flops:  # the eager module: the counter sees its matmuls
-        accelerator.backward(eager(**batch()).loss)
+        if forward_only:
+            with torch.no_grad():
+                eager(**batch())
+        else:
+            accelerator.backward(eager(**batch()).loss)
     optimizer.zero_grad(set_to_none=True)
     counts = method.parameter_counts(accelerator.unwrap_model(eager))
+    if forward_only:
+        counts = {**counts, "trainable": 0}
     return {"method": args.label or args.worker, "step_ms": 1000 * statistics.median(times), "peak_mb": peak_mb,
             "gflops": flops.get_total_flops() / 1e9, "learner_layers": layers,
             "loaded_rss_mb": loaded_rss, "trainable": counts["trainable"], "total": counts["total"],
@@ -198,7 +213,8 @@ def method_spec(spec: str) -> tuple[str, dict | None]:
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--methods", default="full,learners",
-                   help="the first is the baseline of the ratios; learners:LAYERS times learners in those blocks "
+                   help="the first is the baseline of the ratios; forward times the forward pass alone (the floor of "
+                        "every method that runs it); learners:LAYERS times learners in those blocks "
                         "(all, top-N, or blocks joined by +, e.g. 3+4+5), e.g. full,bitfit,learners:all,learners:top-3")
     p.add_argument("--model")
     p.add_argument("--batch-size", type=int, default=32)
