@@ -203,11 +203,16 @@ def run_worker(method: str, batch_size: int, length: int, steps: int, warmup: in
 
 
 def method_spec(spec: str) -> tuple[str, dict | None]:
-    """"learners:top-3" -> learners with layers top-3 (selected by magnitude); other names as they are."""
-    name, _, layers = spec.partition(":")
-    if not layers:
+    """"learners:top-3" -> learners in those blocks (selected by magnitude); "learners:top-3:nofd" also with
+    frozen_dropout=False; other names as they are."""
+    name, *parts = spec.split(":")
+    if not parts:
         return name, None
-    return name, {"selection": "magnitude", "layers": [int(i) for i in layers.split("+")] if "+" in layers else layers}
+    layers = parts[0]
+    options = {"selection": "magnitude", "layers": [int(i) for i in layers.split("+")] if "+" in layers else layers}
+    if "nofd" in parts[1:]:
+        options["frozen_dropout"] = False
+    return name, options
 
 
 def main():
@@ -215,7 +220,7 @@ def main():
     p.add_argument("--methods", default="full,learners",
                    help="the first is the baseline of the ratios; forward times the forward pass alone (the floor of "
                         "every method that runs it); learners:LAYERS times learners in those blocks "
-                        "(all, top-N, or blocks joined by +, e.g. 3+4+5), e.g. full,bitfit,learners:all,learners:top-3")
+                        "(all, top-N, or blocks joined by +, e.g. 3+4+5; learners:top-3:nofd with --no-frozen-dropout), e.g. full,bitfit,learners:all,learners:top-3")
     p.add_argument("--model")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lengths", default="128", help="sequence lengths, one table block each, e.g. 128,64")
