@@ -26,6 +26,8 @@ top4|--learner-layers top-4
 top3|--learner-layers top-3
 auto|--learner-layers auto
 top3-nofd|--learner-layers top-3 --no-frozen-dropout
+top5-nofd|--learner-layers top-5 --no-frozen-dropout
+top5-nofd-r32|--learner-layers top-5 --no-frozen-dropout --ratio 0.03125
 auto-ll|--learner-layers auto --priming-scope learner-layers
 all-ffn-priming|--learner-layers all --priming-scope ffn
 all-priming-0.1|--learner-layers all --priming-fraction 0.1
