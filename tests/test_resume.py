@@ -179,3 +179,16 @@ def test_a_kill_between_the_renames_of_a_save_keeps_the_previous_checkpoint(setu
     assert main(finetune_args(setup, out, "bitfit", "--resume")) == 0
     assert_same_run(ref, out)
     assert not (out / "checkpoint.old").exists() and not (out / "checkpoint.tmp").exists()
+
+
+def test_a_damaged_checkpoint_is_one_line_naming_the_fix(setup, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    monkeypatch.setenv("LEARNERS_TEST_INTERRUPT_AT_STEP", "3")
+    assert main(finetune_args(setup, out, "head")) == 130
+    monkeypatch.delenv("LEARNERS_TEST_INTERRUPT_AT_STEP")
+    tensors = out / "checkpoint" / "checkpoint.safetensors"
+    tensors.write_bytes(tensors.read_bytes()[:100])
+    capsys.readouterr()
+    assert main(finetune_args(setup, out, "head", "--resume")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "checkpoint.safetensors" in err and "--overwrite" in err

@@ -37,7 +37,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from .errors import UsageError, read_json_file, read_safetensors
+from .errors import UsageError, first_line, read_json_file, read_safetensors
 
 DIRECTORY = "checkpoint"
 TENSORS = "checkpoint.safetensors"
@@ -175,11 +175,28 @@ def saved_run_args(directory: Path) -> dict | None:
     """The options of the run that wrote the checkpoint in `directory` (None: no checkpoint there)."""
     if not exists(directory):
         return None
-    return load_facts(directory).get("run_args")
+    facts = load_facts(directory)
+    _check_tensors(_current(directory) / TENSORS)
+    return facts.get("run_args")
+
+
+def _check_tensors(path: Path) -> None:
+    """Fail now, not after loading the data and the model, if the tensor file is missing or truncated."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            f.keys()
+    except (SafetensorError, OSError) as e:
+        raise UsageError(f"checkpoint tensors {path} cannot be read ({first_line(e)}); it is damaged: "
+                         "start afresh with --overwrite") from e
 
 
 def load_facts(directory: Path) -> dict:
-    facts = read_json_file(_current(directory) / FACTS, "checkpoint")
+    try:
+        facts = read_json_file(_current(directory) / FACTS, "checkpoint")
+    except UsageError as e:
+        raise UsageError(f"{e}; start afresh with --overwrite") from e
     if facts.get("format") != FORMAT:
         raise UsageError(f"checkpoint {directory} has format {facts.get('format')}, this version reads {FORMAT}; "
                          "start afresh with --overwrite")
@@ -188,7 +205,12 @@ def load_facts(directory: Path) -> dict:
 
 def load(directory: Path) -> Saved:
     directory = _current(directory)
-    return Saved(directory, load_facts(directory), read_safetensors(directory / TENSORS, "checkpoint tensors"))
+    facts = load_facts(directory)
+    try:
+        tensors = read_safetensors(directory / TENSORS, "checkpoint tensors")
+    except UsageError as e:
+        raise UsageError(f"{e}; or start afresh with --overwrite") from e
+    return Saved(directory, facts, tensors)
 
 
 def _current(directory: Path) -> Path:
