@@ -96,23 +96,26 @@ def run_args(args: FinetuneArgs) -> dict:
     return json.loads(json.dumps({k: v for k, v in asdict(args).items() if k not in NOT_COMPARED}))
 
 
+def _by_flag(options: dict) -> dict:
+    """`run_args` keyed as a user knows them: `--learning-rate`, `method option ratio`."""
+    named = {f"--{k.replace('_', '-')}": v for k, v in options.items() if k != "method_options"}
+    return {**named, **{f"method option {k}": v for k, v in options.get("method_options", {}).items()}}
+
+
 def should_resume(out: Path, args: FinetuneArgs) -> bool:
     """Whether to continue from OUT/checkpoint: with --resume, or a rerun with the same options.
 
-    --overwrite removes a checkpoint; one of a run with other options is refused."""
+    With --overwrite the run starts afresh (its first checkpoint replaces the old one); a checkpoint
+    of a run with other options is refused."""
     directory = out / checkpoint.DIRECTORY
     if args.overwrite:
-        checkpoint.remove(directory)
         return False
     saved = checkpoint.saved_run_args(directory)
     if saved is None:
         if args.resume:
             raise UsageError(f"--resume: {out} holds no checkpoint ({directory}); run without --resume to start")
         return False
-    now = run_args(args)
-    named = lambda options: {**{f"--{k.replace('_', '-')}": v for k, v in options.items() if k != "method_options"},
-                             **{f"method option {k}": v for k, v in options.get("method_options", {}).items()}}
-    saved, now = named(saved), named(now)
+    saved, now = _by_flag(saved), _by_flag(run_args(args))
     for key in sorted(set(saved) | set(now)):
         if saved.get(key) != now.get(key):
             raise UsageError(f"{out} holds a checkpoint of a run with other options ({key} was {saved.get(key)!r}, "
