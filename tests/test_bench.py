@@ -74,6 +74,29 @@ def test_bench_runs_the_grid_writes_the_report_and_resumes(tmp_path, tiny_model_
     assert len(list(csv.DictReader(open(out / "bench.csv")))) == 4
 
 
+def test_bench_resumes_a_killed_run_from_its_checkpoint(tmp_path, tiny_model_dir, small_glue, monkeypatch, capsys):
+    out = tmp_path / "bench"
+    args = bench_args(out, tiny_model_dir, small_glue, "--methods", "full", "--seeds", "0")
+    monkeypatch.setenv("LEARNERS_TEST_KILL_AT_STEP", "2")  # the test hook: the run kills itself after step 2
+    assert main(args) == 1
+    run = out / "runs" / "cola" / "full" / "seed0"
+    assert (run / "checkpoint").is_dir() and not (run / "results.json").exists()
+    monkeypatch.delenv("LEARNERS_TEST_KILL_AT_STEP")
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "resume (checkpoint)" in capsys.readouterr().out
+    assert "resuming from" in (run / "log.txt").read_text() and (run / "results.json").exists()
+
+    # under other training options the unfinished run starts afresh
+    (run / "results.json").unlink()
+    (run / "checkpoint").mkdir()
+    (run / "checkpoint" / "checkpoint.json").write_text("{}")
+    calls = []
+    monkeypatch.setattr(bench, "launch", lambda command, log: calls.append(command) or 1)
+    assert main(bench_args(out, tiny_model_dir, small_glue, "--methods", "full", "--seeds", "0", "--warmup-ratio", "0.1")) == 1
+    assert calls[0][-1] == "--overwrite" and "redo (other options)" in capsys.readouterr().out
+
+
 def fake_results(task, method, seed, history, best=None, metric_name="matthews_correlation", trainable=1000, total=100_000):
     metrics = [h[1] for h in history]
     return {"task": task, "method": method, "seed": seed, "model": "tiny", "metric_name": metric_name,

@@ -2,7 +2,8 @@
 
 A run lives in OUT/runs/{task}/{method}/seed{seed} with its results.json and log.txt (stdout and
 stderr). A run whose results.json exists is skipped, so a killed bench picks up where it stopped; a run
-dir without one (killed or failed) is run again. A failed run is reported with its log and the bench
+dir without one (killed or failed) is run again, from its checkpoint if it has one and the training
+options are those the bench was started with (else afresh, --overwrite). A failed run is reported with its log and the bench
 goes on; the exit status is 1 if any run failed. The report (report.py) is built from whatever finished.
 """
 
@@ -107,6 +108,8 @@ def run_bench(args: argparse.Namespace) -> int:
     if unknown:
         raise UsageError(f"unknown method(s) {', '.join(unknown)}; choose from: {', '.join(METHODS)}")
 
+    from . import checkpoint  # torch, only when runs are launched
+
     flags = training_flags(args)
     out.mkdir(parents=True, exist_ok=True)
     settings = out / "bench.json"
@@ -126,10 +129,16 @@ def run_bench(args: argparse.Namespace) -> int:
             print(f"{prefix} skip (done)", flush=True)
             continue
         redo = directory.exists()
+        # A killed run resumes from its checkpoint; under other training options it starts afresh.
+        resume = checkpoint.exists(directory / checkpoint.DIRECTORY)
         directory.mkdir(parents=True, exist_ok=True)
-        print(f"{prefix} {'redo (no results.json)' if redo else 'run'} ...", flush=True)
+        label = ("resume (checkpoint)" if before == flags else "redo (other options)") if resume else \
+            "redo (no results.json)" if redo else "run"
+        print(f"{prefix} {label} ...", flush=True)
         command = [sys.executable, "-m", "learners.cli", "finetune", "--task", task, "--method", method,
                    "--seed", str(seed), "--output-dir", str(directory), *flags, "--no-progress"]
+        if resume and before != flags:
+            command.append("--overwrite")
         started = time.perf_counter()
         status = launch(command, directory / "log.txt")
         elapsed = time.perf_counter() - started

@@ -119,7 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="full, head, bitfit, lora, adapter, far, learners (default); see README for what each trains")
     ft.add_argument("--output-dir", required=True)
     ft.add_argument("--seed", type=int, default=0)
-    ft.add_argument("--overwrite", action="store_true", help="replace a finished run in --output-dir")
+    ft.add_argument("--overwrite", action="store_true", help="replace a finished run (or a checkpoint) in --output-dir")
+    ft.add_argument("--resume", action="store_true",
+                    help="continue the run in --output-dir from its checkpoint (a rerun with the same options does too)")
+    ft.add_argument("--checkpoint-steps", type=int,
+                    help="write a checkpoint every N steps (default: at every evaluation) into OUTPUT_DIR/checkpoint")
     ft.add_argument("--train-file", help="your training data: CSV, TSV or JSONL")
     ft.add_argument("--validation-file", help="your dev data, same columns")
     ft.add_argument("--text-columns", help="one text column or a pair, e.g. sentence1,sentence2")
@@ -163,7 +167,8 @@ def run(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size, learning_rate=args.learning_rate, priming_learning_rate=args.priming_learning_rate,
             warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, lr_scheduler=args.lr_scheduler,
             max_length=args.max_length, eval_steps=args.eval_steps, max_train_samples=args.max_train_samples,
-            seed=args.seed, mixed_precision=args.mixed_precision, overwrite=args.overwrite,
+            seed=args.seed, mixed_precision=args.mixed_precision, overwrite=args.overwrite, resume=args.resume,
+            checkpoint_steps=args.checkpoint_steps,
             progress=not args.no_progress, method_options=method_options(args)))
         print(f"{results['task']} {results['method']}: {results['metric_name']} {results['metric']:.4f} "
               f"(best {results['best_metric']:.4f}), {results['trainable_params']:,} trainable params, "
@@ -188,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"learners: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("learners: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"learners: {e or 'interrupted'}", file=sys.stderr)
         return 130
 
 

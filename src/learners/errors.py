@@ -19,6 +19,10 @@ class TrainingDiverged(UsageError):
     do not train this model. A usage error too (exit status 2): the fix is a different setting."""
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, after a checkpoint was written; the message says how to resume."""
+
+
 def check_finite(named_tensors, what: str, fix: str) -> None:
     """Raise UsageError naming the first floating-point tensor with a NaN or infinite value.
 

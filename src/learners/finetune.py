@@ -11,6 +11,7 @@ import torch
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
+from . import checkpoint
 from .errors import UsageError, check_finite, check_output_path
 from .methods import build_method
 from .metrics import compute_metrics, primary_metric_name
@@ -47,6 +48,8 @@ class FinetuneArgs:
     seed: int = 0
     mixed_precision: str = "no"
     overwrite: bool = False
+    resume: bool = False
+    checkpoint_steps: int | None = None  # None: a checkpoint at every evaluation
     progress: bool = True
     method_options: dict = field(default_factory=dict)
 
@@ -54,12 +57,15 @@ class FinetuneArgs:
         for name in ("batch_size", "epochs"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        for name in ("learning_rate", "priming_learning_rate", "max_steps", "eval_steps", "max_train_samples", "max_length"):
+        for name in ("learning_rate", "priming_learning_rate", "max_steps", "eval_steps", "max_train_samples", "max_length",
+                     "checkpoint_steps"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
         if not 0 <= self.warmup_ratio < 1:
             raise UsageError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.resume and self.overwrite:
+            raise UsageError("--resume continues the run in --output-dir and --overwrite starts it afresh; pass one of them")
         if self.task is None and self.train_file is None:
             raise UsageError("say what to train on: --task NAME for a GLUE task, or --train-file and --validation-file for your data")
         if self.train_file and not self.validation_file:
@@ -79,6 +85,42 @@ def check_output_dir(output_dir: str, overwrite: bool) -> Path:
     if (out / "results.json").exists() and not overwrite:
         raise UsageError(f"{out} already holds a finished run (results.json); pass --overwrite to replace it or choose another --output-dir")
     return out
+
+
+# Options that do not change what a run computes: a rerun may differ in them and still resume.
+NOT_COMPARED = ("output_dir", "overwrite", "resume", "checkpoint_steps", "progress")
+
+
+def run_args(args: FinetuneArgs) -> dict:
+    """The options a checkpoint is saved with, as JSON has them."""
+    return json.loads(json.dumps({k: v for k, v in asdict(args).items() if k not in NOT_COMPARED}))
+
+
+def _by_flag(options: dict) -> dict:
+    """`run_args` keyed as a user knows them: `--learning-rate`, `method option ratio`."""
+    named = {f"--{k.replace('_', '-')}": v for k, v in options.items() if k != "method_options"}
+    return {**named, **{f"method option {k}": v for k, v in options.get("method_options", {}).items()}}
+
+
+def should_resume(out: Path, args: FinetuneArgs) -> bool:
+    """Whether to continue from OUT/checkpoint: with --resume, or a rerun with the same options.
+
+    With --overwrite the run starts afresh (its first checkpoint replaces the old one); a checkpoint
+    of a run with other options is refused."""
+    directory = out / checkpoint.DIRECTORY
+    if args.overwrite:
+        return False
+    saved = checkpoint.saved_run_args(directory)
+    if saved is None:
+        if args.resume:
+            raise UsageError(f"--resume: {out} holds no checkpoint ({directory}); run without --resume to start")
+        return False
+    saved, now = _by_flag(saved), _by_flag(run_args(args))
+    for key in sorted(set(saved) | set(now)):
+        if saved.get(key) != now.get(key):
+            raise UsageError(f"{out} holds a checkpoint of a run with other options ({key} was {saved.get(key)!r}, "
+                             f"now {now.get(key)!r}); pass --overwrite to start afresh or choose another --output-dir")
+    return True
 
 
 def encode(dataset, task: TaskData, tokenizer, max_length: int):
@@ -116,6 +158,7 @@ def run_finetune(args: FinetuneArgs) -> dict:
     """Fine-tune as `args` says; write OUT/results.json and OUT/model; return the results."""
     args.validate()
     out = check_output_dir(args.output_dir, args.overwrite)
+    resume = should_resume(out, args)
     method = build_method(args.method, args.method_options)
     task = load_task(args)
     set_seed(args.seed)  # before the model: a freshly initialised task head is random too
@@ -145,7 +188,9 @@ def run_finetune(args: FinetuneArgs) -> dict:
                       weight_decay=method.default_weight_decay if args.weight_decay is None else args.weight_decay,
                       lr_scheduler=args.lr_scheduler or method.default_lr_scheduler,
                       eval_steps=args.eval_steps, seed=args.seed, mixed_precision=args.mixed_precision,
-                      priming_learning_rate=args.priming_learning_rate or 1e-4, progress=args.progress)
+                      priming_learning_rate=args.priming_learning_rate or 1e-4, progress=args.progress,
+                      checkpoint_dir=str(out / checkpoint.DIRECTORY), checkpoint_steps=args.checkpoint_steps,
+                      resume=resume, run_args=run_args(args))
     result = train(model, method, train_loader, evaluate, metric_name, cfg)
     check_finite(result.model.state_dict().items(), "the trained model", "Lower --learning-rate and run again.")
 
@@ -176,10 +221,11 @@ def run_finetune(args: FinetuneArgs) -> dict:
         "learning_rate": learning_rate, "max_length": max_length, "train_examples": len(train_set),
         "device": "cuda" if torch.cuda.is_available() else "cpu", "torch_threads": torch.get_num_threads(),
         "history": result.history,
-        "args": {k: v for k, v in asdict(args).items() if k != "progress"},
+        "args": {k: v for k, v in asdict(args).items() if k not in ("progress", "resume")},
         **extra,
     }
     tmp = out / "results.json.tmp"
     tmp.write_text(json.dumps(results, indent=2))
     os.replace(tmp, out / "results.json")
+    checkpoint.remove(out / checkpoint.DIRECTORY)  # the run is finished: results.json and the model hold it
     return results

@@ -15,7 +15,9 @@ import math
 import resource
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -24,7 +26,8 @@ from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
-from .errors import TrainingDiverged, UsageError
+from . import checkpoint
+from .errors import TrainingDiverged, TrainingInterrupted, UsageError
 
 
 @dataclass
@@ -42,6 +45,10 @@ class TrainConfig:
     mixed_precision: str = "no"  # "no", "fp16", "bf16"
     priming_learning_rate: float | None = None
     progress: bool = True
+    checkpoint_dir: str | None = None  # None: no checkpoints (and Ctrl-C stops at once)
+    checkpoint_steps: int | None = None  # None: at every evaluation; always after priming's reconfiguration and at the end
+    resume: bool = False  # continue from the checkpoint in checkpoint_dir
+    run_args: dict | None = None  # the run's options, saved with each checkpoint
 
 
 @dataclass
@@ -136,6 +143,8 @@ def train(model: nn.Module, method, train_loader, evaluate: Callable[[nn.Module]
     `evaluate(model)` returns a dict of dev metrics containing `metric_name` (higher is better).
     The best evaluation of the learner phase (or of the whole run without priming) is restored into
     the returned model; the evaluations of the primed and the just reconfigured model are reported only.
+    With `cfg.checkpoint_dir` a checkpoint is written as configured and on Ctrl-C (see learners.checkpoint);
+    with `cfg.resume` the run continues from it.
     """
     set_seed(cfg.seed)
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
@@ -150,6 +159,7 @@ def train(model: nn.Module, method, train_loader, evaluate: Callable[[nn.Module]
     eval_steps = cfg.eval_steps or max(1, math.ceil(steps_per_epoch / 4))
     priming_steps = priming_budget(method.priming_steps(steps_per_epoch), total)
     result = TrainResult(model=model, priming_steps=priming_steps)
+    saved = checkpoint.load(cfg.checkpoint_dir) if cfg.resume else None
 
     def batches():
         for batch in train_loader:
@@ -157,12 +167,20 @@ def train(model: nn.Module, method, train_loader, evaluate: Callable[[nn.Module]
 
     model.to(device)
     started = time.perf_counter()
-    model = method.prepare(model, batches())
+    if saved:
+        model = checkpoint.restore_model(saved, model, method, batches()).to(device)
+    else:
+        model = method.prepare(model, batches())
     result.train_seconds += time.perf_counter() - started
-    learning_rate = (cfg.priming_learning_rate or cfg.learning_rate) if priming_steps else cfg.learning_rate
-    optimizer, scheduler = make_optimizer(model, cfg, learning_rate, 0, total, warmup)
+    phase = saved.phase if saved else ("priming" if priming_steps else "train")
+    learning_rate = (cfg.priming_learning_rate or cfg.learning_rate) if phase == "priming" else cfg.learning_rate
+    optimizer, scheduler = make_optimizer(model, cfg, learning_rate, priming_steps if phase == "train" else 0, total, warmup)
+    if saved:
+        checkpoint.restore_training(saved, optimizer, scheduler, accelerator.scaler, result)
+        tqdm.write(f"resuming from {saved.directory} at step {saved.step}/{total} ({phase})", file=sys.stderr)
     model, optimizer, loader = accelerator.prepare(model, optimizer, train_loader)
-    phase = "priming" if priming_steps else "train"
+    generator = getattr(getattr(train_loader, "sampler", None), "generator", None)  # the loader's shuffling
+    step, position = (saved.step, saved.position) if saved else (0, checkpoint.EpochPosition())
 
     def run_eval(step: int):
         model.eval()
@@ -177,38 +195,63 @@ def train(model: nn.Module, method, train_loader, evaluate: Callable[[nn.Module]
         tqdm.write(f"step {step}/{total} ({phase}) {metric_name} {entry['metric']:.4f}, "
                    f"{entry['seconds']:.1f}s training", file=sys.stderr)
 
-    bar = tqdm(total=total, disable=not cfg.progress, desc="training", dynamic_ncols=True)
+    def save_checkpoint(step: int):
+        checkpoint.save(Path(cfg.checkpoint_dir), run_args=cfg.run_args, step=step, phase=phase, position=position,
+                        model=accelerator.unwrap_model(model), method=method, optimizer=optimizer, scheduler=scheduler,
+                        scaler=accelerator.scaler, result=result)
+
+    def checkpoint_or_stop(step: int, stop: checkpoint.StopRequest):
+        """Write a checkpoint every `checkpoint_steps` (default: at each evaluation), right after priming's
+        reconfiguration and at the end; after Ctrl-C write one (if none was due) and stop."""
+        due = step % (cfg.checkpoint_steps or eval_steps) == 0 or step in (priming_steps, total)
+        if due:
+            save_checkpoint(step)
+        checkpoint.test_hook(step)
+        if stop.requested:
+            if not due:
+                save_checkpoint(step)
+            raise TrainingInterrupted(f"interrupted at step {step}/{total}; the checkpoint is in {cfg.checkpoint_dir}: "
+                                      "run the same command with --resume to continue")
+
+    bar = tqdm(total=total, initial=step, disable=not cfg.progress, desc="training", dynamic_ncols=True)
     model.train()
-    step = 0
-    while step < total:
-        for batch in loader:
-            t0 = time.perf_counter()
-            try:
-                loss = training_step(model, batch, optimizer, scheduler, accelerator, cfg.max_grad_norm)
-            except TrainingDiverged as e:
-                raise diverged(e, step + 1, phase, learning_rate, cfg) from None
-            elapsed = time.perf_counter() - t0
-            result.step_seconds.append((phase, elapsed))
-            result.train_seconds += elapsed
-            step += 1
-            bar.update(1)
-            bar.set_description(f"training (loss {loss.item():.4f})")
-            if step == priming_steps:
-                run_eval(step)
+    with checkpoint.StopRequest() if cfg.checkpoint_dir else nullcontext() as stop:
+        while step < total:
+            epoch = checkpoint.epoch_batches(loader, generator, position, saved)
+            saved = None  # its random states are restored once, in the resumed epoch
+            for batch in epoch:
                 t0 = time.perf_counter()
-                model = method.after_priming(accelerator.unwrap_model(model), batches()).to(device)
-                learning_rate = cfg.learning_rate
-                optimizer, scheduler = make_optimizer(model, cfg, learning_rate, step, total, warmup)
-                model, optimizer = accelerator.prepare(model, optimizer)
-                model.train()
-                result.train_seconds += time.perf_counter() - t0
-                phase = "reconfigured"  # base model + primed learners + head, before any learner step
-                run_eval(step)
-                phase = "train"
-            elif step == total or step % eval_steps == 0:
-                run_eval(step)
-            if step >= total:
-                break
+                try:
+                    loss = training_step(model, batch, optimizer, scheduler, accelerator, cfg.max_grad_norm)
+                except TrainingDiverged as e:
+                    raise diverged(e, step + 1, phase, learning_rate, cfg) from None
+                elapsed = time.perf_counter() - t0
+                result.step_seconds.append((phase, elapsed))
+                result.train_seconds += elapsed
+                step += 1
+                position.batch += 1
+                bar.update(1)
+                bar.set_description(f"training (loss {loss.item():.4f})")
+                if step == priming_steps:
+                    run_eval(step)
+                    t0 = time.perf_counter()
+                    model = method.after_priming(accelerator.unwrap_model(model), batches()).to(device)
+                    learning_rate = cfg.learning_rate
+                    optimizer, scheduler = make_optimizer(model, cfg, learning_rate, step, total, warmup)
+                    model, optimizer = accelerator.prepare(model, optimizer)
+                    model.train()
+                    result.train_seconds += time.perf_counter() - t0
+                    phase = "reconfigured"  # base model + primed learners + head, before any learner step
+                    run_eval(step)
+                    phase = "train"
+                elif step == total or step % eval_steps == 0:
+                    run_eval(step)
+                if cfg.checkpoint_dir:
+                    checkpoint_or_stop(step, stop)
+                if step >= total:
+                    break
+            else:
+                position.next_epoch()
     bar.close()
     result.steps = step
     result.peak_memory_mb = peak_memory_mb(device)

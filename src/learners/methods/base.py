@@ -39,6 +39,15 @@ class Method:
     def after_priming(self, model: nn.Module, batches) -> nn.Module:
         return model
 
+    def checkpoint_state(self, model: nn.Module) -> tuple[dict, dict]:
+        """What a checkpoint needs to rebuild this method's model (see `restore`): JSON facts and tensors."""
+        return {}, {}
+
+    def restore(self, model: nn.Module, batches, facts: dict, tensors: dict) -> nn.Module:
+        """Resuming: `model` (the freshly loaded base model) made into this method's model as it was when
+        `checkpoint_state` was taken; the checkpoint then loads its trainable tensors."""
+        return self.prepare(model, batches)
+
     def parameter_counts(self, model: nn.Module) -> dict[str, int]:
         """Trainable parameters: the encoder part and the task head separately, and the model's total."""
         head = encoder = total = 0

@@ -105,10 +105,27 @@ class FreezeAndReconfigure(Method):
             for name, value in self.original.items():
                 params[name].copy_(value)
         self.original = None
+        return self._reconfigure(model)
+
+    def _reconfigure(self, model: nn.Module) -> nn.Module:
+        """Freeze everything but the head; the selected rows of each FFN linear train."""
         for name, p in model.named_parameters():
             p.requires_grad_(name in self.head_names)
         for name, idx in self.units.items():
             set_submodule(model, name, LearnerRowLinear(model.get_submodule(name), idx))
+        return model
+
+    def checkpoint_state(self, model: nn.Module) -> tuple[dict, dict]:
+        return {"selected": bool(self.units)}, {f"units.{name}": idx for name, idx in self.units.items()}
+
+    def restore(self, model: nn.Module, batches, facts: dict, tensors: dict) -> nn.Module:
+        """Prepare again on the pre-trained model; after selection, wrap the saved units (the checkpoint
+        then loads their trained rows and the head)."""
+        model = self.prepare(model, batches)
+        if facts["selected"]:
+            self.original = None
+            self.units = {name: tensors[f"units.{name}"] for name in self.linears}
+            model = self._reconfigure(model)
         return model
 
     def parameter_counts(self, model: nn.Module) -> dict[str, int]:

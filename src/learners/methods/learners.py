@@ -117,6 +117,24 @@ class LearnersMethod(Method):
         self.pretrained = None
         return LearnerModel(model, self.config, indices)
 
+    def checkpoint_state(self, model: nn.Module) -> tuple[dict, dict]:
+        """The config (after selection with the chosen layers), whether selection happened, and the indices."""
+        facts = {"selected": isinstance(model, LearnerModel), "config": self.config.to_dict(),
+                 "layer_signal": self.layer_signal, "probe_signal": self.probe_signal}
+        indices = model.indices if isinstance(model, LearnerModel) else []
+        return facts, {f"indices.{i}": idx for i, idx in enumerate(indices)}
+
+    def restore(self, model: nn.Module, batches, facts: dict, tensors: dict) -> nn.Module:
+        """Before selection: prepare again (priming's snapshot of the pre-trained weights, with the saved
+        config, so layers chosen by a probe are not probed again). After it: wrap the base model with
+        the saved learners' config and indices; the checkpoint loads the learner slices and the head."""
+        self.config = LearnerConfig.from_dict(facts["config"])
+        self.layer_signal, self.probe_signal = facts["layer_signal"], facts["probe_signal"]
+        if not facts["selected"]:
+            return self.prepare(model, batches)
+        Method.prepare(self, model, batches)
+        return LearnerModel(model, self.config, [tensors[f"indices.{i}"] for i in range(len(tensors))])
+
     def parameter_counts(self, model: nn.Module) -> dict[str, int]:
         c = model.parameter_counts()
         return {"encoder": c["learners"], "head": c["head"], "trainable": c["trainable"], "total": c["total"]}
