@@ -170,6 +170,8 @@ def run(argv: list[str] | None = None) -> int:
             seed=args.seed, mixed_precision=args.mixed_precision, overwrite=args.overwrite, resume=args.resume,
             checkpoint_steps=args.checkpoint_steps,
             progress=not args.no_progress, method_options=method_options(args)))
+        if results is None:  # a data-parallel rank other than 0: rank 0 reports
+            return 0
         print(f"{results['task']} {results['method']}: {results['metric_name']} {results['metric']:.4f} "
               f"(best {results['best_metric']:.4f}), {results['trainable_params']:,} trainable params, "
               f"{results['train_seconds']:.1f}s training -> {args.output_dir}/results.json")

@@ -11,7 +11,7 @@ import torch
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .errors import UsageError, check_finite, check_output_path
 from .methods import build_method
 from .metrics import compute_metrics, primary_metric_name
@@ -154,9 +154,14 @@ def predict_loader(model, loader, is_regression: bool) -> tuple[np.ndarray, np.n
     return np.concatenate(predictions), (np.concatenate(labels) if labels else np.array([]))
 
 
-def run_finetune(args: FinetuneArgs) -> dict:
-    """Fine-tune as `args` says; write OUT/results.json and OUT/model; return the results."""
+def run_finetune(args: FinetuneArgs) -> dict | None:
+    """Fine-tune as `args` says; write OUT/results.json and OUT/model; return the results.
+
+    Data-parallel (torchrun): every rank checks the options and paths before training starts (so a bad
+    input fails on all ranks alike, before any collective); rank 0 alone writes, and returns the results;
+    the other ranks wait for it at a barrier and return None."""
     args.validate()
+    distributed.quiet_other_ranks()
     out = check_output_dir(args.output_dir, args.overwrite)
     resume = should_resume(out, args)
     method = build_method(args.method, args.method_options)
@@ -192,6 +197,17 @@ def run_finetune(args: FinetuneArgs) -> dict:
                       checkpoint_dir=str(out / checkpoint.DIRECTORY), checkpoint_steps=args.checkpoint_steps,
                       resume=resume, run_args=run_args(args))
     result = train(model, method, train_loader, evaluate, metric_name, cfg)
+    if not distributed.is_main():
+        distributed.barrier()  # until rank 0 has written everything
+        return None
+    results = save_run(args, out, method, result, task, tokenizer, metric_name, learning_rate, max_length, len(train_set))
+    distributed.barrier()
+    return results
+
+
+def save_run(args: FinetuneArgs, out: Path, method, result, task: TaskData, tokenizer, metric_name: str,
+             learning_rate: float, max_length: int, train_examples: int) -> dict:
+    """OUT/model, OUT/learners (or the method's extra files), then OUT/results.json; the checkpoint goes."""
     check_finite(result.model.state_dict().items(), "the trained model", "Lower --learning-rate and run again.")
 
     out.mkdir(parents=True, exist_ok=True)
@@ -218,7 +234,8 @@ def run_finetune(args: FinetuneArgs) -> dict:
         "steps": result.steps, "priming_steps": result.priming_steps,
         "step_ms": round(1000 * statistics.median(final_phase), 2),
         "epochs": args.epochs, "max_steps": args.max_steps, "batch_size": args.batch_size,
-        "learning_rate": learning_rate, "max_length": max_length, "train_examples": len(train_set),
+        "world_size": distributed.world_size(), "global_batch_size": distributed.world_size() * args.batch_size,
+        "learning_rate": learning_rate, "max_length": max_length, "train_examples": train_examples,
         "device": "cuda" if torch.cuda.is_available() else "cpu", "torch_threads": torch.get_num_threads(),
         "history": result.history,
         "args": {k: v for k, v in asdict(args).items() if k not in ("progress", "resume")},

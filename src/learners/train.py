@@ -6,6 +6,11 @@ the learning-rate schedule carries on; Trainer builds its optimizer once. The
 loop stays short and accelerate still provides devices, mixed precision and
 distributed launch.
 
+Data-parallel (torchrun; see README): the train loader is sharded per rank, so the global batch is
+world_size x batch_size; every rank trains the same model (DDP all-reduces the gradients, and the
+learner selection is broadcast from rank 0 and checked); rank 0 alone evaluates, logs, shows progress
+and writes checkpoints.
+
 Timing: `seconds` in the history is wall-clock training time only (forward,
 backward, optimizer, and the priming -> learner reconfiguration), never
 evaluation.
@@ -15,6 +20,7 @@ import math
 import resource
 import sys
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,11 +28,11 @@ from typing import Callable
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .errors import TrainingDiverged, TrainingInterrupted, UsageError
 
 
@@ -100,8 +106,9 @@ def training_step(model, batch, optimizer, scheduler, accelerator: Accelerator, 
     A NaN or infinite loss or gradient norm raises TrainingDiverged before the weights change
     (with fp16 an infinite gradient norm is the loss scaler's business: it skips that step)."""
     loss = model(**batch).loss
-    if not torch.isfinite(loss.detach()):
-        raise TrainingDiverged(f"the loss is {loss.item()}")
+    if not distributed.all_true(bool(torch.isfinite(loss.detach()))):  # every rank stops together
+        raise TrainingDiverged(f"the loss is {loss.item()}" if not torch.isfinite(loss.detach())
+                               else "the loss is not finite on another data-parallel rank")
     accelerator.backward(loss)
     if max_grad_norm:
         norm = accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
@@ -123,8 +130,8 @@ def priming_budget(wanted: int, total: int) -> int:
     budget = min(wanted, max(1, total - 1))
     if wanted and (budget < wanted or budget == total):
         rest = "no learner-only steps" if budget == total else f"{total - budget} learner step(s)"
-        tqdm.write(f"warning: the run has {total} step(s), too few for {wanted} priming step(s) and learner training: "
-                   f"priming takes {budget}, then selection, then {rest}", file=sys.stderr)
+        distributed.log(f"warning: the run has {total} step(s), too few for {wanted} priming step(s) and learner training: "
+                   f"priming takes {budget}, then selection, then {rest}")
     return budget
 
 
@@ -134,6 +141,28 @@ def diverged(error: TrainingDiverged, step: int, phase: str, learning_rate: floa
     hint = " or --mixed-precision no" if cfg.mixed_precision != "no" else ""
     return TrainingDiverged(f"training diverged at step {step} ({phase} phase): {error}; lower {flag} "
                             f"(now {learning_rate:g}){hint} and run again. Nothing was saved")
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """accelerate's Accelerator; under torchrun it joins the process group (gloo on the CPU, NCCL on GPUs)."""
+    cpu = not torch.cuda.is_available()
+    # Learner layers keep each FFN's full weight as a frozen buffer, rewritten in place from the learner
+    # slices. DDP would broadcast every buffer from rank 0 before each forward: megabytes per step for
+    # nothing, since the slices are parameters DDP keeps equal, so each rank's buffers stay equal too.
+    # Every trainable parameter gets a gradient each step in every method, so no unused-parameter search.
+    handlers = [DistributedDataParallelKwargs(broadcast_buffers=False, find_unused_parameters=False)]
+    if cpu and distributed.world_size() > 1:  # gloo, not MPI even where torch was built with it
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    # torch >= 2.12 names it forward_sync_buffers, which accelerate's DDP kwargs do not pass on yet; the old
+    # name still works (and unlike forward_sync_buffers=False also skips the buffer broadcast at wrapping).
+    warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
+    return Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu, kwargs_handlers=handlers)
+
+
+def check_same_selection(method, model: nn.Module) -> None:
+    """Every data-parallel rank must train the same neurons: compare the method's selection with rank 0's."""
+    facts, tensors = method.checkpoint_state(model)
+    distributed.check_same("the selected neurons", facts, tensors)
 
 
 def train(model: nn.Module, method, train_loader, evaluate: Callable[[nn.Module], dict], metric_name: str,
@@ -147,13 +176,14 @@ def train(model: nn.Module, method, train_loader, evaluate: Callable[[nn.Module]
     with `cfg.resume` the run continues from it.
     """
     set_seed(cfg.seed)
-    accelerator = Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    if len(train_loader) == 0:
+        raise UsageError("no training batches: the training set is empty; add examples")
+    accelerator = make_accelerator(cfg)
     device = accelerator.device
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    steps_per_epoch = len(train_loader)
-    if steps_per_epoch == 0:
-        raise UsageError("no training batches: the training set is empty; add examples")
+    loader = accelerator.prepare(train_loader)  # sharded per rank: each rank gets every world_size-th batch
+    steps_per_epoch = len(loader)
     total = cfg.max_steps if cfg.max_steps else math.ceil(cfg.epochs * steps_per_epoch)
     warmup = math.floor(cfg.warmup_ratio * total)
     eval_steps = cfg.eval_steps or max(1, math.ceil(steps_per_epoch / 4))
@@ -171,18 +201,21 @@ def train(model: nn.Module, method, train_loader, evaluate: Callable[[nn.Module]
         model = checkpoint.restore_model(saved, model, method, batches()).to(device)
     else:
         model = method.prepare(model, batches())
+    check_same_selection(method, model)
     result.train_seconds += time.perf_counter() - started
     phase = saved.phase if saved else ("priming" if priming_steps else "train")
     learning_rate = (cfg.priming_learning_rate or cfg.learning_rate) if phase == "priming" else cfg.learning_rate
     optimizer, scheduler = make_optimizer(model, cfg, learning_rate, priming_steps if phase == "train" else 0, total, warmup)
     if saved:
         checkpoint.restore_training(saved, optimizer, scheduler, accelerator.scaler, result)
-        tqdm.write(f"resuming from {saved.directory} at step {saved.step}/{total} ({phase})", file=sys.stderr)
-    model, optimizer, loader = accelerator.prepare(model, optimizer, train_loader)
+        distributed.log(f"resuming from {saved.directory} at step {saved.step}/{total} ({phase})")
+    model, optimizer = accelerator.prepare(model, optimizer)
     generator = getattr(getattr(train_loader, "sampler", None), "generator", None)  # the loader's shuffling
     step, position = (saved.step, saved.position) if saved else (0, checkpoint.EpochPosition())
 
     def run_eval(step: int):
+        if not accelerator.is_main_process:  # rank 0 evaluates; the others go on to the next step
+            return
         model.eval()
         metrics = evaluate(accelerator.unwrap_model(model))
         model.train()
@@ -196,6 +229,8 @@ def train(model: nn.Module, method, train_loader, evaluate: Callable[[nn.Module]
                    f"{entry['seconds']:.1f}s training", file=sys.stderr)
 
     def save_checkpoint(step: int):
+        if not accelerator.is_main_process:
+            return
         checkpoint.save(Path(cfg.checkpoint_dir), run_args=cfg.run_args, step=step, phase=phase, position=position,
                         model=accelerator.unwrap_model(model), method=method, optimizer=optimizer, scheduler=scheduler,
                         scaler=accelerator.scaler, result=result)
@@ -207,13 +242,15 @@ def train(model: nn.Module, method, train_loader, evaluate: Callable[[nn.Module]
         if due:
             save_checkpoint(step)
         checkpoint.test_hook(step)
+        if not distributed.all_true(not stop.requested):  # Ctrl-C on any rank stops every rank at this step
+            stop.requested = True
         if stop.requested:
             if not due:
                 save_checkpoint(step)
             raise TrainingInterrupted(f"interrupted at step {step}/{total}; the checkpoint is in {cfg.checkpoint_dir}: "
                                       "run the same command with --resume to continue")
 
-    bar = tqdm(total=total, initial=step, disable=not cfg.progress, desc="training", dynamic_ncols=True)
+    bar = tqdm(total=total, initial=step, disable=not (cfg.progress and accelerator.is_main_process), desc="training", dynamic_ncols=True)
     model.train()
     with checkpoint.StopRequest() if cfg.checkpoint_dir else nullcontext() as stop:
         while step < total:
@@ -236,6 +273,7 @@ def train(model: nn.Module, method, train_loader, evaluate: Callable[[nn.Module]
                     run_eval(step)
                     t0 = time.perf_counter()
                     model = method.after_priming(accelerator.unwrap_model(model), batches()).to(device)
+                    check_same_selection(method, model)
                     learning_rate = cfg.learning_rate
                     optimizer, scheduler = make_optimizer(model, cfg, learning_rate, step, total, warmup)
                     model, optimizer = accelerator.prepare(model, optimizer)

@@ -20,6 +20,7 @@ import math
 import torch
 from torch import nn
 
+from .. import distributed
 from ..errors import UsageError
 from ..learner.config import LearnerConfig
 from ..learner.ffn import find_ffn_blocks, set_submodule
@@ -101,6 +102,7 @@ class FreezeAndReconfigure(Method):
                 k = math.ceil(self.ratio * linear.out_features)
                 self.units[name] = select_units(linear.weight, linear.bias, self.original[f"{name}.weight"],
                                                 self.original[f"{name}.bias"], k)
+            self.units = distributed.broadcast({n: idx.cpu() for n, idx in self.units.items()})  # rank 0's choice on every rank
             params = dict(model.named_parameters())
             for name, value in self.original.items():
                 params[name].copy_(value)

@@ -8,7 +8,6 @@ after_priming -> score neurons by how far they moved; with layers="auto" the sco
                  and the primed head, put the rest back to the pre-trained weights, wrap.
 """
 
-import sys
 from dataclasses import replace
 from itertools import islice
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .. import distributed
 from ..errors import UsageError
 from ..learner import LearnerConfig, LearnerModel, get_learner_model
 from ..learner.ffn import FFNBlock, find_ffn_blocks
@@ -67,7 +67,7 @@ class LearnersMethod(Method):
                                if n in primed and n not in self.head_names}
             return model
         if config.selection == "gradient":
-            scores = gradient_scores(model, config, islice(batches, config.gradient_batches))
+            scores = _rank0(gradient_scores(model, config, islice(batches, config.gradient_batches)))
             self.config, indices = select(model, config, scores)
             return LearnerModel(model, self.config, indices)
         model = get_learner_model(model, config)
@@ -77,11 +77,11 @@ class LearnersMethod(Method):
     def _probe_layers(self, model: nn.Module, batches) -> LearnerConfig:
         """Choose the learner blocks before priming from gradient magnitudes over a few batches (no updates)."""
         config = self.config
-        scores = gradient_scores(model, config, islice(batches, config.gradient_batches))
+        scores = _rank0(gradient_scores(model, config, islice(batches, config.gradient_batches)))
         self.probe_signal = [round(float(s.sum()), 6) for s in scores]
         sizes = [config.neurons_for(0, b.width) for b in find_ffn_blocks(model, config)]
         layers = choose_layers(scores, sizes, config.layer_coverage)
-        print(f"learners: blocks {layers} get learners; gradient probe signal per block {self.probe_signal}", file=sys.stderr)
+        distributed.log(f"learners: blocks {layers} get learners; gradient probe signal per block {self.probe_signal}")
         return replace(config, layers=layers)
 
     def priming_steps(self, steps_per_epoch: int) -> int:
@@ -100,11 +100,11 @@ class LearnersMethod(Method):
         candidates = find_ffn_blocks(model, self.config)
         before = [tuple(self.pretrained[f"{b.name}.{module}.{kind}"].float().cpu() for module, kind in
                         ((b.up_name, "weight"), (b.up_name, "bias"), (b.down_name, "weight"))) for b in candidates]
-        scores = priming_scores(model, self.config, before)
+        scores = _rank0(priming_scores(model, self.config, before))
         self.layer_signal = [round(float(s.sum()), 4) for s in scores]
         self.config, indices = select(model, self.config, scores)
-        print(f"learners: blocks {self.config.layers if self.config.layers is not None else 'all'} get learners; "
-              f"priming signal per block {self.layer_signal}", file=sys.stderr)
+        distributed.log(f"learners: blocks {self.config.layers if self.config.layers is not None else 'all'} get "
+                        f"learners; priming signal per block {self.layer_signal}")
         blocks = find_ffn_blocks(model, self.config)
         with torch.no_grad():
             primed = [_trained_slices(b, idx, self.config) for b, idx in zip(blocks, indices)]
@@ -150,6 +150,13 @@ class LearnersMethod(Method):
 
     def plain_model(self, model: nn.Module) -> nn.Module:
         return model.merge_and_unload()
+
+
+def _rank0(scores: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Rank 0's scores on every data-parallel rank, so all select the same neurons and blocks. (Priming's
+    scores agree anyway, DDP keeps the weights equal; the gradient probe's come from each rank's own
+    forward and backward passes, equal only as long as the kernels are deterministic.)"""
+    return distributed.broadcast([s.cpu() for s in scores])
 
 
 def priming_parameter_names(model: nn.Module, config: LearnerConfig, head_names: set[str]) -> set[str]:

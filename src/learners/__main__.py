@@ -1,0 +1,7 @@
+"""`python -m learners ...` (and `torchrun -m learners ...`): the `learners` command line."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
