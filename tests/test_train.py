@@ -1,6 +1,7 @@
 """The learning-rate schedule that spans priming and learner training."""
 
 import pytest
+import torch
 
 from conftest import tiny_model
 from learners.train import TrainConfig, lr_multiplier, make_optimizer
@@ -38,3 +39,15 @@ def test_no_weight_decay_on_biases_and_norms_and_only_trainable_parameters():
     assert all(n.endswith("weight") and "LayerNorm" not in n for n in decay)
     assert all(n.endswith("bias") or "LayerNorm" in n for n in no_decay)
     assert len(decay) + len(no_decay) == sum(1 for p in model.parameters() if p.requires_grad)
+
+
+def test_rewarm_ramps_the_learner_optimizers_rate_over_its_first_steps():
+    """After priming a fresh AdamW starts at 10x priming's rate; rewarm ramps it up on top of the run's schedule."""
+    model = torch.nn.Linear(2, 2)
+    cfg = TrainConfig(learning_rate=1e-3, lr_scheduler="constant")
+    optimizer, scheduler = make_optimizer(model, cfg, 1e-3, start_step=5, total=20, warmup=2, rewarm=3)
+    rates = []
+    for _ in range(5):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step(), scheduler.step()
+    assert rates == pytest.approx([1e-3 * 1 / 4, 1e-3 * 2 / 4, 1e-3 * 3 / 4, 1e-3, 1e-3])

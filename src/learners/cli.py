@@ -38,6 +38,8 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--learning-rate", type=float, help="peak learning rate (default: the method's, see README)")
     p.add_argument("--priming-learning-rate", type=float, help="peak learning rate of the priming phase (default 1e-4)")
     p.add_argument("--warmup-ratio", type=float, default=0.06)
+    p.add_argument("--learner-warmup-steps", type=int, default=0,
+                   help="after priming, ramp the new learner optimizer's rate up over this many steps (default 0)")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: the method's, see README)")
     p.add_argument("--lr-scheduler", choices=["linear", "constant"], help="after warm-up (default: the method's, see README)")
     p.add_argument("--max-length", type=int, help="truncate inputs to this many tokens (default 128, or the model's limit if lower)")
@@ -165,6 +167,7 @@ def run(argv: list[str] | None = None) -> int:
             train_file=args.train_file, validation_file=args.validation_file, text_columns=args.text_columns,
             label_column=args.label_column, task_type=args.task_type, epochs=args.epochs, max_steps=args.max_steps,
             batch_size=args.batch_size, learning_rate=args.learning_rate, priming_learning_rate=args.priming_learning_rate,
+            learner_warmup_steps=args.learner_warmup_steps,
             warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, lr_scheduler=args.lr_scheduler,
             max_length=args.max_length, eval_steps=args.eval_steps, max_train_samples=args.max_train_samples,
             seed=args.seed, mixed_precision=args.mixed_precision, overwrite=args.overwrite, resume=args.resume,

@@ -39,6 +39,7 @@ class FinetuneArgs:
     batch_size: int = 32
     learning_rate: float | None = None  # None: the method's default
     priming_learning_rate: float | None = None  # None: the full fine-tuning default
+    learner_warmup_steps: int = 0  # after priming: ramp the learner optimizer's rate up over this many steps
     warmup_ratio: float = 0.06
     weight_decay: float | None = None  # None: the method's default
     lr_scheduler: str | None = None  # None: the method's default
@@ -62,6 +63,8 @@ class FinetuneArgs:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.learner_warmup_steps < 0:
+            raise UsageError(f"--learner-warmup-steps must be 0 or more, got {self.learner_warmup_steps}")
         if not 0 <= self.warmup_ratio < 1:
             raise UsageError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.resume and self.overwrite:
@@ -194,6 +197,7 @@ def run_finetune(args: FinetuneArgs) -> dict | None:
                       lr_scheduler=args.lr_scheduler or method.default_lr_scheduler,
                       eval_steps=args.eval_steps, seed=args.seed, mixed_precision=args.mixed_precision,
                       priming_learning_rate=args.priming_learning_rate or 1e-4, progress=args.progress,
+                      learner_warmup_steps=args.learner_warmup_steps,
                       checkpoint_dir=str(out / checkpoint.DIRECTORY), checkpoint_steps=args.checkpoint_steps,
                       resume=resume, run_args=run_args(args))
     result = train(model, method, train_loader, evaluate, metric_name, cfg)

@@ -50,6 +50,7 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: str = "no"  # "no", "fp16", "bf16"
     priming_learning_rate: float | None = None
+    learner_warmup_steps: int = 0  # after priming: ramp the learner optimizer's rate up over this many steps
     progress: bool = True
     checkpoint_dir: str | None = None  # None: no checkpoints (and Ctrl-C stops at once)
     checkpoint_steps: int | None = None  # None: at every evaluation; always after priming's reconfiguration and at the end
@@ -78,8 +79,13 @@ def lr_multiplier(step: int, total: int, warmup: int, kind: str) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, learning_rate: float, start_step: int, total: int, warmup: int):
-    """AdamW over the trainable parameters only (no state for frozen ones); no decay on biases and norms."""
+def make_optimizer(model: nn.Module, cfg: TrainConfig, learning_rate: float, start_step: int, total: int, warmup: int,
+                   rewarm: int = 0):
+    """AdamW over the trainable parameters only (no state for frozen ones); no decay on biases and norms.
+
+    `rewarm` > 0 ramps this optimizer's rate up linearly over its first `rewarm` steps (on top of the
+    run's schedule): a fresh AdamW's first updates move every weight by about the full rate, which right
+    after priming is 10x priming's rate."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -89,7 +95,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, learning_rate: float, sta
     fused = all(p.device.type == "cuda" for p in decay + no_decay) or None
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=learning_rate, fused=fused)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_multiplier(s + start_step, total, warmup, cfg.lr_scheduler))
+        optimizer, lambda s: lr_multiplier(s + start_step, total, warmup, cfg.lr_scheduler) * min(1.0, (s + 1) / (rewarm + 1)))
     return optimizer, scheduler
 
 
@@ -205,7 +211,9 @@ def train(model: nn.Module, method, train_loader, evaluate: Callable[[nn.Module]
     result.train_seconds += time.perf_counter() - started
     phase = saved.phase if saved else ("priming" if priming_steps else "train")
     learning_rate = (cfg.priming_learning_rate or cfg.learning_rate) if phase == "priming" else cfg.learning_rate
-    optimizer, scheduler = make_optimizer(model, cfg, learning_rate, priming_steps if phase == "train" else 0, total, warmup)
+    rewarm = cfg.learner_warmup_steps if priming_steps else 0
+    optimizer, scheduler = make_optimizer(model, cfg, learning_rate, priming_steps if phase == "train" else 0, total, warmup,
+                                          rewarm if phase == "train" else 0)
     if saved:
         checkpoint.restore_training(saved, optimizer, scheduler, accelerator.scaler, result)
         distributed.log(f"resuming from {saved.directory} at step {saved.step}/{total} ({phase})")
@@ -275,7 +283,7 @@ def train(model: nn.Module, method, train_loader, evaluate: Callable[[nn.Module]
                     model = method.after_priming(accelerator.unwrap_model(model), batches()).to(device)
                     check_same_selection(method, model)
                     learning_rate = cfg.learning_rate
-                    optimizer, scheduler = make_optimizer(model, cfg, learning_rate, step, total, warmup)
+                    optimizer, scheduler = make_optimizer(model, cfg, learning_rate, step, total, warmup, rewarm)
                     model, optimizer = accelerator.prepare(model, optimizer)
                     model.train()
                     result.train_seconds += time.perf_counter() - t0
