@@ -23,7 +23,8 @@ def four_layer_bert(seed=0):
 
 
 @pytest.mark.parametrize("layers,expected", [(None, [0, 1, 2, 3]), ("all", [0, 1, 2, 3]), ("top-1", [3]),
-                                             ("top-3", [1, 2, 3]), ([2, 0], [0, 2]), ("auto", [0, 1, 2, 3])])
+                                             ("top-3", [1, 2, 3]), ("skip-1", [1, 2, 3]), ("skip-0", [0, 1, 2, 3]),
+                                             ([2, 0], [0, 2]), ("auto", [0, 1, 2, 3])])
 def test_layer_specs_resolve_to_blocks(layers, expected):
     config = LearnerConfig(ratio=0.25, layers=layers)
     assert config.layer_positions(4) == expected
@@ -31,14 +32,15 @@ def test_layer_specs_resolve_to_blocks(layers, expected):
 
 
 @pytest.mark.parametrize("layers,message", [
-    ("top-0", "not understood"), ("bottom", "not understood"), ([1, 1], "distinct"), ([-1], ">= 0"), ([], ">= 0"),
+    ("top-0", "not understood"), ("skip-x", "not understood"), ("bottom", "not understood"), ([1, 1], "distinct"), ([-1], ">= 0"), ([], ">= 0"),
 ])
 def test_bad_layer_specs_are_clear_errors(layers, message):
     with pytest.raises(UsageError, match=message):
         LearnerConfig(ratio=0.25, layers=layers)
 
 
-@pytest.mark.parametrize("layers,message", [("top-5", "at most top-4"), ([4], r"layers \[4\] do not exist")])
+@pytest.mark.parametrize("layers,message", [("top-5", "at most top-4"), ("skip-4", "at most skip-3"),
+                                            ([4], r"layers \[4\] do not exist")])
 def test_layers_beyond_the_model_are_clear_errors(layers, message):
     with pytest.raises(UsageError, match=message):
         get_learner_model(four_layer_bert(), LearnerConfig(ratio=0.25, selection="random", layers=layers))

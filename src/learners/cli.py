@@ -18,9 +18,9 @@ def _positive_int_list(text: str) -> list[int]:
 
 
 def _learner_layers(text: str) -> str | list[int]:
-    """'auto', 'all', 'top-N', or block numbers such as '3,4,5' (checked by LearnerConfig)."""
+    """'auto', 'all', 'top-N', 'skip-N', or block numbers such as '3,4,5' (checked by LearnerConfig)."""
     text = text.strip()
-    if text in ("auto", "all") or text.startswith("top-"):
+    if text in ("auto", "all") or text.startswith(("top-", "skip-")):
         return text
     try:
         return _positive_int_list(text)
@@ -55,8 +55,8 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--priming-fraction", type=float, default=0.25, help="priming budget as a fraction of the first epoch (default 0.25)")
     g.add_argument("--reset-after-priming", action="store_true", help="ablation: start the learners from their pre-trained weights, not the primed ones")
     g.add_argument("--learner-layers", type=_learner_layers,
-                   help="FFN blocks that get learners: auto (chosen by the priming signal), all, top-N (the N blocks "
-                        "nearest the output) or block numbers, e.g. 3,4,5 (default: see README)")
+                   help="FFN blocks that get learners: skip-N (all but the N lowest; default skip-1), all, top-N "
+                        "(the N blocks nearest the output), auto (chosen by the priming signal) or block numbers, e.g. 3,4,5")
     g.add_argument("--layer-coverage", type=float,
                    help="with --learner-layers auto: the fewest top blocks holding this share of the priming signal (default 0.5)")
     g.add_argument("--priming-scope", choices=["all", "ffn", "learner-layers"],

@@ -39,7 +39,7 @@ class LearnerConfig:
     # Batches whose accumulated gradient magnitude scores neurons for selection="gradient".
     gradient_batches: int = 8
     # Which FFN blocks get learners: None or "all" (every block), "top-N" (the N blocks nearest the
-    # output), "auto" (chosen by the priming/gradient signal, see selection.choose_layers), or a
+    # output), "skip-N" (every block but the N lowest), "auto" (chosen by the priming/gradient signal, see selection.choose_layers), or a
     # list of block positions (0-based). Nothing below the lowest learner block runs backward.
     layers: str | list[int] | None = None
     # For layers="auto": the learner blocks are the fewest top blocks that hold this share of
@@ -94,10 +94,12 @@ class LearnerConfig:
         if layers is None or layers in ("all", "auto"):
             return
         if isinstance(layers, str):
-            if layers.startswith("top-") and layers[4:].isdigit() and int(layers[4:]) >= 1:
+            kind, _, n = layers.partition("-")
+            if kind in ("top", "skip") and n.isdigit() and int(n) >= (1 if kind == "top" else 0):
                 return
             raise UsageError(f"learner layers {layers!r} not understood; use 'all', 'auto', 'top-N' (the N blocks "
-                             "nearest the output, N >= 1) or a list of block numbers such as 3,4,5")
+                             "nearest the output, N >= 1), 'skip-N' (all but the N lowest blocks) or a list of block "
+                             "numbers such as 3,4,5")
         if not layers or any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in layers):
             raise UsageError(f"learner layers must be block numbers >= 0, got {layers}")
         if len(set(layers)) != len(layers):
@@ -109,8 +111,13 @@ class LearnerConfig:
         layers = self.layers
         if layers is None or layers in ("all", "auto"):
             return list(range(num_blocks))
-        if isinstance(layers, str):  # "top-N"
-            n = int(layers[4:])
+        if isinstance(layers, str):  # "top-N" or "skip-N"
+            kind, n = layers.split("-")[0], int(layers.split("-")[1])
+            if kind == "skip":
+                if n >= num_blocks:
+                    raise UsageError(f"learner layers {layers!r} skips {n} blocks, but the model has {num_blocks}; "
+                                     f"use at most skip-{num_blocks - 1}")
+                return list(range(n, num_blocks))
             if n > num_blocks:
                 raise UsageError(f"learner layers {layers!r} asks for {n} blocks, but the model has {num_blocks}; "
                                  f"use at most top-{num_blocks}")

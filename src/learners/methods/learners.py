@@ -24,6 +24,11 @@ from .base import Method
 
 
 DEFAULT_RATIO = 1 / 16  # 96 of MiniLM's 1536 FFN neurons per learner block
+# Every block but the lowest: its backward pass (attention and FFN input gradients) is skipped. On the default
+# model (6 blocks) this is top-5: 0.60x of full fine-tuning's matmul FLOPs against 0.66x with every block, at a
+# seed-0 quality within 0.005 of learners in every block and above LoRA and BitFit on CoLA, MRPC, STS-B and RTE
+# (BENCHMARKS.md, section 5). Shallower learners were faster and lost more (STS-B 0.805-0.830 with top-3).
+DEFAULT_LAYERS = "skip-1"
 
 
 class LearnersMethod(Method):
@@ -35,6 +40,7 @@ class LearnersMethod(Method):
         options = {k: v for k, v in (options or {}).items() if v is not None}
         if "ratio" not in options and "num_neurons" not in options:
             options["ratio"] = DEFAULT_RATIO
+        options.setdefault("layers", DEFAULT_LAYERS)
         self.config = LearnerConfig(**options)
         self.pretrained = None
         self.layer_signal = None  # per-block sum of the priming scores, for results.json
