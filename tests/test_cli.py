@@ -41,10 +41,10 @@ def test_learners_finetune_primes_then_trains_learners_and_merges(tmp_path, tiny
     assert r["priming_steps"] == 2
     assert [(h["step"], h["phase"]) for h in r["history"]] == [(2, "priming"), (2, "reconfigured"), (3, "train"),
                                                                 (6, "train")]
-    # the default skip-1: every block but the lowest gets ceil(0.25 * 64) = 16 learner neurons
-    assert r["learner_layers"] == [1] and r["learner_neurons"] == [16]
+    # the default: every block gets ceil(0.25 * 64) = 16 learner neurons
+    assert r["learner_layers"] == [0, 1] and r["learner_neurons"] == [16, 16]
     # learners: 16 neurons x (32 + 1 + 32) per layer; head: pooler 32x32+32, classifier 32x2+2
-    assert r["encoder_trainable_params"] == 16 * 65
+    assert r["encoder_trainable_params"] == 2 * 16 * 65
     assert r["head_params"] == 32 * 32 + 32 + 32 * 2 + 2
     assert r["trainable_params"] == r["encoder_trainable_params"] + r["head_params"] < r["total_params"]
     run = tmp_path / "run"

@@ -55,7 +55,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--priming-fraction", type=float, default=0.25, help="priming budget as a fraction of the first epoch (default 0.25)")
     g.add_argument("--reset-after-priming", action="store_true", help="ablation: start the learners from their pre-trained weights, not the primed ones")
     g.add_argument("--learner-layers", type=_learner_layers,
-                   help="FFN blocks that get learners: skip-N (all but the N lowest; default skip-1), all, top-N "
+                   help="FFN blocks that get learners: all (default), skip-N (all but the N lowest), top-N "
                         "(the N blocks nearest the output), auto (chosen by the priming signal) or block numbers, e.g. 3,4,5")
     g.add_argument("--layer-coverage", type=float,
                    help="with --learner-layers auto: the fewest top blocks holding this share of the priming signal (default 0.5)")
