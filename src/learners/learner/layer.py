@@ -51,7 +51,7 @@ class _RowLearnerFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, learner_weight, learner_bias, idx):
         w = _compute_weight(weight, x)
         ctx.save_for_backward(x if ctx.needs_input_grad[3] else None, w, idx)
-        return F.linear(x, w, bias.to(w.dtype) if w.dtype != bias.dtype else bias)
+        return F.linear(x, w, bias.to(w.dtype))
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -76,7 +76,7 @@ class _ColumnLearnerFunction(torch.autograd.Function):
         # Only the learner neurons' activations are needed for the weight gradient.
         a_learner = a.index_select(-1, idx) if ctx.needs_input_grad[3] else None
         ctx.save_for_backward(a_learner, w if ctx.needs_input_grad[0] else None, idx)
-        return F.linear(a, w, bias.to(w.dtype) if w.dtype != bias.dtype else bias)
+        return F.linear(a, w, bias.to(w.dtype))
 
     @staticmethod
     def backward(ctx, grad_out):

@@ -8,7 +8,6 @@ after_priming -> score neurons by how far they moved; with layers="auto" the sco
                  and the primed head, put the rest back to the pre-trained weights, wrap.
 """
 
-from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from .. import distributed
 from ..errors import UsageError
 from ..learner import LearnerConfig, LearnerModel, get_learner_model
 from ..learner.ffn import FFNBlock, find_ffn_blocks
-from ..learner.selection import choose_layers, gradient_scores, priming_scores, select
+from ..learner.selection import gradient_scores, priming_scores, select
 from .base import Method
 
 
@@ -85,10 +84,10 @@ class LearnersMethod(Method):
         config = self.config
         scores = _rank0(gradient_scores(model, config, islice(batches, config.gradient_batches)))
         self.probe_signal = [round(float(s.sum()), 6) for s in scores]
-        sizes = [config.neurons_for(0, b.width) for b in find_ffn_blocks(model, config)]
-        layers = choose_layers(scores, sizes, config.layer_coverage)
-        distributed.log(f"learners: blocks {layers} get learners; gradient probe signal per block {self.probe_signal}")
-        return replace(config, layers=layers)
+        resolved, _ = select(model, config, scores)  # only the blocks: priming picks the neurons
+        distributed.log(f"learners: blocks {resolved.layers} get learners; gradient probe signal per block "
+                        f"{self.probe_signal}")
+        return resolved
 
     def priming_steps(self, steps_per_epoch: int) -> int:
         if self.config.selection != "priming":
