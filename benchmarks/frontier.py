@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from learners.report import load_runs  # noqa: E402
+from learners.harness.report import load_runs  # noqa: E402
 
 
 def task_means(bench_dir: str, method: str) -> dict[str, tuple[float, int]]:

@@ -7,11 +7,11 @@
 One markdown table per size x batch (length 128), every method side by side with ratios vs `full`. Models
 are random-init transformers configs (the step cost does not depend on the weights, and nothing is
 downloaded). Each method runs in a fresh process through benchmarks/step_time_memory.py's worker, with the
-training engine's optimizer step (learners.train.make_optimizer, training_step), bf16 autocast by default,
+training engine's optimizer step (learners.harness.train.make_optimizer, training_step), bf16 autocast by default,
 and a CUDA sync after every step. Peak memory: torch.cuda.max_memory_allocated on CUDA, peak RSS on the CPU.
 
 `learners` is the method with its default options; `learners-all` puts learners in every FFN block
-(options {"layers": None}, passed to learners.methods.build_method as they are). Both select by magnitude:
+(options {"layers": None}, passed to learners.harness.methods.build_method as they are). Both select by magnitude:
 priming needs a training loop, and which neurons are picked does not change the step cost. The table's
 "learner layers" column shows how many blocks got learners, so an option that means something else later
 shows up there.

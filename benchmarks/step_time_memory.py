@@ -58,7 +58,7 @@ def build_model(args, device):
             num_labels=2, problem_type="single_label_classification", **overrides)
         with torch.device(device):
             return AutoModelForSequenceClassification.from_config(config)
-    from learners.models import load_model_and_tokenizer
+    from learners.harness.models import load_model_and_tokenizer
     model, _ = load_model_and_tokenizer(args.model, 2, ["a", "b"])
     return model.to(device)
 
@@ -97,8 +97,8 @@ def worker(args) -> dict:
     from accelerate import Accelerator
     from torch.utils.flop_counter import FlopCounterMode
 
-    from learners.methods import build_method
-    from learners.train import TrainConfig, make_optimizer, peak_memory_mb, training_step
+    from learners.harness.methods import build_method
+    from learners.harness.train import TrainConfig, make_optimizer, peak_memory_mb, training_step
 
     torch.manual_seed(0)
     accelerator = Accelerator(mixed_precision=args.precision, cpu=not torch.cuda.is_available())

@@ -54,7 +54,7 @@ FAMILIES = ["bert", "distilbert", "roberta"]
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random BERT saved with the embedded model's tokenizer: a model directory like any other."""
-    from learners.models import embedded_model_dir
+    from learners.harness.models import embedded_model_dir
 
     path = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())

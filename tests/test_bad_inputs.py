@@ -1,6 +1,6 @@
 """Every bad input is one line on stderr and exit status 2: no traceback, nothing written to the output path.
 
-Table-driven over finetune, predict, merge and bench; the CLI runs in-process (learners.cli.main).
+Table-driven over finetune, predict, merge and bench; the CLI runs in-process (learners.harness.cli.main).
 A case builds its command from `ctx` (a finished tiny learners run and adapter run, data files, a
 tmp dir) and may damage a copy of a saved model first; `out` is the output path that must stay untouched.
 """
@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from learners.cli import main
+from learners.harness.cli import main
 
 LEARNERS = "learners_model.safetensors"
 LEARNERS_CONFIG = "learners_config.json"

@@ -6,9 +6,9 @@ import re
 
 import pytest
 
-from learners import bench
-from learners.cli import build_parser, main
-from learners.report import CSV_COLUMNS, build_report, task_targets, time_to_target
+from learners.harness import bench
+from learners.harness.cli import build_parser, main
+from learners.harness.report import CSV_COLUMNS, build_report, task_targets, time_to_target
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -205,7 +205,7 @@ def test_every_training_option_passes_through_to_finetune_unchanged():
     and finetune parses them to the same values (options added later are covered too)."""
     import argparse
 
-    from learners.cli import add_training_arguments
+    from learners.harness.cli import add_training_arguments
     probe = argparse.ArgumentParser(add_help=False)
     add_training_arguments(probe)
     given = []

@@ -8,7 +8,7 @@ import sys
 import pytest
 from transformers import AutoModelForSequenceClassification
 
-from learners.cli import main
+from learners.harness.cli import main
 
 RESULT_FIELDS = {"task", "method", "model", "metric_name", "metric", "best_metric", "trainable_params", "total_params",
                  "train_seconds", "peak_memory_mb", "steps", "history"}

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from learners.cli import main
+from learners.harness.cli import main
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 WEIGHT_TOLERANCE = 1e-5

@@ -9,9 +9,9 @@ import datasets
 import numpy as np
 import pytest
 
-from learners import glue
+from learners.harness import glue
 from learners.errors import UsageError
-from learners.glue import GLUE_TASKS, load_glue
+from learners.harness.glue import GLUE_TASKS, load_glue
 
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "glue"
 needs_glue = pytest.mark.skipif(not GLUE.is_dir(), reason=f"GLUE data not found at {GLUE} (expected ../shared/glue beside the repo)")
@@ -198,7 +198,7 @@ def test_mnli_layout_loads_matched_and_mismatched(tmp_path, monkeypatch, caplog)
                [_mnli_row(0, "P1", "H1", "neutral", dev=True), _mnli_row(1, "P2", "H2", "entailment", dev=True)])
     _write_tsv(mnli / "dev_mismatched.tsv", MNLI_DEV_HEADER, [_mnli_row(0, "P3", "H3", "contradiction", dev=True)])
 
-    with caplog.at_level("WARNING", logger="learners.glue"):
+    with caplog.at_level("WARNING", logger="learners.harness.glue"):
         data = load_glue("mnli", tmp_path)
     assert "skipped 2 malformed row(s)" in caplog.text
     assert data.text_columns == ("premise", "hypothesis")

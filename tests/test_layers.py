@@ -11,8 +11,8 @@ from learners import LearnerConfig, LearnerModel, get_learner_model
 from learners.errors import UsageError
 from learners.learner.ffn import find_ffn_blocks
 from learners.learner.selection import choose_layers, gradient_scores, select
-from learners.methods import build_method
-from learners.methods.learners import priming_parameter_names
+from learners.harness.methods import build_method
+from learners.harness.methods.learners import priming_parameter_names
 
 
 def four_layer_bert(seed=0):

@@ -13,7 +13,7 @@ from learners.learner.ffn import find_ffn_blocks
 from learners.learner.layer import LearnerColumnLinear, LearnerRowLinear
 from learners.learner.selection import (select_at_random, select_by_gradient, select_by_magnitude,
                                         select_by_priming, snapshot_ffns)
-from learners.train import TrainConfig, make_optimizer
+from learners.harness.train import TrainConfig, make_optimizer
 
 FFN_NAMES = {"bert": ("intermediate.dense", "output.dense"), "roberta": ("intermediate.dense", "output.dense"),
              "distilbert": ("ffn.lin1", "ffn.lin2")}

@@ -12,14 +12,14 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import FAMILIES, tiny_batch, tiny_model
-from learners.cli import main
+from learners.harness.cli import main
 from learners.learner.ffn import head_parameter_names
 from learners.learner.layer import LearnerRowLinear
-from learners.methods import METHODS, build_method
-from learners.methods.adapter import CONFIG_NAME, WEIGHTS_NAME, AdapterLinear
-from learners.methods.far import FreezeAndReconfigure, ffn_linear_names, select_units
-from learners.predict import load_finetuned
-from learners.train import TrainConfig, train
+from learners.harness.methods import METHODS, build_method
+from learners.harness.methods.adapter import CONFIG_NAME, WEIGHTS_NAME, AdapterLinear
+from learners.harness.methods.far import FreezeAndReconfigure, ffn_linear_names, select_units
+from learners.harness.predict import load_finetuned
+from learners.harness.train import TrainConfig, train
 
 ALL_METHODS = ["full", "head", "bitfit", "lora", "adapter", "far", "learners"]
 # Small settings for tiny models: adapters of size 8, a quarter of each FFN for far/learners, 2 priming steps.
@@ -168,7 +168,7 @@ def test_adapters_start_as_the_identity(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_adapter_model_round_trips_through_out_model_and_predict(family, tmp_path):
-    from learners.models import embedded_model_dir
+    from learners.harness.models import embedded_model_dir
 
     method = build_method("adapter", {"bottleneck_size": 8})
     trained = run_engine(tiny_model(family), method).model.eval()

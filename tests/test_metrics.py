@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from learners.errors import UsageError
-from learners.metrics import METRICS, compute_metrics, primary_metric_name
+from learners.harness.metrics import METRICS, compute_metrics, primary_metric_name
 
 # labels and predictions with a known 2x2 confusion: TP=3, TN=2, FP=1, FN=2
 LABELS = np.array([1, 1, 1, 1, 1, 0, 0, 0])

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from learners.cli import main
+from learners.harness.cli import main
 
 METHODS = ["full", "head", "bitfit", "lora", "adapter", "far", "learners"]
 WORDS = "the cat dog sat ran on a mat big small red blue happy sad old new".split()
@@ -70,7 +70,7 @@ def test_non_finite_gradient_stops_before_the_weights_change():
 
     from conftest import tiny_batch, tiny_model
     from learners.errors import TrainingDiverged
-    from learners.train import TrainConfig, make_optimizer, training_step
+    from learners.harness.train import TrainConfig, make_optimizer, training_step
 
     model = tiny_model("bert")
     optimizer, scheduler = make_optimizer(model, TrainConfig(learning_rate=1e-3), 1e-3, 0, 10, 0)
@@ -141,13 +141,13 @@ def unwritable_dir(tmp_path, monkeypatch):
 def test_unwritable_output_dir_fails_before_training(where, message, tmp_path, tiny_model_dir, monkeypatch, capsys):
     import re
 
-    import learners.finetune
+    import learners.harness.finetune
 
     (tmp_path / "afile").write_text("x")
     locked = unwritable_dir(tmp_path, monkeypatch)
     out = {"file": tmp_path / "afile", "under-file": tmp_path / "afile" / "run",
            "read-only": locked, "under-read-only": locked / "run"}[where]
-    monkeypatch.setattr(learners.finetune, "load_task", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(learners.harness.finetune, "load_task", lambda *a, **k: pytest.fail("work started"))
     args = finetune_args(tmp_path, tiny_model_dir, "x", "full")
     args[args.index("--output-dir") + 1] = str(out)
     assert main(args) == 2
@@ -159,7 +159,7 @@ def test_unwritable_output_dir_fails_before_training(where, message, tmp_path, t
 def test_max_length_limit_comes_from_the_model_config():
     from conftest import tiny_config
     from learners.errors import UsageError
-    from learners.models import check_max_length, max_sequence_length
+    from learners.harness.models import check_max_length, max_sequence_length
 
     assert [max_sequence_length(tiny_config(f)) for f in ("bert", "distilbert", "roberta")] == [64, 64, 70]
     assert check_max_length(None, tiny_config("roberta")) == 70  # the default 128, capped to the limit
@@ -169,9 +169,9 @@ def test_max_length_limit_comes_from_the_model_config():
 
 
 def test_method_check_runs_before_training(tmp_path, tiny_model_dir, monkeypatch, capsys):
-    import learners.finetune
+    import learners.harness.finetune
 
-    monkeypatch.setattr(learners.finetune, "train", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr(learners.harness.finetune, "train", lambda *a, **k: pytest.fail("training started"))
     args = finetune_args(tmp_path, tiny_model_dir, "x", "lora", "--lora-target-modules", "query,qkv")
     assert main(args) == 2
     assert "--lora-target-modules qkv name no module of this bert model" in capsys.readouterr().err

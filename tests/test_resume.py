@@ -1,7 +1,7 @@
 """No lost work: checkpoints, resuming a killed or interrupted run bit-exactly, refusing a different run.
 
 A run is killed (SIGKILL) or interrupted (SIGINT) at a step through the test hooks that
-learners.checkpoint.test_hook reads (LEARNERS_TEST_KILL_AT_STEP, LEARNERS_TEST_INTERRUPT_AT_STEP),
+learners.harness.checkpoint.test_hook reads (LEARNERS_TEST_KILL_AT_STEP, LEARNERS_TEST_INTERRUPT_AT_STEP),
 then resumed; its results and saved model must equal an uninterrupted run's exactly. The tiny model
 has dropout on, so the random states matter; the task is a regression, so every evaluation's
 Pearson correlation shows whether the weights at that step are the same.
@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import learners
-from learners.cli import main
+from learners.harness.cli import main
 from conftest import tiny_model
 
 WORDS = "the cat dog sat ran on a mat big small red blue happy sad old new".split()
@@ -34,7 +34,7 @@ METHOD_FLAGS = {"learners": ["--ratio", "0.25", "--priming-steps", "6"], "far": 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A tiny BERT with dropout, a small regression data set, and a cache of uninterrupted runs."""
-    from learners.models import embedded_model_dir
+    from learners.harness.models import embedded_model_dir
 
     root = tmp_path_factory.mktemp("resume")
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())

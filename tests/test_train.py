@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from learners.train import TrainConfig, lr_multiplier, make_optimizer
+from learners.harness.train import TrainConfig, lr_multiplier, make_optimizer
 
 
 def test_linear_schedule_warms_up_then_decays_to_zero():

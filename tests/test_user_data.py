@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from learners.errors import UsageError
-from learners.user_data import load_user_data
+from learners.harness.user_data import load_user_data
 
 
 def write(path: Path, text: str) -> Path:
@@ -222,7 +222,7 @@ def test_json_array_file(tmp_path):
 
 def test_read_table_and_pick_text_columns_for_prediction_input(tmp_path):
     """`learners predict` reads unlabeled files with these two helpers."""
-    from learners.user_data import pick_text_columns, read_table
+    from learners.harness.user_data import pick_text_columns, read_table
 
     path = write_jsonl(tmp_path / "in.jsonl", [{"sentence": "a", "n": 1}, {"sentence": "b", "extra": True}])
     table = read_table(path, "--input")

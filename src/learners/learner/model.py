@@ -4,6 +4,7 @@ Layout follows HF PEFT: the config is a dataclass (config.py), the layers own
 the math (layer.py), and this wrapper owns injection, saving and merging.
 """
 
+import functools
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -23,7 +24,18 @@ WEIGHTS_NAME = "learners_model.safetensors"
 
 
 class LearnerModel(nn.Module):
-    """A transformers model whose FFNs train only their learner neurons (plus the task head)."""
+    """A transformers model whose FFNs train only their learner neurons (plus the task head).
+
+    `LearnerModel(model, ...)` is an instance of a subclass made for `type(model)` (cached), whose
+    `forward` carries the wrapped model's signature: `Trainer` keeps the dataset columns the model takes,
+    finds its `labels` argument, and so computes the evaluation loss and metrics (see `_learner_class`).
+    """
+
+    _wraps: type | None = None  # the wrapped model's class, in the subclass made for it
+
+    def __new__(cls, model: nn.Module, *args, **kwargs):
+        base = cls.__bases__[0] if cls.__dict__.get("_wraps") is not None else cls
+        return super().__new__(_learner_class(base, type(model)))
 
     def __init__(self, model: nn.Module, config: LearnerConfig, indices: list[torch.Tensor]):
         super().__init__()
@@ -183,6 +195,23 @@ class LearnerModel(nn.Module):
         for p in model.parameters():
             p.requires_grad_(True)
         return model
+
+
+@functools.cache
+def _learner_class(cls: type, model_class: type) -> type:
+    """`cls` with a `forward` that calls the wrapped model and shows `model_class.forward`'s signature.
+
+    `Trainer` reads the signature from the class (`find_labels`) and from the bound method (column pruning);
+    `*args, **kwargs` alone would hide `labels` and every input. The name keeps the model's, as Trainer
+    also reads the class name (e.g. "QuestionAnswering").
+    """
+    @functools.wraps(model_class.forward)
+    def forward(self, *args, **kwargs):
+        return self.base_model(*args, **kwargs)
+
+    forward.__doc__ = f"Calls the wrapped {model_class.__name__} (its signature is shown)."
+    return type(f"LearnerModelFor{model_class.__name__}", (cls,), {"forward": forward, "_wraps": model_class,
+                                                                    "__module__": cls.__module__})
 
 
 def _learner_config(meta: dict, path: Path) -> LearnerConfig:

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..errors import UsageError
-from ..learner import LearnerConfig, LearnerModel, get_learner_model
-from ..learner.ffn import FFNBlock, find_ffn_blocks
-from ..learner.selection import gradient_scores, priming_scores, select
+from ...errors import UsageError
+from ...learner import LearnerConfig, LearnerModel, get_learner_model
+from ...learner.ffn import FFNBlock, find_ffn_blocks
+from ...learner.selection import gradient_scores, priming_scores, select
 from .base import Method
 
 

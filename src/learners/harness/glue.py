@@ -16,7 +16,7 @@ from pathlib import Path
 
 import datasets
 
-from .errors import UsageError
+from ..errors import UsageError
 from .task_data import TaskData
 
 logger = logging.getLogger(__name__)

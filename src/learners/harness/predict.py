@@ -5,7 +5,7 @@ import json
 import os
 from pathlib import Path
 
-from .errors import UsageError, check_output_path, first_line, read_json_file
+from ..errors import UsageError, check_output_path, first_line, read_json_file
 from .finetune import TASK_FILE, predict_loader
 from .models import check_max_length, quiet_transformers
 from .user_data import pick_text_columns, read_table

@@ -12,7 +12,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 from . import checkpoint, distributed
-from .errors import UsageError, check_finite, check_output_path
+from ..errors import UsageError, check_finite, check_output_path
 from .methods import build_method
 from .metrics import compute_metrics, primary_metric_name
 from .models import DEFAULT_MODEL, check_max_length, load_model_and_tokenizer

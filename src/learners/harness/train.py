@@ -33,7 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import checkpoint, distributed
-from .errors import TrainingDiverged, TrainingInterrupted, UsageError
+from ..errors import TrainingDiverged, TrainingInterrupted, UsageError
 
 
 @dataclass

@@ -14,7 +14,7 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import f1_score, matthews_corrcoef
 
-from .errors import UsageError
+from ..errors import UsageError
 
 MetricFn = Callable[[np.ndarray, np.ndarray], dict[str, float]]
 

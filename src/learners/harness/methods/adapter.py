@@ -23,9 +23,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..errors import UsageError, first_line, read_json_file, read_safetensors
-from ..learner.config import LearnerConfig
-from ..learner.ffn import find_ffn_blocks, set_submodule
+from ...errors import UsageError, first_line, read_json_file, read_safetensors
+from ...learner.config import LearnerConfig
+from ...learner.ffn import find_ffn_blocks, set_submodule
 from .base import Method
 
 CONFIG_NAME = "adapters_config.json"

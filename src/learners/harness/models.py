@@ -4,7 +4,7 @@ import hashlib
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import UsageError, first_line
+from ..errors import UsageError, first_line
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2 (embedded)"
 # The official all-MiniLM-L6-v2 model.safetensors, as pinned by the model's own hub page.

@@ -1,6 +1,6 @@
 """Fine-tuning methods by name: the project's learners and the baselines, each in its own file."""
 
-from ..errors import UsageError
+from ...errors import UsageError
 from .adapter import BottleneckAdapters
 from .base import Method
 from .bitfit import BitFit

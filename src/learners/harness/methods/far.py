@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..errors import UsageError
-from ..learner.config import LearnerConfig
-from ..learner.ffn import find_ffn_blocks, set_submodule
-from ..learner.layer import LearnerRowLinear
+from ...errors import UsageError
+from ...learner.config import LearnerConfig
+from ...learner.ffn import find_ffn_blocks, set_submodule
+from ...learner.layer import LearnerRowLinear
 from .base import Method
 
 # 1/8 of each FFN linear's output units: on DistilBERT-base 384 of 3072 rows of W1 and 96 of 768 rows

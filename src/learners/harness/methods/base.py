@@ -4,7 +4,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..learner.ffn import head_parameter_names
+from ...learner.ffn import head_parameter_names
 
 
 class Method:

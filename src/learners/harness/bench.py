@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import UsageError, check_output_path
+from ..errors import UsageError, check_output_path
 from .report import build_report, run_dir
 
 

@@ -3,8 +3,8 @@
 import json
 from pathlib import Path
 
-from .errors import UsageError, check_output_path, read_json_file
-from .learner import LearnerModel
+from ..errors import UsageError, check_output_path, read_json_file
+from ..learner import LearnerModel
 from .finetune import TASK_FILE
 from .models import load_model_and_tokenizer
 

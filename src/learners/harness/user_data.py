@@ -15,7 +15,7 @@ from pathlib import Path
 
 import datasets
 
-from .errors import UsageError
+from ..errors import UsageError
 from .task_data import TaskData
 
 TASK_TYPES = ("classification", "regression")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ..errors import UsageError
+from ...errors import UsageError
 from .base import Method
 
 # Default LoRA targets by `config.model_type`: query and value projections, as in the LoRA paper.

@@ -37,7 +37,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from .errors import UsageError, first_line, read_json_file, read_safetensors
+from ..errors import UsageError, first_line, read_json_file, read_safetensors
 
 DIRECTORY = "checkpoint"
 TENSORS = "checkpoint.safetensors"
