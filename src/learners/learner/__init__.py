@@ -1,6 +1,9 @@
-"""Learner modules: config, layers, selection, and the model wrapper."""
+"""Learner modules: config, layers, selection, priming, and the model wrapper.
+
+`learners.learner.trainer` (priming with a transformers Trainer) is imported on its own: it needs accelerate."""
 
 from .config import LearnerConfig
 from .model import LearnerModel, get_learner_model
+from .priming import Primer
 
-__all__ = ["LearnerConfig", "LearnerModel", "get_learner_model"]
+__all__ = ["LearnerConfig", "LearnerModel", "Primer", "get_learner_model"]

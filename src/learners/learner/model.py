@@ -249,8 +249,9 @@ def get_learner_model(model: nn.Module, config: LearnerConfig, indices: list[tor
             indices = select_at_random(model, config)
         else:
             raise UsageError(
-                f"selection={config.selection!r} picks neurons from training batches: run it through "
-                "`learners finetune --method learners`, or score with learners.learner.selection."
-                "priming_scores / gradient_scores, pick with select(model, config, scores) and pass indices="
+                f"selection={config.selection!r} picks neurons from training batches: prime with "
+                "learners.Primer(model, config), train, then primer.reconfigure() (with a Trainer: "
+                "learners.learner.trainer.prime_with_trainer); for 'gradient': config, indices = learners.learner."
+                "selection.select(model, config, gradient_scores(model, config, batches)), then pass indices="
             )
     return LearnerModel(model, config, indices)

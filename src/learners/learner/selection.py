@@ -19,6 +19,7 @@ output that hold `layer_coverage` of the signal.
 from dataclasses import replace
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ..errors import UsageError
@@ -29,6 +30,26 @@ from .ffn import FFNBlock, find_ffn_blocks
 def neuron_l1(w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
     """Per-neuron L1 mass |w1[i,:]|_1 + |w2[:,i]|_1 + |b1[i]| for W1 (m x d), b1 (m), W2 (d x m)."""
     return w1.abs().sum(1) + w2.abs().sum(0) + b1.abs()
+
+
+def moved_l1(now: torch.Tensor, before: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """How far a tensor moved from `before`: |now - before| summed over `dim` (L1 per row for dim=1,
+    per column for dim=0), or per entry for dim=None. Priming's neuron scores and FAR's unit scores."""
+    moved = (now - before).abs()
+    return moved if dim is None else moved.sum(dim)
+
+
+def rank0_scores(scores: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Rank 0's `scores` (moved to the CPU) on every data-parallel rank, so that all select the same neurons
+    and blocks; as given without a process group of several ranks. (Priming's scores agree anyway, DDP keeps
+    the weights equal; a gradient probe's come from each rank's own batches.)"""
+    scores = [s.cpu() for s in scores]
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return scores
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    box = [scores if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0, device=device)
+    return box[0]
 
 
 def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -87,7 +108,7 @@ def priming_scores(model: nn.Module, config: LearnerConfig, before: list[tuple[t
     scores = []
     for block, (w1, b1, w2) in zip(find_ffn_blocks(model, config), before):
         w1_now, b1_now, w2_now = ffn_tensors(block)
-        scores.append(neuron_l1(w1_now - w1, b1_now - b1, w2_now - w2))
+        scores.append(moved_l1(w1_now, w1, dim=1) + moved_l1(w2_now, w2, dim=0) + moved_l1(b1_now, b1))
     return scores
 
 

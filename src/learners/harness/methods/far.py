@@ -25,6 +25,8 @@ from ...errors import UsageError
 from ...learner.config import LearnerConfig
 from ...learner.ffn import find_ffn_blocks, set_submodule
 from ...learner.layer import LearnerRowLinear
+from ...learner.priming import restore_parameters, snapshot_parameters
+from ...learner.selection import moved_l1
 from .base import Method
 
 # 1/8 of each FFN linear's output units: on DistilBERT-base 384 of 3072 rows of W1 and 96 of 768 rows
@@ -45,7 +47,7 @@ def ffn_linear_names(model: nn.Module) -> list[str]:
 def select_units(weight: torch.Tensor, bias: torch.Tensor, weight0: torch.Tensor, bias0: torch.Tensor,
                  k: int) -> torch.Tensor:
     """The k output units (rows) that moved most from (weight0, bias0) in L1 distance, sorted."""
-    score = (weight - weight0).abs().sum(dim=1) + (bias - bias0).abs()
+    score = moved_l1(weight, weight0, dim=1) + moved_l1(bias, bias0)
     return score.topk(k).indices.sort().values
 
 
@@ -89,7 +91,7 @@ class FreezeAndReconfigure(Method):
         super().prepare(model, batches)
         self.total_params = sum(p.numel() for p in model.parameters())
         self.linears = ffn_linear_names(model)
-        self.original = {n: p.detach().clone() for n, p in model.named_parameters() if n not in self.head_names}
+        self.original = snapshot_parameters(model, {n for n, _ in model.named_parameters()} - self.head_names)
         return model
 
     def priming_steps(self, steps_per_epoch: int) -> int:
@@ -103,9 +105,7 @@ class FreezeAndReconfigure(Method):
                 self.units[name] = select_units(linear.weight, linear.bias, self.original[f"{name}.weight"],
                                                 self.original[f"{name}.bias"], k)
             self.units = distributed.broadcast({n: idx.cpu() for n, idx in self.units.items()})  # rank 0's choice on every rank
-            params = dict(model.named_parameters())
-            for name, value in self.original.items():
-                params[name].copy_(value)
+        restore_parameters(model, self.original)
         self.original = None
         return self._reconfigure(model)
 

@@ -1,0 +1,166 @@
+"""Priming with any training loop: a short fine-tuning that picks the learner neurons and warm-starts them.
+
+    primer = Primer(model, LearnerConfig(ratio=1/16))   # what priming trains gets requires_grad; snapshot
+    optimizer = torch.optim.AdamW(primer.parameters(), lr=1e-4)
+    for batch in islice(batches, primer.steps(len(train_loader))):  # your loop, or a Trainer (learner.trainer)
+        model(**batch).loss.backward(); optimizer.step(); optimizer.zero_grad()
+    learner_model = primer.reconfigure()              # select, put the rest back, wrap: a LearnerModel
+
+`reconfigure` scores each FFN neuron by how far priming moved it, `|dW1[i,:]|_1 + |dW2[:,i]|_1 + |db1[i]|`,
+keeps the top k per learner block (with layers="auto" the scores choose the blocks too), and puts every
+weight priming moved back to its pre-trained value except the learner slices (their primed values are the
+warm start; `reset_after_priming` puts them back too) and the task head (it keeps its primed values).
+So the result is exactly base model + learners + head, which `save_pretrained` stores and merging restores.
+"""
+
+from itertools import islice
+
+import torch
+from torch import nn
+
+from ..errors import UsageError
+from .config import LearnerConfig
+from .ffn import FFNBlock, find_ffn_blocks, head_parameter_names
+from .model import LearnerModel
+from .selection import gradient_scores, priming_scores, rank0_scores, select
+
+
+class Primer:
+    """Primes `model` under `config` (selection="priming"); `reconfigure()` then returns its LearnerModel.
+
+    On construction: with layers="auto" and priming_scope="learner-layers" the learner blocks are chosen
+    first by a gradient probe over `config.gradient_batches` of `batches` (dicts of model inputs with
+    labels, on the model's device; no update); then exactly the parameters priming trains (`priming_scope`:
+    the whole model, every FFN, or the learner blocks' FFNs; the head always) require gradients, and their
+    pre-trained values (the head's excepted) are copied. Pass the unwrapped model (not a DDP wrapper).
+    """
+
+    def __init__(self, model: nn.Module, config: LearnerConfig, batches=None):
+        if config.selection != "priming":
+            raise UsageError(f"Primer selects by priming, but config.selection is {config.selection!r}: use "
+                             "LearnerConfig(selection='priming'), or get_learner_model(model, config) for magnitude/random")
+        if isinstance(model, LearnerModel):
+            raise UsageError("this model already has learners; prime the plain transformers model")
+        _check_fits(model, config)
+        self.model = model
+        self.head_names = set(head_parameter_names(model))
+        self.probe_signal: list[float] | None = None  # per-block sum of the gradient probe's scores
+        self.layer_signal: list[float] | None = None  # per-block sum of the priming scores, after reconfigure
+        if config.layers == "auto" and config.priming_scope == "learner-layers":
+            config = self._probe_layers(config, batches)
+        self.config = config
+        self.trained_names = priming_parameter_names(model, config, self.head_names)
+        for name, p in model.named_parameters():
+            p.requires_grad_(name in self.trained_names)
+        self.pretrained = snapshot_parameters(model, self.trained_names - self.head_names)
+
+    def _probe_layers(self, config: LearnerConfig, batches) -> LearnerConfig:
+        """The config with the learner blocks chosen by gradient magnitudes over a few batches (no updates)."""
+        if batches is None:
+            raise UsageError("layers='auto' with priming_scope='learner-layers' chooses the learner blocks before "
+                             "priming, from gradients: pass batches= (dicts of model inputs with labels), or fix "
+                             "the blocks with layers=")
+        scores = rank0_scores(gradient_scores(self.model, config, islice(batches, config.gradient_batches)))
+        self.probe_signal = [round(float(s.sum()), 6) for s in scores]
+        resolved, _ = select(self.model, config, scores)  # only the blocks: priming picks the neurons
+        return resolved
+
+    def parameters(self) -> list[nn.Parameter]:
+        """What priming trains, in model order: give these to the priming optimizer."""
+        return [p for name, p in self.model.named_parameters() if name in self.trained_names]
+
+    def steps(self, steps_per_epoch: int) -> int:
+        """The priming budget in optimizer steps (see `priming_steps`)."""
+        return priming_steps(self.config, steps_per_epoch)
+
+    def reconfigure(self) -> LearnerModel:
+        """Select by priming; keep the primed learner slices and head, put every other weight back; wrap.
+
+        Call it once, after training the model for `steps(...)` steps. Scores are rank 0's on every rank.
+        """
+        if self.pretrained is None:
+            raise UsageError("this Primer has already reconfigured its model; prime a fresh model with a new Primer")
+        model, config = self.model, self.config
+        before = [tuple(self.pretrained[f"{b.name}.{module}.{kind}"].float().cpu() for module, kind in
+                        ((b.up_name, "weight"), (b.up_name, "bias"), (b.down_name, "weight")))
+                  for b in find_ffn_blocks(model, config)]
+        scores = rank0_scores(priming_scores(model, config, before))
+        if not any(bool(s.any()) for s in scores):
+            raise UsageError("no FFN weight moved since Primer(model, config): train the model for primer.steps(...) "
+                             "steps before reconfigure() (a schedule whose warm-up starts at 0 moves nothing in step 1)")
+        self.layer_signal = [round(float(s.sum()), 4) for s in scores]
+        config, indices = select(model, config, scores)
+        blocks = find_ffn_blocks(model, config)
+        with torch.no_grad():
+            primed = [_trained_slices(b, idx, config) for b, idx in zip(blocks, indices)]
+            restore_parameters(model, self.pretrained)
+            if not config.reset_after_priming:
+                for block, idx, slices in zip(blocks, indices, primed):
+                    _restore_slices(block, idx, slices)
+        self.pretrained, self.config = None, config
+        return LearnerModel(model, config, indices)
+
+
+def priming_steps(config: LearnerConfig, steps_per_epoch: int) -> int:
+    """The priming budget in optimizer steps: `config.priming_steps`, else `config.priming_fraction` of an
+    epoch of `steps_per_epoch` steps (at least one)."""
+    return config.priming_steps or max(1, round(config.priming_fraction * steps_per_epoch))
+
+
+def _check_fits(model: nn.Module, config: LearnerConfig) -> None:
+    """Fail before priming if the learner blocks or sizes do not fit `model`."""
+    blocks = find_ffn_blocks(model, config)
+    if isinstance(config.num_neurons, list):
+        if config.layers == "auto":
+            raise UsageError("layers='auto' chooses how many blocks get learners, so num_neurons must be one count, "
+                             "not a list")
+        if len(config.num_neurons) != len(blocks):
+            raise UsageError(f"num_neurons gives {len(config.num_neurons)} counts but {len(blocks)} FFN blocks get "
+                             "learners; give one count, or one per learner block")
+    for i, block in enumerate(blocks):
+        config.neurons_for(i, block.width)
+
+
+def priming_parameter_names(model: nn.Module, config: LearnerConfig, head_names: set[str] | None = None) -> set[str]:
+    """What trains during priming under `config.priming_scope` (the head always does)."""
+    if config.priming_scope == "all":
+        return {n for n, _ in model.named_parameters()}
+    if head_names is None:
+        head_names = set(head_parameter_names(model))
+    blocks = find_ffn_blocks(model, config if config.priming_scope == "learner-layers" else LearnerConfig(
+        ratio=1.0, ffn_modules=config.ffn_modules, layer_norm_module=config.layer_norm_module))
+    prefixes = tuple(f"{b.name}.{module}." for b in blocks for module in (b.up_name, b.down_name))
+    return {n for n, _ in model.named_parameters() if n.startswith(prefixes)} | set(head_names)
+
+
+def snapshot_parameters(model: nn.Module, names: set[str]) -> dict[str, torch.Tensor]:
+    """Copies of the named parameters (on their device), to measure how far they move and to put them back."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if n in names}
+
+
+def restore_parameters(model: nn.Module, values: dict[str, torch.Tensor]) -> None:
+    """Write `values` (from `snapshot_parameters`) back into the model's parameters, in place."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in values.items():
+            params[name].copy_(value)
+
+
+def _trained_slices(block: FFNBlock, idx: torch.Tensor, config: LearnerConfig) -> dict:
+    """Copies of what the learner phase will train in one FFN block: W1[L,:], b1[L], W2[:,L] (+ b2, LayerNorm)."""
+    slices = {"w1": block.up.weight[idx].clone(), "b1": block.up.bias[idx].clone(), "w2": block.down.weight[:, idx].clone()}
+    if config.train_ffn_output_bias:
+        slices["b2"] = block.down.bias.clone()
+    if config.train_layer_norm and block.layer_norm is not None:
+        slices["ln"] = {k: v.clone() for k, v in block.layer_norm.state_dict().items()}
+    return slices
+
+
+def _restore_slices(block: FFNBlock, idx: torch.Tensor, slices: dict) -> None:
+    block.up.weight[idx] = slices["w1"]
+    block.up.bias[idx] = slices["b1"]
+    block.down.weight[:, idx] = slices["w2"]
+    if "b2" in slices:
+        block.down.bias.copy_(slices["b2"])
+    if "ln" in slices:
+        block.layer_norm.load_state_dict(slices["ln"])
