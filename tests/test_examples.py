@@ -1,0 +1,43 @@
+"""The examples run end to end (on a tiny random model and a few GLUE-format rows)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Header-less CoLA rows: source, label, original label, sentence.
+COLA_ROWS = [("gj04", 1, "The sailors rode the breeze clear of the rocks."), ("gj04", 0, "The more does Bill smoke."),
+             ("bc01", 1, "John wrote a letter to Mary."), ("bc01", 0, "Mary was wrote a letter by John."),
+             ("r-67", 1, "She is proud of her sons."), ("r-67", 0, "She is proud her sons of."),
+             ("cj99", 1, "They left early."), ("cj99", 0, "Left they early the.")]
+
+
+@pytest.fixture
+def tiny_cola(tmp_path) -> Path:
+    folder = tmp_path / "glue" / "CoLA"
+    folder.mkdir(parents=True)
+    rows = "".join(f"{source}\t{label}\t\t{sentence}\n" for source, label, sentence in COLA_ROWS)
+    (folder / "train.tsv").write_text(rows * 3)
+    (folder / "dev.tsv").write_text(rows)
+    return tmp_path / "glue"
+
+
+def test_glue_trainer_example_primes_trains_and_writes_its_metric(tmp_path, tiny_model_dir, tiny_cola):
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "glue_trainer.py"), "--task", "cola", "--model", str(tiny_model_dir),
+         "--data-dir", str(tiny_cola), "--output-dir", str(out), "--max-train-samples", "20", "--batch-size", "4",
+         "--epochs", "2", "--seed", "0"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((out / "metrics.json").read_text())
+    assert results["task"] == "cola" and results["metric_name"] == "matthews_correlation"
+    assert -1 <= results["metric"] <= 1 and results["best_metric"] >= results["metric"]
+    assert results["priming_steps"] == 1 and results["steps"] == 10  # a quarter of 5 batches, of 2 epochs
+    assert results["history"][-1]["step"] == 10
+    assert (out / "learners" / "learners_config.json").is_file()
+    assert "cola dev matthews_correlation: final" in done.stdout
