@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from ..errors import UsageError, check_output_path
+from .arguments import add_training_arguments
 from .report import build_report, run_dir
 
 
@@ -50,7 +51,6 @@ def training_flags(args: argparse.Namespace) -> list[str]:
     """The finetune flags for every training option (add_training_arguments) set away from its default.
 
     Generic over the parser, so options added to add_training_arguments later pass through too."""
-    from .cli import add_training_arguments
     probe = argparse.ArgumentParser(add_help=False)
     add_training_arguments(probe)
     flags = []
