@@ -205,7 +205,7 @@ def test_every_training_option_passes_through_to_finetune_unchanged():
     and finetune parses them to the same values (options added later are covered too)."""
     import argparse
 
-    from learners.harness.cli import add_training_arguments
+    from learners.harness.arguments import add_training_arguments
     probe = argparse.ArgumentParser(add_help=False)
     add_training_arguments(probe)
     given = []

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from ..errors import UsageError, check_output_path
+from .arguments import add_training_arguments
 from .report import build_report, run_dir
 
 
@@ -50,7 +51,6 @@ def training_flags(args: argparse.Namespace) -> list[str]:
     """The finetune flags for every training option (add_training_arguments) set away from its default.
 
     Generic over the parser, so options added to add_training_arguments later pass through too."""
-    from .cli import add_training_arguments
     probe = argparse.ArgumentParser(add_help=False)
     add_training_arguments(probe)
     flags = []
@@ -89,13 +89,7 @@ def run_bench(args: argparse.Namespace) -> int:
     target = parse_target(args.target)
     tasks, methods = _list(args.tasks), _list(args.methods)
     if args.report_only:
-        from .glue import get_task
-        tasks = [get_task(t).name for t in tasks]
-        written = build_report(out, target, tasks, methods, seeds)
-        if not written:
-            raise UsageError(f"no finished runs under {out / 'runs'} to report on; run `learners bench` without --report-only first")
-        print(f"wrote {', '.join(str(p) for p in written)}")
-        return 0
+        return report_only(out, target, tasks, methods, seeds)
 
     seeds = seeds if seeds is not None else [0, 1, 2]
     methods = methods or ["full", "learners"]
@@ -108,48 +102,16 @@ def run_bench(args: argparse.Namespace) -> int:
     if unknown:
         raise UsageError(f"unknown method(s) {', '.join(unknown)}; choose from: {', '.join(METHODS)}")
 
-    from . import checkpoint  # torch, only when runs are launched
-
     flags = training_flags(args)
-    out.mkdir(parents=True, exist_ok=True)
-    settings = out / "bench.json"
-    before = json.loads(settings.read_text()).get("training_flags") if settings.exists() else flags
-    if before != flags:
-        print(f"warning: {out} was started with other training options ({' '.join(before or [])}); finished runs keep "
-              "their results, new runs use the options given now", file=sys.stderr)
-    settings.write_text(json.dumps({"tasks": tasks, "methods": methods, "seeds": seeds, "training_flags": flags}, indent=2))
-
+    before = record_settings(out, tasks, methods, seeds, flags)
     # seed outermost: a bench stopped early still has every task x method at the first seeds
     grid = [(t, m, s) for s in seeds for t in tasks for m in methods]
     failed = []
     for i, (task, method, seed) in enumerate(grid, 1):
         directory = run_dir(out, task, method, seed)
-        prefix = f"[{i}/{len(grid)}] {task} {method} seed{seed}:"
-        if (directory / "results.json").exists():
-            print(f"{prefix} skip (done)", flush=True)
-            continue
-        redo = directory.exists()
-        # A killed run resumes from its checkpoint; under other training options it starts afresh.
-        resume = checkpoint.exists(directory / checkpoint.DIRECTORY)
-        directory.mkdir(parents=True, exist_ok=True)
-        label = ("resume (checkpoint)" if before == flags else "redo (other options)") if resume else \
-            "redo (no results.json)" if redo else "run"
-        print(f"{prefix} {label} ...", flush=True)
-        command = [sys.executable, "-m", "learners.cli", "finetune", "--task", task, "--method", method,
-                   "--seed", str(seed), "--output-dir", str(directory), *flags, "--no-progress"]
-        if resume and before != flags:
-            command.append("--overwrite")
-        started = time.perf_counter()
-        status = launch(command, directory / "log.txt")
-        elapsed = time.perf_counter() - started
-        if status == 0 and (directory / "results.json").exists():
-            r = json.loads((directory / "results.json").read_text())
-            print(f"{prefix} done in {elapsed:.0f}s: best {r['metric_name']} {r['best_metric']:.4f}, "
-                  f"{r['train_seconds']:.1f}s training, peak {r['peak_memory_mb']:.0f} MB", flush=True)
-        else:
+        if not run_one(directory, f"[{i}/{len(grid)}] {task} {method} seed{seed}:", task, method, seed, flags,
+                       same_options=before == flags):
             failed.append(directory)
-            print(f"{prefix} FAILED (exit {status}): {_last_line(directory / 'log.txt')}\n"
-                  f"    log: {directory / 'log.txt'}", flush=True)
 
     written = build_report(out, target, tasks, methods, seeds)
     if written:
@@ -159,3 +121,57 @@ def run_bench(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     return 0
+
+
+def report_only(out: Path, target, tasks: list[str], methods: list[str], seeds: list[int] | None) -> int:
+    """`--report-only`: rebuild the report from the finished runs under OUT/runs, train nothing."""
+    from .glue import get_task
+    tasks = [get_task(t).name for t in tasks]
+    written = build_report(out, target, tasks, methods, seeds)
+    if not written:
+        raise UsageError(f"no finished runs under {out / 'runs'} to report on; run `learners bench` without --report-only first")
+    print(f"wrote {', '.join(str(p) for p in written)}")
+    return 0
+
+
+def record_settings(out: Path, tasks: list[str], methods: list[str], seeds: list[int], flags: list[str]) -> list[str] | None:
+    """Write OUT/bench.json; return the training flags the bench was first started with (warned about if they differ)."""
+    out.mkdir(parents=True, exist_ok=True)
+    settings = out / "bench.json"
+    before = json.loads(settings.read_text()).get("training_flags") if settings.exists() else flags
+    if before != flags:
+        print(f"warning: {out} was started with other training options ({' '.join(before or [])}); finished runs keep "
+              "their results, new runs use the options given now", file=sys.stderr)
+    settings.write_text(json.dumps({"tasks": tasks, "methods": methods, "seeds": seeds, "training_flags": flags}, indent=2))
+    return before
+
+
+def run_one(directory: Path, prefix: str, task: str, method: str, seed: int, flags: list[str], same_options: bool) -> bool:
+    """One run of the grid: skip it if done, else run (or resume) its finetune. False: it failed."""
+    from . import checkpoint  # torch, only when runs are launched
+
+    if (directory / "results.json").exists():
+        print(f"{prefix} skip (done)", flush=True)
+        return True
+    redo = directory.exists()
+    # A killed run resumes from its checkpoint; under other training options it starts afresh.
+    resume = checkpoint.exists(directory / checkpoint.DIRECTORY)
+    directory.mkdir(parents=True, exist_ok=True)
+    label = ("resume (checkpoint)" if same_options else "redo (other options)") if resume else \
+        "redo (no results.json)" if redo else "run"
+    print(f"{prefix} {label} ...", flush=True)
+    command = [sys.executable, "-m", "learners.cli", "finetune", "--task", task, "--method", method,
+               "--seed", str(seed), "--output-dir", str(directory), *flags, "--no-progress"]
+    if resume and not same_options:
+        command.append("--overwrite")
+    started = time.perf_counter()
+    status = launch(command, directory / "log.txt")
+    elapsed = time.perf_counter() - started
+    if status == 0 and (directory / "results.json").exists():
+        r = json.loads((directory / "results.json").read_text())
+        print(f"{prefix} done in {elapsed:.0f}s: best {r['metric_name']} {r['best_metric']:.4f}, "
+              f"{r['train_seconds']:.1f}s training, peak {r['peak_memory_mb']:.0f} MB", flush=True)
+        return True
+    print(f"{prefix} FAILED (exit {status}): {_last_line(directory / 'log.txt')}\n"
+          f"    log: {directory / 'log.txt'}", flush=True)
+    return False

@@ -184,128 +184,171 @@ def train(model: nn.Module, method, train_loader, evaluate: Callable[[nn.Module]
     set_seed(cfg.seed)
     if len(train_loader) == 0:
         raise UsageError("no training batches: the training set is empty; add examples")
-    accelerator = make_accelerator(cfg)
-    device = accelerator.device
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    loader = accelerator.prepare(train_loader)  # sharded per rank: each rank gets every world_size-th batch
-    steps_per_epoch = len(loader)
-    total = cfg.max_steps if cfg.max_steps else math.ceil(cfg.epochs * steps_per_epoch)
-    warmup = math.floor(cfg.warmup_ratio * total)
-    eval_steps = cfg.eval_steps or max(1, math.ceil(steps_per_epoch / 4))
-    priming_steps = priming_budget(method.priming_steps(steps_per_epoch), total)
-    result = TrainResult(model=model, priming_steps=priming_steps)
-    saved = checkpoint.load(cfg.checkpoint_dir) if cfg.resume else None
+    run = _Run(model, method, train_loader, evaluate, metric_name, cfg)
+    run.start()
+    run.loop()
+    return run.finish()
 
-    def batches():
-        for batch in train_loader:
-            yield {k: v.to(device) for k, v in batch.items()}
 
-    model.to(device)
-    started = time.perf_counter()
-    if saved:
-        model = checkpoint.restore_model(saved, model, method, batches()).to(device)
-    else:
-        model = method.prepare(model, batches())
-    check_same_selection(method, model)
-    result.train_seconds += time.perf_counter() - started
-    phase = saved.phase if saved else ("priming" if priming_steps else "train")
-    learning_rate = (cfg.priming_learning_rate or cfg.learning_rate) if phase == "priming" else cfg.learning_rate
-    rewarm = cfg.learner_warmup_steps if priming_steps else 0
-    optimizer, scheduler = make_optimizer(model, cfg, learning_rate, priming_steps if phase == "train" else 0, total, warmup,
-                                          rewarm if phase == "train" else 0)
-    if saved:
-        checkpoint.restore_training(saved, optimizer, scheduler, accelerator.scaler, result)
-        distributed.log(f"resuming from {saved.directory} at step {saved.step}/{total} ({phase})")
-    model, optimizer = accelerator.prepare(model, optimizer)
-    generator = getattr(getattr(train_loader, "sampler", None), "generator", None)  # the loader's shuffling
-    step, position = (saved.step, saved.position) if saved else (0, checkpoint.EpochPosition())
+class _Run:
+    """One call of `train`: the loop's state (model, optimizer, phase, step, ...) and its parts.
 
-    def run_eval(step: int):
-        if not accelerator.is_main_process:  # rank 0 evaluates; the others go on to the next step
+    The order of the work (and so of every random draw) is that of one straight function: __init__, start,
+    loop (a training step, then priming's reconfiguration or an evaluation, then a checkpoint), finish."""
+
+    def __init__(self, model: nn.Module, method, train_loader, evaluate, metric_name: str, cfg: TrainConfig):
+        self.model, self.method, self.train_loader, self.cfg = model, method, train_loader, cfg
+        self.evaluate, self.metric_name = evaluate, metric_name
+        self.accelerator = make_accelerator(cfg)
+        self.device = self.accelerator.device
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.loader = self.accelerator.prepare(train_loader)  # sharded per rank: each rank gets every world_size-th batch
+        self.steps_per_epoch = len(self.loader)
+        self.total = cfg.max_steps if cfg.max_steps else math.ceil(cfg.epochs * self.steps_per_epoch)
+        self.warmup = math.floor(cfg.warmup_ratio * self.total)
+        self.eval_steps = cfg.eval_steps or max(1, math.ceil(self.steps_per_epoch / 4))
+        self.priming_steps = priming_budget(method.priming_steps(self.steps_per_epoch), self.total)
+        self.rewarm = cfg.learner_warmup_steps if self.priming_steps else 0
+        self.result = TrainResult(model=model, priming_steps=self.priming_steps)
+        self.saved = checkpoint.load(cfg.checkpoint_dir) if cfg.resume else None
+
+    def batches(self):
+        """The training batches on the device, unsharded (what selection and priming's probes read)."""
+        for batch in self.train_loader:
+            yield {k: v.to(self.device) for k, v in batch.items()}
+
+    def start(self) -> None:
+        """The method prepares the model (or the checkpoint restores it), then the optimizer for the phase."""
+        saved, cfg = self.saved, self.cfg
+        self.model.to(self.device)
+        started = time.perf_counter()
+        if saved:
+            self.model = checkpoint.restore_model(saved, self.model, self.method, self.batches()).to(self.device)
+        else:
+            self.model = self.method.prepare(self.model, self.batches())
+        check_same_selection(self.method, self.model)
+        self.result.train_seconds += time.perf_counter() - started
+        self.phase = saved.phase if saved else ("priming" if self.priming_steps else "train")
+        priming = self.phase == "priming"
+        self.learning_rate = (cfg.priming_learning_rate or cfg.learning_rate) if priming else cfg.learning_rate
+        self.optimizer, self.scheduler = make_optimizer(
+            self.model, cfg, self.learning_rate, self.priming_steps if self.phase == "train" else 0, self.total,
+            self.warmup, self.rewarm if self.phase == "train" else 0)
+        if saved:
+            checkpoint.restore_training(saved, self.optimizer, self.scheduler, self.accelerator.scaler, self.result)
+            distributed.log(f"resuming from {saved.directory} at step {saved.step}/{self.total} ({self.phase})")
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self.generator = getattr(getattr(self.train_loader, "sampler", None), "generator", None)  # the loader's shuffling
+        self.step, self.position = (saved.step, saved.position) if saved else (0, checkpoint.EpochPosition())
+
+    def loop(self) -> None:
+        cfg = self.cfg
+        self.bar = tqdm(total=self.total, initial=self.step, disable=not (cfg.progress and self.accelerator.is_main_process),
+                        desc="training", dynamic_ncols=True)
+        self.model.train()
+        with checkpoint.StopRequest() if cfg.checkpoint_dir else nullcontext() as stop:
+            while self.step < self.total:
+                epoch = checkpoint.epoch_batches(self.loader, self.generator, self.position, self.saved)
+                self.saved = None  # its random states are restored once, in the resumed epoch
+                for batch in epoch:
+                    self.train_step(batch)
+                    if self.step == self.priming_steps:
+                        self.end_priming()
+                    elif self.step == self.total or self.step % self.eval_steps == 0:
+                        self.run_eval()
+                    if cfg.checkpoint_dir:
+                        self.checkpoint_or_stop(stop)
+                    if self.step >= self.total:
+                        break
+                else:
+                    self.position.next_epoch()
+        self.bar.close()
+
+    def train_step(self, batch) -> None:
+        t0 = time.perf_counter()
+        try:
+            loss = training_step(self.model, batch, self.optimizer, self.scheduler, self.accelerator, self.cfg.max_grad_norm)
+        except TrainingDiverged as e:
+            raise diverged(e, self.step + 1, self.phase, self.learning_rate, self.cfg) from None
+        elapsed = time.perf_counter() - t0
+        self.result.step_seconds.append((self.phase, elapsed))
+        self.result.train_seconds += elapsed
+        self.step += 1
+        self.position.batch += 1
+        self.bar.update(1)
+        self.bar.set_description(f"training (loss {loss.item():.4f})")
+
+    def end_priming(self) -> None:
+        """Evaluate the primed model, let the method select and reconfigure (timed as training), evaluate again,
+        and go on with a new optimizer over the learner parameters while the schedule carries on."""
+        self.run_eval()
+        t0 = time.perf_counter()
+        self.model = self.method.after_priming(self.accelerator.unwrap_model(self.model), self.batches()).to(self.device)
+        check_same_selection(self.method, self.model)
+        self.learning_rate = self.cfg.learning_rate
+        self.optimizer, self.scheduler = make_optimizer(self.model, self.cfg, self.learning_rate, self.step, self.total,
+                                                        self.warmup, self.rewarm)
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self.model.train()
+        self.result.train_seconds += time.perf_counter() - t0
+        self.phase = "reconfigured"  # base model + primed learners + head, before any learner step
+        self.run_eval()
+        self.phase = "train"
+
+    def run_eval(self) -> None:
+        """Rank 0 evaluates (the others go on to the next step); the learner phase's best weights are kept."""
+        if not self.accelerator.is_main_process:
             return
+        result, model = self.result, self.model
         model.eval()
-        metrics = evaluate(accelerator.unwrap_model(model))
+        metrics = self.evaluate(self.accelerator.unwrap_model(model))
         model.train()
-        entry = {"step": step, "epoch": round(step / steps_per_epoch, 4), "seconds": round(result.train_seconds, 3),
-                 "metric": metrics[metric_name], "phase": phase, "metrics": metrics}
+        entry = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
+                 "seconds": round(result.train_seconds, 3), "metric": metrics[self.metric_name], "phase": self.phase,
+                 "metrics": metrics}
         result.history.append(entry)
-        if phase == "train" and (result.best is None or entry["metric"] > result.best["metric"]):
-            state = {n: p.detach().clone() for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
+        if self.phase == "train" and (result.best is None or entry["metric"] > result.best["metric"]):
+            state = {n: p.detach().clone() for n, p in self.accelerator.unwrap_model(model).named_parameters()
+                     if p.requires_grad}
             result.best = {**entry, "state": state}
-        tqdm.write(f"step {step}/{total} ({phase}) {metric_name} {entry['metric']:.4f}, "
+        tqdm.write(f"step {self.step}/{self.total} ({self.phase}) {self.metric_name} {entry['metric']:.4f}, "
                    f"{entry['seconds']:.1f}s training", file=sys.stderr)
 
-    def save_checkpoint(step: int):
-        if not accelerator.is_main_process:
+    def save_checkpoint(self) -> None:
+        if not self.accelerator.is_main_process:
             return
-        checkpoint.save(Path(cfg.checkpoint_dir), run_args=cfg.run_args, step=step, phase=phase, position=position,
-                        model=accelerator.unwrap_model(model), method=method, optimizer=optimizer, scheduler=scheduler,
-                        scaler=accelerator.scaler, result=result)
+        checkpoint.save(Path(self.cfg.checkpoint_dir), run_args=self.cfg.run_args, step=self.step, phase=self.phase,
+                        position=self.position, model=self.accelerator.unwrap_model(self.model), method=self.method,
+                        optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.accelerator.scaler,
+                        result=self.result)
 
-    def checkpoint_or_stop(step: int, stop: checkpoint.StopRequest):
+    def checkpoint_or_stop(self, stop: checkpoint.StopRequest) -> None:
         """Write a checkpoint every `checkpoint_steps` (default: at each evaluation), right after priming's
         reconfiguration and at the end; after Ctrl-C write one (if none was due) and stop."""
-        due = step % (cfg.checkpoint_steps or eval_steps) == 0 or step in (priming_steps, total)
+        step = self.step
+        due = step % (self.cfg.checkpoint_steps or self.eval_steps) == 0 or step in (self.priming_steps, self.total)
         if due:
-            save_checkpoint(step)
+            self.save_checkpoint()
         checkpoint.test_hook(step)
         if not distributed.all_true(not stop.requested):  # Ctrl-C on any rank stops every rank at this step
             stop.requested = True
         if stop.requested:
             if not due:
-                save_checkpoint(step)
-            raise TrainingInterrupted(f"interrupted at step {step}/{total}; the checkpoint is in {cfg.checkpoint_dir}: "
-                                      "run the same command with --resume to continue")
+                self.save_checkpoint()
+            raise TrainingInterrupted(f"interrupted at step {step}/{self.total}; the checkpoint is in "
+                                      f"{self.cfg.checkpoint_dir}: run the same command with --resume to continue")
 
-    bar = tqdm(total=total, initial=step, disable=not (cfg.progress and accelerator.is_main_process), desc="training", dynamic_ncols=True)
-    model.train()
-    with checkpoint.StopRequest() if cfg.checkpoint_dir else nullcontext() as stop:
-        while step < total:
-            epoch = checkpoint.epoch_batches(loader, generator, position, saved)
-            saved = None  # its random states are restored once, in the resumed epoch
-            for batch in epoch:
-                t0 = time.perf_counter()
-                try:
-                    loss = training_step(model, batch, optimizer, scheduler, accelerator, cfg.max_grad_norm)
-                except TrainingDiverged as e:
-                    raise diverged(e, step + 1, phase, learning_rate, cfg) from None
-                elapsed = time.perf_counter() - t0
-                result.step_seconds.append((phase, elapsed))
-                result.train_seconds += elapsed
-                step += 1
-                position.batch += 1
-                bar.update(1)
-                bar.set_description(f"training (loss {loss.item():.4f})")
-                if step == priming_steps:
-                    run_eval(step)
-                    t0 = time.perf_counter()
-                    model = method.after_priming(accelerator.unwrap_model(model), batches()).to(device)
-                    check_same_selection(method, model)
-                    learning_rate = cfg.learning_rate
-                    optimizer, scheduler = make_optimizer(model, cfg, learning_rate, step, total, warmup, rewarm)
-                    model, optimizer = accelerator.prepare(model, optimizer)
-                    model.train()
-                    result.train_seconds += time.perf_counter() - t0
-                    phase = "reconfigured"  # base model + primed learners + head, before any learner step
-                    run_eval(step)
-                    phase = "train"
-                elif step == total or step % eval_steps == 0:
-                    run_eval(step)
-                if cfg.checkpoint_dir:
-                    checkpoint_or_stop(step, stop)
-                if step >= total:
-                    break
-            else:
-                position.next_epoch()
-    bar.close()
-    result.steps = step
-    result.peak_memory_mb = peak_memory_mb(device)
-    model = accelerator.unwrap_model(model)
-    if result.best is not None:
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, value in result.best["state"].items():
-                params[name].copy_(value)
-    result.model = model
-    return result
+    def finish(self) -> TrainResult:
+        """The result, with the best evaluation's weights (if any) restored into the unwrapped model."""
+        result = self.result
+        result.steps = self.step
+        result.peak_memory_mb = peak_memory_mb(self.device)
+        model = self.accelerator.unwrap_model(self.model)
+        if result.best is not None:
+            params = dict(model.named_parameters())
+            with torch.no_grad():
+                for name, value in result.best["state"].items():
+                    params[name].copy_(value)
+        result.model = model
+        return result

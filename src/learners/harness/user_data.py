@@ -258,18 +258,28 @@ def load_user_data(
     train_labels = _labels(train, label_column)
     validation_labels = _labels(validation, label_column)
     task_type = task_type or _infer_task_type(train_labels, train)
-
     if task_type == "regression":
-        return TaskData(
-            name="custom",
-            text_columns=columns,
-            label_names=None,
-            metric_kind="pearson_spearman",
-            train=_dataset(train, columns, _regression_labels(train_labels, train), "float32"),
-            validation=_dataset(validation, columns, _regression_labels(validation_labels, validation), "float32"),
-            extra_validation={},
-        )
+        return _regression_task(train, validation, columns, train_labels, validation_labels)
+    return _classification_task(train, validation, columns, train_labels, validation_labels)
 
+
+def _regression_task(train: Table, validation: Table, columns: tuple[str, ...], train_labels: list[str],
+                     validation_labels: list[str]) -> TaskData:
+    return TaskData(
+        name="custom",
+        text_columns=columns,
+        label_names=None,
+        metric_kind="pearson_spearman",
+        train=_dataset(train, columns, _regression_labels(train_labels, train), "float32"),
+        validation=_dataset(validation, columns, _regression_labels(validation_labels, validation), "float32"),
+        extra_validation={},
+    )
+
+
+def _classification_task(train: Table, validation: Table, columns: tuple[str, ...], train_labels: list[str],
+                         validation_labels: list[str]) -> TaskData:
+    """Classes are the distinct training labels (numbers in numeric order, else sorted); every validation label
+    must be one of them."""
     train_classes = [_class_name(v) for v in train_labels]
     _check_one_kind(train_classes, train)
     distinct = set(train_classes)

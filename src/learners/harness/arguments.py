@@ -1,0 +1,103 @@
+"""The training flags `finetune` and `bench` share (bench passes them on to every run), and what they mean to a method.
+
+Their own module so that both the CLI (cli.py) and the bench (bench.py) use them without importing each other."""
+
+import argparse
+
+
+def _positive_int_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def _learner_layers(text: str) -> str | list[int]:
+    """'auto', 'all', 'top-N', 'skip-N', or block numbers such as '3,4,5' (checked by LearnerConfig)."""
+    text = text.strip()
+    if text in ("auto", "all") or text.startswith(("top-", "skip-")):
+        return text
+    try:
+        return _positive_int_list(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 'auto', 'all', 'top-N' or block numbers such as 3,4,5")
+
+
+def add_training_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags shared by `finetune` and `bench` (bench passes them through to every run)."""
+    p.add_argument("--model", help="HF hub id or local directory (default: the embedded all-MiniLM-L6-v2)")
+    p.add_argument("--data-dir", help="GLUE in its official layout, e.g. ../shared/glue (else $GLUE_DIR, else the hub)")
+    p.add_argument("--epochs", type=float, default=3.0)
+    p.add_argument("--max-steps", type=int, help="train this many steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--learning-rate", type=float, help="peak learning rate (default: the method's, see README)")
+    p.add_argument("--priming-learning-rate", type=float, help="peak learning rate of the priming phase (default 1e-4)")
+    p.add_argument("--warmup-ratio", type=float, default=0.06)
+    p.add_argument("--learner-warmup-steps", type=int, default=0,
+                   help="after priming, ramp the new learner optimizer's rate up over this many steps (default 0)")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: the method's, see README)")
+    p.add_argument("--lr-scheduler", choices=["linear", "constant"], help="after warm-up (default: the method's, see README)")
+    p.add_argument("--max-length", type=int, help="truncate inputs to this many tokens (default 128, or the model's limit if lower)")
+    p.add_argument("--eval-steps", type=int, help="evaluate every N steps (default: four times an epoch) and at the end")
+    p.add_argument("--max-train-samples", type=int, help="train on a fixed random subset of this many examples")
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("learners options (--method learners)")
+    g.add_argument("--ratio", type=float, help="learner size as a fraction of each FFN's width (default 1/16)")
+    g.add_argument("--num-neurons", type=_positive_int_list, help="learner size in neurons: one count, or one per layer (comma-separated)")
+    g.add_argument("--selection", choices=["priming", "gradient", "magnitude", "random"], default="priming")
+    g.add_argument("--priming-steps", type=int, help="priming budget in steps")
+    g.add_argument("--priming-fraction", type=float, default=0.25, help="priming budget as a fraction of the first epoch (default 0.25)")
+    g.add_argument("--reset-after-priming", action="store_true", help="ablation: start the learners from their pre-trained weights, not the primed ones")
+    g.add_argument("--learner-layers", type=_learner_layers,
+                   help="FFN blocks that get learners: all (default), skip-N (all but the N lowest), top-N "
+                        "(the N blocks nearest the output), auto (chosen by the priming signal) or block numbers, e.g. 3,4,5")
+    g.add_argument("--layer-coverage", type=float,
+                   help="with --learner-layers auto: the fewest top blocks holding this share of the priming signal (default 0.5)")
+    g.add_argument("--priming-scope", choices=["all", "ffn", "learner-layers"],
+                   help="what trains during priming: the whole model, every FFN, or only the learner blocks' FFNs "
+                        "(the head always; default all)")
+    g.add_argument("--no-frozen-dropout", dest="frozen_dropout", action="store_false",
+                   help="run the frozen blocks below the lowest learner block (and the embeddings) without dropout "
+                        "while the learners train: faster on the CPU, no dropout noise below the learners")
+    g.add_argument("--train-ffn-output-bias", action="store_true", help="also train each FFN's output bias b2")
+    g.add_argument("--train-layer-norm", action="store_true", help="also train each block's output LayerNorm")
+    g.add_argument("--ffn-modules", help="FFN linears relative to a block, e.g. intermediate.dense,output.dense")
+    g = p.add_argument_group("LoRA options (--method lora)")
+    g.add_argument("--lora-rank", type=int, help="rank r of the update B A (default 8)")
+    g.add_argument("--lora-alpha", type=float, help="scaling: the update is multiplied by alpha / r (default 16)")
+    g.add_argument("--lora-dropout", type=float, help="dropout on the LoRA input (default 0.1)")
+    g.add_argument("--lora-target-modules", help="linears that get LoRA, name suffixes, comma-separated "
+                                                 "(default query,value; q_lin,v_lin for DistilBERT)")
+    g = p.add_argument_group("adapter options (--method adapter)")
+    g.add_argument("--adapter-size", type=int, help="bottleneck size of each adapter (default 64)")
+    g = p.add_argument_group("FAR options (--method far)")
+    g.add_argument("--far-ratio", type=float, help="trained output units as a fraction of each FFN linear's (default 1/8)")
+    g.add_argument("--far-priming-fraction", type=float, help="priming budget as a fraction of the first epoch (default 0.25)")
+
+
+def method_options(args: argparse.Namespace) -> dict:
+    """The options of the chosen method (None: the method's default)."""
+    if args.method == "lora":
+        return {"rank": args.lora_rank, "alpha": args.lora_alpha, "dropout": args.lora_dropout,
+                "target_modules": args.lora_target_modules}
+    if args.method == "adapter":
+        return {"bottleneck_size": args.adapter_size}
+    if args.method == "far":
+        return {"ratio": args.far_ratio, "priming_fraction": args.far_priming_fraction}
+    if args.method != "learners":
+        return {}
+    num = args.num_neurons
+    return {
+        "ratio": args.ratio,
+        "num_neurons": (num[0] if num and len(num) == 1 else num),
+        "selection": args.selection,
+        "priming_steps": args.priming_steps,
+        "priming_fraction": args.priming_fraction,
+        "reset_after_priming": args.reset_after_priming,
+        "layers": args.learner_layers,
+        "layer_coverage": args.layer_coverage,
+        "priming_scope": args.priming_scope,
+        "train_ffn_output_bias": args.train_ffn_output_bias,
+        "frozen_dropout": args.frozen_dropout,
+        "train_layer_norm": args.train_layer_norm,
+        "ffn_modules": tuple(args.ffn_modules.split(",")) if args.ffn_modules else None,
+        "seed": args.seed,
+    }
