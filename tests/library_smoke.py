@@ -50,16 +50,18 @@ def logits(model, batch):
 
 
 def check_priming(config):
-    """Priming with the library's parts: snapshot the FFNs, fine-tune fully, select the neurons that moved most;
-    the learners go on a fresh base model (as with reset_after_priming), so base + learners + head is the model."""
-    from learners.learner.selection import select_by_priming, snapshot_ffns
+    """Priming through the public API (learners.Primer) with a plain loop: fine-tune fully for a few steps, then
+    reconfigure: the neurons that moved most become the learners, everything else returns to pre-trained."""
+    from learners import Primer
 
     model = tiny_bert()
-    before = snapshot_ffns(model, config)
-    fit(model, model.parameters(), batches())
-    indices = select_by_priming(model, config, before)
-    learner = get_learner_model(tiny_bert(), config, indices=indices)
+    pretrained = {n: p.detach().clone() for n, p in model.named_parameters()}
+    primer = Primer(model, config)
+    fit(model, primer.parameters(), batches())
+    learner = primer.reconfigure()
     assert [len(i) for i in learner.indices] == [4, 4], learner.indices
+    embeddings = "bert.embeddings.word_embeddings.weight"
+    assert torch.equal(dict(learner.base_model.named_parameters())[embeddings], pretrained[embeddings])
     return learner
 
 
