@@ -81,10 +81,14 @@ def test_an_extra_set_costs_only_its_slices_and_head(saved):
     up, down = mnli.modules[f"{block}.intermediate.dense"], mnli.modules[f"{block}.output.dense"]
     assert up.weight.data_ptr() in before and down.weight.data_ptr() in before and up.bias.data_ptr() in before
     new = {id(t): t for m in mnli.modules.values() for t in [*m.parameters(), *m.buffers()] if t.data_ptr() not in before}
-    # per neuron: W1 row, b1 entry, W2 column, twice (trained values and the base values under them), and its
-    # index in each of the two layers; b2 and LayerNorm (trained); the head: pooler 32x32+32, classifier 3x32+3
-    slices = 2 * 5 * (32 + 1 + 32) + 2 * 5
+    # per neuron: its W1 row, b1 entry and W2 column, and its index in each of the two layers; b2 and LayerNorm
+    # (trained); the head: pooler 32x32+32, classifier 3x32+3. (In use, a set also keeps the base values
+    # under its slices, to put them back.)
+    slices = 5 * (32 + 1 + 32) + 2 * 5
     assert sum(t.numel() for t in new.values()) == slices + 32 + 2 * 32 + (32 * 32 + 32) + (3 * 32 + 3)
+    lm.set_learners("mnli")
+    assert up.base_weight_slice.shape == (5, 32) and down.base_weight_slice.shape == (32, 5)
+    assert all(m.base_weight_slice is None for m in lm._sets["cola"].layers)
 
 
 def test_training_one_set_leaves_the_others_exact(saved):

@@ -24,10 +24,12 @@ parameter's version counter; or any optimizer step, counted by a global
 post-step hook, because fused optimizers such as `AdamW(fused=True)`, the
 CUDA default of our engine and transformers' Trainer, update in place without
 bumping version counters), the `k` rows/columns are written into it in place. So a step costs one single dense matmul with the full weight,
-as in `nn.Linear`, and no `m x d` copy is ever made. The base values of the `k`
-rows/columns are kept (a non-persistent buffer of the slice's size), so
-`restore_base()` puts the original weight back exactly (unloading, switching
-learner sets that share one backbone).
+as in `nn.Linear`, and no `m x d` copy is ever made. While the learner values are
+written into the full weight, the base values they cover are kept (a
+non-persistent buffer of the slice's size), so `restore_base()` puts the
+original weight back exactly and frees that buffer (unloading; switching
+learner sets that share one backbone: a set that is not in use holds only its
+learner slices).
 
 The backward passes (custom autograd functions below) are where the method saves:
 
@@ -160,6 +162,9 @@ class _LearnerLinear(nn.Module):
     def _write_slices(self) -> None:
         self.weight.index_copy_(self.axis, self.indices, self.learner_weight.detach().to(self.weight.dtype))
 
+    def _keep_base(self) -> None:
+        self.base_weight_slice = self.weight.detach().index_select(self.axis, self.indices).clone()
+
     def sync(self) -> None:
         """Write the learner slices into the full weight in place if they changed since the last write.
 
@@ -171,15 +176,22 @@ class _LearnerLinear(nn.Module):
         state = (_optimizer_steps[0], *((t.data_ptr(), t._version) for t in self._learner_tensors()))
         if state != self._synced_state:
             with torch.no_grad():
+                if self.base_weight_slice is None:  # after restore_base: the full weight holds base values
+                    self._keep_base()
                 self._write_slices()
             self._synced_state = state
 
     def restore_base(self) -> None:
-        """Put the base values back into the full weight's learner rows/columns (the next forward writes the
-        learner slices in again): the weight is then exactly the base model's."""
-        with torch.no_grad():
-            self.weight.index_copy_(self.axis, self.indices, self.base_weight_slice)
+        """Put the base values back into the full weight's learner rows/columns and free their copy (the next
+        forward or sync writes the learner slices in again): the weight is then exactly the base model's."""
+        if self.base_weight_slice is not None:
+            with torch.no_grad():
+                self._restore_slices()
+            self.base_weight_slice = None
         self._synced_state = None
+
+    def _restore_slices(self) -> None:
+        self.weight.index_copy_(self.axis, self.indices, self.base_weight_slice)
 
     def merged_weight(self) -> torch.Tensor:
         self.sync()
@@ -211,10 +223,14 @@ class LearnerRowLinear(_LearnerLinear):
         super()._write_slices()
         self.bias.index_copy_(0, self.indices, self.learner_bias.detach().to(self.bias.dtype))
 
-    def restore_base(self) -> None:
-        super().restore_base()
-        with torch.no_grad():
-            self.bias.index_copy_(0, self.indices, self.base_bias_slice)
+    def _keep_base(self) -> None:
+        super()._keep_base()
+        self.base_bias_slice = self.bias.detach().index_select(0, self.indices).clone()
+
+    def _restore_slices(self) -> None:
+        super()._restore_slices()
+        self.bias.index_copy_(0, self.indices, self.base_bias_slice)
+        self.base_bias_slice = None
 
     def forward(self, x):
         self.sync()
