@@ -207,3 +207,20 @@ def test_data_parallel_wrapper_saves_and_loads_the_learner_state(tmp_path):
         assert torch.equal(logits(fresh.module.eval()), logits(lm))
     finally:
         dist.destroy_process_group()
+
+
+def test_a_failed_from_pretrained_leaves_the_model_as_it_was(tmp_path):
+    from safetensors.torch import save_file
+
+    lm = trained()
+    lm.save_pretrained(tmp_path)
+    tensors = load_file(str(tmp_path / "learners_model.safetensors"))
+    tensors.pop("classifier.bias")
+    save_file(tensors, str(tmp_path / "learners_model.safetensors"))
+    model = tiny_model("bert").train()
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    with pytest.raises(UsageError, match=r"lacks trained tensors \['classifier.bias'\]"):
+        LearnerModel.from_pretrained(model, tmp_path)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert not any(isinstance(m, (LearnerRowLinear, LearnerColumnLinear)) for m in model.modules())
+    assert torch.equal(logits(model.eval()), logits(tiny_model("bert").eval()))

@@ -278,23 +278,24 @@ class LearnerModel(nn.Module):
         As in PEFT, `is_trainable=False` loads them for inference: everything frozen, the model in eval mode;
         `is_trainable=True` lets the learners and the head train."""
         saved = _SavedLearners.read(directory)
+        saved.check_base(model)
         try:
             learner_model = cls(model, saved.config, saved.indices, name)
         except ValueError as e:
             if isinstance(e, UsageError):
                 raise
             raise UsageError(f"the learner indices in {saved.weights_path} do not fit this model: {e}") from e
-        learner_model._load_saved(saved)
+        try:
+            learner_model._load_saved(saved)
+        except Exception:
+            learner_model.unload()  # the model as it was passed in
+            raise
         learner_model._sets[name].requires_grad_(is_trainable)
         return learner_model if is_trainable else learner_model.eval()
 
     def _load_saved(self, saved: "_SavedLearners") -> None:
-        """Load saved learners into the active set: same base model, every tensor present, head resized to the
-        saved label count; the saved labels become the set's."""
-        if not _same_base(_base_fingerprint(self.base_model), saved.meta.get("base_fingerprint")):
-            raise UsageError(f"the learners in {saved.directory} were trained on another base model "
-                             f"({saved.meta.get('base_model_name_or_path')}): its input embeddings differ from this "
-                             "model's; load them on the base model they were trained from")
+        """Load saved learners into the active set: every tensor present, head resized to the saved label count;
+        the saved labels become the set's."""
         expected = {k for k in self.learner_state() if not k.startswith("learner_indices.")}
         unknown, missing = sorted(set(saved.tensors) - expected), sorted(expected - set(saved.tensors))
         if unknown:
@@ -328,6 +329,7 @@ class LearnerModel(nn.Module):
         if name in self._sets:
             raise UsageError(f"a learner set named {name!r} is already loaded; choose another name or delete_learners it")
         saved = _SavedLearners.read(directory)
+        saved.check_base(self.base_model)
         previous = self._active
         self._switch(None)  # new layers record the base values under their indices
         try:
@@ -369,9 +371,10 @@ class LearnerModel(nn.Module):
 
     def delete_learners(self, name: str) -> None:
         """Drop learner set `name` (the base model runs if it was the active one)."""
-        self.set_learners(self._active if name != self._active else None)
         if name not in self._sets:
             raise UsageError(f"no learner set named {name!r}; loaded: {', '.join(self._sets) or 'none'}")
+        if name == self._active:
+            self._switch(None)
         del self._sets[name]
 
     def _switch(self, name: str | None) -> None:
@@ -454,6 +457,13 @@ class _SavedLearners:
         tensors = read_safetensors(directory / WEIGHTS_NAME, "learner weights")
         indices = _pop_indices(tensors, directory / WEIGHTS_NAME)
         return cls(directory, config, indices, tensors, meta)
+
+    def check_base(self, model: nn.Module) -> None:
+        """Refuse learners whose base model fingerprint is not `model`'s."""
+        if not _same_base(_base_fingerprint(model), self.meta.get("base_fingerprint")):
+            raise UsageError(f"the learners in {self.directory} were trained on another base model "
+                             f"({self.meta.get('base_model_name_or_path')}): its input embeddings differ from this "
+                             "model's; load them on the base model they were trained from")
 
 
 def _forget_frozen_keys(module: LearnerModel, incompatible_keys) -> None:
