@@ -80,17 +80,19 @@ def measure(switch, model, args) -> dict:
     return {"switch_ms": switch_ms, "first_forward_ms": statistics.median(first), "forward_ms": forward_ms}
 
 
-def grown(load, n: int) -> tuple[float, float]:
+@torch.no_grad()
+def grown(load, n: int, first) -> tuple[float, float]:
     """Median ms of `load(i)` for i in 1..n-1 (each followed by a forward pass, so the weights are touched,
-    as serving would), and the resident memory growth per load in MB."""
+    as serving would), and the resident memory growth per load in MB. A forward pass of `first` (the model
+    before these loads) comes first, so one-time buffers do not count."""
+    first(**INPUT)
     gc.collect()
     rss0, loads = rss_mb(), []
     for i in range(1, n):
         t0 = time.perf_counter()
         model = load(i)
         loads.append(1000 * (time.perf_counter() - t0))
-        with torch.no_grad():
-            model(**INPUT)
+        model(**INPUT)
     return statistics.median(loads), (rss_mb() - rss0) / (n - 1)
 
 
@@ -111,7 +113,7 @@ def learner_sets(args, work: Path) -> dict:
         model.load_learners(work / f"learners{i}", f"t{i}")
         return model
 
-    load_ms, rss = grown(load, args.tasks)
+    load_ms, rss = grown(load, args.tasks, model)
     extra = [tensor_mb(t for m in s.modules.values() for t in [*m.parameters(), *m.buffers()]
                        if t.untyped_storage().data_ptr() not in base) for name, s in model._sets.items() if name != "t0"]
     timing = measure(lambda i: model.set_learners(f"t{i % args.tasks}"), lambda: model, args)
@@ -131,7 +133,7 @@ def merged_models(args, work: Path) -> tuple[dict, dict]:
         return AutoModelForSequenceClassification.from_pretrained(work / f"merged{i % args.tasks}").eval()
 
     models = [load(0)]
-    load_ms, rss = grown(lambda i: models.append(load(i)) or models[-1], args.tasks)
+    load_ms, rss = grown(lambda i: models.append(load(i)) or models[-1], args.tasks, models[0])
     in_memory = {**measure(lambda i: None, lambda: models[0], args), "switch_ms": 0.0, "load_ms": load_ms,
                  "extra_mb": tensor_mb(models[0].state_dict().values()), "rss_mb": rss}
     models.clear()
@@ -160,7 +162,7 @@ def lora_adapters(args, work: Path) -> dict:
         model.load_adapter(work / f"lora{i}", adapter_name=f"t{i}")
         return model
 
-    load_ms, rss = grown(load, args.tasks)
+    load_ms, rss = grown(load, args.tasks, model)
     extra = tensor_mb(p for n, p in model.named_parameters() if ".t1." in n or n.endswith(".t1"))
     timing = measure(lambda i: model.set_adapter(f"t{i % args.tasks}"), lambda: model, args)
     return {**timing, "load_ms": load_ms, "extra_mb": extra, "rss_mb": rss}
