@@ -55,6 +55,22 @@ def predict(c, model=None, *extra, out=None, input=None):
             "--output", str(out or c.out.with_suffix(".csv")), *[str(x) for x in extra]]
 
 
+def predict_learners(c, spec=None, *extra, base=None, out=None):
+    return ["predict", "--learners", spec or f"abc={c.data / 'learners'}", "--base", str(base or c.model),
+            "--input", str(c.data / "dev.csv"), "--output", str(out or c.out.with_suffix(".csv")), *[str(x) for x in extra]]
+
+
+def other_base(c):
+    """A model directory like the learners' base (same shapes, tokenizer) with other weights."""
+    from conftest import tiny_model
+    from learners.harness.models import quiet_transformers
+    d = copy(c, c.model, "other-base")
+    vocab = json.loads((d / "config.json").read_text())["vocab_size"]
+    with quiet_transformers():
+        tiny_model("bert", seed=3, vocab_size=vocab).save_pretrained(d)
+    return d
+
+
 def merge(c, learners=None, *extra, out=None):
     return ["merge", "--base", str(c.model), "--learners", str(learners or c.data / "learners" / "learners"),
             "--output", str(out or c.out), *[str(x) for x in extra]]
@@ -168,6 +184,21 @@ CASES = [
      r"adapter config .* cannot be read"),
     ("pr-adapter-weights-truncated", lambda c: (predict(c, model_copy(c, lambda d: truncate(d / "adapters.safetensors"), "adapter")), c.out.with_suffix(".csv")),
      r"adapter weights .* not a readable safetensors file"),
+    ("pr-learners-syntax", lambda c: (predict_learners(c, "abc"), c.out.with_suffix(".csv")), r"--learners takes NAME=DIR pairs"),
+    ("pr-learners-bad-name", lambda c: (predict_learners(c, f"a b={c.data / 'learners'}"), c.out.with_suffix(".csv")),
+     r"--learners takes NAME=DIR pairs"),
+    ("pr-learners-twice", lambda c: (predict_learners(c, f"a={c.data / 'learners'},a={c.data / 'learners'}"), c.out.with_suffix(".csv")),
+     r"names 'a' twice"),
+    ("pr-learners-missing", lambda c: (predict_learners(c, f"abc={c.tmp / 'nope'}"), c.out.with_suffix(".csv")),
+     r"--learners abc=.*nope does not exist"),
+    ("pr-learners-not-learners", lambda c: (predict_learners(c, f"abc={c.tmp}"), c.out.with_suffix(".csv")),
+     r"--learners abc=.*holds no saved learners"),
+    ("pr-learners-other-base", lambda c: (predict_learners(c, base=other_base(c)), c.out.with_suffix(".csv")),
+     r"--learners abc=.*trained on another base model"),
+    ("pr-learners-with-model", lambda c: (predict(c) + ["--learners", f"abc={c.data / 'learners'}"], c.out.with_suffix(".csv")),
+     r"not allowed with argument"),
+    ("pr-base-without-learners", lambda c: (predict(c) + ["--base", str(c.model)], c.out.with_suffix(".csv")),
+     r"--base goes with --learners"),
     # merge
     ("mg-weights-truncated", lambda c: (merge(c, learners_copy(c, damage_dir=lambda d: truncate(d / LEARNERS))), c.out),
      r"learner weights .* not a readable safetensors file"),

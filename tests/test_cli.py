@@ -87,6 +87,31 @@ def test_user_data_regression_end_to_end(tmp_path, tiny_model_dir):
     float(lines[1].split(",")[-1])
 
 
+def test_predict_serves_several_tasks_from_one_backbone(tmp_path, tiny_model_dir, glue_dir):
+    """Two learners runs (CoLA, and a 3-class CSV with another text column) on one base model: one pass of
+    `predict --learners` gives each task's predictions, the same as each merged model's own predict."""
+    finetune(tmp_path, tiny_model_dir, glue_dir, "--method", "learners", "--priming-steps", "2", "--ratio", "0.25",
+             out="cola")
+    rows = [f"word{i % 7} thing{i % 5},{'abc'[i % 3]}" for i in range(24)]
+    (tmp_path / "abc.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    assert main(["finetune", "--train-file", str(tmp_path / "abc.csv"), "--validation-file", str(tmp_path / "abc.csv"),
+                 "--model", str(tiny_model_dir), "--num-neurons", "5", "--learner-layers", "1", "--max-steps", "4",
+                 "--priming-steps", "1", "--batch-size", "8", "--output-dir", str(tmp_path / "abc"), "--no-progress"]) == 0
+    (tmp_path / "in.csv").write_text('sentence,text\nThe cat sat.,word1 thing2\n"He said, ""go"".",word3 thing0\n'
+                                     'Cats sleeps.,word6 thing4\n')
+    spec = f"cola={tmp_path / 'cola'},abc={tmp_path / 'abc' / 'learners'}"
+    assert main(["predict", "--learners", spec, "--base", str(tiny_model_dir), "--input", str(tmp_path / "in.csv"),
+                 "--output", str(tmp_path / "both.jsonl")]) == 0
+    both = [json.loads(line) for line in (tmp_path / "both.jsonl").read_text().splitlines()]
+    assert list(both[0]) == ["sentence", "text", "prediction_cola", "prediction_abc"] and len(both) == 3
+    for task in ("cola", "abc"):
+        assert main(["predict", "--model", str(tmp_path / task / "model"), "--input", str(tmp_path / "in.csv"),
+                     "--output", str(tmp_path / f"{task}.jsonl")]) == 0
+        alone = [json.loads(line)["prediction"] for line in (tmp_path / f"{task}.jsonl").read_text().splitlines()]
+        assert [row[f"prediction_{task}"] for row in both] == alone
+    assert {row["prediction_abc"] for row in both} <= {"a", "b", "c"}
+
+
 @pytest.mark.parametrize("args,message", [
     (["--task", "colaa"], "unknown GLUE task 'colaa'.*--train-file"),
     (["--task", "cola", "--data-dir", "/no/such/glue"], "/no/such/glue"),

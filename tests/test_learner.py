@@ -248,3 +248,24 @@ def test_unknown_architecture_lists_linear_modules_and_says_how_to_name_the_ffn(
 def test_priming_and_gradient_need_training_batches():
     with pytest.raises(UsageError, match="indices="):
         get_learner_model(tiny_model("bert"), LearnerConfig(ratio=0.1))
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_every_optimizer_step_reaches_the_forward_pass_fused_ones_too(fused):
+    """Fused AdamW (the CUDA default of the engine and of transformers' Trainer) updates in place without
+    bumping version counters; the layers still write the new slices into the full weight."""
+    reference, lm = learner_model("bert")
+    optimizer = torch.optim.AdamW([p for p in lm.parameters() if p.requires_grad], lr=1e-2, fused=fused)
+    for step in range(2):
+        lm(**tiny_batch(seed=step)).loss.backward()
+        optimizer.step(), optimizer.zero_grad()
+    lm.eval()
+    with torch.no_grad():
+        logits = lm(**tiny_batch(seed=5)).logits
+    for block in lm.ffn_blocks:
+        idx = block.up.indices
+        assert torch.equal(block.up.weight[idx], block.up.learner_weight.detach())
+        assert torch.equal(block.down.weight[:, idx], block.down.learner_weight.detach())
+    with torch.no_grad():
+        merged = lm.merge_and_unload().eval()
+        torch.testing.assert_close(merged(**tiny_batch(seed=5)).logits, logits, atol=1e-6, rtol=0)

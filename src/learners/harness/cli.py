@@ -36,8 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--task-type", choices=["classification", "regression"], help="default: inferred from the labels")
     add_training_arguments(ft)
 
-    pr = sub.add_parser("predict", help="predict with a fine-tuned model directory")
-    pr.add_argument("--model", required=True, help="a model directory written by finetune (OUT/model) or merge")
+    pr = sub.add_parser("predict", help="predict with a fine-tuned model directory, or several tasks' learners on one base")
+    which = pr.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="a model directory written by finetune (OUT/model) or merge")
+    which.add_argument("--learners", help="several tasks on one loaded base model: NAME=DIR pairs, e.g. "
+                                          "cola=runs/cola,sst2=runs/sst2 (DIR: a learners finetune's OUT or OUT/learners); "
+                                          "writes a prediction_NAME column per task")
+    pr.add_argument("--base", help="with --learners: the base model they were trained from (default: the embedded model)")
     pr.add_argument("--input", required=True, help="CSV, TSV or JSONL with the model's text columns")
     pr.add_argument("--output", required=True, help="where to write predictions (.csv, .tsv or .jsonl)")
     pr.add_argument("--text-columns", help="override the text columns saved with the model")
@@ -82,8 +87,14 @@ def run(argv: list[str] | None = None) -> int:
               f"(best {results['best_metric']:.4f}), {results['trainable_params']:,} trainable params, "
               f"{results['train_seconds']:.1f}s training -> {args.output_dir}/results.json")
     elif args.command == "predict":
-        from .predict import run_predict
-        n = run_predict(args.model, args.input, args.output, args.text_columns, args.batch_size, args.max_length)
+        from .predict import run_predict, run_predict_learners
+        if args.learners is not None:
+            n = run_predict_learners(args.learners, args.base, args.input, args.output, args.text_columns,
+                                     args.batch_size, args.max_length)
+        else:
+            if args.base is not None:
+                raise UsageError("--base goes with --learners; a --model directory is a whole model already")
+            n = run_predict(args.model, args.input, args.output, args.text_columns, args.batch_size, args.max_length)
         print(f"wrote {n} predictions to {args.output}")
     elif args.command == "merge":
         from .merge import run_merge

@@ -9,7 +9,7 @@ from .finetune import TASK_FILE
 from .models import load_model_and_tokenizer
 
 
-def _labels(meta: dict, learners_dir: str) -> tuple[int, list[str] | None]:
+def head_labels(meta: dict, learners_dir: str) -> tuple[int, list[str] | None]:
     """The head's label count and names saved in learners_config.json (names None: regression)."""
     regression = meta.get("problem_type") == "regression"
     try:
@@ -29,11 +29,11 @@ def run_merge(base: str | None, learners_dir: str, output: str) -> Path:
     if not Path(learners_dir).is_dir():
         raise UsageError(f"--learners {learners_dir} does not exist; pass the learners directory a finetune run wrote (OUT/learners)")
     meta = LearnerModel.read_metadata(learners_dir)
-    num_labels, label_names = _labels(meta, learners_dir)
+    num_labels, label_names = head_labels(meta, learners_dir)
     task_file = Path(learners_dir) / TASK_FILE  # text columns and labels, for `learners predict`
     task = read_json_file(task_file, "task file") if task_file.is_file() else None
     model, tokenizer = load_model_and_tokenizer(base, num_labels, label_names, "--base")
-    merged = LearnerModel.from_pretrained(model, learners_dir).merge_and_unload()
+    merged = LearnerModel.from_pretrained(model, learners_dir).merge_and_unload(safe_merge=True)
     merged.save_pretrained(out)
     tokenizer.save_pretrained(out)
     if task is not None:

@@ -1,16 +1,26 @@
-"""`learners predict`: a fine-tuned model directory + a data file -> one prediction per row."""
+"""`learners predict`: a fine-tuned model directory + a data file -> one prediction per row.
+
+With `--learners cola=DIR,sst2=DIR` several tasks are served from one loaded base model: each task's
+learner set (its slices and head, what `learners finetune` writes at OUT/learners) is loaded onto the
+one backbone and switched in per task (`LearnerModel.set_learners`, O(k) per FFN block). The output is
+one file with the input rows and a column `prediction_NAME` per task, so every row's answers sit
+side by side; each task reads its own text columns (saved with its learners, or --text-columns).
+"""
 
 import csv
 import json
 import os
+import re
 from pathlib import Path
 
 from ..errors import UsageError, check_output_path, first_line, read_json_file
+from ..learner import LearnerModel
 from .finetune import TASK_FILE, predict_loader
-from .models import check_max_length, quiet_transformers
+from .models import check_max_length, load_model_and_tokenizer, quiet_transformers
 from .user_data import pick_text_columns, read_table
 
 OUTPUT_SUFFIXES = (".csv", ".tsv", ".jsonl")
+TASK_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 def load_finetuned(model_dir: str):
@@ -39,27 +49,25 @@ def load_finetuned(model_dir: str):
     return model, tokenizer
 
 
-def run_predict(model_dir: str, input_file: str, output_file: str, text_columns: str | None = None,
-                batch_size: int = 64, max_length: int | None = None) -> int:
-    """Write `output_file` with the input rows and a `prediction` column; return the number of rows."""
+def check_prediction_options(output_file: str, batch_size: int) -> Path:
     out = check_output_path(output_file, "--output", directory=False)
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise UsageError(f"--output {out.name}: unsupported file type; use .csv, .tsv or .jsonl")
     if batch_size <= 0:
         raise UsageError(f"--batch-size must be positive, got {batch_size}")
-    model, tokenizer = load_finetuned(model_dir)
-    max_length = check_max_length(max_length, model.config)
-    task_file = Path(model_dir) / TASK_FILE
-    saved = read_json_file(task_file, "task file") if task_file.is_file() else {}
-    table = read_table(input_file, "--input")
+    return out
+
+
+def predict_column(model, tokenizer, table, input_name: str, text_columns: str | None, saved: dict,
+                   batch_size: int, max_length: int) -> list:
+    """One prediction per row of `table`: a label name, or a number for regression."""
     if text_columns is None and saved.get("text_columns"):
         text_columns = ",".join(saved["text_columns"])
-    columns = pick_text_columns(text_columns, table.columns, Path(input_file).name)
+    columns = pick_text_columns(text_columns, table.columns, input_name)
     missing = [c for c in columns if c not in table.columns]
     if missing:
-        raise UsageError(f"--input {Path(input_file).name} lacks the model's text column(s) {', '.join(missing)}; "
+        raise UsageError(f"--input {input_name} lacks the model's text column(s) {', '.join(missing)}; "
                          f"columns found: {', '.join(table.columns)}. Pass --text-columns with names from that list")
-
     regression = model.config.problem_type == "regression" or model.config.num_labels == 1
     model.eval()
     encodings = [tokenizer(*[[row[c] for row in table.rows[i:i + batch_size]] for c in columns], truncation=True,
@@ -67,12 +75,12 @@ def run_predict(model_dir: str, input_file: str, output_file: str, text_columns:
                  for i in range(0, len(table.rows), batch_size)]
     predictions, _ = predict_loader(model, [dict(e) for e in encodings], regression)
     if regression:
-        values = [float(p) for p in predictions]
-    else:
-        values = [model.config.id2label[int(p)] for p in predictions]
+        return [float(p) for p in predictions]
+    return [model.config.id2label[int(p)] for p in predictions]
 
+
+def write_rows(out: Path, rows: list[dict]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    rows = [{**row, "prediction": value} for row, value in zip(table.rows, values)]
     partial = out.with_name(out.name + ".partial")  # renamed when complete: never a half-written --output
     with open(partial, "w", newline="", encoding="utf-8") as f:
         if out.suffix.lower() == ".jsonl":
@@ -83,4 +91,82 @@ def run_predict(model_dir: str, input_file: str, output_file: str, text_columns:
             writer.writeheader()
             writer.writerows(rows)
     os.replace(partial, out)
+
+
+def run_predict(model_dir: str, input_file: str, output_file: str, text_columns: str | None = None,
+                batch_size: int = 64, max_length: int | None = None) -> int:
+    """Write `output_file` with the input rows and a `prediction` column; return the number of rows."""
+    out = check_prediction_options(output_file, batch_size)
+    model, tokenizer = load_finetuned(model_dir)
+    max_length = check_max_length(max_length, model.config)
+    task_file = Path(model_dir) / TASK_FILE
+    saved = read_json_file(task_file, "task file") if task_file.is_file() else {}
+    table = read_table(input_file, "--input")
+    values = predict_column(model, tokenizer, table, Path(input_file).name, text_columns, saved, batch_size, max_length)
+    write_rows(out, [{**row, "prediction": value} for row, value in zip(table.rows, values)])
+    return len(values)
+
+
+# ---- several tasks on one backbone ----------------------------------------------------------
+
+def parse_learners_spec(spec: str) -> dict[str, Path]:
+    """`cola=DIR,sst2=DIR` -> {name: learners directory}; DIR is a finetune OUT or its OUT/learners."""
+    tasks = {}
+    for item in spec.split(","):
+        name, sep, directory = (part.strip() for part in item.partition("="))
+        if not sep or not TASK_NAME.fullmatch(name) or not directory:
+            raise UsageError(f"--learners takes NAME=DIR pairs separated by commas (NAME of letters, digits, _ . -), "
+                             f"e.g. cola=runs/cola,sst2=runs/sst2; got {item.strip()!r}")
+        if name in tasks:
+            raise UsageError(f"--learners names {name!r} twice; give each task its own name")
+        path = Path(directory).expanduser()
+        if not path.is_dir():
+            raise UsageError(f"--learners {name}={directory} does not exist; pass the OUT (or OUT/learners) "
+                             "directory of a `learners finetune --method learners` run")
+        tasks[name] = path / "learners" if (path / "learners").is_dir() else path
+    return tasks
+
+
+def load_learner_sets(tasks: dict[str, Path], base: str | None):
+    """The base model with every task's learners loaded as a set named after the task, and the tokenizer."""
+    from .merge import head_labels
+
+    metas = {}
+    for name, directory in tasks.items():
+        try:
+            metas[name] = LearnerModel.read_metadata(directory)
+        except UsageError as e:
+            raise UsageError(f"--learners {name}={directory}: {e}") from e
+    first = next(iter(tasks))
+    num_labels, label_names = head_labels(metas[first], str(tasks[first]))
+    model, tokenizer = load_model_and_tokenizer(base, num_labels, label_names, "--base")
+    learner_model = None
+    for name, directory in tasks.items():
+        try:
+            if learner_model is None:
+                learner_model = LearnerModel.from_pretrained(model, directory, name=name)
+            else:
+                learner_model.load_learners(directory, name)
+        except UsageError as e:
+            raise UsageError(f"--learners {name}={directory}: {e} (--base {base or 'the embedded model'})") from e
+    return learner_model, tokenizer
+
+
+def run_predict_learners(spec: str, base: str | None, input_file: str, output_file: str,
+                         text_columns: str | None = None, batch_size: int = 64, max_length: int | None = None) -> int:
+    """Write `output_file` with the input rows and a `prediction_NAME` column per task; return the row count."""
+    out = check_prediction_options(output_file, batch_size)
+    tasks = parse_learners_spec(spec)
+    table = read_table(input_file, "--input")
+    learner_model, tokenizer = load_learner_sets(tasks, base)
+    max_length = check_max_length(max_length, learner_model.config)
+    columns = {}
+    for name, directory in tasks.items():
+        task_file = directory / TASK_FILE
+        saved = read_json_file(task_file, "task file") if task_file.is_file() else {}
+        learner_model.set_learners(name)
+        columns[f"prediction_{name}"] = predict_column(learner_model, tokenizer, table, Path(input_file).name,
+                                                       text_columns, saved, batch_size, max_length)
+    rows = [{**row, **{c: values[i] for c, values in columns.items()}} for i, row in enumerate(table.rows)]
+    write_rows(out, rows)
     return len(rows)

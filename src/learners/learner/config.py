@@ -1,10 +1,13 @@
 """`LearnerConfig`: how big the learners are, how they are chosen, where they go."""
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
-from ..errors import UsageError
+from ..errors import UsageError, read_json_file
 
+CONFIG_NAME = "learners_config.json"  # beside the learner weights; LearnerModel.save_pretrained adds model facts
 SELECTION_STRATEGIES = ("priming", "gradient", "magnitude", "random")
 PRIMING_SCOPES = ("all", "ffn", "learner-layers")
 
@@ -148,3 +151,35 @@ class LearnerConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "LearnerConfig":
         return cls(**d)
+
+    def save_pretrained(self, save_directory: str | Path) -> Path:
+        """Write `learners_config.json` (key `learner_config`), keeping any other keys already in that file
+        (the labels and base model that LearnerModel.save_pretrained writes)."""
+        out = Path(save_directory)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / CONFIG_NAME
+        meta = read_json_file(path, "learner config") if path.is_file() else {}
+        meta["learner_config"] = self.to_dict()
+        path.write_text(json.dumps(meta, indent=2))
+        return path
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "LearnerConfig":
+        """The config in `directory/learners_config.json` (as LearnerConfig or LearnerModel.save_pretrained wrote it)."""
+        path = Path(directory) / CONFIG_NAME
+        if not path.is_file():
+            raise UsageError(f"{directory} holds no {CONFIG_NAME}; pass a directory written by save_pretrained")
+        return config_from_metadata(read_json_file(path, "learner config"), path)
+
+
+def config_from_metadata(meta: dict, path: Path) -> LearnerConfig:
+    """The LearnerConfig saved in `meta`; unknown keys or bad values are a UsageError naming the file."""
+    saved = meta.get("learner_config")
+    if not isinstance(saved, dict):
+        raise UsageError(f"{path} has no learner_config object; it is damaged or not from learners")
+    try:
+        return LearnerConfig.from_dict(saved)
+    except UsageError as e:
+        raise UsageError(f"{path}: {e}") from e
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"{path} is not a valid learner config ({e}); it is damaged or from another version") from e

@@ -11,13 +11,25 @@ Two layers, one per side of the FFN:
 * `LearnerRowLinear` wraps W1: the `k` learner *output* rows train.
 * `LearnerColumnLinear` wraps W2: the `k` learner *input* columns train.
 
-Storage: the full weight stays a frozen buffer (the model's own tensor, not a
-copy) and the learner slice is a small `nn.Parameter`. The buffer is kept
-equal to the merged weight: whenever a learner slice has changed since the
-last forward (an optimizer step, a load, any in-place edit: tracked by the
-parameter's version counter), the `k` rows/columns are written into the buffer
-in place. So a step costs one single dense matmul with the buffer, as in
-`nn.Linear`, and no `m x d` copy is ever made.
+Storage: the full weight stays the model's own frozen `nn.Parameter`
+(`requires_grad=False`), registered under the same key as in `nn.Linear`
+(`...dense.weight`, `...dense.bias`), not a copy and not a buffer: so
+`named_parameters()` and `state_dict()` list it where a user, FSDP wrapping or
+a quantizer expects it, `.to()`/`.half()` treat it as a weight, and anything
+that selects by `requires_grad` (optimizers, our checkpoints, the parameter
+counts) skips it. The learner slice is a small trainable `nn.Parameter`. The
+full weight is kept equal to the merged weight: whenever a learner slice has
+changed since the last forward (an in-place edit or a load, tracked by the
+parameter's version counter; or any optimizer step, counted by a global
+post-step hook, because fused optimizers such as `AdamW(fused=True)`, the
+CUDA default of our engine and transformers' Trainer, update in place without
+bumping version counters), the `k` rows/columns are written into it in place. So a step costs one single dense matmul with the full weight,
+as in `nn.Linear`, and no `m x d` copy is ever made. While the learner values are
+written into the full weight, the base values they cover are kept (a
+non-persistent buffer of the slice's size), so `restore_base()` puts the
+original weight back exactly and frees that buffer (unloading; switching
+learner sets that share one backbone: a set that is not in use holds only its
+learner slices).
 
 The backward passes (custom autograd functions below) are where the method saves:
 
@@ -34,6 +46,21 @@ The backward passes (custom autograd functions below) are where the method saves
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+
+_optimizer_steps = [0]  # optimizer steps taken in this process, counted by the hook below
+_step_hook = []
+
+
+def _count_optimizer_step(optimizer, args, kwargs) -> None:
+    _optimizer_steps[0] += 1
+
+
+def _watch_optimizer_steps() -> None:
+    """Count every optimizer step (torch.optim's global post-step hook), once per process."""
+    if not _step_hook:
+        _step_hook.append(register_optimizer_step_post_hook(_count_optimizer_step))
 
 
 def _compute_weight(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -93,7 +120,7 @@ class _ColumnLearnerFunction(torch.autograd.Function):
 
 
 class _LearnerLinear(nn.Module):
-    """Shared storage for both sides: frozen full weight (kept merged) + trainable learner slice."""
+    """Shared storage for both sides: the frozen full weight (kept merged) + the trainable learner slice."""
 
     axis: int  # 0: learner rows (W1), 1: learner columns (W2)
 
@@ -111,14 +138,23 @@ class _LearnerLinear(nn.Module):
             raise ValueError(f"learner indices must lie in [0, {size}); got {int(indices.min())}..{int(indices.max())}")
         self.in_features = base.in_features
         self.out_features = base.out_features
-        self.register_buffer("weight", base.weight.detach())
-        self.register_buffer("indices", indices.sort().values)
-        self.learner_weight = nn.Parameter(self.weight.index_select(self.axis, self.indices).clone())
+        self.weight = base.weight.requires_grad_(False)  # the model's own Parameter, frozen
+        # indices and base slices are not persistent: they are fixed when the layer is made, so a state
+        # dict never moves them (LearnerModel.state_dict saves the indices itself).
+        self.register_buffer("indices", indices.sort().values, persistent=False)
+        self.register_buffer("base_weight_slice", self.weight.detach().index_select(self.axis, self.indices).clone(),
+                             persistent=False)
+        self.learner_weight = nn.Parameter(self.base_weight_slice.clone())
         self._synced_state = None
+        _watch_optimizer_steps()
 
     @property
     def num_neurons(self) -> int:
         return self.indices.numel()
+
+    def learner_parameters(self) -> list[nn.Parameter]:
+        """What trains in this layer (never the shared full weight)."""
+        return [self.learner_weight]
 
     def _learner_tensors(self) -> list[torch.Tensor]:
         return [self.learner_weight]
@@ -126,17 +162,36 @@ class _LearnerLinear(nn.Module):
     def _write_slices(self) -> None:
         self.weight.index_copy_(self.axis, self.indices, self.learner_weight.detach().to(self.weight.dtype))
 
+    def _keep_base(self) -> None:
+        self.base_weight_slice = self.weight.detach().index_select(self.axis, self.indices).clone()
+
     def sync(self) -> None:
         """Write the learner slices into the full weight in place if they changed since the last write.
 
-        A slice changes through in-place updates (optimizer steps, `copy_`, loading), which bump the
-        parameter's version counter, or by being replaced (`.to(device)`), which changes its storage.
+        A slice changes through in-place updates (`copy_`, loading, most optimizers), which bump the
+        parameter's version counter; through optimizer steps, also fused ones that do not bump it (counted
+        globally); or by being replaced (`.to(device)`), which changes its storage. An edit through `.data`
+        is seen at the next optimizer step; `restore_base()` or `_synced_state = None` forces a write.
         """
-        state = tuple((t.data_ptr(), t._version) for t in self._learner_tensors())
+        state = (_optimizer_steps[0], *((t.data_ptr(), t._version) for t in self._learner_tensors()))
         if state != self._synced_state:
             with torch.no_grad():
+                if self.base_weight_slice is None:  # after restore_base: the full weight holds base values
+                    self._keep_base()
                 self._write_slices()
             self._synced_state = state
+
+    def restore_base(self) -> None:
+        """Put the base values back into the full weight's learner rows/columns and free their copy (the next
+        forward or sync writes the learner slices in again): the weight is then exactly the base model's."""
+        if self.base_weight_slice is not None:
+            with torch.no_grad():
+                self._restore_slices()
+            self.base_weight_slice = None
+        self._synced_state = None
+
+    def _restore_slices(self) -> None:
+        self.weight.index_copy_(self.axis, self.indices, self.base_weight_slice)
 
     def merged_weight(self) -> torch.Tensor:
         self.sync()
@@ -153,9 +208,13 @@ class LearnerRowLinear(_LearnerLinear):
 
     def __init__(self, base: nn.Linear, indices: torch.Tensor):
         super().__init__(base, indices)
-        self.register_buffer("bias", base.bias.detach())
-        self.learner_bias = nn.Parameter(self.bias.index_select(0, self.indices).clone())
+        self.bias = base.bias.requires_grad_(False)  # the model's own b1, kept merged like the weight
+        self.register_buffer("base_bias_slice", self.bias.detach().index_select(0, self.indices).clone(), persistent=False)
+        self.learner_bias = nn.Parameter(self.base_bias_slice.clone())
         self.sync()
+
+    def learner_parameters(self) -> list[nn.Parameter]:
+        return [self.learner_weight, self.learner_bias]
 
     def _learner_tensors(self) -> list[torch.Tensor]:
         return [self.learner_weight, self.learner_bias]
@@ -163,6 +222,15 @@ class LearnerRowLinear(_LearnerLinear):
     def _write_slices(self) -> None:
         super()._write_slices()
         self.bias.index_copy_(0, self.indices, self.learner_bias.detach().to(self.bias.dtype))
+
+    def _keep_base(self) -> None:
+        super()._keep_base()
+        self.base_bias_slice = self.bias.detach().index_select(0, self.indices).clone()
+
+    def _restore_slices(self) -> None:
+        super()._restore_slices()
+        self.bias.index_copy_(0, self.indices, self.base_bias_slice)
+        self.base_bias_slice = None
 
     def forward(self, x):
         self.sync()
@@ -173,30 +241,38 @@ class LearnerRowLinear(_LearnerLinear):
         return self.bias.detach().clone()
 
     def to_linear(self) -> nn.Linear:
-        return _plain_linear(self.merged_weight(), self.merged_bias())
+        """The merged `nn.Linear`, holding this layer's weight and bias tensors themselves (no copy)."""
+        self.sync()
+        return _plain_linear(self.weight, self.bias)
 
 
 class LearnerColumnLinear(_LearnerLinear):
-    """W2 of an FFN: input columns `indices` train; the bias b2 trains if asked."""
+    """W2 of an FFN: input columns `indices` train; the bias b2 trains if asked (then as a copy, so the
+    base model's b2 stays as it was)."""
 
     axis = 1
 
     def __init__(self, base: nn.Linear, indices: torch.Tensor, train_bias: bool = False):
         super().__init__(base, indices)
-        self.bias = nn.Parameter(base.bias.detach().clone(), requires_grad=train_bias)
+        self.train_bias = train_bias
+        self.bias = nn.Parameter(base.bias.detach().clone()) if train_bias else base.bias.requires_grad_(False)
         self.sync()
+
+    def learner_parameters(self) -> list[nn.Parameter]:
+        return [self.learner_weight, self.bias] if self.train_bias else [self.learner_weight]
 
     def forward(self, a):
         self.sync()
         return _ColumnLearnerFunction.apply(a, self.weight, self.bias, self.learner_weight, self.indices)
 
     def to_linear(self) -> nn.Linear:
-        return _plain_linear(self.merged_weight(), self.bias.detach())
+        """The merged `nn.Linear`, holding this layer's weight and bias tensors themselves (no copy)."""
+        self.sync()
+        return _plain_linear(self.weight, self.bias)
 
 
-def _plain_linear(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
-    linear = nn.Linear(weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
-        linear.weight.copy_(weight)
-        linear.bias.copy_(bias)
+def _plain_linear(weight: nn.Parameter, bias: nn.Parameter) -> nn.Linear:
+    """An `nn.Linear` around existing parameters (made on the meta device, so nothing is allocated)."""
+    linear = nn.Linear(weight.shape[1], weight.shape[0], device="meta")
+    linear.weight, linear.bias = weight, bias
     return linear

@@ -1,12 +1,20 @@
-"""`LearnerModel`: injects learners into a transformers model, saves, restores and merges them.
+"""`LearnerModel`: injects learners into a transformers model; saves, restores, merges and switches them.
 
-Layout follows HF PEFT: the config is a dataclass (config.py), the layers own
-the math (layer.py), and this wrapper owns injection, saving and merging.
+Layout follows HF PEFT: the config is a dataclass (config.py), the layers own the math (layer.py),
+a learner set is what one task adds (sets.py), and this wrapper owns injection, the state dict,
+saving and loading, merging and unloading, and several named learner sets on one backbone.
+
+`state_dict()` is PEFT's `get_peft_model_state_dict`: the active set's learner state only (learner
+slices, b2 / LayerNorm if the config trains them, the task head, the neuron indices), chosen by key,
+so `transformers.Trainer.save_model` writes a small checkpoint, and `load_state_dict` of that takes
+it back (checking the indices). The frozen base weights are the base model's business.
 """
 
+import contextlib
 import functools
 import json
-from dataclasses import replace
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -14,13 +22,15 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import UsageError, check_finite, read_json_file, read_safetensors
-from .config import LearnerConfig
+from .config import CONFIG_NAME, LearnerConfig, config_from_metadata
 from .ffn import FFNBlock, find_ffn_blocks, head_parameter_names, set_submodule
-from .layer import LearnerColumnLinear, LearnerRowLinear
 from .selection import magnitude_scores, select, select_at_random
+from .sets import LearnerSet, apply_labels, build_set, head_module_paths, join, read_labels, saved_labels
 
-CONFIG_NAME = "learners_config.json"
 WEIGHTS_NAME = "learners_model.safetensors"
+DEFAULT_NAME = "default"
+FINGERPRINT_SIZE = 16
+FINGERPRINT_TOLERANCE = 1e-2  # relative; casting the base model to bf16 moves a weight by at most 0.4%
 
 
 class LearnerModel(nn.Module):
@@ -29,41 +39,35 @@ class LearnerModel(nn.Module):
     `LearnerModel(model, ...)` is an instance of a subclass made for `type(model)` (cached), whose
     `forward` carries the wrapped model's signature: `Trainer` keeps the dataset columns the model takes,
     finds its `labels` argument, and so computes the evaluation loss and metrics (see `_learner_class`).
+    The learners passed here are the set `name`; `load_learners` adds more, `set_learners` switches.
     """
 
     _wraps: type | None = None  # the wrapped model's class, in the subclass made for it
 
-    def __new__(cls, model: nn.Module, *args, **kwargs):
+    def __new__(cls, model: nn.Module | None = None, *args, **kwargs):
+        if model is None:  # copy.deepcopy: `cls` is already the subclass made for the model
+            return super().__new__(cls)
         base = cls.__bases__[0] if cls.__dict__.get("_wraps") is not None else cls
         return super().__new__(_learner_class(base, type(model)))
 
-    def __init__(self, model: nn.Module, config: LearnerConfig, indices: list[torch.Tensor]):
+    def __init__(self, model: nn.Module, config: LearnerConfig, indices: list[torch.Tensor], name: str = DEFAULT_NAME):
         super().__init__()
-        if config.layers == "auto":
-            raise UsageError("layers='auto' is chosen from a selection signal: get the config with the chosen layers and "
-                             "the indices from learners.learner.selection.select(model, config, scores)")
-        blocks = find_ffn_blocks(model, config)
-        if len(indices) != len(blocks):
-            raise UsageError(f"got learner indices for {len(indices)} FFN blocks, but the model has {len(blocks)} that get learners")
-        head_names = set(head_parameter_names(model))
-        self.total_params = sum(p.numel() for p in model.parameters())
         self.base_model = model
-        self.learner_config = config
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for block, idx in zip(blocks, indices):
-            if isinstance(block.up, LearnerRowLinear):
-                raise UsageError("this model already has learners; call merge_and_unload() before adding new ones")
-            up = LearnerRowLinear(block.up, idx)
-            down = LearnerColumnLinear(block.down, idx, train_bias=config.train_ffn_output_bias)
-            set_submodule(block.block, block.up_name, up)
-            set_submodule(block.block, block.down_name, down)
-            if config.train_layer_norm and block.layer_norm is not None:
-                block.layer_norm.requires_grad_(True)
-        for name, p in model.named_parameters():
-            if name in head_names:
-                p.requires_grad_(True)
-        self.head_names = head_names
+        self.training = model.training
+        self.head_names = set(head_parameter_names(model))
+        self.total_params = sum(p.numel() for p in model.parameters())
+        self._base_requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
+        self._base_modules: dict[str, nn.Module] = {}  # path -> the base model's module there, once replaced
+        self._base_labels = read_labels(model)
+        self._sets: dict[str, LearnerSet] = {}
+        self._active: str | None = None
+        self._loading_prefix: str | None = None
+        self.register_load_state_dict_post_hook(_forget_frozen_keys)
+        learner_set = build_set(model, name, config, indices, head_module_paths(self.head_names))
+        model.requires_grad_(False)
+        self._sets[name] = learner_set
+        learner_set.requires_grad_(True)
+        self._switch(name)
 
     def __getattr__(self, name):
         """Forward unknown attributes (config, device, ...) to the wrapped model, as PEFT does."""
@@ -81,9 +85,23 @@ class LearnerModel(nn.Module):
         """As nn.Module.train; with `frozen_dropout=False` the frozen part below the lowest learner block
         (embeddings and blocks) stays in inference mode: nothing there trains, so only its dropout changes."""
         super().train(mode)
-        if mode and not self.learner_config.frozen_dropout:
+        if mode and self.learner_config is not None and not self.learner_config.frozen_dropout:
             for module in self.frozen_below_learners():
                 module.eval()
+        return self
+
+    def _apply(self, fn, recurse=True):
+        """`.to()`, `.half()`, ... also reach the modules kept outside the tree (other sets, replaced base modules)."""
+        super()._apply(fn, recurse)
+        if recurse:
+            installed = self._sets[self._active].modules if self._active is not None else {}
+            for path, module in self._base_modules.items():
+                if path in installed:
+                    module._apply(fn)
+            for name, learner_set in self._sets.items():
+                if name != self._active:
+                    for module in learner_set.modules.values():
+                        module._apply(fn)
         return self
 
     def frozen_below_learners(self) -> list[nn.Module]:
@@ -95,8 +113,13 @@ class LearnerModel(nn.Module):
         return embeddings + [b.block for b in all_blocks[:lowest]]
 
     @property
+    def learner_config(self) -> LearnerConfig | None:
+        """The active learner set's config (None while no set is active)."""
+        return self._sets[self._active].config if self._active is not None else None
+
+    @property
     def ffn_blocks(self) -> list[FFNBlock]:
-        return find_ffn_blocks(self.base_model, self.learner_config)
+        return find_ffn_blocks(self.base_model, self.learner_config) if self._active is not None else []
 
     @property
     def indices(self) -> list[torch.Tensor]:
@@ -119,16 +142,109 @@ class LearnerModel(nn.Module):
               f"|| all params: {c['total']:,} || trainable%: {100 * c['trainable'] / c['total']:.4f} "
               f"|| learners%: {100 * c['learners'] / c['total']:.4f}")
 
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, **kwargs) -> None:
+        """The wrapped model's activation checkpointing (what `Trainer` calls). transformers also makes the
+        embeddings' output require grad; non-reentrant checkpointing (its default) does not need that, so the
+        hook goes again: nothing runs backward below the lowest learner block, with checkpointing or without."""
+        had_hook = bool(getattr(self.base_model, "_require_grads_hooks", None))
+        self.base_model.activation_checkpointing_enable(activation_checkpointing_kwargs=activation_checkpointing_kwargs,
+                                                        **kwargs)
+        if not had_hook and not (activation_checkpointing_kwargs or {}).get("use_reentrant", False):
+            self.base_model.disable_input_require_grads()
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs) -> None:
+        """transformers' older name for `activation_checkpointing_enable`."""
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+    # ---- the learner state: PEFT's get_peft_model_state_dict -------------------------------
+
+    def learner_state(self) -> dict[str, torch.Tensor]:
+        """The active set's tensors by key (not by requires_grad): per block the learner slices (`...learner_weight`,
+        `...learner_bias`), b2 (`...bias` of W2) and the LayerNorm if the config trains them, then the task head
+        and the neuron indices (`learner_indices.0`, ...). Empty while no set is active."""
+        if self._active is None:
+            return {}
+        config, blocks, tensors = self.learner_config, self.ffn_blocks, {}
+        for block in blocks:
+            up, down = join(block.name, block.up_name), join(block.name, block.down_name)
+            tensors[f"{up}.learner_weight"] = block.up.learner_weight
+            tensors[f"{up}.learner_bias"] = block.up.learner_bias
+            tensors[f"{down}.learner_weight"] = block.down.learner_weight
+            if config.train_ffn_output_bias:
+                tensors[f"{down}.bias"] = block.down.bias
+            if config.train_layer_norm and block.layer_norm is not None:
+                for name, p in block.layer_norm.named_parameters():
+                    tensors[f"{join(block.name, block.layer_norm_name)}.{name}"] = p
+        params = dict(self.base_model.named_parameters())
+        tensors.update({name: params[name] for name in sorted(self.head_names)})
+        tensors.update({f"learner_indices.{i}": block.up.indices for i, block in enumerate(blocks)})
+        return tensors
+
+    def state_dict(self, *args, destination=None, prefix="", keep_vars=False):
+        """The learner state (`learner_state()`, what save_pretrained writes), not the frozen base weights:
+        `Trainer.save_model` and its checkpoints hold a few MB. nn.Module's signature, so wrappers (DDP,
+        accelerate) that call it with a prefix get `prefix + key`. `base_model.state_dict()` has everything."""
+        if args:  # nn.Module's deprecated positional form: destination, prefix, keep_vars
+            destination, prefix, keep_vars = (list(args) + [destination, prefix, keep_vars][len(args):])[:3]
+        if destination is None:
+            destination = OrderedDict()
+            destination._metadata = OrderedDict()
+        for name, tensor in self.learner_state().items():
+            destination[prefix + name] = tensor if keep_vars else tensor.detach()
+        return destination
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        """`load_state_dict` of a learner state: the indices must equal this model's, the tensors' shapes too.
+        (A state dict in nn.Module's own layout, keys `base_model.*`, is left to the submodules.)"""
+        own = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        if any(k.startswith("base_model.") for k in own):
+            return
+        expected = self.learner_state()
+        for key in [k for k in expected if k.startswith("learner_indices.") and k in own]:
+            saved = own[key]
+            if saved.shape != expected[key].shape or not torch.equal(saved.to(expected[key]), expected[key]):
+                raise UsageError(f"the state dict's {key} differs from this model's learner neurons; load it into a "
+                                 "LearnerModel built with its indices (LearnerModel.from_pretrained, or LearnerModel"
+                                 "(model, config, indices) with the saved learner_indices)")
+        self._copy_learner_tensors({k: v for k, v in own.items() if k in expected and not k.startswith("learner_indices.")},
+                                   "the state dict")
+        missing_keys.extend(prefix + k for k in expected if k not in own)
+        unexpected_keys.extend(prefix + k for k in own if k not in expected)
+        self._loading_prefix = prefix
+
+    def _copy_learner_tensors(self, values: dict, source: str, resize_head: bool = False) -> None:
+        """Copy `values` into the active set's tensors of the same key, every shape checked first. With
+        `resize_head` a head tensor may differ in its first dimension (another label count): the set's own
+        head copy gets a tensor of that shape."""
+        targets, resize = self.learner_state(), []
+        for name, value in values.items():
+            shape = tuple(targets[name].shape)
+            if tuple(value.shape) == shape:
+                continue
+            if resize_head and name in self.head_names and value.dim() == len(shape) and value.shape[1:] == shape[1:]:
+                resize.append(name)
+                continue
+            raise UsageError(f"{source}: tensor {name} has shape {tuple(value.shape)} but this model's is {shape}; "
+                             "these learners come from another base model: load them on the one they were trained from")
+        for name in resize:
+            _resize_parameter(self.base_model, name, values[name].shape)
+        targets = self.learner_state()
+        with torch.no_grad():
+            for name, value in values.items():
+                targets[name].copy_(value)
+
     # ---- saving and loading -------------------------------------------------------
 
     def save_pretrained(self, save_directory: str | Path) -> Path:
-        """Write only the trained tensors (learner slices, head, options) and neuron indices, plus the config."""
-        tensors = {name: p.detach().contiguous().cpu() for name, p in self.base_model.named_parameters() if p.requires_grad}
+        """Write the active set's learner state (`learner_state()`: slices, b2 / LayerNorm if trained, head,
+        indices) and its config with the labels and the base model's name and fingerprint."""
+        if self._active is None:
+            raise UsageError("no learner set is active, so there is nothing to save; call set_learners(NAME) first")
+        tensors = {name: t.detach().contiguous().cpu() for name, t in self.learner_state().items()}
         check_finite(tensors.items(), "the learners", "Retrain them with a lower learning rate.")
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
-        for i, idx in enumerate(self.indices):
-            tensors[f"learner_indices.{i}"] = idx.contiguous()
         save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
         model_config = getattr(self.base_model, "config", None)
         meta = {
@@ -138,6 +254,7 @@ class LearnerModel(nn.Module):
             "num_labels": getattr(model_config, "num_labels", None),
             "id2label": {str(k): v for k, v in (getattr(model_config, "id2label", None) or {}).items()},
             "problem_type": getattr(model_config, "problem_type", None),
+            "base_fingerprint": _base_fingerprint(self.base_model),
         }
         (out / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
         return out
@@ -150,51 +267,245 @@ class LearnerModel(nn.Module):
             raise UsageError(f"{directory} holds no saved learners ({CONFIG_NAME} and {WEIGHTS_NAME}); "
                              "pass the directory that LearnerModel.save_pretrained / learners finetune wrote")
         meta = read_json_file(path, "learner config")
-        _learner_config(meta, path)
+        config_from_metadata(meta, path)
         return meta
 
     @classmethod
-    def from_pretrained(cls, model: nn.Module, directory: str | Path) -> "LearnerModel":
-        """Restore saved learners (and head) onto `model`, the same base model they were trained from."""
-        meta = cls.read_metadata(directory)
-        config = _learner_config(meta, Path(directory) / CONFIG_NAME)
-        tensors = read_safetensors(Path(directory) / WEIGHTS_NAME, "learner weights")
-        indices = _pop_indices(tensors, Path(directory) / WEIGHTS_NAME)
+    def from_pretrained(cls, model: nn.Module, directory: str | Path, is_trainable: bool = False,
+                        name: str = DEFAULT_NAME) -> "LearnerModel":
+        """Restore saved learners (and head, and its labels) onto `model`, the base model they were trained from.
+
+        As in PEFT, `is_trainable=False` loads them for inference: everything frozen, the model in eval mode;
+        `is_trainable=True` lets the learners and the head train."""
+        saved = _SavedLearners.read(directory)
+        saved.check_base(model)
         try:
-            learner_model = cls(model, config, indices)
-        except (ValueError, IndexError) as e:
+            learner_model = cls(model, saved.config, saved.indices, name)
+        except ValueError as e:
             if isinstance(e, UsageError):
                 raise
-            raise UsageError(f"the learner indices in {Path(directory) / WEIGHTS_NAME} do not fit this model: {e}") from e
-        params = dict(learner_model.base_model.named_parameters())
-        unknown = sorted(set(tensors) - set(params))
+            raise UsageError(f"the learner indices in {saved.weights_path} do not fit this model: {e}") from e
+        try:
+            learner_model._load_saved(saved)
+        except Exception:
+            learner_model.unload()  # the model as it was passed in
+            raise
+        learner_model._sets[name].requires_grad_(is_trainable)
+        return learner_model if is_trainable else learner_model.eval()
+
+    def _load_saved(self, saved: "_SavedLearners") -> None:
+        """Load saved learners into the active set: every tensor present, head resized to the saved label count;
+        the saved labels become the set's."""
+        expected = {k for k in self.learner_state() if not k.startswith("learner_indices.")}
+        unknown, missing = sorted(set(saved.tensors) - expected), sorted(expected - set(saved.tensors))
         if unknown:
             raise UsageError(f"saved learners do not fit this base model (unknown tensors {unknown[:3]}...); "
-                             f"load them on the model they were trained from: {meta.get('base_model_name_or_path')}")
-        missing = sorted(n for n, p in params.items() if p.requires_grad and n not in tensors)
+                             f"load them on the model they were trained from: {saved.meta.get('base_model_name_or_path')}")
         if missing:
-            raise UsageError(f"{Path(directory) / WEIGHTS_NAME} lacks trained tensors {missing[:3]}; it is incomplete")
-        with torch.no_grad():
-            for name, value in tensors.items():
-                if params[name].shape != value.shape:
-                    raise UsageError(f"saved tensor {name} has shape {tuple(value.shape)} but the base model's is "
-                                     f"{tuple(params[name].shape)}; use the base model the learners were trained from")
-                params[name].copy_(value)
-        return learner_model
+            raise UsageError(f"{saved.weights_path} lacks trained tensors {missing[:3]}; it is incomplete")
+        self._copy_learner_tensors(saved.tensors, str(saved.weights_path), resize_head=True)
+        labels = saved_labels(saved.meta)
+        if labels is not None:
+            self._sets[self._active].labels = labels
+            apply_labels(self.base_model, labels)
 
-    # ---- merging ------------------------------------------------------------------
+    # ---- several learner sets on one backbone ---------------------------------------
 
-    def merge_and_unload(self) -> nn.Module:
-        """Write the learners back into their FFNs and return the plain transformers model."""
-        check_finite(self.base_model.named_parameters(), "the learner model",
-                     "They cannot be merged; retrain them with a lower learning rate.")
-        for block in self.ffn_blocks:
-            set_submodule(block.block, block.up_name, block.up.to_linear())
-            set_submodule(block.block, block.down_name, block.down.to_linear())
+    @property
+    def learner_sets(self) -> list[str]:
+        """The names of the loaded learner sets."""
+        return list(self._sets)
+
+    @property
+    def active_learners(self) -> str | None:
+        """The name of the learner set in use (None: the base model as it was)."""
+        return self._active
+
+    def load_learners(self, directory: str | Path, name: str, is_trainable: bool = False) -> None:
+        """Add the learners saved in `directory` as set `name`, sharing this backbone: it costs only their slices
+        and head. The active set stays active (as PEFT's load_adapter); `set_learners(name)` switches."""
+        if not isinstance(name, str) or not name:
+            raise UsageError(f"a learner set needs a non-empty name, got {name!r}")
+        if name in self._sets:
+            raise UsageError(f"a learner set named {name!r} is already loaded; choose another name or delete_learners it")
+        saved = _SavedLearners.read(directory)
+        saved.check_base(self.base_model)
+        previous = self._active
+        self._switch(None)  # new layers record the base values under their indices
+        try:
+            try:
+                self._sets[name] = build_set(self.base_model, name, saved.config, saved.indices,
+                                             head_module_paths(self.head_names))
+            except ValueError as e:
+                if isinstance(e, UsageError):
+                    raise
+                raise UsageError(f"the learner indices in {saved.weights_path} do not fit this model: {e}") from e
+            self._switch(name)
+            self._load_saved(saved)
+            self._sets[name].requires_grad_(is_trainable)
+        except Exception:
+            self._switch(None)
+            self._sets.pop(name, None)
+            raise
+        finally:
+            self._switch(previous)
+
+    def set_learners(self, name: str | None) -> None:
+        """Run with learner set `name` (its learners, head and labels); None runs the base model exactly as it
+        was. Switching writes the old set's base values back and the new set's slices in: O(k) per block."""
+        if name is not None and name not in self._sets:
+            raise UsageError(f"no learner set named {name!r}; loaded: {', '.join(self._sets) or 'none'} "
+                             "(add one with load_learners(directory, name))")
+        if name != self._active:
+            self._switch(name)
+
+    @contextlib.contextmanager
+    def disable_learners(self):
+        """`with model.disable_learners():` runs the base model exactly as it was, then the set in use again."""
+        previous = self._active
+        self.set_learners(None)
+        try:
+            yield self
+        finally:
+            self.set_learners(previous)
+
+    def delete_learners(self, name: str) -> None:
+        """Drop learner set `name` (the base model runs if it was the active one)."""
+        if name not in self._sets:
+            raise UsageError(f"no learner set named {name!r}; loaded: {', '.join(self._sets) or 'none'}")
+        if name == self._active:
+            self._switch(None)
+        del self._sets[name]
+
+    def _switch(self, name: str | None) -> None:
+        """Take the active set's modules out (base values back into the shared weights, the base modules and
+        labels back in), then put set `name`'s in (its slices written into the shared weights)."""
+        if self._active is not None:
+            old = self._sets[self._active]
+            for layer in old.layers:
+                layer.restore_base()
+            old.labels = read_labels(self.base_model)
+            for path in old.modules:
+                set_submodule(self.base_model, path, self._base_modules[path])
+        elif name is not None:
+            self._base_labels = read_labels(self.base_model)
+        self._active = None
+        new = self._sets[name] if name is not None else None
+        for path, module in (new.modules if new else {}).items():
+            current = self._base_modules.setdefault(path, self.base_model.get_submodule(path))
+            module.train(current.training)
+            set_submodule(self.base_model, path, module)
+        for layer in new.layers if new else []:
+            layer.sync()
+        apply_labels(self.base_model, new.labels if new else self._base_labels)
+        self._active = name
+        if self.training:
+            self.train(True)  # frozen_dropout may differ between sets
+
+    # ---- merging and unloading ----------------------------------------------------
+
+    def merge_and_unload(self, safe_merge: bool = False) -> nn.Module:
+        """Write the active set's learners into their FFNs for good and return the plain transformers model with
+        that set's head and labels. Non-finite learner tensors are refused; `safe_merge=True` also checks every
+        weight of the merged model; either check runs before anything changes. Each parameter's requires_grad
+        goes back to what it was in the model that was wrapped. Other sets are dropped."""
+        if self._active is None:
+            return self.unload()
+        active = self._sets[self._active]
+        for layer in active.layers:
+            layer.sync()  # the shared weights already hold the merged values; now check them
+        checked = self.base_model.named_parameters() if safe_merge else self.learner_state().items()
+        check_finite(checked, "the learner model", "They cannot be merged; retrain them with a lower learning rate.")
+        for path, module in active.modules.items():
+            if hasattr(module, "to_linear"):
+                set_submodule(self.base_model, path, module.to_linear())
+        return self._release()
+
+    def unload(self) -> nn.Module:
+        """Take every learner set out, unmerged, and return the base model exactly as it was wrapped: its FFN
+        weights, head and labels, and each parameter's requires_grad."""
+        self._switch(None)
+        return self._release()
+
+    def _release(self) -> nn.Module:
         model = self.base_model
-        for p in model.parameters():
-            p.requires_grad_(True)
+        for name, p in model.named_parameters():
+            p.requires_grad_(self._base_requires_grad.get(name, False))
+        self._sets, self._base_modules, self._active = {}, {}, None
         return model
+
+
+@dataclass
+class _SavedLearners:
+    """What save_pretrained wrote in `directory`: config, per-block indices, tensors (without indices), metadata."""
+
+    directory: Path
+    config: LearnerConfig
+    indices: list[torch.Tensor]
+    tensors: dict[str, torch.Tensor]
+    meta: dict
+
+    @property
+    def weights_path(self) -> Path:
+        return self.directory / WEIGHTS_NAME
+
+    @classmethod
+    def read(cls, directory: str | Path) -> "_SavedLearners":
+        directory = Path(directory)
+        meta = LearnerModel.read_metadata(directory)
+        config = config_from_metadata(meta, directory / CONFIG_NAME)
+        tensors = read_safetensors(directory / WEIGHTS_NAME, "learner weights")
+        indices = _pop_indices(tensors, directory / WEIGHTS_NAME)
+        return cls(directory, config, indices, tensors, meta)
+
+    def check_base(self, model: nn.Module) -> None:
+        """Refuse learners whose base model fingerprint is not `model`'s."""
+        if not _same_base(_base_fingerprint(model), self.meta.get("base_fingerprint")):
+            raise UsageError(f"the learners in {self.directory} were trained on another base model "
+                             f"({self.meta.get('base_model_name_or_path')}): its input embeddings differ from this "
+                             "model's; load them on the base model they were trained from")
+
+
+def _forget_frozen_keys(module: LearnerModel, incompatible_keys) -> None:
+    """After loading a learner state, the frozen base weights are not "missing": they are not in that state."""
+    prefix, module._loading_prefix = module._loading_prefix, None
+    if prefix is not None:
+        incompatible_keys.missing_keys[:] = [k for k in incompatible_keys.missing_keys
+                                             if not k.startswith(prefix + "base_model.")]
+
+
+def _resize_parameter(model: nn.Module, name: str, shape) -> None:
+    """Give the parameter `name` a new (uninitialised) tensor of `shape`; an nn.Linear's sizes follow."""
+    path, _, attr = name.rpartition(".")
+    module = model.get_submodule(path)
+    old = getattr(module, attr)
+    setattr(module, attr, nn.Parameter(torch.empty(shape, dtype=old.dtype, device=old.device),
+                                       requires_grad=old.requires_grad))
+    if isinstance(module, nn.Linear) and attr == "weight":
+        module.out_features, module.in_features = shape[0], shape[1]
+
+
+def _base_fingerprint(model: nn.Module) -> list[float] | None:
+    """16 values of the input embeddings at fixed positions: learners never change them, so other values mean
+    another base model (None where the model has no such embeddings)."""
+    try:
+        weight = model.get_input_embeddings().weight
+    except (AttributeError, NotImplementedError):
+        return None
+    if not weight.is_floating_point():
+        return None
+    flat = weight.detach().reshape(-1)
+    positions = torch.arange(FINGERPRINT_SIZE, device=flat.device) * (flat.numel() // FINGERPRINT_SIZE)
+    return [float(v) for v in flat[positions].double().cpu()]
+
+
+def _same_base(ours: list[float] | None, theirs) -> bool:
+    """The fingerprints agree up to a cast of the base model (bf16 moves a value by at most 0.4%)."""
+    if ours is None or not isinstance(theirs, list) or len(theirs) != len(ours) or not all(
+            isinstance(b, (int, float)) for b in theirs):
+        return True  # nothing to compare (older files, models without input embeddings)
+    scale = (sum(float(b) ** 2 for b in theirs) / len(theirs)) ** 0.5
+    return all(abs(a - float(b)) <= FINGERPRINT_TOLERANCE * (abs(float(b)) + scale) for a, b in zip(ours, theirs))
 
 
 @functools.cache
@@ -212,19 +523,6 @@ def _learner_class(cls: type, model_class: type) -> type:
     forward.__doc__ = f"Calls the wrapped {model_class.__name__} (its signature is shown)."
     return type(f"LearnerModelFor{model_class.__name__}", (cls,), {"forward": forward, "_wraps": model_class,
                                                                     "__module__": cls.__module__})
-
-
-def _learner_config(meta: dict, path: Path) -> LearnerConfig:
-    """The LearnerConfig saved in `meta`; unknown keys or bad values are a UsageError naming the file."""
-    saved = meta.get("learner_config")
-    if not isinstance(saved, dict):
-        raise UsageError(f"{path} has no learner_config object; it is damaged or not from learners")
-    try:
-        return LearnerConfig.from_dict(saved)
-    except UsageError as e:
-        raise UsageError(f"{path}: {e}") from e
-    except (TypeError, ValueError) as e:
-        raise UsageError(f"{path} is not a valid learner config ({e}); it is damaged or from another version") from e
 
 
 def _pop_indices(tensors: dict, path: Path) -> list[torch.Tensor]:
