@@ -108,7 +108,7 @@ def trainer(model, args, train, dev, tokenizer, output: str, learning_rate: floa
     training_args = TrainingArguments(
         output_dir=output, learning_rate=learning_rate, max_steps=max_steps, warmup_steps=warmup,
         lr_scheduler_type="linear", weight_decay=args.weight_decay, max_grad_norm=1.0,
-        # Not the fused default: learner layers do not yet see a fused AdamW's updates (see tests/test_priming.py).
+        # The CLI's optimizer on the CPU (a plain AdamW), so that the two compare; Trainer's fused default works too.
         optim="adamw_torch", per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=128,
         eval_strategy="steps", eval_steps=eval_steps, logging_steps=eval_steps, save_strategy="no",
         report_to="none", seed=args.seed, disable_tqdm=True)

@@ -263,10 +263,9 @@ def trainer_for(model, tmp_path, learning_rate: float, **args):
     def accuracy(prediction):
         return {"accuracy": float((np.argmax(prediction.predictions, -1) == prediction.label_ids).mean())}
 
-    # optim: Trainer's default fused AdamW does not bump the version counters that learner layers watch
-    # (see test_a_fused_adamw_step_reaches_the_learner_layers_forward).
+    # Trainer's default optimizer (a fused AdamW in transformers 5): its steps must reach the learner layers.
     arguments = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, learning_rate=learning_rate,
-                                  optim="adamw_torch", report_to="none", save_strategy="no", use_cpu=True,
+                                  report_to="none", save_strategy="no", use_cpu=True,
                                   disable_tqdm=True, seed=0, **args)
     return Trainer(model=model, args=arguments, train_dataset=tiny_dataset(), eval_dataset=tiny_dataset(8, seed=1),
                    compute_metrics=accuracy)
@@ -278,7 +277,7 @@ def merged_weights(learner_model: LearnerModel) -> dict[str, torch.Tensor]:
     for name, module in learner_model.base_model.named_modules():
         if hasattr(module, "to_linear"):
             linear = module.to_linear()
-            weights[f"{name}.weight"], weights[f"{name}.bias"] = linear.weight.detach(), linear.bias.detach()
+            weights[f"{name}.weight"], weights[f"{name}.bias"] = linear.weight.detach().clone(), linear.bias.detach().clone()
     for name, p in learner_model.base_model.named_parameters():
         if not name.endswith(("learner_weight", "learner_bias")):
             weights.setdefault(name, p.detach().clone())
@@ -343,10 +342,6 @@ def test_prime_with_trainer_refuses_a_trainer_that_has_trained(tmp_path):
         prime_with_trainer(trainer, LearnerConfig(ratio=0.25))
 
 
-@pytest.mark.xfail(strict=True, reason="learner layers write their slices into the merged weight only when the slices' "
-                   "version counter changes, and a fused AdamW step (torch.optim.AdamW(fused=True): Trainer's default "
-                   "optim in transformers 5, and the harness's optimizer on CUDA) does not bump it, so the forward pass "
-                   "and merging keep the old slices. layer.py's owner fixes it; then drop this marker.")
 def test_a_fused_adamw_step_reaches_the_learner_layers_forward():
     learner_model = get_learner_model(tiny_model("bert"), LearnerConfig(ratio=0.25, selection="random"))
     optimizer = torch.optim.AdamW([p for p in learner_model.parameters() if p.requires_grad], lr=1e-2, fused=True)
@@ -354,3 +349,20 @@ def test_a_fused_adamw_step_reaches_the_learner_layers_forward():
     optimizer.step()
     up = learner_model.ffn_blocks[0].up
     assert torch.equal(up.merged_weight()[up.indices], up.learner_weight.detach())
+
+
+@pytest.mark.parametrize("options", [{}, {"train_ffn_output_bias": True, "train_layer_norm": True}])
+def test_unload_after_priming_gives_back_the_pre_trained_encoder(options):
+    """The learners sit on the pre-trained model, not on the primed one: unload() returns every encoder weight
+    as it was before priming (the head keeps its primed values: it is not part of the pre-trained model)."""
+    model = four_layer_bert()
+    base = {n: p.detach().clone() for n, p in model.named_parameters()}
+    primer = Primer(model, LearnerConfig(num_neurons=5, **options))
+    train_steps(model)
+    learner_model = primer.reconfigure()
+    train_steps(learner_model, steps=2)
+    head = set(head_parameter_names(model))
+    unloaded = dict(learner_model.unload().named_parameters())
+    assert set(unloaded) == set(base)
+    for name, value in unloaded.items():
+        assert torch.equal(value, base[name]) != (name in head), name

@@ -94,11 +94,15 @@ class Primer:
         with torch.no_grad():
             primed = [_trained_slices(b, idx, config) for b, idx in zip(blocks, indices)]
             restore_parameters(model, self.pretrained)
-            if not config.reset_after_priming:
-                for block, idx, slices in zip(blocks, indices, primed):
-                    _restore_slices(block, idx, slices)
+        # Wrap the pre-trained model first, so the learners sit on the base model (unload() gives it back),
+        # then warm-start the learner slices with their primed values.
+        learner_model = LearnerModel(model, config, indices)
+        if not config.reset_after_priming:
+            with torch.no_grad():
+                for block, slices in zip(learner_model.ffn_blocks, primed):
+                    _warm_start(block, slices)
         self.pretrained, self.config = None, config
-        return LearnerModel(model, config, indices)
+        return learner_model
 
 
 def priming_steps(config: LearnerConfig, steps_per_epoch: int) -> int:
@@ -156,10 +160,11 @@ def _trained_slices(block: FFNBlock, idx: torch.Tensor, config: LearnerConfig) -
     return slices
 
 
-def _restore_slices(block: FFNBlock, idx: torch.Tensor, slices: dict) -> None:
-    block.up.weight[idx] = slices["w1"]
-    block.up.bias[idx] = slices["b1"]
-    block.down.weight[:, idx] = slices["w2"]
+def _warm_start(block: FFNBlock, slices: dict) -> None:
+    """Write the primed values (from `_trained_slices`) into a learner block's trainable tensors."""
+    block.up.learner_weight.copy_(slices["w1"])
+    block.up.learner_bias.copy_(slices["b1"])
+    block.down.learner_weight.copy_(slices["w2"])
     if "b2" in slices:
         block.down.bias.copy_(slices["b2"])
     if "ln" in slices:
