@@ -228,7 +228,7 @@ def _prime_on_rank(rank: int, port: int, out: str) -> None:
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 def test_every_data_parallel_rank_selects_rank_0s_neurons(tmp_path):
     torch.multiprocessing.start_processes(_prime_on_rank, args=(_free_port(), str(tmp_path)), nprocs=2,
-                                          start_method="fork")
+                                          start_method="spawn")  # fork after OpenMP threads can hang
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     assert rank0["layers"] == rank1["layers"]
     assert [i.tolist() for i in rank0["indices"]] == [i.tolist() for i in rank1["indices"]]
