@@ -41,7 +41,7 @@ class Primer:
                              "LearnerConfig(selection='priming'), or get_learner_model(model, config) for magnitude/random")
         if isinstance(model, LearnerModel):
             raise UsageError("this model already has learners; prime the plain transformers model")
-        _check_fits(model, config)
+        check_fits(model, config)
         self.model = model
         self.head_names = set(head_parameter_names(model))
         self.probe_signal: list[float] | None = None  # per-block sum of the gradient probe's scores
@@ -111,7 +111,7 @@ def priming_steps(config: LearnerConfig, steps_per_epoch: int) -> int:
     return config.priming_steps or max(1, round(config.priming_fraction * steps_per_epoch))
 
 
-def _check_fits(model: nn.Module, config: LearnerConfig) -> None:
+def check_fits(model: nn.Module, config: LearnerConfig) -> None:
     """Fail before priming if the learner blocks or sizes do not fit `model`."""
     blocks = find_ffn_blocks(model, config)
     if isinstance(config.num_neurons, list):

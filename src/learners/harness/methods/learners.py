@@ -12,11 +12,10 @@ from pathlib import Path
 from torch import nn
 
 from .. import distributed
-from ...errors import UsageError
 from ...learner import LearnerConfig, LearnerModel, get_learner_model
 from ...learner.ffn import find_ffn_blocks
 from ...learner import priming
-from ...learner.priming import Primer, priming_parameter_names  # noqa: F401 (priming_parameter_names: tests)
+from ...learner.priming import Primer, check_fits, priming_parameter_names  # noqa: F401 (priming_parameter_names: tests)
 from ...learner.selection import gradient_scores, rank0_scores, select
 from .base import Method
 
@@ -45,18 +44,8 @@ class LearnersMethod(Method):
         self.probe_signal = None  # per-block sum of the gradient probe's scores (auto layers, learner-layers scope)
 
     def check(self, model: nn.Module) -> None:
-        """Fail before training if the learner layers or sizes do not fit `model`."""
-        config = self.config
-        blocks = find_ffn_blocks(model, config)
-        if isinstance(config.num_neurons, list):
-            if config.layers == "auto":
-                raise UsageError("--learner-layers auto chooses how many blocks get learners, so --num-neurons must be "
-                                 "one count, not a list")
-            if len(config.num_neurons) != len(blocks):
-                raise UsageError(f"--num-neurons gives {len(config.num_neurons)} counts but {len(blocks)} FFN blocks get "
-                                 "learners; give one count, or one per learner block")
-        for i, block in enumerate(blocks):
-            config.neurons_for(i, block.width)
+        """Fail before training if the learner layers or sizes do not fit `model` (the library's check)."""
+        check_fits(model, self.config)
 
     def prepare(self, model: nn.Module, batches) -> nn.Module:
         super().prepare(model, batches)
