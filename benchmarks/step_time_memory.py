@@ -110,13 +110,18 @@ def worker(args) -> dict:
     method = build_method("full" if forward_only else args.worker, method_options(args))
     vocab_size = model.config.vocab_size
     gen = torch.Generator().manual_seed(0)
+    seen, times = [], []  # --repeat-batches: the timed steps reuse the warm-up batches (a later epoch, for the cache)
 
     def batch():
+        if args.repeat_batches and len(seen) >= max(args.warmup, 1):
+            return seen[len(times) % len(seen)]
         ids = torch.randint(1000, vocab_size, (args.batch_size, args.length), generator=gen)
-        return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
-                "labels": torch.randint(0, 2, (args.batch_size,), generator=gen).to(device)}
+        seen.append({"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
+                     "labels": torch.randint(0, 2, (args.batch_size,), generator=gen).to(device)})
+        return seen[-1]
 
     model = method.prepare(model, iter([batch() for _ in range(2)]))
+    seen.clear()
     layers = learner_layers(model)
     cfg = TrainConfig(learning_rate=method.default_learning_rate)
     total = args.warmup + args.steps
@@ -130,7 +135,6 @@ def worker(args) -> dict:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     loaded_rss = rss_mb()
-    times = []
     for i in range(total):
         b = batch()
         t0 = time.perf_counter()
@@ -151,11 +155,14 @@ def worker(args) -> dict:
         else:
             accelerator.backward(eager(**batch()).loss)
     optimizer.zero_grad(set_to_none=True)
-    counts = method.parameter_counts(accelerator.unwrap_model(eager))
+    unwrapped = accelerator.unwrap_model(eager)
+    counts = method.parameter_counts(unwrapped)
+    cache = getattr(unwrapped, "frozen_prefix_cache", None)
     if forward_only:
         counts = {**counts, "trainable": 0}
     return {"method": args.label or args.worker, "step_ms": 1000 * statistics.median(times), "peak_mb": peak_mb,
             "gflops": flops.get_total_flops() / 1e9, "learner_layers": layers,
+            "prefix_cache": None if cache is None else {"hits": cache.hits, "misses": cache.misses},
             "loaded_rss_mb": loaded_rss, "trainable": counts["trainable"], "total": counts["total"],
             "device": str(device), "device_name": device_name(device), "torch": torch.__version__,
             "precision": args.precision, "compiled": bool(args.compile), "threads": torch.get_num_threads()}
@@ -174,13 +181,14 @@ def add_worker_arguments(p: argparse.ArgumentParser) -> None:
     """The worker's own flags (hidden): shared by this script's main and run_worker."""
     for flag, kw in [("--worker", {}), ("--length", {"type": int}), ("--arch", {"choices": list(ARCHS)}),
                      ("--precision", {"choices": ["no", "bf16", "fp16"], "default": "no"}),
-                     ("--compile", {"action": "store_true"}), ("--options", {}), ("--label", {})]:
+                     ("--compile", {"action": "store_true"}), ("--repeat-batches", {"action": "store_true"}),
+                     ("--options", {}), ("--label", {})]:
         p.add_argument(flag, help=argparse.SUPPRESS, **kw)
 
 
 def run_worker(method: str, batch_size: int, length: int, steps: int, warmup: int, model: str | None = None,
                arch: str | None = None, precision: str = "no", compile: bool = False, options: dict | None = None,
-               label: str | None = None, timeout: float | None = None) -> dict:
+               label: str | None = None, timeout: float | None = None, repeat_batches: bool = False) -> dict:
     """Run one worker in a fresh process (so peak memory is this method's alone) and return its row.
 
     Raises RuntimeError with the worker's last error line if it fails or times out."""
@@ -192,6 +200,8 @@ def run_worker(method: str, batch_size: int, length: int, steps: int, warmup: in
             cmd += [flag, value]
     if compile:
         cmd.append("--compile")
+    if repeat_batches:
+        cmd.append("--repeat-batches")
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -202,17 +212,21 @@ def run_worker(method: str, batch_size: int, length: int, steps: int, warmup: in
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def method_spec(spec: str) -> tuple[str, dict | None]:
+def method_spec(spec: str) -> tuple[str, dict | None, bool]:
     """"learners:top-3" -> learners in those blocks (selected by magnitude); "learners:top-3:nofd" also with
-    frozen_dropout=False; other names as they are."""
+    frozen_dropout=False, whose frozen-prefix cache then misses every step (new batches: a first epoch);
+    ":cached" times steps on batches seen before (a later epoch: every example cached); ":nocache" turns the
+    cache off. Other names as they are. Returns (method, options, repeat batches)."""
     name, *parts = spec.split(":")
     if not parts:
-        return name, None
+        return name, None, False
     layers = parts[0]
     options = {"selection": "magnitude", "layers": [int(i) for i in layers.split("+")] if "+" in layers else layers}
     if "nofd" in parts[1:]:
         options["frozen_dropout"] = False
-    return name, options
+    if "nocache" in parts[1:]:
+        options["frozen_prefix_cache_mb"] = 0
+    return name, options, "cached" in parts[1:]
 
 
 def main():
@@ -220,7 +234,9 @@ def main():
     p.add_argument("--methods", default="full,learners",
                    help="the first is the baseline of the ratios; forward times the forward pass alone (the floor of "
                         "every method that runs it); learners:LAYERS times learners in those blocks "
-                        "(all, top-N, or blocks joined by +, e.g. 3+4+5; learners:top-3:nofd with --no-frozen-dropout), e.g. full,bitfit,learners:all,learners:top-3")
+                        "(all, top-N, or blocks joined by +, e.g. 3+4+5; learners:top-3:nofd with --no-frozen-dropout, whose "
+                        "frozen-prefix cache misses on new batches; :nofd:cached times a later epoch, every example "
+                        "cached; :nocache turns the cache off), e.g. full,bitfit,learners:all,learners:top-3")
     p.add_argument("--model")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lengths", default="128", help="sequence lengths, one table block each, e.g. 128,64")
@@ -236,7 +252,7 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for length in [int(x) for x in args.lengths.split(",")]:
         rows = [run_worker(method_spec(spec)[0], args.batch_size, length, args.steps, args.warmup, model=args.model,
-                           options=method_spec(spec)[1], label=spec)
+                           options=method_spec(spec)[1], label=spec, repeat_batches=method_spec(spec)[2])
                 for spec in args.methods.split(",")]
         base = rows[0]
         base_extra = base["peak_mb"] - base["loaded_rss_mb"]

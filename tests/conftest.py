@@ -10,16 +10,16 @@ GLUE_DIR = Path(__file__).resolve().parents[2] / "shared" / "glue"
 VOCAB = 120
 
 
-def tiny_config(family: str, vocab_size: int = VOCAB, num_labels: int = 2):
+def tiny_config(family: str, vocab_size: int = VOCAB, num_labels: int = 2, layers: int = 2):
     common = dict(vocab_size=vocab_size, num_labels=num_labels)
     if family == "bert":
-        return BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        return BertConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=64,
                           max_position_embeddings=64, **common)
     if family == "roberta":
-        return RobertaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        return RobertaConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=64,
                              max_position_embeddings=72, pad_token_id=1, **common)
     if family == "distilbert":
-        return DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=64, max_position_embeddings=64, **common)
+        return DistilBertConfig(dim=32, n_layers=layers, n_heads=2, hidden_dim=64, max_position_embeddings=64, **common)
     raise ValueError(family)
 
 

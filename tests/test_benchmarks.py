@@ -11,13 +11,13 @@ import step_time_memory  # noqa: E402
 
 
 def in_process_worker(method, batch_size, length, steps, warmup, arch=None, precision="no", compile=False,
-                      options=None, label=None, timeout=None, model=None):
+                      options=None, label=None, timeout=None, model=None, repeat_batches=False):
     """run_worker without the fresh process (seconds saved per method; peak memory is then not per method)."""
     if label == "lora":
         raise RuntimeError("boom")
     args = argparse.Namespace(worker=method, batch_size=batch_size, length=length, steps=steps, warmup=warmup,
                               arch=arch, precision=precision, compile=compile, options=json.dumps(options),
-                              label=label, model=model)
+                              label=label, model=model, repeat_batches=repeat_batches)
     return step_time_memory.worker(args)
 
 
@@ -32,6 +32,17 @@ def test_gpu_step_time_prints_a_row_per_method(monkeypatch, capsys, tmp_path):
     assert rows["full"].count("1.00x") == 3
     assert rows["learners-all"].split("|")[2].strip() == "2/2"  # learners in both blocks of the tiny model
     assert "torch" in out and (tmp_path / "steps.md").exists() and (tmp_path / "steps.json").exists()
+
+
+def test_step_time_times_a_later_epoch_from_the_frozen_prefix_cache():
+    """learners:top-1:nofd:cached: the warm-up steps fill the cache, every timed step (and the FLOP count's) hits."""
+    name, options, repeat = step_time_memory.method_spec("learners:top-1:nofd:cached")
+    row = in_process_worker(name, 2, 8, steps=3, warmup=2, arch="tiny", options=options, repeat_batches=repeat)
+    assert row["learner_layers"] == "1/2" and row["prefix_cache"] == {"hits": 4 * 2, "misses": 2 * 2}
+    name, options, repeat = step_time_memory.method_spec("learners:top-1:nofd")
+    row = in_process_worker(name, 2, 8, steps=3, warmup=2, arch="tiny", options=options, repeat_batches=repeat)
+    assert row["prefix_cache"] == {"hits": 0, "misses": 6 * 2}  # new batches every step: a first epoch
+    assert step_time_memory.method_spec("learners:top-1:nofd:nocache")[1]["frozen_prefix_cache_mb"] == 0
 
 
 def test_frontier_keeps_the_points_no_other_beats_on_speed_and_quality(tmp_path, monkeypatch, capsys):

@@ -102,6 +102,7 @@ def assert_same_run(a: Path, b: Path) -> None:
     ("learners", 12, []),  # during learner training, mid-epoch
     ("learners", 4, ["--learner-layers", "auto", "--priming-scope", "learner-layers"]),  # layers probed before priming
     ("learners", 12, ["--selection", "gradient"]),
+    ("learners", 12, ["--learner-layers", "top-1", "--no-frozen-dropout"]),  # the frozen-prefix cache starts empty
     ("far", 2, []),        # right after FAR's selection
     ("far", 12, []),
     ("full", 8, []),       # at the end of an epoch
@@ -118,6 +119,15 @@ def test_killed_run_resumes_to_the_same_result(setup, tmp_path, method, step, ex
     assert checkpoint_step(out) == step and not (out / "results.json").exists()
     assert main(finetune_args(setup, out, method, "--resume", *extra)) == 0
     assert_same_run(ref, out)
+
+
+def test_the_frozen_prefix_cache_serves_the_later_epochs(setup):
+    """Learners above block 0 with frozen dropout off: block 0 runs once per distinct example, in the learner phase."""
+    results = json.loads((reference(setup, "learners", "--learner-layers", "top-1", "--no-frozen-dropout")
+                          / "results.json").read_text())
+    stats = results["frozen_prefix_cache"]
+    assert stats["examples"] == 60 and stats["misses"] == 60  # every training and dev sentence (dev: 16 of them)
+    assert stats["hits"] > 0 and stats["mb"] > 0
 
 
 def test_checkpoint_steps_and_a_plain_rerun_resumes(setup, tmp_path):

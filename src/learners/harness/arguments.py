@@ -57,6 +57,10 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-frozen-dropout", dest="frozen_dropout", action="store_false",
                    help="run the frozen blocks below the lowest learner block (and the embeddings) without dropout "
                         "while the learners train: faster on the CPU, no dropout noise below the learners")
+    g.add_argument("--frozen-prefix-cache-mb", type=float, default=None,
+                   help="memory for caching each example's output of the frozen blocks below the lowest learner "
+                        "block, so later epochs skip them (used where they run without dropout: "
+                        "--no-frozen-dropout, and evaluation; default 2048, 0 = off)")
     g.add_argument("--train-ffn-output-bias", action="store_true", help="also train each FFN's output bias b2")
     g.add_argument("--train-layer-norm", action="store_true", help="also train each block's output LayerNorm")
     g.add_argument("--ffn-modules", help="FFN linears relative to a block, e.g. intermediate.dense,output.dense")
@@ -97,6 +101,7 @@ def method_options(args: argparse.Namespace) -> dict:
         "priming_scope": args.priming_scope,
         "train_ffn_output_bias": args.train_ffn_output_bias,
         "frozen_dropout": args.frozen_dropout,
+        "frozen_prefix_cache_mb": args.frozen_prefix_cache_mb,
         "train_layer_norm": args.train_layer_norm,
         "ffn_modules": tuple(args.ffn_modules.split(",")) if args.ffn_modules else None,
         "seed": args.seed,

@@ -24,6 +24,7 @@ from torch import nn
 from ..errors import UsageError, check_finite, read_json_file, read_safetensors
 from .config import CONFIG_NAME, LearnerConfig, config_from_metadata
 from .ffn import FFNBlock, find_ffn_blocks, head_parameter_names, set_submodule
+from .prefix_cache import FrozenPrefixCache
 from .selection import magnitude_scores, select, select_at_random
 from .sets import LearnerSet, apply_labels, build_set, head_module_paths, join, read_labels, saved_labels
 
@@ -62,6 +63,8 @@ class LearnerModel(nn.Module):
         self._sets: dict[str, LearnerSet] = {}
         self._active: str | None = None
         self._loading_prefix: str | None = None
+        self._prefix_cache: FrozenPrefixCache | None = None
+        self._prefix_cache_mb: float | None = None  # kept across set switches while the cache is on
         self.register_load_state_dict_post_hook(_forget_frozen_keys)
         learner_set = build_set(model, name, config, indices, head_module_paths(self.head_names))
         model.requires_grad_(False)
@@ -106,11 +109,41 @@ class LearnerModel(nn.Module):
 
     def frozen_below_learners(self) -> list[nn.Module]:
         """The embeddings and the transformer blocks below the lowest block that holds a learner."""
+        embeddings, blocks = self._frozen_prefix()
+        return ([embeddings] if embeddings is not None else []) + blocks
+
+    def _frozen_prefix(self) -> tuple[nn.Module | None, list[nn.Module]]:
         all_blocks = find_ffn_blocks(self.base_model, replace(self.learner_config, layers="all"))
         lowest = [b.name for b in all_blocks].index(self.ffn_blocks[0].name)
         backbone = getattr(self.base_model, getattr(self.base_model, "base_model_prefix", ""), self.base_model)
-        embeddings = [backbone.embeddings] if isinstance(getattr(backbone, "embeddings", None), nn.Module) else []
-        return embeddings + [b.block for b in all_blocks[:lowest]]
+        embeddings = getattr(backbone, "embeddings", None)
+        return (embeddings if isinstance(embeddings, nn.Module) else None), [b.block for b in all_blocks[:lowest]]
+
+    def enable_frozen_prefix_cache(self, max_mb: float = 2048) -> FrozenPrefixCache:
+        """Cache each example's output of the frozen blocks below the lowest learner block (prefix_cache.py).
+        With learners in the upper blocks only, and those frozen blocks deterministic (`frozen_dropout=False`
+        in training; always in evaluation), a step on an example seen before skips them. Holds up to `max_mb`
+        of values. Stays on across `set_learners` (emptied; off while the set has a learner in the lowest block)."""
+        self.disable_frozen_prefix_cache()
+        if self._active is None:
+            raise UsageError("no learner set is active: set_learners(name) first, then enable the frozen-prefix cache")
+        embeddings, blocks = self._frozen_prefix()
+        if embeddings is None:
+            raise UsageError("the frozen-prefix cache needs the model's embeddings module (BERT, DistilBERT, RoBERTa); "
+                             "leave it off for this model")
+        self._prefix_cache = FrozenPrefixCache(self.base_model, embeddings, blocks, self.ffn_blocks[0].block,
+                                               int(max_mb * 2**20))
+        self._prefix_cache_mb = max_mb
+        return self._prefix_cache
+
+    def disable_frozen_prefix_cache(self) -> None:
+        if self._prefix_cache is not None:
+            self._prefix_cache.close()
+        self._prefix_cache, self._prefix_cache_mb = None, None
+
+    @property
+    def frozen_prefix_cache(self) -> FrozenPrefixCache | None:
+        return self._prefix_cache
 
     @property
     def learner_config(self) -> LearnerConfig | None:
@@ -380,6 +413,8 @@ class LearnerModel(nn.Module):
     def _switch(self, name: str | None) -> None:
         """Take the active set's modules out (base values back into the shared weights, the base modules and
         labels back in), then put set `name`'s in (its slices written into the shared weights)."""
+        cache_mb = self._prefix_cache_mb
+        self.disable_frozen_prefix_cache()
         if self._active is not None:
             old = self._sets[self._active]
             for layer in old.layers:
@@ -401,6 +436,11 @@ class LearnerModel(nn.Module):
         self._active = name
         if self.training:
             self.train(True)  # frozen_dropout may differ between sets
+        if cache_mb is not None:
+            if name is not None and self._frozen_prefix()[1]:
+                self.enable_frozen_prefix_cache(cache_mb)
+            else:
+                self._prefix_cache_mb = cache_mb  # no set, or one in the lowest block: nothing to cache for now
 
     # ---- merging and unloading ----------------------------------------------------
 
@@ -428,6 +468,7 @@ class LearnerModel(nn.Module):
         return self._release()
 
     def _release(self) -> nn.Module:
+        self.disable_frozen_prefix_cache()
         model = self.base_model
         for name, p in model.named_parameters():
             p.requires_grad_(self._base_requires_grad.get(name, False))

@@ -12,6 +12,7 @@ from pathlib import Path
 from torch import nn
 
 from .. import distributed
+from ...errors import UsageError
 from ...learner import LearnerConfig, LearnerModel, get_learner_model
 from ...learner.ffn import find_ffn_blocks
 from ...learner import priming
@@ -26,6 +27,10 @@ DEFAULT_RATIO = 1 / 16  # 96 of MiniLM's 1536 FFN neurons per learner block
 # but cost CoLA 0.023 MCC over 3 seeds (0.247 vs 0.270) and never reached CoLA's time-to-target, which learners
 # in every block do; shallower learners lost more. So depth stays the default; `--learner-layers` trades it.
 DEFAULT_LAYERS = "all"
+# Memory for the frozen-prefix cache (learner/prefix_cache.py), used when learners skip the lowest blocks and
+# those run without dropout (--no-frozen-dropout; and in every evaluation). CoLA's 8.5k training sentences
+# take about 0.15 GB at the default model's width; a set that does not fit is mostly computed as without it.
+DEFAULT_PREFIX_CACHE_MB = 2048
 
 
 class LearnersMethod(Method):
@@ -38,6 +43,9 @@ class LearnersMethod(Method):
         if "ratio" not in options and "num_neurons" not in options:
             options["ratio"] = DEFAULT_RATIO
         options.setdefault("layers", DEFAULT_LAYERS)
+        self.prefix_cache_mb = options.pop("frozen_prefix_cache_mb", DEFAULT_PREFIX_CACHE_MB)
+        if not self.prefix_cache_mb >= 0:
+            raise UsageError(f"--frozen-prefix-cache-mb must be 0 (off) or a positive size in MB, not {self.prefix_cache_mb}")
         self.config = LearnerConfig(**options)
         self.primer: Primer | None = None  # during priming
         self.layer_signal = None  # per-block sum of the priming scores, for results.json
@@ -61,9 +69,19 @@ class LearnersMethod(Method):
         if config.selection == "gradient":
             scores = rank0_scores(gradient_scores(model, config, islice(batches, config.gradient_batches)))
             self.config, indices = select(model, config, scores)
-            return LearnerModel(model, self.config, indices)
+            return self.with_prefix_cache(LearnerModel(model, self.config, indices))
         model = get_learner_model(model, config)
         self.config = model.learner_config
+        return self.with_prefix_cache(model)
+
+    def with_prefix_cache(self, model: LearnerModel) -> LearnerModel:
+        """The frozen-prefix cache on, when there is something below the learners to cache and room for it."""
+        if self.prefix_cache_mb > 0 and len(model.frozen_below_learners()) > 1:
+            model.enable_frozen_prefix_cache(self.prefix_cache_mb)
+            blocks = len(model.frozen_below_learners()) - 1
+            distributed.log(f"learners: frozen-prefix cache on: the {blocks} frozen block(s) below the learners run "
+                            f"once per example{'' if not self.config.frozen_dropout else ' in evaluation (frozen dropout is on in training)'}, "
+                            f"up to {self.prefix_cache_mb:g} MB")
         return model
 
     @property
@@ -79,7 +97,7 @@ class LearnersMethod(Method):
     def after_priming(self, model: nn.Module, batches) -> nn.Module:
         """Select by priming; keep the primed learner slices (and head), put every other weight back
         (see `learners.learner.priming.Primer.reconfigure`)."""
-        learner_model = self.primer.reconfigure()
+        learner_model = self.with_prefix_cache(self.primer.reconfigure())
         self.config, self.layer_signal, self.primer = learner_model.learner_config, self.primer.layer_signal, None
         distributed.log(f"learners: blocks {self.config.layers if self.config.layers is not None else 'all'} get "
                         f"learners; priming signal per block {self.layer_signal}")
@@ -101,7 +119,8 @@ class LearnersMethod(Method):
         if not facts["selected"]:
             return self.prepare(model, batches)
         Method.prepare(self, model, batches)
-        return LearnerModel(model, self.config, [tensors[f"indices.{i}"] for i in range(len(tensors))])
+        return self.with_prefix_cache(LearnerModel(model, self.config,
+                                                   [tensors[f"indices.{i}"] for i in range(len(tensors))]))
 
     def parameter_counts(self, model: nn.Module) -> dict[str, int]:
         c = model.parameter_counts()
@@ -114,7 +133,15 @@ class LearnersMethod(Method):
         return {"learners_dir": str(learners_dir), "learners_checkpoint_bytes": size,
                 "learner_layers": self.config.layer_positions(blocks),
                 "learner_neurons": [int(i.numel()) for i in model.indices], "priming_layer_signal": self.layer_signal,
-                "probe_layer_signal": self.probe_signal}
+                "probe_layer_signal": self.probe_signal, "frozen_prefix_cache": _cache_stats(model)}
 
     def plain_model(self, model: nn.Module) -> nn.Module:
         return model.merge_and_unload()
+
+
+def _cache_stats(model: LearnerModel) -> dict | None:
+    cache = model.frozen_prefix_cache
+    if cache is None:
+        return None
+    return {"examples": len(cache.entries), "mb": round(cache.bytes / 2**20, 1), "hits": cache.hits,
+            "misses": cache.misses}

@@ -1,0 +1,200 @@
+"""A cache of what the frozen blocks below the lowest learner block give each example.
+
+With learners only in the upper blocks (`layers="top-N"`, `"skip-N"`, ...), the embeddings and the blocks
+below the lowest learner block are frozen. When they are also deterministic (inference mode: evaluation,
+or training with `frozen_dropout=False`), they give an example the same output every epoch. The cache
+keeps that output per example, keyed by its tokens, so once an example was seen a step skips those
+blocks: it runs the embeddings (a lookup) and then only the learner blocks and above, forward and
+backward. This is the way past the forward-pass floor of BENCHMARKS.md 5.2: every other method must run
+the whole forward pass every step.
+
+Values are canonical: an example's frozen output is computed for it alone, without padding, whether the
+rest of its batch was cached or not. So what the learner blocks receive does not depend on the batch an
+example came in or on what the cache held: a run with the cache is deterministic given its data and
+seed (a resumed run is bit-exact), and differs from a run without it only by floating-point rounding
+(padding changes the summation order). Padded positions enter the learner blocks as zeros; the
+attention mask hides them, as it hides their values without the cache.
+
+Used when the call is `model(input_ids=..., attention_mask=..., token_type_ids=...)` with right padding,
+as tokenizers of this model family pad; any other call (inputs_embeds, position_ids, hidden states or
+attentions asked for, left padding, frozen part in training mode) runs the model as if there were no cache.
+"""
+
+import warnings
+
+import torch
+from torch import nn
+
+from ..errors import UsageError
+
+
+class FrozenPrefixCache:
+    """Installs itself on `model` (hooks, and a forward on each frozen block that can pass its input
+    through); `close()` takes it all out. Made by `LearnerModel.enable_frozen_prefix_cache`."""
+
+    def __init__(self, model: nn.Module, embeddings: nn.Module, frozen_blocks: list[nn.Module],
+                 first_learner_block: nn.Module, max_bytes: int):
+        if not frozen_blocks:
+            raise UsageError("the frozen-prefix cache needs frozen blocks below the learners, and the learners start "
+                             "in the first block: put them higher (layers='top-N' or 'skip-N') or leave the cache off")
+        self.embeddings, self.frozen_blocks, self.max_bytes = embeddings, frozen_blocks, max_bytes
+        self.entries: dict[bytes, torch.Tensor] = {}
+        self.bytes = self.hits = self.misses = 0
+        self._keys: list[bytes] | None = None  # this forward call's rows, when the cache serves it
+        self._signature = None
+        self._warned_full = False
+        self._block_forwards = [block.__dict__.get("forward") for block in frozen_blocks]
+        self._returns_tuple = self._probe_output_type(frozen_blocks[0])
+        self._handles = [
+            model.register_forward_pre_hook(self._begin, with_kwargs=True),
+            model.register_forward_hook(self._end, always_call=True),
+            first_learner_block.register_forward_pre_hook(self._substitute, with_kwargs=True),
+        ]
+        for index, block in enumerate(frozen_blocks):
+            block.forward = _PassThrough(self, index)
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        for block, forward in zip(self.frozen_blocks, self._block_forwards):
+            del block.forward
+            if forward is not None:
+                block.forward = forward
+        self.clear()
+
+    def clear(self) -> None:
+        self.entries, self.bytes = {}, 0
+
+    # ---- the forward call ----------------------------------------------------------
+
+    def _begin(self, module, args, kwargs) -> None:
+        """Decide whether this call is served by the cache: its rows' keys, or None."""
+        self._keys = None
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if (input_ids is None or input_ids.dim() != 2 or len(args) > 1 or kwargs.get("inputs_embeds") is not None
+                or kwargs.get("position_ids") is not None or kwargs.get("output_hidden_states")
+                or kwargs.get("output_attentions")
+                or any(m.training for m in [self.embeddings, *self.frozen_blocks])):
+            return
+        lengths = _right_padded_lengths(kwargs.get("attention_mask"), input_ids)
+        if lengths is None:
+            return
+        signature = self._current_signature(input_ids.device)
+        if signature != self._signature:  # frozen weights, dtype, device or autocast changed: old values are stale
+            self.clear()
+            self._signature = signature
+        token_type_ids = kwargs.get("token_type_ids")
+        ids = input_ids.detach().cpu()
+        types = token_type_ids.detach().cpu() if token_type_ids is not None else None
+        self._keys = [_row_key(ids[i, :n], None if types is None else types[i, :n]) for i, n in enumerate(lengths)]
+        self._lengths = lengths
+
+    def _end(self, module, args, kwargs_or_output, output=None) -> None:
+        self._keys = None
+
+    def _substitute(self, block, args, kwargs):
+        """At the lowest learner block: its input becomes each row's cached frozen output (computed now for
+        the rows not seen yet), padded with zeros to the batch's length."""
+        if self._keys is None:
+            return None
+        embedded = args[0] if args else kwargs["hidden_states"]  # the frozen blocks passed it through
+        rows = []
+        for i, (key, n) in enumerate(zip(self._keys, self._lengths)):
+            row = self.entries.get(key)
+            if row is None:
+                self.misses += 1
+                row = self._frozen_output(embedded[i:i + 1, :n])
+                self._store(key, row)
+            else:
+                self.hits += 1
+            rows.append(row)
+        hidden = embedded.new_zeros(embedded.shape, dtype=rows[0].dtype)
+        for i, row in enumerate(rows):
+            hidden[i, :row.shape[0]] = row
+        if args:
+            return (hidden, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden}
+
+    def _frozen_output(self, embedded_row: torch.Tensor) -> torch.Tensor:
+        """One example (1 x length x hidden, no padding) through the frozen blocks."""
+        hidden = embedded_row
+        with torch.no_grad():
+            for index in range(len(self.frozen_blocks)):
+                out = self._run_block(index, hidden, None)
+                hidden = out[0] if isinstance(out, tuple) else out
+        return hidden[0].detach()
+
+    def _run_block(self, index: int, hidden_states, *args, **kwargs):
+        original = self._block_forwards[index]
+        if original is not None:
+            return original(hidden_states, *args, **kwargs)
+        block = self.frozen_blocks[index]
+        return type(block).forward(block, hidden_states, *args, **kwargs)
+
+    def _store(self, key: bytes, row: torch.Tensor) -> None:
+        size = row.numel() * row.element_size()
+        if self.bytes + size > self.max_bytes:
+            if not self._warned_full:
+                warnings.warn(f"frozen-prefix cache full ({self.bytes / 2**20:.0f} MB): examples not in it are "
+                              "computed one by one every time; raise its size or leave it off", stacklevel=2)
+                self._warned_full = True
+            return
+        self.entries[key] = row
+        self.bytes += size
+
+    def _current_signature(self, device: torch.device) -> tuple:
+        params = [p for m in [self.embeddings, *self.frozen_blocks] for p in m.parameters()]
+        autocast = torch.is_autocast_enabled(device.type)
+        return (tuple(p._version for p in params), tuple(p.data_ptr() for p in params), params[0].dtype,
+                params[0].device, autocast, torch.get_autocast_dtype(device.type) if autocast else None)
+
+    def _probe_output_type(self, block: nn.Module) -> bool:
+        """Whether the frozen blocks return a tuple (older transformers) or the hidden states alone; the
+        pass-through must return the same. A tuple with attentions in it cannot be passed through."""
+        param = next(block.parameters())
+        word_embeddings = getattr(self.embeddings, "word_embeddings", None)
+        width = getattr(word_embeddings, "embedding_dim", None)
+        if width is None:
+            raise UsageError("the frozen-prefix cache supports models whose embeddings have `word_embeddings` "
+                             "(BERT, DistilBERT, RoBERTa, MiniLM); leave it off for this model")
+        with torch.no_grad():
+            was_training = block.training
+            block.eval()
+            out = self._run_block(0, torch.zeros(1, 1, width, dtype=param.dtype, device=param.device), None)
+            block.train(was_training)
+        if isinstance(out, tuple) and len(out) != 1:
+            raise UsageError("the frozen-prefix cache needs blocks that return their hidden states alone; "
+                             "this model's return more (attentions?): leave the cache off")
+        return isinstance(out, tuple)
+
+
+class _PassThrough:
+    """A frozen block's forward while the cache is installed: its input unchanged when the cache serves
+    the call (the lowest learner block then takes the cached values), else the block's own forward."""
+
+    def __init__(self, cache: FrozenPrefixCache, index: int):
+        self.cache, self.index = cache, index
+
+    def __call__(self, hidden_states, *args, **kwargs):
+        if self.cache._keys is None:
+            return self.cache._run_block(self.index, hidden_states, *args, **kwargs)
+        return (hidden_states,) if self.cache._returns_tuple else hidden_states
+
+
+def _right_padded_lengths(attention_mask: torch.Tensor | None, input_ids: torch.Tensor) -> list[int] | None:
+    """Each row's length when every row is real tokens then padding (None otherwise)."""
+    batch, length = input_ids.shape
+    if attention_mask is None:
+        return [length] * batch
+    mask = attention_mask.detach().cpu()
+    if mask.shape != input_ids.shape:
+        return None
+    lengths = mask.ne(0).sum(dim=1)
+    if not torch.equal(mask.ne(0), torch.arange(length)[None, :] < lengths[:, None]) or bool((lengths == 0).any()):
+        return None
+    return lengths.tolist()
+
+
+def _row_key(ids: torch.Tensor, types: torch.Tensor | None) -> bytes:
+    key = ids.numpy().tobytes()
+    return key if types is None else key + b"|" + types.numpy().tobytes()
