@@ -1,7 +1,7 @@
 """Step time and peak memory of every method on three model sizes, for a GPU (prepared to run in one go).
 
     python benchmarks/gpu_step_time.py [--sizes minilm-l6,distilbert-base,bert-base] [--batch-sizes 32,128]
-        [--methods full,bitfit,lora,learners,learners-all] [--steps 20] [--warmup 5] [--precision bf16]
+        [--methods full,bitfit,lora,learners,learners-all,learners-top3-cached] [--steps 20] [--warmup 5] [--precision bf16]
         [--compile] [--output bench-out/gpu/step_time]
 
 One markdown table per size x batch (length 128), every method side by side with ratios vs `full`. Models
@@ -14,7 +14,9 @@ and a CUDA sync after every step. Peak memory: torch.cuda.max_memory_allocated o
 (options {"layers": None}, passed to learners.harness.methods.build_method as they are). Both select by magnitude:
 priming needs a training loop, and which neurons are picked does not change the step cost. The table's
 "learner layers" column shows how many blocks got learners, so an option that means something else later
-shows up there.
+shows up there. `learners-top3-cached` puts learners in the top three blocks with frozen dropout off and
+times a later epoch: the timed steps reuse the warm-up batches, so the frozen-prefix cache holds every
+example and the blocks below the learners do not run (learners.learner.prefix_cache).
 
 --compile adds, for every method, a row "METHOD +compile" with the model wrapped in torch.compile (the
 first steps compile; the warm-up absorbs them), so one table says whether compiling helps. It is off by
@@ -32,13 +34,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_time_memory import ARCHS, run_worker  # noqa: E402 - the worker lives beside this script
 
-# Table name -> (method for build_method, its options). Learners select by magnitude (see the docstring).
+# Table name -> (method for build_method, its options, timed steps reuse the warm-up batches). Learners select
+# by magnitude (see the docstring).
 VARIANTS = {
-    "full": ("full", {}),
-    "bitfit": ("bitfit", {}),
-    "lora": ("lora", {}),
-    "learners": ("learners", {"selection": "magnitude"}),
-    "learners-all": ("learners", {"selection": "magnitude", "layers": "all"}),
+    "full": ("full", {}, False),
+    "bitfit": ("bitfit", {}, False),
+    "lora": ("lora", {}, False),
+    "learners": ("learners", {"selection": "magnitude"}, False),
+    "learners-all": ("learners", {"selection": "magnitude", "layers": "all"}, False),
+    "learners-top3-cached": ("learners", {"selection": "magnitude", "layers": "top-3", "frozen_dropout": False}, True),
 }
 LENGTH = 128
 WORKER_TIMEOUT_S = 300  # one method on one size; a hung worker must not eat the whole run
@@ -51,12 +55,12 @@ def measure_block(args, arch: str, batch_size: int) -> list[dict]:
     rows = []
     for name in args.methods:
         for compiled in ([False, True] if args.compile else [False]):
-            method, options = VARIANTS[name]
+            method, options, repeat_batches = VARIANTS[name]
             label = name + (" +compile" if compiled else "")
             try:
                 row = run_worker(method, batch_size, LENGTH, args.steps, args.warmup, arch=arch,
                                  precision=args.precision, compile=compiled, options=options, label=label,
-                                 timeout=WORKER_TIMEOUT_S)
+                                 timeout=WORKER_TIMEOUT_S, repeat_batches=repeat_batches)
             except RuntimeError as e:
                 row = {"method": label, "error": str(e)}
                 print(f"  {arch} batch {batch_size} {label}: FAILED: {e}", file=sys.stderr, flush=True)

@@ -34,7 +34,7 @@ ARCHS = {
                            "intermediate_size": 1536, "vocab_size": 30522}),
     "distilbert-base": ("distilbert", {}),
     "bert-base": ("bert", {}),
-    "tiny": ("bert", {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 256}),
+    "tiny": ("bert", {"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 256}),
 }
 
 

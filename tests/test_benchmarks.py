@@ -27,10 +27,11 @@ def test_gpu_step_time_prints_a_row_per_method(monkeypatch, capsys, tmp_path):
                                  "--precision", "no", "--output", str(tmp_path / "steps")])
     out = capsys.readouterr().out
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
-    assert set(rows) == {"method", "full", "bitfit", "lora", "learners", "learners-all"}
+    assert set(rows) == {"method", "full", "bitfit", "lora", "learners", "learners-all", "learners-top3-cached"}
     assert "failed: boom" in rows["lora"] and status == 1  # one failure keeps the others
     assert rows["full"].count("1.00x") == 3
-    assert rows["learners-all"].split("|")[2].strip() == "2/2"  # learners in both blocks of the tiny model
+    assert rows["learners-all"].split("|")[2].strip() == "4/4"  # learners in every block of the tiny model
+    assert rows["learners-top3-cached"].split("|")[2].strip() == "3/4" and "failed" not in rows["learners-top3-cached"]
     assert "torch" in out and (tmp_path / "steps.md").exists() and (tmp_path / "steps.json").exists()
 
 
@@ -38,7 +39,7 @@ def test_step_time_times_a_later_epoch_from_the_frozen_prefix_cache():
     """learners:top-1:nofd:cached: the warm-up steps fill the cache, every timed step (and the FLOP count's) hits."""
     name, options, repeat = step_time_memory.method_spec("learners:top-1:nofd:cached")
     row = in_process_worker(name, 2, 8, steps=3, warmup=2, arch="tiny", options=options, repeat_batches=repeat)
-    assert row["learner_layers"] == "1/2" and row["prefix_cache"] == {"hits": 4 * 2, "misses": 2 * 2}
+    assert row["learner_layers"] == "1/4" and row["prefix_cache"] == {"hits": 4 * 2, "misses": 2 * 2}
     name, options, repeat = step_time_memory.method_spec("learners:top-1:nofd")
     row = in_process_worker(name, 2, 8, steps=3, warmup=2, arch="tiny", options=options, repeat_batches=repeat)
     assert row["prefix_cache"] == {"hits": 0, "misses": 6 * 2}  # new batches every step: a first epoch
