@@ -4,9 +4,8 @@ import socket
 
 import pytest
 import torch
-from transformers import AutoModelForSequenceClassification
 
-from conftest import tiny_batch, tiny_config, tiny_model
+from conftest import tiny_batch, tiny_model
 from learners import LearnerConfig, LearnerModel, Primer, get_learner_model
 from learners.errors import UsageError
 from learners.harness.methods import build_method
@@ -14,21 +13,6 @@ from learners.learner.ffn import find_ffn_blocks, head_parameter_names
 from learners.learner.selection import choose_layers, gradient_scores, top_k
 
 BATCHES = [tiny_batch(seed=s) for s in range(6)]
-
-
-def four_layer_bert(seed: int = 0, dropout: bool = True) -> torch.nn.Module:
-    """A tiny BERT with four blocks (so auto layers have a choice), dropout on, non-zero biases."""
-    torch.manual_seed(seed)
-    config = tiny_config("bert")
-    config.num_hidden_layers = 4
-    if not dropout:
-        config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
-    model = AutoModelForSequenceClassification.from_config(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(0, 0.02)
-    return model
 
 
 def train_steps(model, steps: int = 4, batches: list[dict] = BATCHES, seed: int = 1) -> None:
@@ -58,11 +42,11 @@ CASES = {
 def test_primer_with_a_plain_loop_gives_exactly_what_the_cli_method_gives(case):
     options = CASES[case]
     method = build_method("learners", dict(options))
-    cli_model = method.prepare(four_layer_bert(), iter(BATCHES))
+    cli_model = method.prepare(tiny_model("bert", dropout=True, layers=4), iter(BATCHES))
     train_steps(cli_model)
     cli = method.after_priming(cli_model, iter(BATCHES))
 
-    primer = Primer(four_layer_bert(), LearnerConfig(**options), batches=iter(BATCHES))
+    primer = Primer(tiny_model("bert", dropout=True, layers=4), LearnerConfig(**options), batches=iter(BATCHES))
     train_steps(primer.model)
     ours = primer.reconfigure()
 
@@ -90,7 +74,7 @@ def movement(base, primed, block_name: str) -> torch.Tensor:
 @pytest.mark.parametrize("scope", ["all", "ffn", "learner-layers"])
 @pytest.mark.parametrize("reset", [False, True])
 def test_reconfigured_model_is_base_plus_the_most_moved_neurons_plus_the_primed_head(scope, reset):
-    model = four_layer_bert()
+    model = tiny_model("bert", dropout=True, layers=4)
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
     config = LearnerConfig(num_neurons=5, layers="top-3", priming_scope=scope, reset_after_priming=reset)
     primer = Primer(model, config)
@@ -127,7 +111,7 @@ def test_reconfigured_model_is_base_plus_the_most_moved_neurons_plus_the_primed_
 
 
 def test_auto_layers_with_whole_model_priming_are_chosen_by_the_movement():
-    model = four_layer_bert()
+    model = tiny_model("bert", dropout=True, layers=4)
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
     primer = Primer(model, LearnerConfig(num_neurons=4, layers="auto", layer_coverage=0.6))
     assert primer.probe_signal is None  # the whole model primes: no probe needed
@@ -142,10 +126,10 @@ def test_auto_layers_with_whole_model_priming_are_chosen_by_the_movement():
 
 def test_auto_layers_with_learner_layer_priming_are_probed_before_priming():
     config = LearnerConfig(num_neurons=4, layers="auto", priming_scope="learner-layers", gradient_batches=2)
-    model = four_layer_bert()
+    model = tiny_model("bert", dropout=True, layers=4)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     primer = Primer(model, config, batches=iter(BATCHES))
-    probe = gradient_scores(four_layer_bert(), LearnerConfig(num_neurons=4), BATCHES[:2])
+    probe = gradient_scores(tiny_model("bert", dropout=True, layers=4), LearnerConfig(num_neurons=4), BATCHES[:2])
     assert primer.config.layers == choose_layers(probe, [4] * 4, 0.5)
     assert primer.probe_signal == [round(float(s.sum()), 6) for s in probe]
     assert all(torch.equal(p, before[n]) and p.grad is None for n, p in model.named_parameters())  # the probe updated nothing
@@ -216,7 +200,7 @@ def _prime_on_rank(rank: int, port: int, out: str) -> None:
     """Each rank primes on its own batches (no DDP, so their weights differ) and saves what it selected."""
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
-        model = four_layer_bert()
+        model = tiny_model("bert", dropout=True, layers=4)
         primer = Primer(model, LearnerConfig(num_neurons=4, layers="auto", layer_coverage=0.6))
         train_steps(model, batches=rank_batches(rank))
         lm = primer.reconfigure()
@@ -233,14 +217,14 @@ def test_every_data_parallel_rank_selects_rank_0s_neurons(tmp_path):
     assert rank0["layers"] == rank1["layers"]
     assert [i.tolist() for i in rank0["indices"]] == [i.tolist() for i in rank1["indices"]]
     # and rank 0's choice is its own: the same as priming on its batches alone
-    alone = four_layer_bert()
+    alone = tiny_model("bert", dropout=True, layers=4)
     primer = Primer(alone, LearnerConfig(num_neurons=4, layers="auto", layer_coverage=0.6))
     train_steps(alone, batches=rank_batches(0))
     lm = primer.reconfigure()
     assert lm.learner_config.layers == rank0["layers"]
     assert [i.tolist() for i in lm.indices] == [i.tolist() for i in rank0["indices"]]
     # without the broadcast rank 1 would have chosen otherwise
-    other = four_layer_bert()
+    other = tiny_model("bert", dropout=True, layers=4)
     primer = Primer(other, LearnerConfig(num_neurons=4, layers="auto", layer_coverage=0.6))
     train_steps(other, batches=rank_batches(1))
     assert [i.tolist() for i in primer.reconfigure().indices] != [i.tolist() for i in rank0["indices"]]
@@ -325,7 +309,7 @@ def test_prime_with_trainer_then_a_learner_trainer(tmp_path):
 def test_prime_with_trainer_probes_layers_from_the_trainers_data(tmp_path):
     from learners.learner.trainer import prime_with_trainer
 
-    model = four_layer_bert()
+    model = tiny_model("bert", dropout=True, layers=4)
     trainer = trainer_for(model, tmp_path, 1e-2, max_steps=3)
     config = LearnerConfig(num_neurons=4, layers="auto", priming_scope="learner-layers", gradient_batches=2)
     learner_model = prime_with_trainer(trainer, config)
@@ -355,7 +339,7 @@ def test_a_fused_adamw_step_reaches_the_learner_layers_forward():
 def test_unload_after_priming_gives_back_the_pre_trained_encoder(options):
     """The learners sit on the pre-trained model, not on the primed one: unload() returns every encoder weight
     as it was before priming (the head keeps its primed values: it is not part of the pre-trained model)."""
-    model = four_layer_bert()
+    model = tiny_model("bert", dropout=True, layers=4)
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
     primer = Primer(model, LearnerConfig(num_neurons=5, **options))
     train_steps(model)
