@@ -6,7 +6,8 @@
         "learners top-3=docs/benchmarks/cpu2/top3:learners" ...
 
 Each point is LABEL=BENCH_DIR:METHOD: the finished runs of METHOD under BENCH_DIR/runs/TASK/METHOD/seed*/
-(the layout `learners bench` writes), or the rows of BENCH_DIR/bench.csv where no runs are kept. Quality is the mean over seeds of the best dev metric per task, then
+(the layout `learners bench` writes), or the rows of BENCH_DIR/bench.csv where no runs are kept; several
+sources joined by + pool their seeds (a task and seed found twice counts once, from the first source). Quality is the mean over seeds of the best dev metric per task, then
 the mean over the tasks that every point has (so points are compared on the same tasks). Speed is the
 step-time ratio to full fine-tuning measured side by side by benchmarks/step_time_memory.py at a fixed
 shape (JSON {LABEL: ratio}); run-to-run step times inside fine-tunings vary with sequence length and
@@ -25,17 +26,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from learners.harness.report import load_runs  # noqa: E402
 
 
-def task_means(bench_dir: str, method: str) -> dict[str, tuple[float, int]]:
-    """{task: (mean best metric over seeds, number of seeds)} of `method`'s finished runs in `bench_dir`."""
+def task_values(bench_dir: str, method: str) -> dict[str, dict[int, float]]:
+    """{task: {seed: best metric}} of `method`'s finished runs in `bench_dir`."""
     results, _ = load_runs(Path(bench_dir))
     if not results and (Path(bench_dir) / "bench.csv").is_file():  # an older bench kept only its CSV
         with open(Path(bench_dir) / "bench.csv") as f:
-            results = [{**row, "best_metric": float(row["best_metric"])} for row in csv.DictReader(f)]
-    by_task: dict[str, list[float]] = {}
+            results = [{**row, "best_metric": float(row["best_metric"]), "seed": int(row["seed"])}
+                       for row in csv.DictReader(f)]
+    by_task: dict[str, dict[int, float]] = {}
     for r in results:
         if r["method"] == method:
-            by_task.setdefault(r["task"], []).append(r["best_metric"])
-    return {task: (statistics.mean(v), len(v)) for task, v in by_task.items()}
+            by_task.setdefault(r["task"], {})[int(r["seed"])] = r["best_metric"]
+    return by_task
+
+
+def task_means(sources: str) -> dict[str, tuple[float, int]]:
+    """{task: (mean best metric over seeds, number of seeds)} over the sources "DIR:METHOD+DIR:METHOD...";
+    a (task, seed) found in several sources counts once, from the first."""
+    merged: dict[str, dict[int, float]] = {}
+    for source in sources.split("+"):
+        bench_dir, _, method = source.rpartition(":")
+        for task, seeds in task_values(bench_dir, method).items():
+            for seed, value in seeds.items():
+                merged.setdefault(task, {}).setdefault(seed, value)
+    return {task: (statistics.mean(v.values()), len(v)) for task, v in merged.items()}
 
 
 def on_frontier(points: list[dict]) -> set[str]:
@@ -51,7 +65,7 @@ def on_frontier(points: list[dict]) -> set[str]:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("points", nargs="+", help="LABEL=BENCH_DIR:METHOD")
+    p.add_argument("points", nargs="+", help="LABEL=BENCH_DIR:METHOD, or several joined by + (their seeds pooled)")
     p.add_argument("--step-ratios", required=True, help="JSON {LABEL: step time / full's step time}")
     p.add_argument("--output", required=True, help="path prefix of the .md and .png written")
     args = p.parse_args()
@@ -59,10 +73,9 @@ def main():
     points = []
     for spec in args.points:
         label, _, where = spec.partition("=")
-        bench_dir, _, method = where.rpartition(":")
         if label not in ratios:
             sys.exit(f"no step ratio for {label!r} in {args.step_ratios}")
-        points.append({"label": label, "ratio": ratios[label], "tasks": task_means(bench_dir, method)})
+        points.append({"label": label, "ratio": ratios[label], "tasks": task_means(where)})
     common = sorted(set.intersection(*(set(pt["tasks"]) for pt in points)))
     if not common:
         sys.exit("the points share no task with finished runs")

@@ -56,17 +56,18 @@ def test_frontier_keeps_the_points_no_other_beats_on_speed_and_quality(tmp_path,
     def write(bench, method, task, seed, best):
         run = bench / "runs" / task / method / f"seed{seed}"
         run.mkdir(parents=True)
-        (run / "results.json").write_text(json.dumps({"task": task, "method": method, "best_metric": best}))
+        (run / "results.json").write_text(json.dumps({"task": task, "method": method, "seed": seed, "best_metric": best}))
 
     write(tmp_path / "b1", "full", "cola", 0, 0.30), write(tmp_path / "b1", "full", "cola", 1, 0.20)
     write(tmp_path / "b1", "full", "rte", 0, 0.60)
     write(tmp_path / "b2", "learners", "cola", 0, 0.24)  # no rte: the mean is over cola only
+    write(tmp_path / "b3", "full", "cola", 1, 0.99), write(tmp_path / "b3", "full", "cola", 2, 0.40)  # seed 1: b1's
     (tmp_path / "ratios.json").write_text(json.dumps({"full": 1.0, "learners top-3": 0.45}))
     monkeypatch.setattr(sys, "argv", ["frontier.py", "--step-ratios", str(tmp_path / "ratios.json"), "--output",
-                                      str(tmp_path / "f"), f"full={tmp_path / 'b1'}:full",
+                                      str(tmp_path / "f"), f"full={tmp_path / 'b1'}:full+{tmp_path / 'b3'}:full",
                                       f"learners top-3={tmp_path / 'b2'}:learners"])
     frontier.main()
     table = (tmp_path / "f.md").read_text()
-    assert "| full | 1.00x | 0.250 | 0.250 | 2 | yes |" in table
+    assert "| full | 1.00x | 0.300 | 0.300 | 3 | yes |" in table  # seeds 0, 1 of b1 and 2 of b3 pooled
     assert "| learners top-3 | 0.45x | 0.240 | 0.240 | 1 | yes |" in table
     assert (tmp_path / "f.png").stat().st_size > 0
