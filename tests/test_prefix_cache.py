@@ -111,14 +111,18 @@ def test_calls_the_cache_cannot_serve_run_the_model_as_without_it():
     assert len(cache.entries) == 0
 
 
-def test_a_full_cache_stores_no_more_and_stays_correct():
+def test_a_full_cache_stores_no_more_runs_the_rest_batched_and_stays_correct():
     lm = learner_model(dropout=False)
     batch = tiny_batch()
     reference = lm(**batch).logits.detach()
     cache = lm.enable_frozen_prefix_cache(max_mb=2 * 9 * 32 * 4 / 2**20)  # room for two examples
+    calls = frozen_attention_calls(lm)
     with pytest.warns(UserWarning, match="frozen-prefix cache full"):
         logits = lm(**batch).logits.detach()
-    assert len(cache.entries) == 2
+    assert len(cache.entries) == 2 and calls[0] == 4 * 2  # the first call still went example by example
+    torch.testing.assert_close(logits, reference, atol=1e-5, rtol=1e-5)
+    logits = lm(**batch).logits.detach()
+    assert calls[0] == 4 * 2 + 2 and (cache.hits, cache.misses) == (2, 6)  # the 2 misses: once per block, batched
     torch.testing.assert_close(logits, reference, atol=1e-5, rtol=1e-5)
 
 

@@ -13,7 +13,8 @@ rest of its batch was cached or not. So what the learner blocks receive does not
 example came in or on what the cache held: a run with the cache is deterministic given its data and
 seed (a resumed run is bit-exact), and differs from a run without it only by floating-point rounding
 (padding changes the summation order). Padded positions enter the learner blocks as zeros; the
-attention mask hides them, as it hides their values without the cache.
+attention mask hides them, as it hides their values without the cache. When the cache is full, examples
+not in it run through the frozen blocks with their batch, as without the cache (and are not canonical).
 
 Used when the call is `model(input_ids=..., attention_mask=..., token_type_ids=...)` with right padding,
 as tokenizers of this model family pad; any other call (inputs_embeds, position_ids, hidden states or
@@ -42,7 +43,7 @@ class FrozenPrefixCache:
         self.bytes = self.hits = self.misses = 0
         self._keys: list[bytes] | None = None  # this forward call's rows, when the cache serves it
         self._signature = None
-        self._warned_full = False
+        self._full = False  # a value was refused for want of room: later misses run batched (see _substitute)
         self._block_forwards = [block.__dict__.get("forward") for block in frozen_blocks]
         self._returns_tuple = self._probe_output_type(frozen_blocks[0])
         self._handles = [
@@ -63,7 +64,7 @@ class FrozenPrefixCache:
         self.clear()
 
     def clear(self) -> None:
-        self.entries, self.bytes = {}, 0
+        self.entries, self.bytes, self._full = {}, 0, False
 
     # ---- the forward call ----------------------------------------------------------
 
@@ -98,13 +99,21 @@ class FrozenPrefixCache:
         if self._keys is None:
             return None
         embedded = args[0] if args else kwargs["hidden_states"]  # the frozen blocks passed it through
+        batched = None
+        if self._full and any(key not in self.entries for key in self._keys):
+            # no room to keep them: run the frozen blocks once for the batch, with its mask, not per example
+            batched = self._frozen_output_batched(embedded, args[1:], {k: v for k, v in kwargs.items()
+                                                                       if k != "hidden_states"})
         rows = []
         for i, (key, n) in enumerate(zip(self._keys, self._lengths)):
             row = self.entries.get(key)
             if row is None:
                 self.misses += 1
-                row = self._frozen_output(embedded[i:i + 1, :n])
-                self._store(key, row)
+                if batched is not None:
+                    row = batched[i, :n]
+                else:
+                    row = self._frozen_output(embedded[i:i + 1, :n])
+                    self._store(key, row)
             else:
                 self.hits += 1
             rows.append(row)
@@ -124,6 +133,16 @@ class FrozenPrefixCache:
                 hidden = out[0] if isinstance(out, tuple) else out
         return hidden[0].detach()
 
+    def _frozen_output_batched(self, embedded: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+        """The whole padded batch through the frozen blocks, with the arguments (mask, ...) the lowest learner
+        block got: every block of the encoder is called with the same ones."""
+        hidden = embedded
+        with torch.no_grad():
+            for index in range(len(self.frozen_blocks)):
+                out = self._run_block(index, hidden, *args, **kwargs)
+                hidden = out[0] if isinstance(out, tuple) else out
+        return hidden.detach()
+
     def _run_block(self, index: int, hidden_states, *args, **kwargs):
         original = self._block_forwards[index]
         if original is not None:
@@ -134,10 +153,12 @@ class FrozenPrefixCache:
     def _store(self, key: bytes, row: torch.Tensor) -> None:
         size = row.numel() * row.element_size()
         if self.bytes + size > self.max_bytes:
-            if not self._warned_full:
-                warnings.warn(f"frozen-prefix cache full ({self.bytes / 2**20:.0f} MB): examples not in it are "
-                              "computed one by one every time; raise its size or leave it off", stacklevel=2)
-                self._warned_full = True
+            if not self._full:
+                warnings.warn(f"frozen-prefix cache full ({self.bytes / 2**20:.0f} MB): examples not in it run "
+                              "through the frozen blocks with their batch every time, so their values depend on the "
+                              "padding and a resumed run is no longer bit-exact; raise its size (max_mb, "
+                              "--frozen-prefix-cache-mb) to hold the data set", stacklevel=2)
+                self._full = True
             return
         self.entries[key] = row
         self.bytes += size
