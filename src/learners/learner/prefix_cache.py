@@ -25,6 +25,7 @@ import warnings
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 
 from ..errors import UsageError
 
@@ -117,9 +118,9 @@ class FrozenPrefixCache:
             else:
                 self.hits += 1
             rows.append(row)
-        hidden = embedded.new_zeros(embedded.shape, dtype=rows[0].dtype)
-        for i, row in enumerate(rows):
-            hidden[i, :row.shape[0]] = row
+        hidden = pad_sequence(rows, batch_first=True)  # zeros after each row's tokens, one copy on any device
+        if hidden.shape[1] < embedded.shape[1]:
+            hidden = torch.nn.functional.pad(hidden, (0, 0, 0, embedded.shape[1] - hidden.shape[1]))
         if args:
             return (hidden, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": hidden}
