@@ -116,9 +116,11 @@ def worker(args) -> dict:
         if args.repeat_batches and len(seen) >= max(args.warmup, 1):
             return seen[len(times) % len(seen)]
         ids = torch.randint(1000, vocab_size, (args.batch_size, args.length), generator=gen)
-        seen.append({"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
-                     "labels": torch.randint(0, 2, (args.batch_size,), generator=gen).to(device)})
-        return seen[-1]
+        new = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
+               "labels": torch.randint(0, 2, (args.batch_size,), generator=gen).to(device)}
+        if args.repeat_batches:
+            seen.append(new)
+        return new
 
     model = method.prepare(model, iter([batch() for _ in range(2)]))
     seen.clear()

@@ -103,8 +103,8 @@ class FrozenPrefixCache:
         batched = None
         if self._full and any(key not in self.entries for key in self._keys):
             # no room to keep them: run the frozen blocks once for the batch, with its mask, not per example
-            batched = self._frozen_output_batched(embedded, args[1:], {k: v for k, v in kwargs.items()
-                                                                       if k != "hidden_states"})
+            batched = self._frozen_output(embedded, *args[1:], **{k: v for k, v in kwargs.items()
+                                                                    if k != "hidden_states"})
         rows = []
         for i, (key, n) in enumerate(zip(self._keys, self._lengths)):
             row = self.entries.get(key)
@@ -113,7 +113,7 @@ class FrozenPrefixCache:
                 if batched is not None:
                     row = batched[i, :n]
                 else:
-                    row = self._frozen_output(embedded[i:i + 1, :n])
+                    row = self._frozen_output(embedded[i:i + 1, :n], None)[0]  # alone, no padding: no mask
                     self._store(key, row)
             else:
                 self.hits += 1
@@ -125,18 +125,9 @@ class FrozenPrefixCache:
             return (hidden, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": hidden}
 
-    def _frozen_output(self, embedded_row: torch.Tensor) -> torch.Tensor:
-        """One example (1 x length x hidden, no padding) through the frozen blocks."""
-        hidden = embedded_row
-        with torch.no_grad():
-            for index in range(len(self.frozen_blocks)):
-                out = self._run_block(index, hidden, None)
-                hidden = out[0] if isinstance(out, tuple) else out
-        return hidden[0].detach()
-
-    def _frozen_output_batched(self, embedded: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
-        """The whole padded batch through the frozen blocks, with the arguments (mask, ...) the lowest learner
-        block got: every block of the encoder is called with the same ones."""
+    def _frozen_output(self, embedded: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """`embedded` (batch x length x hidden) through the frozen blocks, each called with `args` and `kwargs`
+        (the mask and the rest, as the lowest learner block got them: every block of the encoder gets the same)."""
         hidden = embedded
         with torch.no_grad():
             for index in range(len(self.frozen_blocks)):

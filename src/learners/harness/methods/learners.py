@@ -76,9 +76,9 @@ class LearnersMethod(Method):
 
     def with_prefix_cache(self, model: LearnerModel) -> LearnerModel:
         """The frozen-prefix cache on, when there is something below the learners to cache and room for it."""
-        if self.prefix_cache_mb > 0 and len(model.frozen_below_learners()) > 1:
+        blocks = len(model.frozen_below_learners()) - 1  # the embeddings, then the frozen blocks
+        if self.prefix_cache_mb > 0 and blocks > 0:
             model.enable_frozen_prefix_cache(self.prefix_cache_mb)
-            blocks = len(model.frozen_below_learners()) - 1
             distributed.log(f"learners: frozen-prefix cache on: the {blocks} frozen block(s) below the learners run "
                             f"once per example{'' if not self.config.frozen_dropout else ' in evaluation (frozen dropout is on in training)'}, "
                             f"up to {self.prefix_cache_mb:g} MB")
