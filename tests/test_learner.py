@@ -269,3 +269,21 @@ def test_every_optimizer_step_reaches_the_forward_pass_fused_ones_too(fused):
     with torch.no_grad():
         merged = lm.merge_and_unload().eval()
         torch.testing.assert_close(merged(**tiny_batch(seed=5)).logits, logits, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_torch_save_and_load_of_a_whole_learner_model(family, tmp_path):
+    """`torch.save(model)` pickles the model object; the learner subclass is made again on load."""
+    _, lm = learner_model(family)
+    batch = tiny_batch()
+    lm(**batch).loss.backward()
+    torch.optim.SGD([p for p in lm.parameters() if p.requires_grad], lr=0.1).step()
+    lm.eval()
+    torch.save(lm, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert type(loaded) is type(lm) and isinstance(loaded, LearnerModel)
+    assert torch.equal(loaded(**batch).logits, lm(**batch).logits)
+    assert [n for n, p in loaded.named_parameters() if p.requires_grad] == [
+        n for n, p in lm.named_parameters() if p.requires_grad]
+    merged, reference = loaded.merge_and_unload(), lm.merge_and_unload()
+    assert type(merged) is type(reference) and torch.equal(merged(**batch).logits, reference(**batch).logits)

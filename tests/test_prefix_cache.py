@@ -161,3 +161,16 @@ def test_a_deep_copy_has_its_own_cache():
         twin_logits, logits = twin(**batch).logits, lm(**batch).logits
     assert twin.frozen_prefix_cache is not lm.frozen_prefix_cache and twin.frozen_prefix_cache.misses == 8
     assert lm.frozen_prefix_cache.hits == 4 and not torch.allclose(twin_logits, logits)
+
+
+def test_a_saved_model_keeps_its_cache_on_but_not_its_values(tmp_path):
+    lm = learner_model().eval()
+    lm.enable_frozen_prefix_cache()
+    batch = tiny_batch(batch_size=4, length=9)
+    logits = lm(**batch).logits
+    assert lm.frozen_prefix_cache.entries
+    torch.save(lm, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    cache = loaded.frozen_prefix_cache
+    assert cache is not None and not cache.entries and cache.bytes == 0
+    assert torch.equal(loaded(**batch).logits, logits) and len(cache.entries) == 4

@@ -45,11 +45,14 @@ class LearnerModel(nn.Module):
 
     _wraps: type | None = None  # the wrapped model's class, in the subclass made for it
 
-    def __new__(cls, model: nn.Module | None = None, *args, **kwargs):
-        if model is None:  # copy.deepcopy: `cls` is already the subclass made for the model
-            return super().__new__(cls)
+    def __new__(cls, model: nn.Module, *args, **kwargs):
         base = cls.__bases__[0] if cls.__dict__.get("_wraps") is not None else cls
         return super().__new__(_learner_class(base, type(model)))
+
+    def __reduce_ex__(self, protocol):
+        """Pickling (`torch.save(model)`, multiprocessing) and copying: the subclass made for the wrapped
+        model's class cannot be found by name on load, so the load makes it again (`_learner_class`)."""
+        return _rebuild_learner_model, (type(self).__bases__[0], self._wraps), self.__dict__
 
     def __init__(self, model: nn.Module, config: LearnerConfig, indices: list[torch.Tensor], name: str = DEFAULT_NAME):
         super().__init__()
@@ -547,6 +550,11 @@ def _same_base(ours: list[float] | None, theirs) -> bool:
         return True  # nothing to compare (older files, models without input embeddings)
     scale = (sum(float(b) ** 2 for b in theirs) / len(theirs)) ** 0.5
     return all(abs(a - float(b)) <= FINGERPRINT_TOLERANCE * (abs(float(b)) + scale) for a, b in zip(ours, theirs))
+
+
+def _rebuild_learner_model(cls: type, model_class: type) -> "LearnerModel":
+    """An empty instance of the subclass of `cls` made for `model_class`; unpickling then sets its state."""
+    return nn.Module.__new__(_learner_class(cls, model_class))
 
 
 @functools.cache

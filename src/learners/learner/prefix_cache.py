@@ -64,6 +64,11 @@ class FrozenPrefixCache:
                 block.forward = forward
         self.clear()
 
+    def __getstate__(self) -> dict:
+        """A pickled or copied cache starts empty: its values are derived data, computed again on first use
+        (so `torch.save(model)` does not store them)."""
+        return {**self.__dict__, "entries": {}, "bytes": 0, "_full": False, "_keys": None}
+
     def clear(self) -> None:
         self.entries, self.bytes, self._full = {}, 0, False
 
