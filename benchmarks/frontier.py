@@ -16,40 +16,20 @@ points on the frontier (no other point is both faster and at least as good).
 """
 
 import argparse
-import csv
 import json
 import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from learners.harness.report import load_runs  # noqa: E402
-
-
-def task_values(bench_dir: str, method: str) -> dict[str, dict[int, float]]:
-    """{task: {seed: best metric}} of `method`'s finished runs in `bench_dir`."""
-    results, _ = load_runs(Path(bench_dir))
-    if not results and (Path(bench_dir) / "bench.csv").is_file():  # an older bench kept only its CSV
-        with open(Path(bench_dir) / "bench.csv") as f:
-            results = [{**row, "best_metric": float(row["best_metric"]), "seed": int(row["seed"])}
-                       for row in csv.DictReader(f)]
-    by_task: dict[str, dict[int, float]] = {}
-    for r in results:
-        if r["method"] == method:
-            by_task.setdefault(r["task"], {})[int(r["seed"])] = r["best_metric"]
-    return by_task
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from seed_table import pooled_runs  # noqa: E402
 
 
 def task_means(sources: str) -> dict[str, tuple[float, int]]:
-    """{task: (mean best metric over seeds, number of seeds)} over the sources "DIR:METHOD+DIR:METHOD...";
-    a (task, seed) found in several sources counts once, from the first."""
-    merged: dict[str, dict[int, float]] = {}
-    for source in sources.split("+"):
-        bench_dir, _, method = source.rpartition(":")
-        for task, seeds in task_values(bench_dir, method).items():
-            for seed, value in seeds.items():
-                merged.setdefault(task, {}).setdefault(seed, value)
-    return {task: (statistics.mean(v.values()), len(v)) for task, v in merged.items()}
+    """{task: (mean best metric over seeds, number of seeds)} over the sources "DIR:METHOD+DIR:METHOD..."
+    (pooled as in seed_table.py: a (task, seed) found in several sources counts once, from the first)."""
+    return {task: (statistics.mean(r["best_metric"] for r in seeds.values()), len(seeds))
+            for task, seeds in pooled_runs(sources).items()}
 
 
 def on_frontier(points: list[dict]) -> set[str]:

@@ -125,6 +125,16 @@ def test_time_to_target_is_the_first_second_the_metric_reaches_it():
     assert time_to_target([], 0.1) is None
 
 
+def test_time_to_target_counts_only_models_the_run_can_return():
+    """The primed model (full fine-tuning) and the just reconfigured one are not what a learners run returns."""
+    history = [{"step": 20, "seconds": 80.0, "metric": 0.60, "phase": "priming"},
+               {"step": 20, "seconds": 81.0, "metric": 0.58, "phase": "reconfigured"},
+               {"step": 40, "seconds": 120.0, "metric": 0.52, "phase": "train"},
+               {"step": 60, "seconds": 160.0, "metric": 0.57, "phase": "train"}]
+    assert time_to_target(history, 0.55) == 160.0
+    assert time_to_target(history, 0.59) is None
+
+
 def test_targets_default_to_95_percent_of_full_mean_best_and_never_made_up():
     results = [fake_results("mrpc", "full", 0, [(1, 0.7), (2, 0.8)]), fake_results("mrpc", "full", 1, [(1, 0.9), (2, 0.85)]),
                fake_results("mrpc", "learners", 0, [(1, 0.5)]),

@@ -71,3 +71,33 @@ def test_frontier_keeps_the_points_no_other_beats_on_speed_and_quality(tmp_path,
     assert "| full | 1.00x | 0.300 | 0.300 | 3 | yes |" in table  # seeds 0, 1 of b1 and 2 of b3 pooled
     assert "| learners top-3 | 0.45x | 0.240 | 0.240 | 1 | yes |" in table
     assert (tmp_path / "f.png").stat().st_size > 0
+
+
+def test_seed_table_pools_seeds_and_times_the_pooled_target(tmp_path, capsys):
+    import seed_table
+
+    def write(bench, method, task, seed, best, history=None):
+        run = bench / "runs" / task / method / f"seed{seed}"
+        run.mkdir(parents=True)
+        r = {"task": task, "method": method, "seed": seed, "best_metric": best}
+        (run / "results.json").write_text(json.dumps(r if history is None else {**r, "history": history}))
+
+    def evals(*points, phase="train"):
+        return [{"step": step, "seconds": seconds, "metric": metric, "phase": phase} for step, seconds, metric in points]
+
+    write(tmp_path / "old", "full", "rte", 0, 0.60, evals((10, 50.0, 0.60)))
+    write(tmp_path / "new", "full", "rte", 0, 0.99)  # seed 0 again: the first source's counts
+    write(tmp_path / "new", "full", "rte", 1, 0.40, evals((10, 40.0, 0.40)))  # mean 0.50 -> target 0.475
+    write(tmp_path / "new", "learners", "rte", 0, 0.52,
+          evals((5, 20.0, 0.58), phase="priming") + evals((10, 45.0, 0.46), (20, 90.0, 0.52)))
+    write(tmp_path / "new", "learners", "rte", 1, 0.45, evals((10, 45.0, 0.45)))
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "csv" / "bench.csv").write_text("task,method,seed,best_metric\nrte,learners,2,0.50\n")
+    seed_table.main(["--output", str(tmp_path / "t"), f"full={tmp_path / 'old'}:full+{tmp_path / 'new'}:full",
+                     f"learners={tmp_path / 'new'}:learners+{tmp_path / 'csv'}:learners"])
+    table = (tmp_path / "t.md").read_text()
+    assert "| full | 0.500 ± 0.141 (2) | 0.500 |" in table
+    assert "| learners | 0.490 ± 0.036 (3) | 0.490 |" in table
+    assert "rte 0.4750" in table
+    assert "| full | 1/2, 50 s (10 steps) |" in table
+    assert "| learners | 1/2, 90 s (20 steps) |" in table  # not the primed model's 0.58 at 20 s; seed 2 has no history

@@ -4,7 +4,8 @@ Pure functions over the results dicts `learners finetune` writes, so a report ca
 time (`learners bench --report-only`) and tested on constructed results without training.
 
 Time to target: the first wall-clock training second (history `seconds`, priming included, evaluation
-excluded) at which the dev metric (history `metric`) reaches the task's target. The default target is
+excluded) at which the dev metric (history `metric`) of a model the run can return reaches the task's
+target (so not the primed model's evaluation: see `reached_at`). The default target is
 95% of the mean over seeds of `full`'s best dev metric on that task in the same bench; `--target` sets
 absolute targets instead. No `full` runs, or a mean best <= 0 (CoLA's MCC sits at 0 for the majority
 class), means no default target: the report says so rather than invent one.
@@ -42,15 +43,25 @@ def load_runs(out: Path) -> tuple[list[dict], list[Path]]:
     return finished, incomplete
 
 
-def time_to_target(history: list[dict], target: float | None) -> float | None:
-    """The first history `seconds` whose `metric` is >= target; None if never reached (or no target)."""
+def reached_at(history: list[dict], target: float | None) -> dict | None:
+    """The run's first evaluation whose `metric` is >= target; None if never reached (or no target).
+
+    Only evaluations of a model the run can return count: the learner phase's (or the whole run's without
+    priming), from which the best is restored. The primed model (phase "priming": full fine-tuning,
+    before everything but the learners goes back) and the just reconfigured one are not returned."""
     if target is None or not math.isfinite(target):
         return None
     for entry in history:
         metric = entry.get("metric")
-        if metric is not None and math.isfinite(metric) and metric >= target:
-            return float(entry["seconds"])
+        if entry.get("phase", "train") == "train" and metric is not None and math.isfinite(metric) and metric >= target:
+            return entry
     return None
+
+
+def time_to_target(history: list[dict], target: float | None) -> float | None:
+    """The training seconds of `reached_at`'s evaluation; None if never reached (or no target)."""
+    entry = reached_at(history, target)
+    return None if entry is None else float(entry["seconds"])
 
 
 def _finite(values) -> list[float]:
