@@ -218,8 +218,11 @@ def method_spec(spec: str) -> tuple[str, dict | None, bool]:
     """"learners:top-3" -> learners in those blocks (selected by magnitude); "learners:top-3:nofd" also with
     frozen_dropout=False, whose frozen-prefix cache then misses every step (new batches: a first epoch);
     ":cached" times steps on batches seen before (a later epoch: every example cached); ":nocache" turns the
-    cache off. Other names as they are. Returns (method, options, repeat batches)."""
+    cache off. "priming:SCOPE" times a priming step (learners before selection) with that priming scope (all,
+    ffn, learner-layers; default all). Other names as they are. Returns (method, options, repeat batches)."""
     name, *parts = spec.split(":")
+    if name == "priming":
+        return "learners", {"priming_scope": parts[0] if parts else "all"}, False
     if not parts:
         return name, None, False
     layers = parts[0]
@@ -238,7 +241,8 @@ def main():
                         "every method that runs it); learners:LAYERS times learners in those blocks "
                         "(all, top-N, or blocks joined by +, e.g. 3+4+5; learners:top-3:nofd with --no-frozen-dropout, whose "
                         "frozen-prefix cache misses on new batches; :nofd:cached times a later epoch, every example "
-                        "cached; :nocache turns the cache off), e.g. full,bitfit,learners:all,learners:top-3")
+                        "cached; :nocache turns the cache off; priming:SCOPE times a priming step with that --priming-scope), "
+                        "e.g. full,bitfit,learners:all,learners:top-3,priming:ffn")
     p.add_argument("--model")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lengths", default="128", help="sequence lengths, one table block each, e.g. 128,64")

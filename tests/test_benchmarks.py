@@ -101,3 +101,13 @@ def test_seed_table_pools_seeds_and_times_the_pooled_target(tmp_path, capsys):
     assert "rte 0.4750" in table
     assert "| full | 1/2, 50 s (10 steps) |" in table
     assert "| learners | 1/2, 90 s (20 steps) |" in table  # not the primed model's 0.58 at 20 s; seed 2 has no history
+
+
+def test_step_time_times_a_priming_step_of_each_scope():
+    rows = {}
+    for spec in ("full", "priming:all", "priming:ffn"):
+        name, options, repeat = step_time_memory.method_spec(spec)
+        rows[spec] = in_process_worker(name, 2, 8, steps=1, warmup=0, arch="tiny", options=options, repeat_batches=repeat)
+    assert step_time_memory.method_spec("priming") == ("learners", {"priming_scope": "all"}, False)
+    assert rows["priming:all"]["trainable"] == rows["full"]["trainable"] == rows["full"]["total"]
+    assert 0 < rows["priming:ffn"]["trainable"] < rows["full"]["trainable"]  # the FFNs and the head only

@@ -123,6 +123,8 @@ class LearnersMethod(Method):
                                                    [tensors[f"indices.{i}"] for i in range(len(tensors))]))
 
     def parameter_counts(self, model: nn.Module) -> dict[str, int]:
+        if not isinstance(model, LearnerModel):  # during priming: what priming trains
+            return super().parameter_counts(model)
         c = model.parameter_counts()
         return {"encoder": c["learners"], "head": c["head"], "trainable": c["trainable"], "total": c["total"]}
 
