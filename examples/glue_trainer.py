@@ -7,8 +7,9 @@ transformers, datasets and scikit-learn. The defaults follow `learners finetune 
 max length 128, 3 epochs, priming the whole model for a quarter of epoch 1 at 1e-4, then learners (1/16 of
 each FFN, every block) and the head at 1e-3; AdamW, weight decay 0.01 (not on biases and LayerNorms), gradient
 clipping 1.0, linear warm-up over 6% of all steps and linear decay to 0 at the last step, one schedule over
-both phases. Writes OUT/metrics.json (the dev metric of every evaluation, the final and the best) and
-OUT/learners (the small learner checkpoint).
+both phases; the learner phase's best evaluation is kept (Trainer's load_best_model_at_end). Writes
+OUT/metrics.json (the dev metric of every evaluation, the final and the best) and OUT/learners (the
+small learner checkpoint of the best evaluation).
 """
 
 import argparse
@@ -22,7 +23,7 @@ import numpy as np
 from datasets import Dataset
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                          TrainingArguments, set_seed)
+                          TrainerCallback, TrainingArguments, set_seed)
 
 from learners import LearnerConfig
 from learners.learner.trainer import prime_with_trainer
@@ -97,7 +98,9 @@ def load_data(args, tokenizer) -> tuple[Dataset, Dataset, int]:
 
 
 def trainer(model, args, train, dev, tokenizer, output: str, learning_rate: float, max_steps: int, warmup: int,
-            eval_steps: int) -> Trainer:
+            eval_steps: int, keep_best: bool = False) -> Trainer:
+    """A Trainer with the CLI's settings; `keep_best`: checkpoint at each evaluation (a learner checkpoint is
+    a few MB) and load the best evaluation's weights at the end, as `learners finetune` does."""
     metric = TASKS[args.task][4]
 
     def compute_metrics(prediction):
@@ -110,7 +113,9 @@ def trainer(model, args, train, dev, tokenizer, output: str, learning_rate: floa
         lr_scheduler_type="linear", weight_decay=args.weight_decay, max_grad_norm=1.0,
         # The CLI's optimizer on the CPU (a plain AdamW), so that the two compare; Trainer's fused default works too.
         optim="adamw_torch", per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=128,
-        eval_strategy="steps", eval_steps=eval_steps, logging_steps=eval_steps, save_strategy="no",
+        eval_strategy="steps", eval_steps=eval_steps, logging_steps=eval_steps,
+        save_strategy="steps" if keep_best else "no", save_steps=eval_steps, save_total_limit=1,
+        load_best_model_at_end=keep_best, metric_for_best_model=metric, greater_is_better=True,
         report_to="none", seed=args.seed, disable_tqdm=True)
     return Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=dev,
                    data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics)
@@ -152,30 +157,43 @@ def main(argv=None) -> dict:
     else:
         learning_rate, rewarm = args.learning_rate, warmup - primed
     learning = trainer(learner_model, args, train, dev, tokenizer, str(out / "learners-phase"), learning_rate,
-                       rest, rewarm, eval_steps)
+                       rest, rewarm, eval_steps, keep_best=True)
+    learning.add_callback(EvaluateAtEnd())
     reconfigured = learning.evaluate()
-    learning.train()
-    final = learning.evaluate()
-    return report(args, out, learning, reconfigured, final, primed, total, time.perf_counter() - started,
+    learning.train()  # ends with the best evaluation's learners and head loaded
+    evaluations = list(learning.state.log_history)
+    kept = learning.evaluate()  # the model written: the best evaluation's
+    return report(args, out, evaluations, reconfigured, kept, primed, total, time.perf_counter() - started,
                   learner_model)
 
 
-def report(args, out: Path, learning: Trainer, reconfigured: dict, final: dict, primed: int, total: int,
+class EvaluateAtEnd(TrainerCallback):
+    """Evaluate and checkpoint after the last step too (Trainer does only every eval_steps), as `learners
+    finetune` does, so that the end of the run can be the best evaluation."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_evaluate = control.should_save = True
+        return control
+
+
+def report(args, out: Path, evaluations: list[dict], reconfigured: dict, kept: dict, primed: int, total: int,
            seconds: float, learner_model) -> dict:
     """Print and write OUT/metrics.json; save the learners."""
     key = f"eval_{TASKS[args.task][4]}"
-    # The learner phase's evaluations (global steps); its last one is `final` (evaluated again if it fell on an eval step).
+    # The learner phase's evaluations, at global steps (one per step: the callback may repeat the last one).
     history = list({primed + e["step"]: {"step": primed + e["step"], "metric": e[key]}
-                    for e in learning.state.log_history if key in e}.values())
+                    for e in evaluations if key in e}.values())
     best = max(history, key=lambda e: e["metric"])
-    results = {"task": args.task, "metric_name": TASKS[args.task][4], "metric": final[key],
-               "best_metric": best["metric"], "best_step": best["step"], "reconfigured_metric": reconfigured[key],
-               "priming_steps": primed, "steps": total, "seconds": round(seconds, 1), "history": history}
+    results = {"task": args.task, "metric_name": TASKS[args.task][4], "metric": kept[key],
+               "final_metric": history[-1]["metric"], "best_metric": best["metric"], "best_step": best["step"],
+               "reconfigured_metric": reconfigured[key], "priming_steps": primed, "steps": total,
+               "seconds": round(seconds, 1), "history": history}
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(results, indent=2))
     learner_model.save_pretrained(out / "learners")
-    print(f"{args.task} dev {results['metric_name']}: final {results['metric']:.4f}, best {best['metric']:.4f} "
-          f"(step {best['step']}/{total}), priming {primed} steps, {seconds:.0f}s")
+    print(f"{args.task} dev {results['metric_name']}: kept {results['metric']:.4f} (the best, step {best['step']}/{total}), "
+          f"final {results['final_metric']:.4f}, priming {primed} steps, {seconds:.0f}s")
     return results
 
 

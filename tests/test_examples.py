@@ -36,8 +36,9 @@ def test_glue_trainer_example_primes_trains_and_writes_its_metric(tmp_path, tiny
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads((out / "metrics.json").read_text())
     assert results["task"] == "cola" and results["metric_name"] == "matthews_correlation"
-    assert -1 <= results["metric"] <= 1 and results["best_metric"] >= results["metric"]
+    assert -1 <= results["metric"] <= 1 and results["best_metric"] >= results["final_metric"]
+    assert results["metric"] == pytest.approx(results["best_metric"], abs=1e-6)  # the best evaluation is kept
     assert results["priming_steps"] == 1 and results["steps"] == 10  # a quarter of 5 batches, of 2 epochs
-    assert results["history"][-1]["step"] == 10
+    assert results["history"][-1]["step"] == 10  # evaluated at the end, not only every eval_steps
     assert (out / "learners" / "learners_config.json").is_file()
-    assert "cola dev matthews_correlation: final" in done.stdout
+    assert "cola dev matthews_correlation: kept" in done.stdout

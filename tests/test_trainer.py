@@ -116,3 +116,16 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_the_same_training(t
     assert with_gc.base_model.is_activation_checkpointing
     for key, value in learner_state(without).items():
         torch.testing.assert_close(with_gc.state_dict()[key], value, atol=1e-6, rtol=0, msg=key)
+
+
+def test_load_best_model_at_end_restores_the_best_evaluations_learners(tmp_path):
+    """Trainer's best-checkpoint restore works on the small learner checkpoints (examples/glue_trainer.py uses it)."""
+    model = get_learner_model(tiny_model("bert"), CONFIG)
+    t = trainer(model, tmp_path / "run", steps=6, eval_strategy="steps", eval_steps=1, save_strategy="steps",
+                save_steps=1, load_best_model_at_end=True, metric_for_best_model="loss", greater_is_better=False)
+    t.train()
+    best = t.state.best_model_checkpoint
+    assert best is not None and best != str(tmp_path / "run" / "checkpoint-6")  # else the test shows nothing
+    saved = load_file(str(tmp_path / "run" / best.split("/")[-1] / "model.safetensors"))
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, saved[key]), key
