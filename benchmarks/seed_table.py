@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from learners.harness.report import DEFAULT_TARGET_FRACTION, load_runs, reached_at  # noqa: E402
+from learners.harness.report import DEFAULT_TARGET_FRACTION, load_runs, reached_at, task_targets  # noqa: E402
 
 
 def bench_runs(bench_dir: str, method: str) -> dict[str, dict[int, dict]]:
@@ -99,11 +99,10 @@ def main(argv: list[str] | None = None) -> None:
     tasks = sorted({t for runs in points.values() for t in runs})
     if not tasks:
         sys.exit("no finished runs in these sources")
-    targets = {}
-    for task in tasks:
-        reference = points.get(args.reference, {}).get(task)
-        mean = statistics.mean(r["best_metric"] for r in reference.values()) if reference else None
-        targets[task] = DEFAULT_TARGET_FRACTION * mean if mean is not None and mean > 0 else None
+    # `learners bench`'s rule (report.task_targets), with the reference point's pooled runs in `full`'s part
+    reference = [{**r, "method": "full"} for seeds in points.get(args.reference, {}).values() for r in seeds.values()]
+    found = task_targets(reference)
+    targets = {task: found.get(task, (None, ""))[0] for task in tasks}
     common = [t for t in tasks if all(t in runs for runs in points.values())]
     header = f"| point | {' | '.join(tasks)} |"
     rule = "|---|" + "---|" * len(tasks)

@@ -79,7 +79,7 @@ def test_seed_table_pools_seeds_and_times_the_pooled_target(tmp_path, capsys):
     def write(bench, method, task, seed, best, history=None):
         run = bench / "runs" / task / method / f"seed{seed}"
         run.mkdir(parents=True)
-        r = {"task": task, "method": method, "seed": seed, "best_metric": best}
+        r = {"task": task, "method": method, "seed": seed, "metric_name": "accuracy", "best_metric": best}
         (run / "results.json").write_text(json.dumps(r if history is None else {**r, "history": history}))
 
     def evals(*points, phase="train"):
@@ -92,7 +92,7 @@ def test_seed_table_pools_seeds_and_times_the_pooled_target(tmp_path, capsys):
           evals((5, 20.0, 0.58), phase="priming") + evals((10, 45.0, 0.46), (20, 90.0, 0.52)))
     write(tmp_path / "new", "learners", "rte", 1, 0.45, evals((10, 45.0, 0.45)))
     (tmp_path / "csv").mkdir()
-    (tmp_path / "csv" / "bench.csv").write_text("task,method,seed,best_metric\nrte,learners,2,0.50\n")
+    (tmp_path / "csv" / "bench.csv").write_text("task,method,seed,metric_name,best_metric\nrte,learners,2,accuracy,0.50\n")
     seed_table.main(["--output", str(tmp_path / "t"), f"full={tmp_path / 'old'}:full+{tmp_path / 'new'}:full",
                      f"learners={tmp_path / 'new'}:learners+{tmp_path / 'csv'}:learners"])
     table = (tmp_path / "t.md").read_text()
