@@ -4,10 +4,13 @@
 # A job queue worked by two processes, one thread each (2-core machine), most useful jobs first; resumable
 # (a run with a results.json is skipped). Each configuration is its own bench dir under $OUT, named as
 # BENCHMARKS.md names it. At the end every finished run's results.json (and log) is copied into
-# docs/benchmarks/cpu-layers/ (the models stay out of git), so a later session never repeats a run.
+# docs/benchmarks/cpu-layers/ (the models stay out of git). A run kept there, or kept as a bench.csv row in
+# one of $ALSO_KEPT (older runs of the baselines and the default), is not queued again, so a fresh clone
+# carries on the grid where the last session left it.
 #   bash benchmarks/run_layer_grid.sh                 seed 0
 #   SEEDS=0,1,2 bash benchmarks/run_layer_grid.sh     three seeds
 #   ONLY="all top3" TASKS="stsb cola" BASELINES="" bash benchmarks/run_layer_grid.sh
+#   DRY_RUN=1 SEEDS=0,1,2 bash benchmarks/run_layer_grid.sh   list the runs still missing, run nothing
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench-out/cpu2}
@@ -16,8 +19,10 @@ GLUE=${GLUE:-../shared/glue}
 SEEDS=${SEEDS:-0}
 TASKS=${TASKS:-stsb cola mrpc rte}
 BASELINES=${BASELINES-full lora bitfit}   # BASELINES="" runs learner configurations only
+# bench.csv files whose rows count as kept runs of the baselines and of `all` (method learners)
+ALSO_KEPT=${ALSO_KEPT-docs/benchmarks/cpu/all/bench.csv docs/benchmarks/cola-3seeds/bench.csv}
+DRY_RUN=${DRY_RUN:-}
 export OMP_NUM_THREADS=1
-mkdir -p "$OUT"
 
 # name | learners flags (see README, "Where the learners go")
 CONFIGS='all|--learner-layers all
@@ -37,18 +42,37 @@ all-gradient|--learner-layers all --selection gradient
 all-magnitude|--learner-layers all --selection magnitude
 all-ratio-1-32|--learner-layers all --ratio 0.03125'
 
-jobs() {  # one line per job: the learners bench arguments
-  for t in $TASKS; do
-    for m in $BASELINES; do echo "--tasks $t --methods $m --output-dir $OUT/baselines"; done
+kept() {  # kept NAME TASK METHOD SEED: the run's results.json is in $KEEP, or (baselines and `all`) a csv row
+  [ -f "$KEEP/$1/runs/$2/$3/seed$4/results.json" ] && return 0
+  case "$1" in baselines|all) ;; *) return 1 ;; esac
+  for csv in $ALSO_KEPT; do
+    [ -f "$csv" ] && grep -q "^$2,$3,$4," "$csv" && return 0
   done
-  echo "$CONFIGS" | while IFS='|' read -r name flags; do
-    case " ${ONLY:-$name} " in *" $name "*) ;; *) continue ;; esac
-    for t in $TASKS; do echo "--tasks $t --methods learners $flags --output-dir $OUT/$name"; done
+  return 1
+}
+
+jobs() {  # one line per run neither finished in $OUT nor kept: the learners bench arguments
+  for s in ${SEEDS//,/ }; do
+    for t in $TASKS; do
+      for m in $BASELINES; do
+        [ -f "$OUT/baselines/runs/$t/$m/seed$s/results.json" ] || kept baselines "$t" "$m" "$s" ||
+          echo "--tasks $t --methods $m --seeds $s --output-dir $OUT/baselines"
+      done
+    done
+    echo "$CONFIGS" | while IFS='|' read -r name flags; do
+      case " ${ONLY:-$name} " in *" $name "*) ;; *) continue ;; esac
+      for t in $TASKS; do
+        [ -f "$OUT/$name/runs/$t/learners/seed$s/results.json" ] || kept "$name" "$t" learners "$s" ||
+          echo "--tasks $t --methods learners $flags --seeds $s --output-dir $OUT/$name"
+      done
+    done
   done
 }
 
-jobs | xargs -P 2 -L 1 sh -c 'log=$0 glue=$1 seeds=$2; shift 2
-  python -m learners.cli bench --data-dir "$glue" --seeds "$seeds" "$@" >> "$log" 2>&1' "$OUT.queue.log" "$GLUE" "$SEEDS"
+if [ -n "$DRY_RUN" ]; then jobs; exit 0; fi
+mkdir -p "$OUT"
+jobs | xargs -P 2 -L 1 sh -c 'log=$0 glue=$1; shift 1
+  python -m learners.cli bench --data-dir "$glue" "$@" >> "$log" 2>&1' "$OUT.queue.log" "$GLUE"
 for dir in "$OUT"/*/; do
   [ -d "$dir/runs" ] || continue
   python -m learners.cli bench --report-only --output-dir "$dir"

@@ -111,3 +111,26 @@ def test_step_time_times_a_priming_step_of_each_scope():
     assert step_time_memory.method_spec("priming") == ("learners", {"priming_scope": "all"}, False)
     assert rows["priming:all"]["trainable"] == rows["full"]["trainable"] == rows["full"]["total"]
     assert 0 < rows["priming:ffn"]["trainable"] < rows["full"]["trainable"]  # the FFNs and the head only
+
+
+def test_layer_grid_queues_only_the_runs_not_kept(tmp_path):
+    """A fresh clone must not repeat a run whose results.json (or, for the default and the baselines, a
+    bench.csv row) is kept under docs/: the grid lists only what is missing."""
+    import subprocess
+
+    keep = tmp_path / "keep"
+    (keep / "all-random/runs/cola/learners/seed0").mkdir(parents=True)
+    (keep / "all-random/runs/cola/learners/seed0/results.json").write_text("{}")
+    csv = tmp_path / "bench.csv"
+    csv.write_text("task,method,seed,metric_name\ncola,full,1,mcc\ncola,learners,0,mcc\n")
+    env = {"PATH": "/usr/bin:/bin", "DRY_RUN": "1", "SEEDS": "0,1", "TASKS": "cola", "BASELINES": "full",
+           "ONLY": "all all-random", "KEEP": str(keep), "ALSO_KEPT": str(csv), "OUT": str(tmp_path / "out")}
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "run_layer_grid.sh"
+    listed = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, check=True).stdout
+    out = tmp_path / "out"
+    assert sorted(listed.splitlines()) == sorted([
+        f"--tasks cola --methods full --seeds 0 --output-dir {out}/baselines",
+        f"--tasks cola --methods learners --learner-layers all --seeds 1 --output-dir {out}/all",
+        f"--tasks cola --methods learners --learner-layers all --selection random --seeds 1 --output-dir {out}/all-random",
+    ])
+    assert not out.exists(), "a dry run writes nothing"
