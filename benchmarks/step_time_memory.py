@@ -218,8 +218,9 @@ def method_spec(spec: str) -> tuple[str, dict | None, bool]:
     """"learners:top-3" -> learners in those blocks (selected by magnitude); "learners:top-3:nofd" also with
     frozen_dropout=False, whose frozen-prefix cache then misses every step (new batches: a first epoch);
     ":cached" times steps on batches seen before (a later epoch: every example cached); ":nocache" turns the
-    cache off. "priming:SCOPE" times a priming step (learners before selection) with that priming scope (all,
-    ffn, learner-layers; default all). Other names as they are. Returns (method, options, repeat batches)."""
+    cache off; ":ratio=R" sets the learner size (default 1/16). "priming:SCOPE" times a priming step (learners
+    before selection) with that priming scope (all, ffn, learner-layers; default all). Other names as they are.
+    Returns (method, options, repeat batches)."""
     name, *parts = spec.split(":")
     if name == "priming":
         return "learners", {"priming_scope": parts[0] if parts else "all"}, False
@@ -231,6 +232,9 @@ def method_spec(spec: str) -> tuple[str, dict | None, bool]:
         options["frozen_dropout"] = False
     if "nocache" in parts[1:]:
         options["frozen_prefix_cache_mb"] = 0
+    for part in parts[1:]:
+        if part.startswith("ratio="):
+            options["ratio"] = float(part.removeprefix("ratio="))
     return name, options, "cached" in parts[1:]
 
 
@@ -241,7 +245,7 @@ def main():
                         "every method that runs it); learners:LAYERS times learners in those blocks "
                         "(all, top-N, or blocks joined by +, e.g. 3+4+5; learners:top-3:nofd with --no-frozen-dropout, whose "
                         "frozen-prefix cache misses on new batches; :nofd:cached times a later epoch, every example "
-                        "cached; :nocache turns the cache off; priming:SCOPE times a priming step with that --priming-scope), "
+                        "cached; :nocache turns the cache off; :ratio=R the learner size; priming:SCOPE times a priming step with that --priming-scope), "
                         "e.g. full,bitfit,learners:all,learners:top-3,priming:ffn")
     p.add_argument("--model")
     p.add_argument("--batch-size", type=int, default=32)

@@ -46,6 +46,18 @@ def test_step_time_times_a_later_epoch_from_the_frozen_prefix_cache():
     assert step_time_memory.method_spec("learners:top-1:nofd:nocache")[1]["frozen_prefix_cache_mb"] == 0
 
 
+def test_step_time_sets_the_learner_size():
+    """learners:all:ratio=R times learners of that size: half the ratio, half the learner neurons."""
+    rows = {}
+    for spec in ("learners:all:ratio=0.25", "learners:all:ratio=0.125"):
+        name, options, repeat = step_time_memory.method_spec(spec)
+        rows[spec] = in_process_worker(name, 2, 8, steps=1, warmup=0, arch="tiny", options=options)
+    head = rows["learners:all:ratio=0.25"]["trainable"] - 2 * (rows["learners:all:ratio=0.25"]["trainable"]
+                                                              - rows["learners:all:ratio=0.125"]["trainable"])
+    # tiny: 4 blocks, hidden 64, FFN 256: a learner neuron is a row of W1 (64), its bias and a column of W2 (64)
+    assert rows["learners:all:ratio=0.25"]["trainable"] - head == 4 * 64 * (64 + 1 + 64)
+
+
 def test_frontier_keeps_the_points_no_other_beats_on_speed_and_quality(tmp_path, monkeypatch, capsys):
     import frontier
     points = [{"label": "full", "ratio": 1.0, "quality": 0.70}, {"label": "a", "ratio": 0.5, "quality": 0.68},
