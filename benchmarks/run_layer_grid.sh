@@ -24,23 +24,24 @@ ALSO_KEPT=${ALSO_KEPT-docs/benchmarks/cpu/all/bench.csv docs/benchmarks/cola-3se
 DRY_RUN=${DRY_RUN:-}
 export OMP_NUM_THREADS=1
 
-# name | learners flags (see README, "Where the learners go")
-CONFIGS='all|--learner-layers all
-top5|--learner-layers top-5
-top4|--learner-layers top-4
-top3|--learner-layers top-3
-auto|--learner-layers auto
-top3-nofd|--learner-layers top-3 --no-frozen-dropout
-top5-nofd|--learner-layers top-5 --no-frozen-dropout
-top5-nofd-r32|--learner-layers top-5 --no-frozen-dropout --ratio 0.03125
-auto-ll|--learner-layers auto --priming-scope learner-layers
-all-ffn-priming|--learner-layers all --priming-scope ffn
-all-priming-0.1|--learner-layers all --priming-fraction 0.1
-all-reset|--learner-layers all --reset-after-priming
+# name | learners flags (see README, "Where the learners go"). The configurations that prime name --selection priming:
+# the default selection is random since BENCHMARKS.md 5.14, and every kept run of them primed.
+CONFIGS='all|--learner-layers all --selection priming
+top5|--learner-layers top-5 --selection priming
+top4|--learner-layers top-4 --selection priming
+top3|--learner-layers top-3 --selection priming
+auto|--learner-layers auto --selection priming
+top3-nofd|--learner-layers top-3 --no-frozen-dropout --selection priming
+top5-nofd|--learner-layers top-5 --no-frozen-dropout --selection priming
+top5-nofd-r32|--learner-layers top-5 --no-frozen-dropout --ratio 0.03125 --selection priming
+auto-ll|--learner-layers auto --priming-scope learner-layers --selection priming
+all-ffn-priming|--learner-layers all --priming-scope ffn --selection priming
+all-priming-0.1|--learner-layers all --priming-fraction 0.1 --selection priming
+all-reset|--learner-layers all --reset-after-priming --selection priming
 all-random|--learner-layers all --selection random
 all-gradient|--learner-layers all --selection gradient
 all-magnitude|--learner-layers all --selection magnitude
-all-ratio-1-32|--learner-layers all --ratio 0.03125'
+all-ratio-1-32|--learner-layers all --ratio 0.03125 --selection priming'
 
 kept() {  # kept NAME TASK METHOD SEED: the run's results.json is in $KEEP, or (baselines and `all`) a csv row
   [ -f "$KEEP/$1/runs/$2/$3/seed$4/results.json" ] && return 0

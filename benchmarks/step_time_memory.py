@@ -223,7 +223,7 @@ def method_spec(spec: str) -> tuple[str, dict | None, bool]:
     Returns (method, options, repeat batches)."""
     name, *parts = spec.split(":")
     if name == "priming":
-        return "learners", {"priming_scope": parts[0] if parts else "all"}, False
+        return "learners", {"selection": "priming", "priming_scope": parts[0] if parts else "all"}, False
     if not parts:
         return name, None, False
     layers = parts[0]

@@ -31,7 +31,7 @@ def trained(tmp_path_factory, tiny_model_dir):
     for method in ("learners", "adapter"):
         assert main(["finetune", "--train-file", str(d / "train.csv"), "--validation-file", str(d / "dev.csv"),
                      "--model", str(tiny_model_dir), "--method", method, "--ratio", "0.25", "--max-steps", "2",
-                     "--priming-steps", "1", "--batch-size", "12", "--output-dir", str(d / method), "--no-progress",
+                     "--selection", "priming", "--priming-steps", "1", "--batch-size", "12", "--output-dir", str(d / method), "--no-progress",
                      *(["--learner-layers", "all"] if method == "learners" else [])]) == 0
     return d
 
@@ -154,13 +154,19 @@ CASES = [
     ("ft-dev-label-unknown", lambda c: (finetune(c, dev=csv_file(c, "text,label\na,zzz\n")), c.out), r"never occurs in the training labels"),
     ("ft-unsupported-file", lambda c: (finetune(c, train=csv_file(c, "x", "data.txt")), c.out), r"unsupported file type '.txt'"),
     ("ft-ratio-too-big", lambda c: (finetune(c, "--ratio", 2), c.out), r"ratio must be in \(0, 1\]"),
+    ("ft-priming-steps-without-priming", lambda c: (finetune(c, "--priming-steps", 2, "--priming-scope", "ffn"), c.out),
+     r"--priming-steps and --priming-scope shape the priming phase, but --selection is 'random'.*add --selection priming"),
+    ("ft-reset-with-gradient", lambda c: (finetune(c, "--selection", "gradient", "--reset-after-priming"), c.out),
+     r"--reset-after-priming shapes the priming phase, but --selection is 'gradient'"),
+    ("ft-auto-layers-at-random", lambda c: (finetune(c, "--learner-layers", "auto"), c.out),
+     r"learner layers 'auto' are ranked by the selection signal \(priming, gradient or magnitude\), and selection 'random' has none"),
     ("ft-unknown-method", lambda c: (finetune(c, "--method", "magic"), c.out), r"unknown method 'magic'"),
     ("ft-num-neurons-too-big", lambda c: (finetune(c, "--num-neurons", 1000), c.out), r"k=1000 is larger than the FFN width m=64"),
     ("ft-num-neurons-per-layer-count", lambda c: (finetune(c, "--num-neurons", "4,4,4"), c.out), r"gives 3 counts but 2 FFN blocks get learners"),
     ("ft-learner-layer-missing", lambda c: (finetune(c, "--learner-layers", 7), c.out), r"learner layers \[7\] do not exist"),
     ("ft-learner-layers-top-too-many", lambda c: (finetune(c, "--learner-layers", "top-9"), c.out), r"use at most top-2"),
     ("ft-learner-layers-garbage", lambda c: (finetune(c, "--learner-layers", "bottom"), c.out), r"not 'auto', 'all', 'top-N'"),
-    ("ft-learner-layers-auto-with-list", lambda c: (finetune(c, "--learner-layers", "auto", "--num-neurons", "4,4"), c.out),
+    ("ft-learner-layers-auto-with-list", lambda c: (finetune(c, "--learner-layers", "auto", "--selection", "priming", "--num-neurons", "4,4"), c.out),
      r"must be one count, not a list"),
     ("ft-layer-coverage", lambda c: (finetune(c, "--layer-coverage", 0), c.out), r"layer_coverage must be in \(0, 1\]"),
     ("ft-bad-flag-value", lambda c: (finetune(c, "--batch-size", "abc"), c.out), r"invalid int value: 'abc'"),

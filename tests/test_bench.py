@@ -27,7 +27,7 @@ def small_glue(tmp_path, glue_dir):
 def bench_args(out, tiny_model_dir, data_dir, *extra):
     return ["bench", "--tasks", "cola", "--methods", "full,learners", "--seeds", "0,1", "--output-dir", str(out),
             "--model", str(tiny_model_dir), "--data-dir", str(data_dir), "--max-steps", "3", "--max-train-samples", "32",
-            "--batch-size", "8", "--eval-steps", "1", "--priming-steps", "1", "--no-progress", *extra]
+            "--batch-size", "8", "--eval-steps", "1", "--selection", "priming", "--priming-steps", "1", "--no-progress", *extra]
 
 
 def test_bench_runs_the_grid_writes_the_report_and_resumes(tmp_path, tiny_model_dir, small_glue, monkeypatch, capsys):

@@ -120,7 +120,7 @@ def test_step_time_times_a_priming_step_of_each_scope():
     for spec in ("full", "priming:all", "priming:ffn"):
         name, options, repeat = step_time_memory.method_spec(spec)
         rows[spec] = in_process_worker(name, 2, 8, steps=1, warmup=0, arch="tiny", options=options, repeat_batches=repeat)
-    assert step_time_memory.method_spec("priming") == ("learners", {"priming_scope": "all"}, False)
+    assert step_time_memory.method_spec("priming") == ("learners", {"selection": "priming", "priming_scope": "all"}, False)
     assert rows["priming:all"]["trainable"] == rows["full"]["trainable"] == rows["full"]["total"]
     assert 0 < rows["priming:ffn"]["trainable"] < rows["full"]["trainable"]  # the FFNs and the head only
 
@@ -142,7 +142,7 @@ def test_layer_grid_queues_only_the_runs_not_kept(tmp_path):
     out = tmp_path / "out"
     assert sorted(listed.splitlines()) == sorted([
         f"--tasks cola --methods full --seeds 0 --output-dir {out}/baselines",
-        f"--tasks cola --methods learners --learner-layers all --seeds 1 --output-dir {out}/all",
+        f"--tasks cola --methods learners --learner-layers all --selection priming --seeds 1 --output-dir {out}/all",
         f"--tasks cola --methods learners --learner-layers all --selection random --seeds 1 --output-dir {out}/all-random",
     ])
     assert not out.exists(), "a dry run writes nothing"

@@ -36,8 +36,22 @@ def test_full_finetune_writes_results_and_a_loadable_model(tmp_path, tiny_model_
     assert model.config.id2label == {0: "unacceptable", 1: "acceptable"}
 
 
+def test_learners_by_default_pick_random_neurons_and_train_them_from_the_first_step(tmp_path, tiny_model_dir, glue_dir):
+    """No priming phase by default (BENCHMARKS.md 5.14): every step is a learner step; the seed picks the neurons."""
+    from safetensors.torch import load_file
+
+    r = finetune(tmp_path, tiny_model_dir, glue_dir, "--ratio", "0.25", out="a")
+    assert (r["method"], r["selection"], r["priming_steps"]) == ("learners", "random", 0)
+    assert [(h["step"], h["phase"]) for h in r["history"]] == [(3, "train"), (6, "train")]
+    assert r["trainable_params"] < r["total_params"] and r["learner_neurons"] == [16, 16]
+    finetune(tmp_path, tiny_model_dir, glue_dir, "--ratio", "0.25", "--seed", "1", out="b")
+    picked = {run: {k: v.tolist() for k, v in load_file(str(tmp_path / run / "learners" / "learners_model.safetensors")).items()
+                    if "indices" in k} for run in ("a", "b")}
+    assert picked["a"] and picked["a"].keys() == picked["b"].keys() and picked["a"] != picked["b"]
+
+
 def test_learners_finetune_primes_then_trains_learners_and_merges(tmp_path, tiny_model_dir, glue_dir):
-    r = finetune(tmp_path, tiny_model_dir, glue_dir, "--method", "learners", "--priming-steps", "2", "--ratio", "0.25")
+    r = finetune(tmp_path, tiny_model_dir, glue_dir, "--method", "learners", "--selection", "priming", "--priming-steps", "2", "--ratio", "0.25")
     assert r["priming_steps"] == 2
     assert [(h["step"], h["phase"]) for h in r["history"]] == [(2, "priming"), (2, "reconfigured"), (3, "train"),
                                                                 (6, "train")]
@@ -90,13 +104,13 @@ def test_user_data_regression_end_to_end(tmp_path, tiny_model_dir):
 def test_predict_serves_several_tasks_from_one_backbone(tmp_path, tiny_model_dir, glue_dir):
     """Two learners runs (CoLA, and a 3-class CSV with another text column) on one base model: one pass of
     `predict --learners` gives each task's predictions, the same as each merged model's own predict."""
-    finetune(tmp_path, tiny_model_dir, glue_dir, "--method", "learners", "--priming-steps", "2", "--ratio", "0.25",
+    finetune(tmp_path, tiny_model_dir, glue_dir, "--method", "learners", "--selection", "priming", "--priming-steps", "2", "--ratio", "0.25",
              out="cola")
     rows = [f"word{i % 7} thing{i % 5},{'abc'[i % 3]}" for i in range(24)]
     (tmp_path / "abc.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
     assert main(["finetune", "--train-file", str(tmp_path / "abc.csv"), "--validation-file", str(tmp_path / "abc.csv"),
                  "--model", str(tiny_model_dir), "--num-neurons", "5", "--learner-layers", "1", "--max-steps", "4",
-                 "--priming-steps", "1", "--batch-size", "8", "--output-dir", str(tmp_path / "abc"), "--no-progress"]) == 0
+                 "--selection", "priming", "--priming-steps", "1", "--batch-size", "8", "--output-dir", str(tmp_path / "abc"), "--no-progress"]) == 0
     (tmp_path / "in.csv").write_text('sentence,text\nThe cat sat.,word1 thing2\n"He said, ""go"".",word3 thing0\n'
                                      'Cats sleeps.,word6 thing4\n')
     spec = f"cola={tmp_path / 'cola'},abc={tmp_path / 'abc' / 'learners'}"

@@ -87,7 +87,7 @@ def compare_with_one_process(tmp_path, tiny_model_dir, glue_dir, *extra, module=
 
 def test_learners_with_priming_on_two_processes_match_one(tmp_path, tiny_model_dir, glue_dir):
     r1, r2, one, two = compare_with_one_process(tmp_path, tiny_model_dir, glue_dir, "--method", "learners",
-                                                "--priming-steps", "2", "--ratio", "0.25")
+                                                "--selection", "priming", "--priming-steps", "2", "--ratio", "0.25")
     assert r2["priming_steps"] == 2 and r2["learner_layers"] == r1["learner_layers"]
     l1, l2 = (load_file(str(d / "learners" / "learners_model.safetensors")) for d in (one, two))
     indices = [k for k in l1 if "indices" in k]

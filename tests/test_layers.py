@@ -137,7 +137,7 @@ def test_under_autocast_the_learner_step_matches_nn_linear_under_autocast():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_priming_scope_trains_only_ffns_and_the_head(scope, family):
     model = tiny_model(family)
-    method = build_method("learners", {"ratio": 0.25, "layers": "top-1", "priming_scope": scope})
+    method = build_method("learners", {"ratio": 0.25, "layers": "top-1", "priming_scope": scope, "selection": "priming"})
     model = method.prepare(model, iter([]))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == priming_parameter_names(model, method.config, method.head_names)
@@ -153,7 +153,7 @@ def test_priming_with_a_scope_ends_as_base_model_plus_learners_plus_head():
     """After priming and reconfiguration the model is exactly base + learners + head, whatever the scope."""
     base = four_layer_bert()
     model = copy.deepcopy(base)
-    method = build_method("learners", {"num_neurons": 4, "layers": "auto", "priming_scope": "ffn", "layer_coverage": 0.6})
+    method = build_method("learners", {"num_neurons": 4, "layers": "auto", "priming_scope": "ffn", "selection": "priming", "layer_coverage": 0.6})
     model = method.prepare(model, iter([]))
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
     for seed in range(3):
@@ -178,7 +178,7 @@ def test_priming_with_a_scope_ends_as_base_model_plus_learners_plus_head():
 def test_auto_layers_with_learner_layer_priming_are_chosen_by_a_gradient_probe_before_priming():
     model = four_layer_bert()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    method = build_method("learners", {"num_neurons": 4, "layers": "auto", "priming_scope": "learner-layers",
+    method = build_method("learners", {"num_neurons": 4, "layers": "auto", "priming_scope": "learner-layers", "selection": "priming",
                                        "gradient_batches": 2, "layer_coverage": 0.5})
     model = method.prepare(model, iter([tiny_batch(seed=s) for s in range(5)]))
     chosen = method.config.layers

@@ -24,7 +24,7 @@ from learners.harness.train import TrainConfig, train
 ALL_METHODS = ["full", "head", "bitfit", "lora", "adapter", "far", "learners"]
 # Small settings for tiny models: adapters of size 8, a quarter of each FFN for far/learners, 2 priming steps.
 OPTIONS = {"lora": {"dropout": 0.0}, "adapter": {"bottleneck_size": 8}, "far": {"ratio": 0.25, "priming_steps": 2},
-           "learners": {"ratio": 0.25, "priming_steps": 2, "layers": "all"}}
+           "learners": {"ratio": 0.25, "selection": "priming", "priming_steps": 2, "layers": "all"}}
 STEPS = 6
 FFN = {"bert": ("intermediate.dense", "output.dense"), "roberta": ("intermediate.dense", "output.dense"),
        "distilbert": ("ffn.lin1", "ffn.lin2")}

@@ -41,7 +41,7 @@ CASES = {
 @pytest.mark.parametrize("case", CASES)
 def test_primer_with_a_plain_loop_gives_exactly_what_the_cli_method_gives(case):
     options = CASES[case]
-    method = build_method("learners", dict(options))
+    method = build_method("learners", {**options, "selection": "priming"})  # the CLI selects at random by default
     cli_model = method.prepare(tiny_model("bert", dropout=True, layers=4), iter(BATCHES))
     train_steps(cli_model)
     cli = method.after_priming(cli_model, iter(BATCHES))

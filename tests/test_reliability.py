@@ -45,7 +45,7 @@ def weights(directory):
 def test_same_seed_same_run(method, tmp_path, tiny_model_dir):
     extra = ["--max-steps", "4", "--batch-size", "8", "--eval-steps", "2", "--seed", "3"]
     if method == "learners":
-        extra += ["--priming-steps", "1"]
+        extra += ["--selection", "priming", "--priming-steps", "1"]
     a = run_ok(tmp_path, tiny_model_dir, "a", method, *extra)
     b = run_ok(tmp_path, tiny_model_dir, "b", method, *extra)
     assert [(h["step"], h["metrics"]) for h in a["history"]] == [(h["step"], h["metrics"]) for h in b["history"]]
@@ -98,7 +98,8 @@ def test_non_finite_learners_are_neither_saved_nor_merged(tmp_path):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_one_step_runs_work_for_every_method(method, tmp_path, tiny_model_dir):
-    r = run_ok(tmp_path, tiny_model_dir, "one", method, "--max-steps", "1", "--batch-size", "8")
+    priming = ["--selection", "priming"] if method == "learners" else []  # the default selection has no priming
+    r = run_ok(tmp_path, tiny_model_dir, "one", method, "--max-steps", "1", "--batch-size", "8", *priming)
     primed = method in ("far", "learners")
     assert r["steps"] == 1 and r["history"][-1]["step"] == 1
     assert r["history"][-1]["phase"] == ("reconfigured" if primed else "train")
@@ -109,7 +110,8 @@ def test_one_step_runs_work_for_every_method(method, tmp_path, tiny_model_dir):
 
 @pytest.mark.parametrize("method", ["learners", "far"])
 def test_one_epoch_of_one_batch_primes_then_selects(method, tmp_path, tiny_model_dir, capsys):
-    r = run_ok(tmp_path, tiny_model_dir, "tiny", method, "--epochs", "1", "--batch-size", "64")
+    priming = ["--selection", "priming"] if method == "learners" else []
+    r = run_ok(tmp_path, tiny_model_dir, "tiny", method, "--epochs", "1", "--batch-size", "64", *priming)
     assert (r["steps"], r["priming_steps"]) == (1, 1)
     assert [h["phase"] for h in r["history"]] == ["priming", "reconfigured"]
     assert "priming takes 1, then selection, then no learner-only steps" in capsys.readouterr().err

@@ -28,7 +28,14 @@ WORDS = "the cat dog sat ran on a mat big small red blue happy sad old new".spli
 # 60 examples, batch 8: 8 batches an epoch; 20 steps cross two epoch boundaries (after steps 8 and 16).
 # Evaluations (and checkpoints) at steps 4, 8, 12, 16, 20; learners prime for 6 steps, FAR for 2.
 TRAINING = ["--batch-size", "8", "--max-steps", "20", "--eval-steps", "4", "--seed", "1", "--no-progress"]
-METHOD_FLAGS = {"learners": ["--ratio", "0.25", "--priming-steps", "6"], "far": ["--far-priming-fraction", "0.25"]}
+METHOD_FLAGS = {"learners": ["--ratio", "0.25", "--selection", "priming", "--priming-steps", "6"], "far": ["--far-priming-fraction", "0.25"]}
+
+
+def method_flags(method: str, extra: list[str]) -> list[str]:
+    """METHOD_FLAGS, less the priming flags where `extra` picks another selection (they would be an error)."""
+    if "--selection" in extra:
+        return ["--ratio", "0.25"]
+    return METHOD_FLAGS.get(method, [])
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +61,7 @@ def finetune_args(setup, out: Path, method: str, *extra) -> list[str]:
     root = setup["root"]
     return ["finetune", "--train-file", str(root / "train.jsonl"), "--validation-file", str(root / "dev.jsonl"),
             "--model", str(root / "model"), "--method", method, "--output-dir", str(out),
-            *TRAINING, *METHOD_FLAGS.get(method, []), *extra]
+            *TRAINING, *method_flags(method, extra), *extra]
 
 
 def reference(setup, method: str, *extra) -> Path:

@@ -42,17 +42,21 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("learners options (--method learners)")
     g.add_argument("--ratio", type=float, help="learner size as a fraction of each FFN's width (default 1/16)")
     g.add_argument("--num-neurons", type=_positive_int_list, help="learner size in neurons: one count, or one per layer (comma-separated)")
-    g.add_argument("--selection", choices=["priming", "gradient", "magnitude", "random"], default="priming")
-    g.add_argument("--priming-steps", type=int, help="priming budget in steps")
-    g.add_argument("--priming-fraction", type=float, default=0.25, help="priming budget as a fraction of the first epoch (default 0.25)")
-    g.add_argument("--reset-after-priming", action="store_true", help="ablation: start the learners from their pre-trained weights, not the primed ones")
+    g.add_argument("--selection", choices=["priming", "gradient", "magnitude", "random"],
+                   help="how the learner neurons are chosen: random (default; no priming phase), priming (a short full "
+                        "fine-tuning first, then the neurons that moved most), gradient or magnitude")
+    g.add_argument("--priming-steps", type=int, help="with --selection priming: priming budget in steps")
+    g.add_argument("--priming-fraction", type=float,
+                   help="with --selection priming: priming budget as a fraction of the first epoch (default 0.25)")
+    g.add_argument("--reset-after-priming", action="store_true", help="with --selection priming, an ablation: start the learners from their pre-trained weights, not the primed ones")
     g.add_argument("--learner-layers", type=_learner_layers,
                    help="FFN blocks that get learners: all (default), skip-N (all but the N lowest), top-N "
-                        "(the N blocks nearest the output), auto (chosen by the priming signal) or block numbers, e.g. 3,4,5")
+                        "(the N blocks nearest the output), auto (chosen by the selection signal: not with --selection random) "
+                        "or block numbers, e.g. 3,4,5")
     g.add_argument("--layer-coverage", type=float,
                    help="with --learner-layers auto: the fewest top blocks holding this share of the priming signal (default 0.5)")
     g.add_argument("--priming-scope", choices=["all", "ffn", "learner-layers"],
-                   help="what trains during priming: the whole model, every FFN, or only the learner blocks' FFNs "
+                   help="with --selection priming, what trains during priming: the whole model, every FFN, or only the learner blocks' FFNs "
                         "(the head always; default all)")
     g.add_argument("--no-frozen-dropout", dest="frozen_dropout", action="store_false",
                    help="run the frozen blocks below the lowest learner block (and the embeddings) without dropout "

@@ -85,6 +85,10 @@ class LearnerConfig:
         if not 0 < self.priming_fraction <= 1:
             raise UsageError(f"priming_fraction must be in (0, 1] (a fraction of the first epoch), got {self.priming_fraction}")
         self._check_layers()
+        if self.layers == "auto" and self.selection == "random":
+            raise UsageError("learner layers 'auto' are ranked by the selection signal (priming, gradient or magnitude), "
+                             "and selection 'random' has none: pick another (--selection priming), or name the layers "
+                             "(all, top-N, skip-N, or block numbers)")
         if not 0 < self.layer_coverage <= 1:
             raise UsageError(f"layer_coverage must be in (0, 1], got {self.layer_coverage}")
         if self.priming_scope not in PRIMING_SCOPES:

@@ -1,7 +1,7 @@
-"""Learner modules with priming (the method of this project): the CLI's adapter over the library.
+"""Learner modules (the method of this project): the CLI's adapter over the library.
 
-prepare       -> priming: a `learners.learner.priming.Primer` (it snapshots what priming trains and freezes
-                 the rest); gradient/magnitude/random: select now and wrap.
+prepare       -> random (the default), magnitude, gradient: select now and wrap; priming: a
+                 `learners.learner.priming.Primer` (it snapshots what priming trains and freezes the rest).
 after_priming -> `Primer.reconfigure`: select by how far neurons moved (the blocks too with layers="auto"),
                  keep the primed learner slices and head, put the rest back to pre-trained, wrap.
 """
@@ -27,6 +27,14 @@ DEFAULT_RATIO = 1 / 16  # 96 of MiniLM's 1536 FFN neurons per learner block
 # but cost CoLA 0.023 MCC over 3 seeds (0.247 vs 0.270) and never reached CoLA's time-to-target, which learners
 # in every block do; shallower learners lost more. So depth stays the default; `--learner-layers` trades it.
 DEFAULT_LAYERS = "all"
+# Random neurons, no priming. Measured (BENCHMARKS.md 5.12 and 5.14; learners in every block, ratio 1/16, the
+# same seeds): as good as priming on every task (CoLA 0.251 vs 0.250 over 5 seeds; STS-B 0.857 vs 0.850, MRPC
+# 0.857 vs 0.855, RTE 0.556 vs 0.556 over 3), and cheaper: no priming steps at full fine-tuning's price, a
+# whole-run memory peak of 0.71x full fine-tuning's on CoLA instead of 0.92x. `--selection priming` primes.
+DEFAULT_SELECTION = "random"
+# Options that shape the priming phase (LearnerConfig field -> CLI flag): an error without --selection priming.
+PRIMING_OPTIONS = {"priming_steps": "--priming-steps", "priming_fraction": "--priming-fraction",
+                   "priming_scope": "--priming-scope", "reset_after_priming": "--reset-after-priming"}
 # Memory for the frozen-prefix cache (learner/prefix_cache.py), used when learners skip the lowest blocks and
 # those run without dropout (--no-frozen-dropout; and in every evaluation). CoLA's 8.5k training sentences
 # take about 0.15 GB at the default model's width; a set that does not fit is mostly computed as without it.
@@ -43,6 +51,12 @@ class LearnersMethod(Method):
         if "ratio" not in options and "num_neurons" not in options:
             options["ratio"] = DEFAULT_RATIO
         options.setdefault("layers", DEFAULT_LAYERS)
+        options.setdefault("selection", DEFAULT_SELECTION)
+        given = [flag for key, flag in PRIMING_OPTIONS.items() if options.get(key) not in (None, False)]
+        if given and options["selection"] != "priming":
+            raise UsageError(f"{' and '.join(given)} {'shape' if len(given) > 1 else 'shapes'} the priming phase, but "
+                             f"--selection is {options['selection']!r}, "
+                             "which has none (the default selection is random, without priming): add --selection priming")
         self.prefix_cache_mb = options.pop("frozen_prefix_cache_mb", DEFAULT_PREFIX_CACHE_MB)
         if not self.prefix_cache_mb >= 0:
             raise UsageError(f"--frozen-prefix-cache-mb must be 0 (off) or a positive size in MB, not {self.prefix_cache_mb}")
@@ -132,7 +146,7 @@ class LearnersMethod(Method):
         learners_dir = model.save_pretrained(output_dir / "learners")
         size = sum(f.stat().st_size for f in learners_dir.iterdir())
         blocks = len(find_ffn_blocks(model.base_model, LearnerConfig(ratio=1.0, ffn_modules=self.config.ffn_modules)))
-        return {"learners_dir": str(learners_dir), "learners_checkpoint_bytes": size,
+        return {"learners_dir": str(learners_dir), "learners_checkpoint_bytes": size, "selection": self.config.selection,
                 "learner_layers": self.config.layer_positions(blocks),
                 "learner_neurons": [int(i.numel()) for i in model.indices], "priming_layer_signal": self.layer_signal,
                 "probe_layer_signal": self.probe_signal, "frozen_prefix_cache": _cache_stats(model)}
