@@ -25,13 +25,16 @@ DRY_RUN=${DRY_RUN:-}
 export OMP_NUM_THREADS=1
 
 # name | learners flags (see README, "Where the learners go"). The configurations that prime name --selection priming:
-# the default selection is random since BENCHMARKS.md 5.14, and every kept run of them primed.
+# the default selection is random since BENCHMARKS.md 5.14, and every kept run of them primed. (top3-nofd-cache:
+# the frozen-prefix cache is on wherever the frozen blocks run without dropout; the older top3-nofd runs had none.)
 CONFIGS='all|--learner-layers all --selection priming
 top5|--learner-layers top-5 --selection priming
 top4|--learner-layers top-4 --selection priming
 top3|--learner-layers top-3 --selection priming
 auto|--learner-layers auto --selection priming
-top3-nofd|--learner-layers top-3 --no-frozen-dropout --selection priming
+top3-nofd-cache|--learner-layers top-3 --no-frozen-dropout --selection priming
+top4-nofd-cache|--learner-layers top-4 --no-frozen-dropout --selection priming
+top3-nofd-random|--learner-layers top-3 --no-frozen-dropout --selection random
 top5-nofd|--learner-layers top-5 --no-frozen-dropout --selection priming
 top5-nofd-r32|--learner-layers top-5 --no-frozen-dropout --ratio 0.03125 --selection priming
 auto-ll|--learner-layers auto --priming-scope learner-layers --selection priming
@@ -41,7 +44,9 @@ all-reset|--learner-layers all --reset-after-priming --selection priming
 all-random|--learner-layers all --selection random
 all-gradient|--learner-layers all --selection gradient
 all-magnitude|--learner-layers all --selection magnitude
-all-ratio-1-32|--learner-layers all --ratio 0.03125 --selection priming'
+all-ratio-1-32|--learner-layers all --ratio 0.03125 --selection priming
+all-random-ratio-1-32|--learner-layers all --ratio 0.03125 --selection random
+all-random-ratio-1-8|--learner-layers all --ratio 0.125 --selection random'
 
 kept() {  # kept NAME TASK METHOD SEED: the run's results.json is in $KEEP, or (baselines and `all`) a csv row
   [ -f "$KEEP/$1/runs/$2/$3/seed$4/results.json" ] && return 0
