@@ -80,11 +80,17 @@ def plot(points: list[dict], frontier: set[str], tasks: list[str], path: Path) -
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    span = max(q["quality"] for q in points) - min(q["quality"] for q in points) or 1.0
+    placed = []
     for pt in points:
         learner = pt["label"].startswith("learners")
         ax.scatter(pt["ratio"], pt["quality"], marker="o" if learner else "s", s=40,
                    color="tab:blue" if learner else "tab:gray", edgecolor="black" if pt["label"] in frontier else "none")
-        ax.annotate(pt["label"], (pt["ratio"], pt["quality"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        # points at (almost) the same place get their labels stacked downwards instead of printed over each other
+        near = sum(abs(r - pt["ratio"]) < 0.02 and abs(q - pt["quality"]) < 0.02 * span for r, q in placed)
+        placed.append((pt["ratio"], pt["quality"]))
+        ax.annotate(pt["label"], (pt["ratio"], pt["quality"]), textcoords="offset points", xytext=(5, 4 - 8 * near),
+                    fontsize=7)
     front = sorted((pt for pt in points if pt["label"] in frontier), key=lambda q: q["ratio"])
     ax.plot([q["ratio"] for q in front], [q["quality"] for q in front], color="black", linewidth=0.8, linestyle="--")
     ax.set_xlabel("training step time / full fine-tuning's (batch 32 x 128, this CPU)")
