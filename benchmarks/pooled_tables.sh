@@ -1,35 +1,27 @@
 #!/usr/bin/env bash
 # Every kept CPU run of issue 8, seeds pooled: docs/benchmarks/cpu-layers/seeds.md (benchmarks/seed_table.py) and the
 # speed-quality frontier on CoLA, MRPC, RTE, STS-B: docs/benchmarks/cpu-layers/frontier_4task.{md,png} (benchmarks/frontier.py,
-# step ratios: the medians of BENCHMARKS.md 5.9 in step_ratios_cache.json). A new configuration is a new line in each.
+# step ratios: the medians of BENCHMARKS.md 5.9 in step_ratios_cache.json, under the same labels). A new
+# configuration is a new line in POINTS and its step ratio in that file.
 set -eu
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 D=docs/benchmarks L=docs/benchmarks/cpu-layers
-$PYTHON benchmarks/seed_table.py --output $L/seeds \
-  "full=$D/cola-3seeds:full+$D/cpu/all:full+$L/baselines:full" \
-  "learners, random (default)=$L/all-random:learners" \
-  "learners, priming=$D/cola-3seeds:learners+$D/cpu/all:learners+$L/all:learners" \
-  "lora=$D/cpu/all:lora+$L/baselines:lora" "bitfit=$D/cpu/all:bitfit+$L/baselines:bitfit" \
-  "learners, priming scope ffn=$L/all-ffn-priming:learners" \
-  "learners, priming, ratio 1/32=$L/all-ratio-1-32:learners" \
-  "learners, random, ratio 1/32=$L/all-random-ratio-1-32:learners" \
-  "learners, random, ratio 1/8=$L/all-random-ratio-1-8:learners" \
-  "learners top-5, priming=$L/top5:learners" \
-  "learners top-4 cached, priming=$L/top4-nofd-cache:learners" \
-  "learners top-3 cached, priming=$L/top3-nofd-cache:learners" \
-  "learners top-3 cached, random=$L/top3-nofd-random:learners"
-echo
-$PYTHON benchmarks/frontier.py --step-ratios $L/step_ratios_cache.json --output $L/frontier_4task \
-  "full=$D/cola-3seeds:full+$D/cpu/all:full+$L/baselines:full" \
-  "lora=$D/cpu/all:lora+$L/baselines:lora" "bitfit=$D/cpu/all:bitfit+$L/baselines:bitfit" \
-  "learners all, random (default)=$L/all-random:learners" \
-  "learners all, priming=$D/cola-3seeds:learners+$D/cpu/all:learners+$L/all:learners" \
-  "learners all, priming scope ffn=$L/all-ffn-priming:learners" \
-  "learners all, priming, r1/32=$L/all-ratio-1-32:learners" \
-  "learners all, random, r1/32=$L/all-random-ratio-1-32:learners" \
-  "learners all, random, r1/8=$L/all-random-ratio-1-8:learners" \
-  "learners top-5 (skip-1)=$L/top5:learners" \
-  "learners top-4 nofd cached=$L/top4-nofd-cache:learners" \
-  "learners top-3 nofd cached=$L/top3-nofd-cache:learners" \
+POINTS=(
+  "full=$D/cola-3seeds:full+$D/cpu/all:full+$L/baselines:full"
+  "lora=$D/cpu/all:lora+$L/baselines:lora"
+  "bitfit=$D/cpu/all:bitfit+$L/baselines:bitfit"
+  "learners all, random (default)=$L/all-random:learners"
+  "learners all, priming=$D/cola-3seeds:learners+$D/cpu/all:learners+$L/all:learners"
+  "learners all, priming scope ffn=$L/all-ffn-priming:learners"
+  "learners all, priming, r1/32=$L/all-ratio-1-32:learners"
+  "learners all, random, r1/32=$L/all-random-ratio-1-32:learners"
+  "learners all, random, r1/8=$L/all-random-ratio-1-8:learners"
+  "learners top-5 (skip-1)=$L/top5:learners"
+  "learners top-4 nofd cached=$L/top4-nofd-cache:learners"
+  "learners top-3 nofd cached=$L/top3-nofd-cache:learners"
   "learners top-3 nofd cached, random=$L/top3-nofd-random:learners"
+)
+$PYTHON benchmarks/seed_table.py --output $L/seeds "${POINTS[@]}"
+echo
+$PYTHON benchmarks/frontier.py --step-ratios $L/step_ratios_cache.json --output $L/frontier_4task "${POINTS[@]}"

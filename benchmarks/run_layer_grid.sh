@@ -48,8 +48,8 @@ all-ratio-1-32|--learner-layers all --ratio 0.03125 --selection priming
 all-random-ratio-1-32|--learner-layers all --ratio 0.03125 --selection random
 all-random-ratio-1-8|--learner-layers all --ratio 0.125 --selection random'
 
-kept() {  # kept NAME TASK METHOD SEED: the run's results.json is in $KEEP, or (baselines and `all`) a csv row
-  [ -f "$KEEP/$1/runs/$2/$3/seed$4/results.json" ] && return 0
+kept() {  # kept NAME TASK METHOD SEED: the run finished in $OUT or is kept in $KEEP, or (baselines and `all`) a csv row
+  [ -f "$OUT/$1/runs/$2/$3/seed$4/results.json" ] || [ -f "$KEEP/$1/runs/$2/$3/seed$4/results.json" ] && return 0
   case "$1" in baselines|all) ;; *) return 1 ;; esac
   for csv in $ALSO_KEPT; do
     [ -f "$csv" ] && grep -q "^$2,$3,$4," "$csv" && return 0
@@ -57,19 +57,17 @@ kept() {  # kept NAME TASK METHOD SEED: the run's results.json is in $KEEP, or (
   return 1
 }
 
-jobs() {  # one line per run neither finished in $OUT nor kept: the learners bench arguments
+jobs() {  # one line per run not yet kept (see kept): the learners bench arguments
   for s in ${SEEDS//,/ }; do
     for t in $TASKS; do
       for m in $BASELINES; do
-        [ -f "$OUT/baselines/runs/$t/$m/seed$s/results.json" ] || kept baselines "$t" "$m" "$s" ||
-          echo "--tasks $t --methods $m --seeds $s --output-dir $OUT/baselines"
+        kept baselines "$t" "$m" "$s" || echo "--tasks $t --methods $m --seeds $s --output-dir $OUT/baselines"
       done
     done
     echo "$CONFIGS" | while IFS='|' read -r name flags; do
       case " ${ONLY:-$name} " in *" $name "*) ;; *) continue ;; esac
       for t in $TASKS; do
-        [ -f "$OUT/$name/runs/$t/learners/seed$s/results.json" ] || kept "$name" "$t" learners "$s" ||
-          echo "--tasks $t --methods learners $flags --seeds $s --output-dir $OUT/$name"
+        kept "$name" "$t" learners "$s" || echo "--tasks $t --methods learners $flags --seeds $s --output-dir $OUT/$name"
       done
     done
   done

@@ -28,14 +28,14 @@ WORDS = "the cat dog sat ran on a mat big small red blue happy sad old new".spli
 # 60 examples, batch 8: 8 batches an epoch; 20 steps cross two epoch boundaries (after steps 8 and 16).
 # Evaluations (and checkpoints) at steps 4, 8, 12, 16, 20; learners prime for 6 steps, FAR for 2.
 TRAINING = ["--batch-size", "8", "--max-steps", "20", "--eval-steps", "4", "--seed", "1", "--no-progress"]
-METHOD_FLAGS = {"learners": ["--ratio", "0.25", "--selection", "priming", "--priming-steps", "6"], "far": ["--far-priming-fraction", "0.25"]}
+METHOD_FLAGS = {"learners": ["--ratio", "0.25"], "far": ["--far-priming-fraction", "0.25"]}
+LEARNER_PRIMING = ["--selection", "priming", "--priming-steps", "6"]
 
 
 def method_flags(method: str, extra: list[str]) -> list[str]:
-    """METHOD_FLAGS, less the priming flags where `extra` picks another selection (they would be an error)."""
-    if "--selection" in extra:
-        return ["--ratio", "0.25"]
-    return METHOD_FLAGS.get(method, [])
+    """METHOD_FLAGS; learners prime unless `extra` picks another selection (priming flags would be an error)."""
+    priming = LEARNER_PRIMING if method == "learners" and "--selection" not in extra else []
+    return [*METHOD_FLAGS.get(method, []), *priming]
 
 
 @pytest.fixture(scope="module")

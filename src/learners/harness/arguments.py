@@ -54,7 +54,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                         "(the N blocks nearest the output), auto (chosen by the selection signal: not with --selection random) "
                         "or block numbers, e.g. 3,4,5")
     g.add_argument("--layer-coverage", type=float,
-                   help="with --learner-layers auto: the fewest top blocks holding this share of the priming signal (default 0.5)")
+                   help="with --learner-layers auto: the fewest top blocks holding this share of the selection signal (default 0.5)")
     g.add_argument("--priming-scope", choices=["all", "ffn", "learner-layers"],
                    help="with --selection priming, what trains during priming: the whole model, every FFN, or only the learner blocks' FFNs "
                         "(the head always; default all)")

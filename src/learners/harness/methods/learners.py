@@ -30,7 +30,7 @@ DEFAULT_LAYERS = "all"
 # Random neurons, no priming. Measured (BENCHMARKS.md 5.12 and 5.14; learners in every block, ratio 1/16, the
 # same seeds): as good as priming on every task (CoLA 0.251 vs 0.250 over 5 seeds; STS-B 0.857 vs 0.850, MRPC
 # 0.857 vs 0.855, RTE 0.556 vs 0.556 over 3), and cheaper: no priming steps at full fine-tuning's price, a
-# whole-run memory peak of 0.71x full fine-tuning's on CoLA instead of 0.92x. `--selection priming` primes.
+# whole-run memory peak of 0.72x full fine-tuning's on CoLA instead of 0.93x. `--selection priming` primes.
 DEFAULT_SELECTION = "random"
 # Options that shape the priming phase (LearnerConfig field -> CLI flag): an error without --selection priming.
 PRIMING_OPTIONS = {"priming_steps": "--priming-steps", "priming_fraction": "--priming-fraction",
