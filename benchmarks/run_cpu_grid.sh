@@ -15,13 +15,13 @@ SST2="--max-train-samples 10000"   # SST-2: a 10k training subset, the full dev 
 export OMP_NUM_THREADS=1
 mkdir -p "$OUT"
 
-ablations() {  # the learner ablations on one task
+ablations() {  # the learner ablations on one task (section 4: against priming, the default until 5.14)
   echo "--tasks $1 --methods learners --selection gradient --output-dir $OUT/ablation-selection-gradient"
   echo "--tasks $1 --methods learners --selection magnitude --output-dir $OUT/ablation-selection-magnitude"
   echo "--tasks $1 --methods learners --selection random --output-dir $OUT/ablation-selection-random"
-  echo "--tasks $1 --methods learners --reset-after-priming --output-dir $OUT/ablation-reset-after-priming"
+  echo "--tasks $1 --methods learners --selection priming --reset-after-priming --output-dir $OUT/ablation-reset-after-priming"
   for r in 0.015625 0.03125 0.125; do
-    echo "--tasks $1 --methods learners --ratio $r --output-dir $OUT/ablation-ratio-$r"
+    echo "--tasks $1 --methods learners --selection priming --ratio $r --output-dir $OUT/ablation-ratio-$r"
   done
 }
 main_job() {  # one task x method of the main table; SST-2 has its own bench dir (10k training subset)

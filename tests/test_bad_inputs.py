@@ -30,9 +30,10 @@ def trained(tmp_path_factory, tiny_model_dir):
     (d / "dev.csv").write_text("text,label\n" + "\n".join(rows[:6]) + "\n")
     for method in ("learners", "adapter"):
         assert main(["finetune", "--train-file", str(d / "train.csv"), "--validation-file", str(d / "dev.csv"),
-                     "--model", str(tiny_model_dir), "--method", method, "--ratio", "0.25", "--max-steps", "2",
-                     "--selection", "priming", "--priming-steps", "1", "--batch-size", "12", "--output-dir", str(d / method), "--no-progress",
-                     *(["--learner-layers", "all"] if method == "learners" else [])]) == 0
+                     "--model", str(tiny_model_dir), "--method", method, "--max-steps", "2",
+                     "--batch-size", "12", "--output-dir", str(d / method), "--no-progress",
+                     *(["--ratio", "0.25", "--selection", "priming", "--priming-steps", "1", "--learner-layers", "all"]
+                       if method == "learners" else [])]) == 0
     return d
 
 
@@ -168,7 +169,18 @@ CASES = [
     ("ft-learner-layers-garbage", lambda c: (finetune(c, "--learner-layers", "bottom"), c.out), r"not 'auto', 'all', 'top-N'"),
     ("ft-learner-layers-auto-with-list", lambda c: (finetune(c, "--learner-layers", "auto", "--selection", "priming", "--num-neurons", "4,4"), c.out),
      r"must be one count, not a list"),
-    ("ft-layer-coverage", lambda c: (finetune(c, "--layer-coverage", 0), c.out), r"layer_coverage must be in \(0, 1\]"),
+    ("ft-layer-coverage", lambda c: (finetune(c, "--layer-coverage", 0, "--learner-layers", "auto", "--selection", "priming"), c.out),
+     r"layer_coverage must be in \(0, 1\]"),
+    ("ft-layer-coverage-without-auto", lambda c: (finetune(c, "--layer-coverage", 0.3, "--learner-layers", "top-1"), c.out),
+     r"--layer-coverage sets how many blocks --learner-layers auto picks, but --learner-layers is 'top-1': drop it"),
+    ("ft-learners-flag-for-full", lambda c: (finetune(c, "--method", "full", "--ratio", 0.1), c.out),
+     r"--ratio \(learners\) is an option of another method, not of --method full: drop it"),
+    ("ft-other-methods-flags", lambda c: (finetune(c, "--method", "lora", "--selection", "priming", "--adapter-size", 8), c.out),
+     r"--selection \(learners\), --adapter-size \(adapter\) are options of other methods, not of --method lora"),
+    ("ft-priming-lr-without-priming", lambda c: (finetune(c, "--priming-learning-rate", "1e-4"), c.out),
+     r"--priming-learning-rate shapes the priming phase, but this --method learners run has none: add --selection priming"),
+    ("ft-warmup-for-full", lambda c: (finetune(c, "--method", "full", "--learner-warmup-steps", 5), c.out),
+     r"--learner-warmup-steps \(learners or far\) is an option of another method, not of --method full"),
     ("ft-bad-flag-value", lambda c: (finetune(c, "--batch-size", "abc"), c.out), r"invalid int value: 'abc'"),
     # predict
     ("pr-model-missing", lambda c: (predict(c, c.tmp / "nope"), c.out.with_suffix(".csv")), r"not a model directory"),
@@ -241,6 +253,10 @@ CASES = [
     ("bn-task", lambda c: (bench(c, "--tasks", "colaa"), c.out), r"unknown GLUE task 'colaa'"),
     ("bn-output-is-file", lambda c: (bench(c, "--tasks", "cola", out=c.tmp / "afile"), c.tmp / "afile"), r"is a file; pass a directory"),
     ("bn-target", lambda c: (bench(c, "--tasks", "cola", "--target", "abc"), c.out), r"--target takes a number"),
+    ("bn-priming-lr-without-priming", lambda c: (bench(c, "--tasks", "cola", "--methods", "full,learners", "--priming-learning-rate", "1e-4"), c.out),
+     r"--priming-learning-rate shapes the priming phase, but this --method learners run has none"),
+    ("bn-learner-options-bad", lambda c: (bench(c, "--tasks", "cola", "--methods", "full,learners", "--ratio", "7"), c.out),
+     r"learner ratio must be in \(0, 1\]"),
     ("bn-report-only-empty", lambda c: (bench(c, "--report-only"), c.out), r"no finished runs"),
 ]
 

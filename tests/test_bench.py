@@ -210,6 +210,31 @@ def test_a_failed_run_is_reported_and_the_bench_goes_on(tmp_path, monkeypatch, c
     assert "| learners | 0.300 (1/2 seeds) |" in (out / "bench.md").read_text()  # one seed: no ±, the missing one said
 
 
+def test_each_run_gets_only_the_flags_of_its_method(tmp_path, monkeypatch, capsys):
+    """One bench line for several methods: a full run gets no learners or LoRA flag (finetune would refuse it),
+    the learners run gets its own and the priming flags, the LoRA run its own; shared flags go to every run."""
+    commands = {}
+
+    def launch(command, log):
+        method = command[command.index("--method") + 1]
+        commands[method] = command
+        log.write_text("ok\n")
+        (log.parent / "results.json").write_text(json.dumps(fake_results("cola", method, 0, [(1, 0.2)])))
+        return 0
+
+    monkeypatch.setattr(bench, "launch", launch)
+    assert main(["bench", "--tasks", "cola", "--methods", "full,learners,lora", "--seeds", "0", "--output-dir",
+                 str(tmp_path / "b"), "--epochs", "2", "--ratio", "0.125", "--selection", "priming",
+                 "--priming-learning-rate", "2e-4", "--lora-rank", "4"]) == 0
+    tail = lambda method: commands[method][commands[method].index("--output-dir") + 2:]  # noqa: E731
+    assert tail("full") == ["--epochs", "2.0", "--no-progress"]
+    assert tail("learners") == ["--epochs", "2.0", "--priming-learning-rate", "0.0002", "--ratio", "0.125",
+                                "--selection", "priming", "--no-progress"]
+    assert tail("lora") == ["--epochs", "2.0", "--lora-rank", "4", "--no-progress"]
+    settings = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert "--ratio" in settings["training_flags"] and "--lora-rank" in settings["training_flags"]
+
+
 def test_every_training_option_passes_through_to_finetune_unchanged():
     """Generic over add_training_arguments: set each option away from its default, bench turns them back into flags,
     and finetune parses them to the same values (options added later are covered too)."""

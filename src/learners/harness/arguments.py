@@ -1,8 +1,11 @@
-"""The training flags `finetune` and `bench` share (bench passes them on to every run), and what they mean to a method.
+"""The training flags `finetune` and `bench` share, and which methods they mean something to (bench passes each run
+the shared flags and its own method's; finetune refuses another method's).
 
 Their own module so that both the CLI (cli.py) and the bench (bench.py) use them without importing each other."""
 
 import argparse
+
+from ..errors import UsageError
 
 
 def _positive_int_list(text: str) -> list[int]:
@@ -20,6 +23,13 @@ def _learner_layers(text: str) -> str | list[int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not 'auto', 'all', 'top-N' or block numbers such as 3,4,5")
 
 
+def _method_group(p: argparse.ArgumentParser, title: str, methods: tuple[str, ...]):
+    """An argument group whose flags mean something only to `methods` (see `given_training_flags`)."""
+    group = p.add_argument_group(title)
+    group.methods = methods
+    return group
+
+
 def add_training_arguments(p: argparse.ArgumentParser) -> None:
     """Flags shared by `finetune` and `bench` (bench passes them through to every run)."""
     p.add_argument("--model", help="HF hub id or local directory (default: the embedded all-MiniLM-L6-v2)")
@@ -28,10 +38,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, help="train this many steps (overrides --epochs)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--learning-rate", type=float, help="peak learning rate (default: the method's, see README)")
-    p.add_argument("--priming-learning-rate", type=float, help="peak learning rate of the priming phase (default 1e-4)")
     p.add_argument("--warmup-ratio", type=float, default=0.06)
-    p.add_argument("--learner-warmup-steps", type=int, default=0,
-                   help="after priming, ramp the new learner optimizer's rate up over this many steps (default 0)")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: the method's, see README)")
     p.add_argument("--lr-scheduler", choices=["linear", "constant"], help="after warm-up (default: the method's, see README)")
     p.add_argument("--max-length", type=int, help="truncate inputs to this many tokens (default 128, or the model's limit if lower)")
@@ -39,7 +46,11 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-train-samples", type=int, help="train on a fixed random subset of this many examples")
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g = p.add_argument_group("learners options (--method learners)")
+    g = _method_group(p, "priming options (--method learners --selection priming, --method far)", ("learners", "far"))
+    g.add_argument("--priming-learning-rate", type=float, help="peak learning rate of the priming phase (default 1e-4)")
+    g.add_argument("--learner-warmup-steps", type=int, default=0,
+                   help="after priming, ramp the new learner optimizer's rate up over this many steps (default 0)")
+    g = _method_group(p, "learners options (--method learners)", ("learners",))
     g.add_argument("--ratio", type=float, help="learner size as a fraction of each FFN's width (default 1/16)")
     g.add_argument("--num-neurons", type=_positive_int_list, help="learner size in neurons: one count, or one per layer (comma-separated)")
     g.add_argument("--selection", choices=["priming", "gradient", "magnitude", "random"],
@@ -68,17 +79,50 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train-ffn-output-bias", action="store_true", help="also train each FFN's output bias b2")
     g.add_argument("--train-layer-norm", action="store_true", help="also train each block's output LayerNorm")
     g.add_argument("--ffn-modules", help="FFN linears relative to a block, e.g. intermediate.dense,output.dense")
-    g = p.add_argument_group("LoRA options (--method lora)")
+    g = _method_group(p, "LoRA options (--method lora)", ("lora",))
     g.add_argument("--lora-rank", type=int, help="rank r of the update B A (default 8)")
     g.add_argument("--lora-alpha", type=float, help="scaling: the update is multiplied by alpha / r (default 16)")
     g.add_argument("--lora-dropout", type=float, help="dropout on the LoRA input (default 0.1)")
     g.add_argument("--lora-target-modules", help="linears that get LoRA, name suffixes, comma-separated "
                                                  "(default query,value; q_lin,v_lin for DistilBERT)")
-    g = p.add_argument_group("adapter options (--method adapter)")
+    g = _method_group(p, "adapter options (--method adapter)", ("adapter",))
     g.add_argument("--adapter-size", type=int, help="bottleneck size of each adapter (default 64)")
-    g = p.add_argument_group("FAR options (--method far)")
+    g = _method_group(p, "FAR options (--method far)", ("far",))
     g.add_argument("--far-ratio", type=float, help="trained output units as a fraction of each FFN linear's (default 1/8)")
     g.add_argument("--far-priming-fraction", type=float, help="priming budget as a fraction of the first epoch (default 0.25)")
+
+
+def given_training_flags(args: argparse.Namespace):
+    """(flag, value, action, methods) for each training option set away from its default.
+
+    `methods` names the methods the flag means something to (None: every method)."""
+    probe = argparse.ArgumentParser(add_help=False)
+    add_training_arguments(probe)
+    for group in probe._action_groups:
+        for action in group._group_actions:
+            value = getattr(args, action.dest, None)
+            if action.dest == "no_progress" or value is None or value == action.default:
+                continue
+            yield max(action.option_strings, key=len), value, action, getattr(group, "methods", None)
+
+
+# Training options that act only where a priming phase runs (FinetuneArgs / argparse dest -> flag).
+PRIMING_FLAGS = {"priming_learning_rate": "--priming-learning-rate", "learner_warmup_steps": "--learner-warmup-steps"}
+
+
+def priming_flags_given(args) -> list[str]:
+    """The PRIMING_FLAGS set in `args` (an argparse Namespace or a FinetuneArgs)."""
+    return [flag for dest, flag in PRIMING_FLAGS.items() if getattr(args, dest, None)]
+
+
+def check_flags_fit_method(args: argparse.Namespace) -> None:
+    """A flag of another method is an error, not silently ignored (`--method full --ratio 0.1`)."""
+    other = [f"{flag} ({' or '.join(methods)})" for flag, _, _, methods in given_training_flags(args)
+             if methods is not None and args.method not in methods]
+    if other:
+        raise UsageError(f"{', '.join(other)} {'is an option of another method' if len(other) == 1 else 'are options of other methods'}, "
+                         f"not of --method {args.method}: drop {'it' if len(other) == 1 else 'them'}, "
+                         "or choose the method named in brackets")
 
 
 def method_options(args: argparse.Namespace) -> dict:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from ..errors import UsageError, check_output_path
-from .arguments import add_training_arguments
+from .arguments import given_training_flags, method_options, priming_flags_given
 from .report import build_report, run_dir
 
 
@@ -47,18 +47,15 @@ def parse_target(text: str | None) -> float | dict[str, float] | None:
         raise UsageError(f"--target takes a number (0.5) or task=number pairs (cola=0.25,mrpc=0.85); got {text!r}") from None
 
 
-def training_flags(args: argparse.Namespace) -> list[str]:
-    """The finetune flags for every training option (add_training_arguments) set away from its default.
+def training_flags(args: argparse.Namespace, method: str | None = None) -> list[str]:
+    """The finetune flags for every training option (add_training_arguments) set away from its default;
+    with `method`, only those that mean something to it (a LoRA run gets no --ratio).
 
     Generic over the parser, so options added to add_training_arguments later pass through too."""
-    probe = argparse.ArgumentParser(add_help=False)
-    add_training_arguments(probe)
     flags = []
-    for action in probe._actions:
-        value = getattr(args, action.dest, None)
-        if action.dest == "no_progress" or value is None or value == action.default:
+    for flag, value, action, methods in given_training_flags(args):
+        if method is not None and methods is not None and method not in methods:
             continue
-        flag = max(action.option_strings, key=len)
         if action.nargs == 0:  # store_true / store_const
             flags.append(flag)
         elif isinstance(value, (list, tuple)) and action.nargs in ("+", "*"):
@@ -68,6 +65,13 @@ def training_flags(args: argparse.Namespace) -> list[str]:
         else:
             flags += [flag, str(value)]
     return flags
+
+
+def check_method_options(name: str, args: argparse.Namespace) -> None:
+    """Fail before any run if the options do not make a valid `name` run (as `finetune` would, once per run)."""
+    from .methods import build_method, check_priming_flags
+    passed = training_flags(args, name)  # a full run gets no priming flag; a learners run does, and must prime
+    check_priming_flags(build_method(name, method_options(args)), [f for f in priming_flags_given(args) if f in passed])
 
 
 def launch(command: list[str], log_path: Path) -> int:
@@ -102,6 +106,8 @@ def run_bench(args: argparse.Namespace) -> int:
     if unknown:
         raise UsageError(f"unknown method(s) {', '.join(unknown)}; choose from: {', '.join(METHODS)}")
 
+    for method in methods:  # a bad option fails here, not once per run
+        check_method_options(method, argparse.Namespace(**{**vars(args), "method": method, "seed": seeds[0]}))
     flags = training_flags(args)
     before = record_settings(out, tasks, methods, seeds, flags)
     # seed outermost: a bench stopped early still has every task x method at the first seeds
@@ -109,8 +115,8 @@ def run_bench(args: argparse.Namespace) -> int:
     failed = []
     for i, (task, method, seed) in enumerate(grid, 1):
         directory = run_dir(out, task, method, seed)
-        if not run_one(directory, f"[{i}/{len(grid)}] {task} {method} seed{seed}:", task, method, seed, flags,
-                       same_options=before == flags):
+        if not run_one(directory, f"[{i}/{len(grid)}] {task} {method} seed{seed}:", task, method, seed,
+                       training_flags(args, method), same_options=before == flags):
             failed.append(directory)
 
     written = build_report(out, target, tasks, methods, seeds)

@@ -4,7 +4,7 @@ import argparse
 import sys
 
 from ..errors import UsageError
-from .arguments import add_training_arguments, method_options
+from .arguments import add_training_arguments, check_flags_fit_method, method_options
 
 
 class _Parser(argparse.ArgumentParser):
@@ -70,6 +70,7 @@ def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "finetune":
         from .finetune import FinetuneArgs, run_finetune
+        check_flags_fit_method(args)
         results = run_finetune(FinetuneArgs(
             output_dir=args.output_dir, task=args.task, method=args.method, model=args.model, data_dir=args.data_dir,
             train_file=args.train_file, validation_file=args.validation_file, text_columns=args.text_columns,

@@ -21,6 +21,7 @@ class Method:
     # class for 3 epochs under linear decay + weight decay, and learn under a constant rate without decay.
     default_lr_scheduler = "linear"
     default_weight_decay = 0.01
+    primes = False  # whether a priming phase runs (see `priming_steps`)
 
     def __init__(self, options: dict | None = None):
         self.options = options or {}

@@ -63,6 +63,7 @@ class FreezeAndReconfigure(Method):
     """
 
     name = "far"
+    primes = True
     # FAR updates pre-trained weights in place, like full fine-tuning (1e-4), but only ~6% of them,
     # so each step moves the function less and a higher rate fits; it starts from the pre-trained
     # rows, not from a primed warm start as learners (1e-3) do. Untuned; see README.

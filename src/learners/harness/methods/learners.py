@@ -57,6 +57,9 @@ class LearnersMethod(Method):
             raise UsageError(f"{' and '.join(given)} {'shape' if len(given) > 1 else 'shapes'} the priming phase, but "
                              f"--selection is {options['selection']!r}, "
                              "which has none (the default selection is random, without priming): add --selection priming")
+        if "layer_coverage" in options and options["layers"] != "auto":
+            raise UsageError(f"--layer-coverage sets how many blocks --learner-layers auto picks, but --learner-layers is "
+                             f"{options['layers']!r}: drop it, or use --learner-layers auto")
         self.prefix_cache_mb = options.pop("frozen_prefix_cache_mb", DEFAULT_PREFIX_CACHE_MB)
         if not self.prefix_cache_mb >= 0:
             raise UsageError(f"--frozen-prefix-cache-mb must be 0 (off) or a positive size in MB, not {self.prefix_cache_mb}")
@@ -103,8 +106,12 @@ class LearnersMethod(Method):
         """Priming's copy of the pre-trained values of what it trains (None outside priming)."""
         return self.primer.pretrained if self.primer is not None else None
 
+    @property
+    def primes(self) -> bool:
+        return self.config.selection == "priming"
+
     def priming_steps(self, steps_per_epoch: int) -> int:
-        if self.config.selection != "priming":
+        if not self.primes:
             return 0
         return priming.priming_steps(self.config, steps_per_epoch)
 
