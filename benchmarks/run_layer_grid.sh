@@ -46,7 +46,9 @@ all-gradient|--learner-layers all --selection gradient
 all-magnitude|--learner-layers all --selection magnitude
 all-ratio-1-32|--learner-layers all --ratio 0.03125 --selection priming
 all-random-ratio-1-32|--learner-layers all --ratio 0.03125 --selection random
-all-random-ratio-1-8|--learner-layers all --ratio 0.125 --selection random'
+all-random-ratio-1-8|--learner-layers all --ratio 0.125 --selection random
+all-random-ratio-1-8-lr-2e-3|--learner-layers all --ratio 0.125 --selection random --learning-rate 2e-3
+all-random-ratio-1-8-lr-5e-4|--learner-layers all --ratio 0.125 --selection random --learning-rate 5e-4'
 
 kept() {  # kept NAME TASK METHOD SEED: the run finished in $OUT or is kept in $KEEP, or (baselines and `all`) a csv row
   [ -f "$OUT/$1/runs/$2/$3/seed$4/results.json" ] || [ -f "$KEEP/$1/runs/$2/$3/seed$4/results.json" ] && return 0
