@@ -218,7 +218,7 @@ def method_spec(spec: str) -> tuple[str, dict | None, bool]:
     """"learners:top-3" -> learners in those blocks (selected by magnitude); "learners:top-3:nofd" also with
     frozen_dropout=False, whose frozen-prefix cache then misses every step (new batches: a first epoch);
     ":cached" times steps on batches seen before (a later epoch: every example cached); ":nocache" turns the
-    cache off; ":ratio=R" sets the learner size (default 1/16). "priming:SCOPE" times a priming step (learners
+    cache off; ":ratio=R" sets the learner size (default: the CLI's, 1/8). "priming:SCOPE" times a priming step (learners
     before selection) with that priming scope (all, ffn, learner-layers; default all). Other names as they are.
     Returns (method, options, repeat batches)."""
     name, *parts = spec.split(":")

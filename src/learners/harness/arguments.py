@@ -51,7 +51,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--learner-warmup-steps", type=int, default=0,
                    help="after priming, ramp the new learner optimizer's rate up over this many steps (default 0)")
     g = _method_group(p, "learners options (--method learners)", ("learners",))
-    g.add_argument("--ratio", type=float, help="learner size as a fraction of each FFN's width (default 1/16)")
+    g.add_argument("--ratio", type=float, help="learner size as a fraction of each FFN's width (default 1/8)")
     g.add_argument("--num-neurons", type=_positive_int_list, help="learner size in neurons: one count, or one per layer (comma-separated)")
     g.add_argument("--selection", choices=["priming", "gradient", "magnitude", "random"],
                    help="how the learner neurons are chosen: random (default; no priming phase), priming (a short full "
