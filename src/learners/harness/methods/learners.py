@@ -23,7 +23,7 @@ from .base import Method
 
 # 192 of MiniLM's 1536 FFN neurons per learner block (3.9% of the encoder). Measured (BENCHMARKS.md 5.17; random
 # neurons in every block, seeds 0-2 paired): 1/8 scored above 1/16 on all four of CoLA, MRPC, RTE and STS-B
-# (four-task mean 0.640 vs 0.629; 10 of 12 runs higher) at the same step time; 1/32 (0.98%, the 1% target) lost
+# (four-task mean 0.639 vs 0.629; 10 of 12 runs higher) at the same step time; 1/32 (0.98%, the 1% target) lost
 # 0.012 on seed 0. `--ratio` trades quality for parameters.
 DEFAULT_RATIO = 1 / 8
 # Every block. Measured (BENCHMARKS.md, section 5): skipping the lowest block (skip-1, top-5 on the default
