@@ -13,6 +13,7 @@ POINTS=(
   "bitfit=$D/cpu/all:bitfit+$L/baselines:bitfit"
   "learners all, random, r1/8 (default)=$L/all-random-ratio-1-8:learners"
   "learners all, random, r1/16=$L/all-random:learners"
+  "learners all, random, r1/8, lr 5e-4=$L/all-random-ratio-1-8-lr-5e-4:learners"
   "learners all, priming=$D/cola-3seeds:learners+$D/cpu/all:learners+$L/all:learners"
   "learners all, priming scope ffn=$L/all-ffn-priming:learners"
   "learners all, priming, r1/32=$L/all-ratio-1-32:learners"
