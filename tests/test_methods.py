@@ -302,3 +302,21 @@ def test_cli_bad_method_option_is_one_line_exit_2(tmp_path, capsys, glue_dir):
                  "--output-dir", str(tmp_path / "o"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("learners: error: ") and "--lora-rank" in err and err.count("\n") == 1
+
+
+def test_priming_flags_are_an_error_only_where_no_priming_phase_runs():
+    """Method.check_priming_flags: FAR and learners with --selection priming take them; full and random learners refuse
+    them with the fix (the library path: FinetuneArgs reaches it without the CLI's per-method flag check)."""
+    from learners.errors import UsageError
+    from learners.harness.methods import build_method
+
+    given = ["--priming-learning-rate", "--learner-warmup-steps"]
+    build_method("far").check_priming_flags(given)
+    build_method("learners", {"selection": "priming"}).check_priming_flags(given)
+    build_method("full").check_priming_flags([])
+    with pytest.raises(UsageError, match=r"^--priming-learning-rate and --learner-warmup-steps shape the priming phase, "
+                                         r"but this --method full run has none: drop them$"):
+        build_method("full").check_priming_flags(given)
+    with pytest.raises(UsageError, match=r"--learner-warmup-steps shapes the priming phase, but --selection is 'magnitude', "
+                                         r"which has none .*: add --selection priming$"):
+        build_method("learners", {"selection": "magnitude"}).check_priming_flags(given[1:])

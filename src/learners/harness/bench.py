@@ -69,9 +69,9 @@ def training_flags(args: argparse.Namespace, method: str | None = None) -> list[
 
 def check_method_options(name: str, args: argparse.Namespace) -> None:
     """Fail before any run if the options do not make a valid `name` run (as `finetune` would, once per run)."""
-    from .methods import build_method, check_priming_flags
+    from .methods import build_method
     passed = training_flags(args, name)  # a full run gets no priming flag; a learners run does, and must prime
-    check_priming_flags(build_method(name, method_options(args)), [f for f in priming_flags_given(args) if f in passed])
+    build_method(name, method_options(args)).check_priming_flags([f for f in priming_flags_given(args) if f in passed])
 
 
 def launch(command: list[str], log_path: Path) -> int:

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from . import checkpoint, distributed
 from ..errors import UsageError, check_finite, check_output_path
 from .arguments import priming_flags_given
-from .methods import build_method, check_priming_flags
+from .methods import build_method
 from .metrics import compute_metrics, primary_metric_name
 from .models import DEFAULT_MODEL, check_max_length, load_model_and_tokenizer
 from .task_data import TaskData
@@ -169,7 +169,7 @@ def run_finetune(args: FinetuneArgs) -> dict | None:
     out = check_output_dir(args.output_dir, args.overwrite)
     resume = should_resume(out, args)
     method = build_method(args.method, args.method_options)
-    check_priming_flags(method, priming_flags_given(args))
+    method.check_priming_flags(priming_flags_given(args))
     task = load_task(args)
     set_seed(args.seed)  # before the model: a freshly initialised task head is random too
     model, tokenizer = load_model_and_tokenizer(args.model, task.num_labels, task.label_names)

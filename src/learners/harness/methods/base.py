@@ -4,6 +4,7 @@ from pathlib import Path
 
 from torch import nn
 
+from ...errors import UsageError
 from ...learner.ffn import head_parameter_names
 
 
@@ -36,6 +37,16 @@ class Method:
 
     def priming_steps(self, steps_per_epoch: int) -> int:
         return 0
+
+    def check_priming_flags(self, given: list[str]) -> None:
+        """Flags that shape a priming phase (`given`, e.g. --priming-learning-rate) are an error where none runs."""
+        if given and not self.primes:
+            raise UsageError(f"{' and '.join(given)} {'shapes' if len(given) == 1 else 'shape'} the priming phase, "
+                             f"but {self.no_priming(given)}")
+
+    def no_priming(self, given: list[str]) -> str:
+        """Why this run has no priming phase, and the fix (the end of check_priming_flags' message)."""
+        return f"this --method {self.name} run has none: drop {'it' if len(given) == 1 else 'them'}"
 
     def after_priming(self, model: nn.Module, batches) -> nn.Module:
         return model

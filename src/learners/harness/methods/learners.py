@@ -56,11 +56,6 @@ class LearnersMethod(Method):
             options["ratio"] = DEFAULT_RATIO
         options.setdefault("layers", DEFAULT_LAYERS)
         options.setdefault("selection", DEFAULT_SELECTION)
-        given = [flag for key, flag in PRIMING_OPTIONS.items() if options.get(key) not in (None, False)]
-        if given and options["selection"] != "priming":
-            raise UsageError(f"{' and '.join(given)} {'shape' if len(given) > 1 else 'shapes'} the priming phase, but "
-                             f"--selection is {options['selection']!r}, "
-                             "which has none (the default selection is random, without priming): add --selection priming")
         if "layer_coverage" in options and options["layers"] != "auto":
             raise UsageError(f"--layer-coverage sets how many blocks --learner-layers auto picks, but --learner-layers is "
                              f"{options['layers']!r}: drop it, or use --learner-layers auto")
@@ -68,6 +63,7 @@ class LearnersMethod(Method):
         if not self.prefix_cache_mb >= 0:
             raise UsageError(f"--frozen-prefix-cache-mb must be 0 (off) or a positive size in MB, not {self.prefix_cache_mb}")
         self.config = LearnerConfig(**options)
+        self.check_priming_flags([flag for key, flag in PRIMING_OPTIONS.items() if options.get(key) not in (None, False)])
         self.primer: Primer | None = None  # during priming
         self.layer_signal = None  # per-block sum of the priming scores, for results.json
         self.probe_signal = None  # per-block sum of the gradient probe's scores (auto layers, learner-layers scope)
@@ -113,6 +109,10 @@ class LearnersMethod(Method):
     @property
     def primes(self) -> bool:
         return self.config.selection == "priming"
+
+    def no_priming(self, given: list[str]) -> str:
+        return (f"--selection is {self.config.selection!r}, which has none (the default selection is random, "
+                "without priming): add --selection priming")
 
     def priming_steps(self, steps_per_epoch: int) -> int:
         if not self.primes:
