@@ -178,6 +178,7 @@ def test_report_only_rebuilds_csv_md_and_plots_from_runs(tmp_path, capsys):
     assert "runs/mrpc/full/seed1" in md
     for name in ("curve_cola.png", "curve_mrpc.png", "step_time.png", "peak_memory.png"):
         assert (out / name).read_bytes().startswith(PNG_MAGIC)
+    assert not [p.name for p in out.iterdir() if ".tmp" in p.name]  # each written whole, then renamed into place
 
     # an absolute target; without `full` there is no default target, and the md says why
     build_report(out, target=0.35)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..errors import UsageError, check_output_path
 from .arguments import given_training_flags, method_options, priming_flags_given
+from .files import write_text_atomically
 from .report import build_report, run_dir
 
 
@@ -148,7 +149,8 @@ def record_settings(out: Path, tasks: list[str], methods: list[str], seeds: list
     if before != flags:
         print(f"warning: {out} was started with other training options ({' '.join(before or [])}); finished runs keep "
               "their results, new runs use the options given now", file=sys.stderr)
-    settings.write_text(json.dumps({"tasks": tasks, "methods": methods, "seeds": seeds, "training_flags": flags}, indent=2))
+    write_text_atomically(settings, json.dumps({"tasks": tasks, "methods": methods, "seeds": seeds, "training_flags": flags},
+                                               indent=2))
     return before
 
 

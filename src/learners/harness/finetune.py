@@ -1,7 +1,6 @@
 """`learners finetune`: data in, model and method, training, evaluation, results out."""
 
 import json
-import os
 import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from torch.utils.data import DataLoader
 from . import checkpoint, distributed
 from ..errors import UsageError, check_finite, check_output_path
 from .arguments import priming_flags_given
+from .files import write_text_atomically
 from .methods import build_method
 from .metrics import compute_metrics, primary_metric_name
 from .models import DEFAULT_MODEL, check_max_length, load_model_and_tokenizer
@@ -247,8 +247,6 @@ def save_run(args: FinetuneArgs, out: Path, method, result, task: TaskData, toke
         "args": {k: v for k, v in asdict(args).items() if k not in ("progress", "resume")},
         **extra,
     }
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    os.replace(tmp, out / "results.json")
+    write_text_atomically(out / "results.json", json.dumps(results, indent=2))
     checkpoint.remove(out / checkpoint.DIRECTORY)  # the run is finished: results.json and the model hold it
     return results

@@ -9,12 +9,12 @@ side by side; each task reads its own text columns (saved with its learners, or 
 
 import csv
 import json
-import os
 import re
 from pathlib import Path
 
 from ..errors import UsageError, check_output_path, first_line, read_json_file
 from ..learner import LearnerModel
+from .files import replaced_atomically
 from .finetune import TASK_FILE, predict_loader
 from .models import check_max_length, load_model_and_tokenizer, quiet_transformers
 from .user_data import pick_text_columns, read_table
@@ -81,8 +81,7 @@ def predict_column(model, tokenizer, table, input_name: str, text_columns: str |
 
 def write_rows(out: Path, rows: list[dict]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")  # renamed when complete: never a half-written --output
-    with open(partial, "w", newline="", encoding="utf-8") as f:
+    with replaced_atomically(out) as partial, open(partial, "w", newline="", encoding="utf-8") as f:  # never half-written
         if out.suffix.lower() == ".jsonl":
             for row in rows:
                 f.write(json.dumps(row) + "\n")
@@ -90,7 +89,6 @@ def write_rows(out: Path, rows: list[dict]) -> None:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t" if out.suffix.lower() == ".tsv" else ",")
             writer.writeheader()
             writer.writerows(rows)
-    os.replace(partial, out)
 
 
 def run_predict(model_dir: str, input_file: str, output_file: str, text_columns: str | None = None,

@@ -19,6 +19,8 @@ import math
 import statistics
 from pathlib import Path
 
+from .files import replaced_atomically, write_text_atomically
+
 DEFAULT_TARGET_FRACTION = 0.95
 
 CSV_COLUMNS = ["task", "method", "seed", "metric_name", "metric", "best_metric", "trainable_params", "train_seconds",
@@ -108,7 +110,7 @@ def csv_rows(results: list[dict], targets: dict[str, tuple[float | None, str]]) 
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    with open(path, "w", newline="") as f:
+    with replaced_atomically(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
@@ -232,7 +234,8 @@ def plot_curve(results: list[dict], task: str, methods: list[str], target: float
     ax.set_title(f"{task}: dev {metric_name} during training")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.savefig(path, dpi=110)
+    with replaced_atomically(path) as tmp:
+        fig.savefig(tmp, dpi=110)
 
 
 def plot_bars(results: list[dict], tasks: list[str], methods: list[str], key: str, ylabel: str, title: str,
@@ -256,7 +259,8 @@ def plot_bars(results: list[dict], tasks: list[str], methods: list[str], key: st
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(loc="upper left", ncols=len(methods))
-    fig.savefig(path, dpi=110)
+    with replaced_atomically(path) as tmp:
+        fig.savefig(tmp, dpi=110)
 
 
 def _ordered(found: list[str], preferred: list[str] | None) -> list[str]:
@@ -283,7 +287,7 @@ def build_report(out: Path, target: float | dict[str, float] | None = None, task
 
     written = [out / "bench.csv", out / "bench.md"]
     write_csv(csv_rows(results, targets), written[0])
-    written[1].write_text(markdown(results, targets, tasks, methods, incomplete, out))
+    write_text_atomically(written[1], markdown(results, targets, tasks, methods, incomplete, out))
     for t in tasks:
         written.append(out / f"curve_{t}.png")
         plot_curve(results, t, methods, targets[t][0], written[-1])
