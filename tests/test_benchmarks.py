@@ -142,7 +142,19 @@ def test_layer_grid_queues_only_the_runs_not_kept(tmp_path):
     out = tmp_path / "out"
     assert sorted(listed.splitlines()) == sorted([
         f"--tasks cola --methods full --seeds 0 --output-dir {out}/baselines",
-        f"--tasks cola --methods learners --learner-layers all --selection priming --seeds 1 --output-dir {out}/all",
-        f"--tasks cola --methods learners --learner-layers all --selection random --seeds 1 --output-dir {out}/all-random",
+        f"--tasks cola --methods learners --learner-layers all --selection priming --ratio 0.0625 --seeds 1 --output-dir {out}/all",
+        f"--tasks cola --methods learners --learner-layers all --selection random --ratio 0.0625 --seeds 1 --output-dir {out}/all-random",
     ])
     assert not out.exists(), "a dry run writes nothing"
+
+
+def test_every_grid_configuration_names_its_size_and_selection():
+    """A grid spans sessions: a configuration that took its learner size or selection from the defaults would
+    run its missing seeds under whatever the defaults are now (the default size moved 1/16 -> 1/8, the
+    selection priming -> random) and pool them with seeds run under the old ones."""
+    script = (Path(__file__).resolve().parents[1] / "benchmarks" / "run_layer_grid.sh").read_text()
+    configs = script.split("CONFIGS='", 1)[1].split("'", 1)[0].splitlines()
+    assert len(configs) > 10
+    for line in configs:
+        name, flags = line.split("|", 1)
+        assert "--ratio " in flags and "--selection " in flags, name
