@@ -1,12 +1,17 @@
 """Files other processes read (bench.json, bench.csv, results.json, plots) are never seen half-written."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
+from test_bench import fake_results
 
-from learners.harness.files import replaced_atomically
+from learners.harness import bench
+from learners.harness.cli import main
+from learners.harness.files import (LOCK_NAME, OutputDirInUse, exclusive_output_dir, output_dir_in_use,
+                                    replaced_atomically)
 
 
 def test_the_old_file_stays_whole_until_the_new_one_is_complete(tmp_path):
@@ -43,3 +48,79 @@ def test_two_benches_sharing_an_output_dir_never_read_a_half_written_bench_json(
     assert [lane.returncode for lane in lanes] == [0, 0], errors
     assert json.loads((out / "bench.json").read_text())["seeds"] == [399]
     assert sorted(p.name for p in out.iterdir()) == ["bench.json"]
+
+
+def write_csv_task(directory):
+    rows = ["text,label"] + [f"{'good fine nice' if i % 2 else 'bad poor sad'} film {i},{'pos' if i % 2 else 'neg'}"
+                             for i in range(24)]
+    (directory / "train.csv").write_text("\n".join(rows) + "\n")
+    (directory / "dev.csv").write_text("\n".join(rows[:9]) + "\n")
+
+
+def finetune_into(tmp_path, model_dir, out, *extra):
+    write_csv_task(tmp_path)
+    return main(["finetune", "--train-file", str(tmp_path / "train.csv"), "--validation-file", str(tmp_path / "dev.csv"),
+                 "--model", str(model_dir), "--method", "full", "--max-steps", "2", "--batch-size", "8",
+                 "--output-dir", str(out), "--no-progress", *extra])
+
+
+def test_a_second_run_into_a_held_output_dir_fails_at_once_and_writes_nothing(tmp_path, tiny_model_dir, capsys):
+    """Two runs in one output directory would resume one checkpoint and overwrite each other's files."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with exclusive_output_dir(out):  # another run, live (flock: a second open of the file conflicts, in any process)
+        assert finetune_into(tmp_path, tiny_model_dir, out) == 2
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME, "notes.txt"]
+    err = capsys.readouterr().err
+    assert f"{out} is in use by another learners run (process {os.getpid()}); wait for it to finish, or choose " \
+           "another --output-dir" in err and "Traceback" not in err
+    # once it is free the run goes ahead, and leaves no lock behind
+    assert finetune_into(tmp_path, tiny_model_dir, out) == 0
+    assert (out / "results.json").exists() and not (out / LOCK_NAME).exists()
+
+
+def test_a_killed_run_leaves_no_stale_lock(tmp_path):
+    out = tmp_path / "run"
+    hold = ("import sys, time; from learners.harness.files import exclusive_output_dir\n"
+            "with exclusive_output_dir(sys.argv[1]):\n    print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert output_dir_in_use(out) == f"process {holder.pid}"
+        with pytest.raises(OutputDirInUse):
+            with exclusive_output_dir(out):
+                pass
+    finally:
+        holder.kill()  # SIGKILL: no clean-up ran, the lock file stays...
+        holder.wait()
+    assert (out / LOCK_NAME).exists()
+    assert output_dir_in_use(out) is None  # ...but the kernel released the lock with the process
+    with exclusive_output_dir(out):
+        pass
+
+
+def test_a_run_that_fails_before_writing_leaves_no_directory(tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "new-run"
+    assert finetune_into(tmp_path, tiny_model_dir, out, "--text-columns", "no_such_column") == 2
+    assert "no_such_column" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_bench_leaves_a_run_another_process_is_running_to_it(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "bench"
+    launched = []
+
+    def launch(command, log):
+        launched.append(command[command.index("--seed") + 1])
+        log.write_text("ok\n")
+        (log.parent / "results.json").write_text(json.dumps(fake_results("cola", "full", int(launched[-1]), [(1, 0.3)])))
+        return 0
+
+    monkeypatch.setattr(bench, "launch", launch)
+    busy = out / "runs" / "cola" / "full" / "seed1"
+    busy.mkdir(parents=True)
+    with exclusive_output_dir(busy):
+        assert main(["bench", "--tasks", "cola", "--methods", "full", "--seeds", "0,1", "--output-dir", str(out)]) == 0
+    assert launched == ["0"]
+    assert f"[2/2] cola full seed1: skip (running in process {os.getpid()})" in capsys.readouterr().out

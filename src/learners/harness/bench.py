@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..errors import UsageError, check_output_path
 from .arguments import given_training_flags, method_options, priming_flags_given
-from .files import write_text_atomically
+from .files import output_dir_in_use, write_text_atomically
 from .report import build_report, run_dir
 
 
@@ -160,6 +160,10 @@ def run_one(directory: Path, prefix: str, task: str, method: str, seed: int, fla
 
     if (directory / "results.json").exists():
         print(f"{prefix} skip (done)", flush=True)
+        return True
+    holder = output_dir_in_use(directory)
+    if holder:  # another bench (or finetune) is running it now: its results.json will be there for the report
+        print(f"{prefix} skip (running in {holder})", flush=True)
         return True
     redo = directory.exists()
     # A killed run resumes from its checkpoint; under other training options it starts afresh.

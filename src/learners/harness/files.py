@@ -1,8 +1,9 @@
-"""Writing a file so that no reader ever sees it half-written.
+"""Files that several processes share: no reader sees one half-written, no two runs write one output dir.
 
 Several `learners bench` processes may share one output directory (two queues of runs on one machine): one
 rewrites bench.json, bench.csv or a plot while another reads it. Each file is written to a temporary name of
-its own (the process id in it) in the same directory and then renamed over the target, which is atomic."""
+its own (the process id in it) in the same directory and then renamed over the target, which is atomic.
+A fine-tuning holds its output directory for as long as it runs (`exclusive_output_dir`)."""
 from __future__ import annotations
 
 import os
@@ -27,3 +28,68 @@ def replaced_atomically(path: Path):
 def write_text_atomically(path: Path, text: str) -> None:
     with replaced_atomically(path) as tmp:
         tmp.write_text(text)
+
+
+LOCK_NAME = ".learners.lock"
+
+
+class OutputDirInUse(Exception):
+    """Another live process holds the output directory (see `exclusive_output_dir`)."""
+
+
+@contextmanager
+def exclusive_output_dir(out: Path):
+    """Hold OUT for this process while it trains and writes there.
+
+    Two fine-tunings writing one output directory (two benches whose grids overlap, a command run twice)
+    would resume the same checkpoint and overwrite each other's files. An advisory lock (flock) on
+    OUT/.learners.lock is released by the kernel when the process ends however it ends, so a killed run
+    never leaves a stale lock. The lock file goes when the run does, and OUT too if the run created it and
+    left it empty. Where flock does not exist (Windows) runs are not guarded."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    out = Path(out)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK_NAME
+    while True:
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            handle.close()
+            raise OutputDirInUse(holder) from None
+        try:  # the holder before us may have removed the file between our open and our lock: lock the file now there
+            same = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        handle.close()
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()}\n")
+    handle.flush()
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        handle.close()
+        if created and not any(out.iterdir()):
+            out.rmdir()
+
+
+def output_dir_in_use(out: Path) -> str | None:
+    """Who holds OUT ('process N') if a live process does, else None (a look: takes nothing)."""
+    if not (Path(out) / LOCK_NAME).exists():
+        return None
+    try:
+        with exclusive_output_dir(out):
+            return None
+    except OutputDirInUse as e:
+        return str(e) or "another process"

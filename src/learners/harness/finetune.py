@@ -2,6 +2,7 @@
 
 import json
 import statistics
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from torch.utils.data import DataLoader
 from . import checkpoint, distributed
 from ..errors import UsageError, check_finite, check_output_path
 from .arguments import priming_flags_given
-from .files import write_text_atomically
+from .files import OutputDirInUse, exclusive_output_dir, write_text_atomically
 from .methods import build_method
 from .metrics import compute_metrics, primary_metric_name
 from .models import DEFAULT_MODEL, check_max_length, load_model_and_tokenizer
@@ -167,6 +168,18 @@ def run_finetune(args: FinetuneArgs) -> dict | None:
     args.validate()
     distributed.quiet_other_ranks()
     out = check_output_dir(args.output_dir, args.overwrite)
+    with ExitStack() as held:
+        if distributed.is_main():  # rank 0 alone writes OUT; it holds OUT for the run, so a second run there fails now
+            try:
+                held.enter_context(exclusive_output_dir(out))
+            except OutputDirInUse as e:
+                raise UsageError(f"{out} is in use by another learners run ({e}); wait for it to finish, or choose "
+                                 "another --output-dir") from None
+        return _finetune(args, out)
+
+
+def _finetune(args: FinetuneArgs, out: Path) -> dict | None:
+    """run_finetune's work, once OUT is checked (and held by this process, on rank 0)."""
     resume = should_resume(out, args)
     method = build_method(args.method, args.method_options)
     method.check_priming_flags(priming_flags_given(args))
