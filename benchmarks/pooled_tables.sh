@@ -23,6 +23,14 @@ POINTS=(
   "learners top-3 nofd cached=$L/top3-nofd-cache:learners"
   "learners top-3 nofd cached, random=$L/top3-nofd-random:learners"
 )
-$PYTHON benchmarks/seed_table.py --output $L/seeds "${POINTS[@]}"
+# Issue 8's selection and priming ablations (learners in every block, 1/16): in the seed table only until they
+# have every task (the frontier compares points on the tasks all of them have)
+ABLATIONS=(
+  "learners all, magnitude, r1/16=$L/all-magnitude:learners"
+  "learners all, gradient, r1/16=$L/all-gradient:learners"
+  "learners all, priming then reset, r1/16=$L/all-reset:learners"
+  "learners all, priming 0.1 epoch, r1/16=$L/all-priming-0.1:learners"
+)
+$PYTHON benchmarks/seed_table.py --mean-over cola,mrpc,rte,stsb --output $L/seeds "${POINTS[@]}" "${ABLATIONS[@]}"
 echo
 $PYTHON benchmarks/frontier.py --step-ratios $L/step_ratios_cache.json --output $L/frontier_4task "${POINTS[@]}"

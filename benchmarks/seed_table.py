@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("points", nargs="+", help="LABEL=BENCH_DIR:METHOD, or several joined by + (their seeds pooled)")
     p.add_argument("--reference", default="full", help="the point whose mean best sets each task's target (default full)")
     p.add_argument("--output", required=True, help="path prefix of the .md written")
+    p.add_argument("--mean-over", help="the tasks of the mean column, e.g. cola,mrpc,rte,stsb (default: the tasks every "
+                                       "point has); a point without runs on one of them has no mean")
     args = p.parse_args(argv)
     points = {}
     for spec in args.points:
@@ -103,14 +105,15 @@ def main(argv: list[str] | None = None) -> None:
     reference = [{**r, "method": "full"} for seeds in points.get(args.reference, {}).values() for r in seeds.values()]
     found = task_targets(reference)
     targets = {task: found.get(task, (None, ""))[0] for task in tasks}
-    common = [t for t in tasks if all(t in runs for runs in points.values())]
+    common = args.mean_over.split(",") if args.mean_over else [t for t in tasks if all(t in runs for runs in points.values())]
     header = f"| point | {' | '.join(tasks)} |"
     rule = "|---|" + "---|" * len(tasks)
     lines = ["Best dev metric: mean ± std over seeds (seeds)", "", header[:-1] + f"| mean over {', '.join(common)} |",
              rule + "---|"]
     for label, runs in points.items():
         cells = [quality_cell(runs[t]) if t in runs else "-" for t in tasks]
-        mean = statistics.mean(statistics.mean(r["best_metric"] for r in runs[t].values()) for t in common) if common else None
+        mean = statistics.mean(statistics.mean(r["best_metric"] for r in runs[t].values()) for t in common) \
+            if common and all(t in runs for t in common) else None
         lines.append(f"| {label} | {' | '.join(cells)} | {'-' if mean is None else f'{mean:.3f}'} |")
     lines += ["", f"Time to target ({DEFAULT_TARGET_FRACTION:.0%} of `{args.reference}`'s mean best: "
               + ", ".join(f"{t} {'-' if targets[t] is None else f'{targets[t]:.4f}'}" for t in tasks)

@@ -114,6 +114,15 @@ def test_seed_table_pools_seeds_and_times_the_pooled_target(tmp_path, capsys):
     assert "| full | 1/2, 50 s (10 steps) |" in table
     assert "| learners | 1/2, 90 s (20 steps) |" in table  # not the primed model's 0.58 at 20 s; seed 2 has no history
 
+    # --mean-over names the mean's tasks: a point without runs on one of them has no mean, the others keep theirs
+    write(tmp_path / "new", "full", "cola", 0, 0.30)
+    seed_table.main(["--output", str(tmp_path / "m"), "--mean-over", "cola,rte", f"full={tmp_path / 'new'}:full",
+                     f"learners={tmp_path / 'new'}:learners"])
+    table = (tmp_path / "m.md").read_text()
+    assert "| point | cola | rte | mean over cola, rte |" in table
+    assert "| full | 0.300 (1) | 0.695 ± 0.417 (2) | 0.498 |" in table
+    assert "| learners | - | 0.485 ± 0.049 (2) | - |" in table
+
 
 def test_step_time_times_a_priming_step_of_each_scope():
     rows = {}
