@@ -124,3 +124,17 @@ def test_bench_leaves_a_run_another_process_is_running_to_it(tmp_path, monkeypat
         assert main(["bench", "--tasks", "cola", "--methods", "full", "--seeds", "0,1", "--output-dir", str(out)]) == 0
     assert launched == ["0"]
     assert f"[2/2] cola full seed1: skip (running in process {os.getpid()})" in capsys.readouterr().out
+
+
+def test_a_filesystem_that_refuses_locks_runs_unguarded(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def refuse(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    out = tmp_path / "on-a-network-mount"
+    with exclusive_output_dir(out):
+        (out / "results.json").write_text("{}")
+    assert sorted(p.name for p in out.iterdir()) == ["results.json"]

@@ -45,7 +45,7 @@ def exclusive_output_dir(out: Path):
     would resume the same checkpoint and overwrite each other's files. An advisory lock (flock) on
     OUT/.learners.lock is released by the kernel when the process ends however it ends, so a killed run
     never leaves a stale lock. The lock file goes when the run does, and OUT too if the run created it and
-    left it empty. Where flock does not exist (Windows) runs are not guarded."""
+    left it empty. Where flock does not exist (Windows) or the filesystem refuses it, runs are not guarded."""
     try:
         import fcntl
     except ImportError:
@@ -64,6 +64,11 @@ def exclusive_output_dir(out: Path):
             holder = handle.read().strip()
             handle.close()
             raise OutputDirInUse(holder) from None
+        except OSError:  # a filesystem without locks (some network mounts: ENOLCK): run unguarded, as on Windows
+            handle.close()
+            path.unlink(missing_ok=True)
+            handle = None
+            break
         try:  # the holder before us may have removed the file between our open and our lock: lock the file now there
             same = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
         except FileNotFoundError:
@@ -71,6 +76,9 @@ def exclusive_output_dir(out: Path):
         if same:
             break
         handle.close()
+    if handle is None:
+        yield
+        return
     handle.seek(0)
     handle.truncate()
     handle.write(f"process {os.getpid()}\n")
