@@ -46,15 +46,28 @@ def exclusive_output_dir(out: Path):
     OUT/.learners.lock is released by the kernel when the process ends however it ends, so a killed run
     never leaves a stale lock. The lock file goes when the run does, and OUT too if the run created it and
     left it empty. Where flock does not exist (Windows) or the filesystem refuses it, runs are not guarded."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
     out = Path(out)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK_NAME
+    handle = _lock(path)
+    try:
+        yield
+    finally:
+        if handle is not None:
+            path.unlink(missing_ok=True)
+            handle.close()
+        if created and not any(out.iterdir()):
+            out.rmdir()
+
+
+def _lock(path: Path):
+    """The lock file at `path`, open and flock-ed, this process's id in it; None where locks do not exist.
+    Raises OutputDirInUse (with the holder's line) if a live process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        return None
     while True:
         handle = open(path, "a+")
         try:
@@ -64,32 +77,21 @@ def exclusive_output_dir(out: Path):
             holder = handle.read().strip()
             handle.close()
             raise OutputDirInUse(holder) from None
-        except OSError:  # a filesystem without locks (some network mounts: ENOLCK): run unguarded, as on Windows
+        except OSError:  # a filesystem without locks (some network mounts: ENOLCK)
             handle.close()
             path.unlink(missing_ok=True)
-            handle = None
-            break
+            return None
         try:  # the holder before us may have removed the file between our open and our lock: lock the file now there
             same = os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino
         except FileNotFoundError:
             same = False
         if same:
-            break
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"process {os.getpid()}\n")
+            handle.flush()
+            return handle
         handle.close()
-    if handle is None:
-        yield
-        return
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"process {os.getpid()}\n")
-    handle.flush()
-    try:
-        yield
-    finally:
-        path.unlink(missing_ok=True)
-        handle.close()
-        if created and not any(out.iterdir()):
-            out.rmdir()
 
 
 def output_dir_in_use(out: Path) -> str | None:
