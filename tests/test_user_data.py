@@ -201,6 +201,18 @@ def test_wrong_field_count_names_line_and_quoting(tmp_path, csv_pair):
         load_user_data(train, csv_pair[1], None)
 
 
+def test_file_split_by_another_separator(tmp_path, csv_pair):
+    semicolons = write(tmp_path / "excel.csv", "text;label\ngood;pos\nbad;neg\n")
+    with raises(r"excel\.csv's header 'text;label' is one column split by semicolons, but a \.csv file is read as comma-sep"):
+        load_user_data(semicolons, csv_pair[1], None)
+    tabs_named_csv = write(tmp_path / "tabs.csv", "text\tlabel\nmeh\tneg\n")
+    with raises(r"tabs\.csv's header 'text\\tlabel' is one column split by tabs"):
+        load_user_data(csv_pair[0], tabs_named_csv, None)
+    commas_named_tsv = write(tmp_path / "train.tsv", "text,label\ngood,pos\n")
+    with raises(r"train\.tsv's header 'text,label' is one column split by commas, but a \.tsv file is read as tab-sep"):
+        load_user_data(commas_named_tsv, csv_pair[1], None)
+
+
 def test_bad_json_line(tmp_path):
     train = write(tmp_path / "train.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", label: y}\n')
     with raises(r"train\.jsonl line 2 is not valid JSON .*one JSON object per line"):

@@ -34,10 +34,28 @@ class Table:
         return f"{self.path.name} line {self.lines[i]}"
 
 
+SEPARATOR_NAMES = {",": "commas", "\t": "tabs", ";": "semicolons", "|": "pipes"}
+
+
+def _check_separator(path: Path, columns: list[str], delimiter: str) -> None:
+    """A data file needs a text and a label column, so a one-column header that holds another separator
+    (a semicolon CSV from a spreadsheet, a TSV named .csv) means the file is split with the wrong character."""
+    if len(columns) != 1:
+        return
+    other = next((sep for sep in SEPARATOR_NAMES if sep != delimiter and sep in columns[0]), None)
+    if other is not None:
+        expected = "a .tsv file is read as tab-separated" if delimiter == "\t" else "a .csv file is read as comma-separated"
+        raise UsageError(
+            f"{path.name}'s header {columns[0]!r} is one column split by {SEPARATOR_NAMES[other]}, but {expected}; "
+            "save it with commas as .csv, or with tabs as .tsv."
+        )
+
+
 def _read_delimited(path: Path, delimiter: str) -> Table:
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter=delimiter)
         columns = [c.strip() for c in next(reader, [])]
+        _check_separator(path, columns, delimiter)
         rows, lines = [], []
         for row in reader:
             if not any(cell.strip() for cell in row):  # blank line
