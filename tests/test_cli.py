@@ -83,6 +83,10 @@ def test_predict_writes_one_label_per_row(tmp_path, tiny_model_dir, glue_dir):
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["sentence"] for r in rows] == ["The cat sat.", 'He said, "go".', "Cats sleeps."]
     assert all(r["prediction"] in {"acceptable", "unacceptable"} for r in rows)
+    # the run's OUT names its model too: same predictions, same saved text columns
+    assert main(["predict", "--model", str(tmp_path / "run"), "--input", str(tmp_path / "in.csv"),
+                 "--output", str(tmp_path / "out_run.jsonl")]) == 0
+    assert (tmp_path / "out_run.jsonl").read_text() == (tmp_path / "out.jsonl").read_text()
 
 
 def test_user_data_regression_end_to_end(tmp_path, tiny_model_dir):

@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="predict with a fine-tuned model directory, or several tasks' learners on one base")
     which = pr.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model", help="a model directory written by finetune (OUT/model) or merge")
+    which.add_argument("--model", help="a model directory written by finetune (OUT, or OUT/model) or merge")
     which.add_argument("--learners", help="several tasks on one loaded base model: NAME=DIR pairs, e.g. "
                                           "cola=runs/cola,sst2=runs/sst2 (DIR: a learners finetune's OUT or OUT/learners); "
                                           "writes a prediction_NAME column per task")

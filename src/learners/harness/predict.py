@@ -23,6 +23,14 @@ OUTPUT_SUFFIXES = (".csv", ".tsv", ".jsonl")
 TASK_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
+def model_directory(model_dir: str) -> Path:
+    """`model_dir` itself, or its `model/` where it is a finetune run's OUT (which holds the model there)."""
+    path = Path(model_dir)
+    if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
+        return path / "model"
+    return path
+
+
 def load_finetuned(model_dir: str):
     """The model and tokenizer in `model_dir`; bottleneck adapters saved beside the weights
     (method `adapter`: adapters_config.json + adapters.safetensors) are put back in."""
@@ -31,9 +39,10 @@ def load_finetuned(model_dir: str):
 
     from .methods.adapter import has_adapters, load_adapters
 
-    path = Path(model_dir)
+    path = model_directory(model_dir)
     if not (path / "config.json").is_file():
-        raise UsageError(f"--model {model_dir} is not a model directory (no config.json); pass OUT/model of a finetune run")
+        raise UsageError(f"--model {model_dir} is not a model directory (no config.json); pass a finetune run's OUT "
+                         "or OUT/model, or a merge's output")
     with quiet_transformers():
         try:  # safetensors weights only: a model directory's pickle files are never loaded
             model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True)
@@ -97,7 +106,7 @@ def run_predict(model_dir: str, input_file: str, output_file: str, text_columns:
     out = check_prediction_options(output_file, batch_size)
     model, tokenizer = load_finetuned(model_dir)
     max_length = check_max_length(max_length, model.config)
-    task_file = Path(model_dir) / TASK_FILE
+    task_file = model_directory(model_dir) / TASK_FILE
     saved = read_json_file(task_file, "task file") if task_file.is_file() else {}
     table = read_table(input_file, "--input")
     values = predict_column(model, tokenizer, table, Path(input_file).name, text_columns, saved, batch_size, max_length)
