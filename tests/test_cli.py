@@ -73,6 +73,10 @@ def test_learners_finetune_primes_then_trains_learners_and_merges(tmp_path, tiny
             "d = (a(input_ids=x).logits - b(input_ids=x).logits).abs().max().item(); print(d); assert d < 1e-6")
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "merged"), str(run / "model")], check=True)
     assert json.loads((tmp_path / "merged" / "learners_task.json").read_text())["text_columns"] == ["sentence"]
+    # the run's OUT names its learners too: the same merged weights
+    assert main(["merge", "--base", str(tiny_model_dir), "--learners", str(run), "--output", str(tmp_path / "merged_out")]) == 0
+    assert ((tmp_path / "merged_out" / "model.safetensors").read_bytes()
+            == (tmp_path / "merged" / "model.safetensors").read_bytes())
 
 
 def test_predict_writes_one_label_per_row(tmp_path, tiny_model_dir, glue_dir):

@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     mg = sub.add_parser("merge", help="merge saved learners into their base model; write a plain HF model")
     mg.add_argument("--base", help="the base model the learners were trained from (default: the embedded model)")
-    mg.add_argument("--learners", required=True, help="directory written by save_pretrained (OUT/learners)")
+    mg.add_argument("--learners", required=True, help="a learners finetune run's OUT (or OUT/learners), or a directory written by save_pretrained")
     mg.add_argument("--output", required=True)
 
     bn = sub.add_parser("bench", help="run finetune over tasks x methods x seeds; write bench.csv, bench.md and plots")

@@ -9,6 +9,11 @@ from .finetune import TASK_FILE
 from .models import load_model_and_tokenizer
 
 
+def learners_directory(path: Path) -> Path:
+    """`path` itself, or its `learners/` where it is a finetune run's OUT (which saves the learners there)."""
+    return path / "learners" if (path / "learners").is_dir() else path
+
+
 def head_labels(meta: dict, learners_dir: str) -> tuple[int, list[str] | None]:
     """The head's label count and names saved in learners_config.json (names None: regression)."""
     regression = meta.get("problem_type") == "regression"
@@ -27,7 +32,9 @@ def head_labels(meta: dict, learners_dir: str) -> tuple[int, list[str] | None]:
 def run_merge(base: str | None, learners_dir: str, output: str) -> Path:
     out = check_output_path(output, "--output")
     if not Path(learners_dir).is_dir():
-        raise UsageError(f"--learners {learners_dir} does not exist; pass the learners directory a finetune run wrote (OUT/learners)")
+        raise UsageError(f"--learners {learners_dir} does not exist; pass a `learners finetune --method learners` "
+                         "run's OUT (or OUT/learners)")
+    learners_dir = str(learners_directory(Path(learners_dir)))
     meta = LearnerModel.read_metadata(learners_dir)
     num_labels, label_names = head_labels(meta, learners_dir)
     task_file = Path(learners_dir) / TASK_FILE  # text columns and labels, for `learners predict`

@@ -16,6 +16,7 @@ from ..errors import UsageError, check_output_path, first_line, read_json_file
 from ..learner import LearnerModel
 from .files import replaced_atomically
 from .finetune import TASK_FILE, predict_loader
+from .merge import head_labels, learners_directory
 from .models import check_max_length, load_model_and_tokenizer, quiet_transformers
 from .user_data import pick_text_columns, read_table
 
@@ -130,13 +131,12 @@ def parse_learners_spec(spec: str) -> dict[str, Path]:
         if not path.is_dir():
             raise UsageError(f"--learners {name}={directory} does not exist; pass the OUT (or OUT/learners) "
                              "directory of a `learners finetune --method learners` run")
-        tasks[name] = path / "learners" if (path / "learners").is_dir() else path
+        tasks[name] = learners_directory(path)
     return tasks
 
 
 def load_learner_sets(tasks: dict[str, Path], base: str | None):
     """The base model with every task's learners loaded as a set named after the task, and the tokenizer."""
-    from .merge import head_labels
 
     metas = {}
     for name, directory in tasks.items():
