@@ -10,7 +10,11 @@ import torch
 
 from conftest import FAMILIES, tiny_batch, tiny_model
 from learners.errors import UsageError
+from learners.harness.methods import build_method
 from learners.learner import LearnerConfig, get_learner_model
+
+CACHED_FAMILIES = ["bert", "distilbert", "roberta"]  # blocks that take the hidden states and the mask alone
+RELATIVE_POSITION_FAMILIES = [f for f in FAMILIES if f not in CACHED_FAMILIES]  # MPNet, DeBERTa-v2
 
 
 def learner_model(family="bert", layers="top-1", frozen_dropout=False, dropout=True, **config):
@@ -34,7 +38,7 @@ def frozen_attention_calls(lm) -> list[int]:
     return calls
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", CACHED_FAMILIES)
 def test_cached_steps_give_the_uncached_logits_and_gradients_and_skip_the_frozen_blocks(family):
     lm = learner_model(family, dropout=False)  # no dropout anywhere: with and without the cache are comparable
     batch = tiny_batch(batch_size=4, length=9)
@@ -124,6 +128,24 @@ def test_a_full_cache_stores_no_more_runs_the_rest_batched_and_stays_correct():
     logits = lm(**batch).logits.detach()
     assert calls[0] == 4 * 2 + 2 and (cache.hits, cache.misses) == (2, 6)  # the 2 misses: once per block, batched
     torch.testing.assert_close(logits, reference, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", RELATIVE_POSITION_FAMILIES)
+def test_models_whose_blocks_take_batch_wide_position_terms_are_refused_or_skipped(family, capsys):
+    """MPNet's and DeBERTa's encoders compute relative-position terms for the batch and give them to every block:
+    a block run on one example alone would get none (MPNet: silently different values; DeBERTa: a crash)."""
+    assert RELATIVE_POSITION_FAMILIES == ["mpnet", "deberta-v2"]
+    lm = learner_model(family)
+    with pytest.raises(UsageError, match=rf"supports model types bert, .* not '{family}': .*relative positions.*leave it off"):
+        lm.enable_frozen_prefix_cache()
+    assert lm.frozen_prefix_cache is None
+    # the fine-tuning harness turns its default cache off and says why; asked for by name, it stops before training
+    method = build_method("learners", {"layers": "top-1", "selection": "magnitude"})
+    model = method.prepare(tiny_model(family, layers=3), batches=None)
+    assert model.frozen_prefix_cache is None and "frozen-prefix cache off" in capsys.readouterr().err
+    asked = build_method("learners", {"layers": "top-1", "frozen_prefix_cache_mb": 64})
+    with pytest.raises(UsageError, match=r"--frozen-prefix-cache-mb: .* drop the option for this model"):
+        asked.check(tiny_model(family, layers=3))
 
 
 def test_learners_in_the_lowest_block_have_nothing_to_cache():

@@ -17,7 +17,11 @@ FFN_MODULES = {
     "bert": ("intermediate.dense", "output.dense", "output.LayerNorm"),
     "roberta": ("intermediate.dense", "output.dense", "output.LayerNorm"),
     "xlm-roberta": ("intermediate.dense", "output.dense", "output.LayerNorm"),
+    "camembert": ("intermediate.dense", "output.dense", "output.LayerNorm"),
     "electra": ("intermediate.dense", "output.dense", "output.LayerNorm"),
+    "mpnet": ("intermediate.dense", "output.dense", "output.LayerNorm"),
+    "deberta": ("intermediate.dense", "output.dense", "output.LayerNorm"),
+    "deberta-v2": ("intermediate.dense", "output.dense", "output.LayerNorm"),
     "distilbert": ("ffn.lin1", "ffn.lin2", "output_layer_norm"),
 }
 

@@ -24,7 +24,7 @@ from torch import nn
 from ..errors import UsageError, check_finite, read_json_file, read_safetensors
 from .config import CONFIG_NAME, LearnerConfig, config_from_metadata
 from .ffn import FFNBlock, find_ffn_blocks, head_parameter_names, set_submodule
-from .prefix_cache import FrozenPrefixCache
+from .prefix_cache import FrozenPrefixCache, unsupported_reason
 from .selection import magnitude_scores, select, select_at_random
 from .sets import LearnerSet, apply_labels, build_set, head_module_paths, join, read_labels, saved_labels
 
@@ -130,6 +130,9 @@ class LearnerModel(nn.Module):
         self.disable_frozen_prefix_cache()
         if self._active is None:
             raise UsageError("no learner set is active: set_learners(name) first, then enable the frozen-prefix cache")
+        reason = unsupported_reason(self.base_model)
+        if reason is not None:
+            raise UsageError(f"{reason}; leave it off for this model")
         embeddings, blocks = self._frozen_prefix()
         if embeddings is None:
             raise UsageError("the frozen-prefix cache needs the model's embeddings module (BERT, DistilBERT, RoBERTa); "

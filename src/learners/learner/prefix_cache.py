@@ -29,6 +29,21 @@ from torch.nn.utils.rnn import pad_sequence
 
 from ..errors import UsageError
 
+# Model types whose blocks take only the hidden states and the attention mask, so that a frozen block can run
+# one example alone and give what it gives that example in a batch. MPNet and DeBERTa are not among them: their
+# encoder computes relative-position terms for the whole batch and hands them to every block.
+SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert")
+
+
+def unsupported_reason(model: nn.Module) -> str | None:
+    """Why the frozen-prefix cache cannot serve `model` (None: it can)."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in SUPPORTED_MODEL_TYPES:
+        return None
+    return (f"the frozen-prefix cache supports model types {', '.join(SUPPORTED_MODEL_TYPES)}, not {model_type!r}: "
+            "its blocks may take terms computed for the whole batch (relative positions), so a frozen block "
+            "cannot run one example alone")
+
 
 class FrozenPrefixCache:
     """Installs itself on `model` (hooks, and a forward on each frozen block that can pass its input

@@ -38,7 +38,11 @@ ATTENTION_OUTPUT = {
     "bert": "attention.output.dense",
     "roberta": "attention.output.dense",
     "xlm-roberta": "attention.output.dense",
+    "camembert": "attention.output.dense",
     "electra": "attention.output.dense",
+    "mpnet": "attention.attn.o",
+    "deberta": "attention.output.dense",
+    "deberta-v2": "attention.output.dense",
     "distilbert": "attention.out_lin",
 }
 

@@ -16,6 +16,7 @@ from ...errors import UsageError
 from ...learner import LearnerConfig, LearnerModel, get_learner_model
 from ...learner.ffn import find_ffn_blocks
 from ...learner import priming
+from ...learner.prefix_cache import unsupported_reason
 from ...learner.priming import Primer, check_fits, priming_parameter_names  # noqa: F401 (priming_parameter_names: tests)
 from ...learner.selection import gradient_scores, rank0_scores, select
 from .base import Method
@@ -59,6 +60,7 @@ class LearnersMethod(Method):
         if "layer_coverage" in options and options["layers"] != "auto":
             raise UsageError(f"--layer-coverage sets how many blocks --learner-layers auto picks, but --learner-layers is "
                              f"{options['layers']!r}: drop it, or use --learner-layers auto")
+        self.prefix_cache_asked = options.get("frozen_prefix_cache_mb", 0) > 0  # by the user, not by default
         self.prefix_cache_mb = options.pop("frozen_prefix_cache_mb", DEFAULT_PREFIX_CACHE_MB)
         if not self.prefix_cache_mb >= 0:
             raise UsageError(f"--frozen-prefix-cache-mb must be 0 (off) or a positive size in MB, not {self.prefix_cache_mb}")
@@ -71,6 +73,9 @@ class LearnersMethod(Method):
     def check(self, model: nn.Module) -> None:
         """Fail before training if the learner layers or sizes do not fit `model` (the library's check)."""
         check_fits(model, self.config)
+        reason = unsupported_reason(model)
+        if self.prefix_cache_asked and reason is not None:
+            raise UsageError(f"--frozen-prefix-cache-mb: {reason}; drop the option for this model")
 
     def prepare(self, model: nn.Module, batches) -> nn.Module:
         super().prepare(model, batches)
@@ -94,6 +99,10 @@ class LearnersMethod(Method):
     def with_prefix_cache(self, model: LearnerModel) -> LearnerModel:
         """The frozen-prefix cache on, when there is something below the learners to cache and room for it."""
         blocks = len(model.frozen_below_learners()) - 1  # the embeddings, then the frozen blocks
+        reason = unsupported_reason(model.base_model)
+        if reason is not None and self.prefix_cache_mb > 0 and blocks > 0:  # on by default: say why it is off
+            distributed.log(f"learners: frozen-prefix cache off: {reason}")
+            return model
         if self.prefix_cache_mb > 0 and blocks > 0:
             model.enable_frozen_prefix_cache(self.prefix_cache_mb)
             distributed.log(f"learners: frozen-prefix cache on: the {blocks} frozen block(s) below the learners run "

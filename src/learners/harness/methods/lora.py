@@ -18,7 +18,11 @@ TARGET_MODULES = {
     "bert": ("query", "value"),
     "roberta": ("query", "value"),
     "xlm-roberta": ("query", "value"),
+    "camembert": ("query", "value"),
     "electra": ("query", "value"),
+    "mpnet": ("attn.q", "attn.v"),
+    "deberta": ("in_proj",),  # DeBERTa v1 projects query, key and value with one linear
+    "deberta-v2": ("query_proj", "value_proj"),
     "distilbert": ("q_lin", "v_lin"),
 }
 DEFAULTS = {"rank": 8, "alpha": 16.0, "dropout": 0.1, "target_modules": None}
