@@ -56,6 +56,10 @@ def test_step_time_sets_the_learner_size():
                                                               - rows["learners:all:ratio=0.125"]["trainable"])
     # tiny: 4 blocks, hidden 64, FFN 256: a learner neuron is a row of W1 (64), its bias and a column of W2 (64)
     assert rows["learners:all:ratio=0.25"]["trainable"] - head == 4 * 64 * (64 + 1 + 64)
+    # :b2:ln adds each block's FFN output bias (64) and output LayerNorm (64 + 64)
+    name, options, _ = step_time_memory.method_spec("learners:all:ratio=0.125:b2:ln")
+    row = in_process_worker(name, 2, 8, steps=1, warmup=0, arch="tiny", options=options)
+    assert row["trainable"] - rows["learners:all:ratio=0.125"]["trainable"] == 4 * (64 + 64 + 64)
 
 
 def test_frontier_keeps_the_points_no_other_beats_on_speed_and_quality(tmp_path, monkeypatch, capsys):
