@@ -161,6 +161,18 @@ def test_regression_label_not_a_number_shows_value_and_line(tmp_path):
         load_user_data(train, train, None, task_type="regression")
 
 
+def test_regression_label_too_large_for_a_float32_loss(tmp_path):
+    """(1e30 - prediction)^2 is inf in float32: the run would stop at step 1 saying the learning rate was too high."""
+    train = write(tmp_path / "train.csv", "text,label\na,1.5\nb,2.5\nc,-1e30\n")
+    with raises(r"regression label -1e30 at train\.csv line 4 is too large to train on: .* rescale the labels"):
+        load_user_data(train, write(tmp_path / "dev.csv", "text,label\na,1.5\n"), None)
+    big = write(tmp_path / "dev_big.csv", "text,label\na,2e18\n")
+    with raises(r"regression label 2e18 at dev_big\.csv line 2 is too large"):
+        load_user_data(write(tmp_path / "ok.csv", "text,label\na,1.5\nb,2.5\n"), big, None)
+    data = load_user_data(write(tmp_path / "fine.csv", "text,label\na,1.5\nb,123456789.5\n"), big.with_name("ok.csv"), None)
+    assert data.train["label"][1] == pytest.approx(123456789.5)
+
+
 def test_mixed_numbers_and_text_labels_without_task_type(tmp_path):
     train = write(tmp_path / "train.csv", "text,label\na,1.5\nb,2.25\nc,n/a\n")
     with raises(r"labels mix numbers \(e\.g\. 1\.5\) and text \(e\.g\. 'n/a' at train\.csv line 4\); .*--task-type"):

@@ -22,6 +22,8 @@ TASK_TYPES = ("classification", "regression")
 MAX_INFERRED_CLASSES = 20  # integer labels with more distinct values than this are taken as regression
 SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
 MISSING_LABELS = ("", "nan", "null")  # what an exported missing value reads as (JSON NaN/null, pandas NaN)
+# A float32 squared error overflows to inf past about 1.8e19: a regression label this large cannot train.
+MAX_REGRESSION_LABEL = 1e18
 
 
 class Table:
@@ -238,6 +240,11 @@ def _regression_labels(labels: list[str], table: Table) -> list[float]:
             raise UsageError(
                 f"regression label {value!r} at {table.where(i)} is not a number; fix that row, "
                 "or pass --task-type classification if the labels are classes."
+            )
+        if abs(x) >= MAX_REGRESSION_LABEL:
+            raise UsageError(
+                f"regression label {value} at {table.where(i)} is too large to train on: the squared error of a float32 "
+                f"model overflows past about 1e19; rescale the labels (e.g. standardize them, or divide by a constant)."
             )
         values.append(x)
     return values
