@@ -1,11 +1,11 @@
-"""Small randomly initialised BERT, DistilBERT, RoBERTa, MPNet and DeBERTa-v2 models, and a saved tiny model directory."""
+"""Small randomly initialised BERT, DistilBERT, RoBERTa, ELECTRA, MPNet and DeBERTa-v2 models, and a saved tiny model directory."""
 
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig, DebertaV2Config, DistilBertConfig,
-                          MPNetConfig, RobertaConfig)
+                          ElectraConfig, MPNetConfig, RobertaConfig)
 
 GLUE_DIR = Path(__file__).resolve().parents[2] / "shared" / "glue"
 VOCAB = 120
@@ -21,6 +21,9 @@ def tiny_config(family: str, vocab_size: int = VOCAB, num_labels: int = 2, layer
                              max_position_embeddings=72, pad_token_id=1, **common)
     if family == "distilbert":
         return DistilBertConfig(dim=32, n_layers=layers, n_heads=2, hidden_dim=64, max_position_embeddings=64, **common)
+    if family == "electra":  # as ELECTRA-small: embeddings narrower than the blocks, projected up before them
+        return ElectraConfig(embedding_size=16, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                             intermediate_size=64, max_position_embeddings=64, **common)
     if family == "mpnet":  # all-mpnet-base-v2's architecture: relative position buckets in every attention
         return MPNetConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=64,
                            max_position_embeddings=72, pad_token_id=1, **common)
@@ -56,7 +59,7 @@ def tiny_batch(batch_size: int = 4, length: int = 9, seed: int = 0, num_labels: 
     return {"input_ids": ids, "attention_mask": mask, "labels": torch.randint(0, num_labels, (batch_size,), generator=g)}
 
 
-FAMILIES = ["bert", "distilbert", "roberta", "mpnet", "deberta-v2"]
+FAMILIES = ["bert", "distilbert", "roberta", "electra", "mpnet", "deberta-v2"]
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from learners.learner.selection import (select_at_random, select_by_gradient, se
 from learners.harness.train import TrainConfig, make_optimizer
 
 FFN_NAMES = {"bert": ("intermediate.dense", "output.dense"), "roberta": ("intermediate.dense", "output.dense"),
-             "distilbert": ("ffn.lin1", "ffn.lin2"), "mpnet": ("intermediate.dense", "output.dense"),
+             "distilbert": ("ffn.lin1", "ffn.lin2"), "electra": ("intermediate.dense", "output.dense"), "mpnet": ("intermediate.dense", "output.dense"),
              "deberta-v2": ("intermediate.dense", "output.dense")}
 
 

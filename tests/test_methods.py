@@ -27,10 +27,10 @@ OPTIONS = {"lora": {"dropout": 0.0}, "adapter": {"bottleneck_size": 8}, "far": {
            "learners": {"ratio": 0.25, "selection": "priming", "priming_steps": 2, "layers": "all"}}
 STEPS = 6
 FFN = {"bert": ("intermediate.dense", "output.dense"), "roberta": ("intermediate.dense", "output.dense"),
-       "distilbert": ("ffn.lin1", "ffn.lin2"), "mpnet": ("intermediate.dense", "output.dense"),
+       "distilbert": ("ffn.lin1", "ffn.lin2"), "electra": ("intermediate.dense", "output.dense"), "mpnet": ("intermediate.dense", "output.dense"),
        "deberta-v2": ("intermediate.dense", "output.dense")}
 LORA_TARGETS = {"bert": ("query", "value"), "roberta": ("query", "value"), "distilbert": ("q_lin", "v_lin"),
-                "mpnet": ("attn.q", "attn.v"), "deberta-v2": ("query_proj", "value_proj")}
+                "electra": ("query", "value"), "mpnet": ("attn.q", "attn.v"), "deberta-v2": ("query_proj", "value_proj")}
 
 
 def run_engine(model, method, steps=STEPS, lr=1e-2):

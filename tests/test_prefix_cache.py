@@ -13,7 +13,7 @@ from learners.errors import UsageError
 from learners.harness.methods import build_method
 from learners.learner import LearnerConfig, get_learner_model
 
-CACHED_FAMILIES = ["bert", "distilbert", "roberta"]  # blocks that take the hidden states and the mask alone
+CACHED_FAMILIES = ["bert", "distilbert", "roberta", "electra"]  # blocks that take the hidden states and the mask alone
 RELATIVE_POSITION_FAMILIES = [f for f in FAMILIES if f not in CACHED_FAMILIES]  # MPNet, DeBERTa-v2
 
 
@@ -33,7 +33,7 @@ def learner_grads(lm, batch):
 def frozen_attention_calls(lm) -> list[int]:
     """A counter of calls into the frozen blocks' attention (it is only reached when a block really runs)."""
     calls = [0]
-    for block in lm.frozen_below_learners()[1:]:
+    for block in lm.frozen_blocks_below_learners():
         block.get_submodule("attention").register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     return calls
 
@@ -157,7 +157,7 @@ def test_learners_in_the_lowest_block_have_nothing_to_cache():
 def test_the_cache_follows_set_switches_and_leaves_no_trace_after_unload(tmp_path):
     lm = learner_model(dropout=False)
     lm.save_pretrained(tmp_path / "top1")
-    blocks = lm.frozen_below_learners()[1:]
+    blocks = lm.frozen_blocks_below_learners()
     lm.enable_frozen_prefix_cache(max_mb=4)
     lm.load_learners(tmp_path / "top1", "again")
     lm.set_learners("again")

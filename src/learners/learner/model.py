@@ -111,16 +111,21 @@ class LearnerModel(nn.Module):
         return self
 
     def frozen_below_learners(self) -> list[nn.Module]:
-        """The embeddings and the transformer blocks below the lowest block that holds a learner."""
+        """The embeddings (with ELECTRA's projection to the blocks' width) and the transformer blocks below the
+        lowest block that holds a learner."""
         embeddings, blocks = self._frozen_prefix()
-        return ([embeddings] if embeddings is not None else []) + blocks
+        return embeddings + blocks
 
-    def _frozen_prefix(self) -> tuple[nn.Module | None, list[nn.Module]]:
+    def frozen_blocks_below_learners(self) -> list[nn.Module]:
+        """The transformer blocks below the lowest block that holds a learner (what the frozen-prefix cache skips)."""
+        return self._frozen_prefix()[1]
+
+    def _frozen_prefix(self) -> tuple[list[nn.Module], list[nn.Module]]:
         all_blocks = find_ffn_blocks(self.base_model, replace(self.learner_config, layers="all"))
         lowest = [b.name for b in all_blocks].index(self.ffn_blocks[0].name)
         backbone = getattr(self.base_model, getattr(self.base_model, "base_model_prefix", ""), self.base_model)
-        embeddings = getattr(backbone, "embeddings", None)
-        return (embeddings if isinstance(embeddings, nn.Module) else None), [b.block for b in all_blocks[:lowest]]
+        embeddings = [getattr(backbone, name, None) for name in ("embeddings", "embeddings_project")]
+        return [m for m in embeddings if isinstance(m, nn.Module)], [b.block for b in all_blocks[:lowest]]
 
     def enable_frozen_prefix_cache(self, max_mb: float = 2048) -> FrozenPrefixCache:
         """Cache each example's output of the frozen blocks below the lowest learner block (prefix_cache.py).
@@ -134,11 +139,11 @@ class LearnerModel(nn.Module):
         if reason is not None:
             raise UsageError(f"{reason}; leave it off for this model")
         embeddings, blocks = self._frozen_prefix()
-        if embeddings is None:
+        if not embeddings:
             raise UsageError("the frozen-prefix cache needs the model's embeddings module (BERT, DistilBERT, RoBERTa); "
                              "leave it off for this model")
         self._prefix_cache = FrozenPrefixCache(self.base_model, embeddings, blocks, self.ffn_blocks[0].block,
-                                               int(max_mb * 2**20))
+                                               self.ffn_blocks[0].up.in_features, int(max_mb * 2**20))
         self._prefix_cache_mb = max_mb
         return self._prefix_cache
 

@@ -49,8 +49,10 @@ class FrozenPrefixCache:
     """Installs itself on `model` (hooks, and a forward on each frozen block that can pass its input
     through); `close()` takes it all out. Made by `LearnerModel.enable_frozen_prefix_cache`."""
 
-    def __init__(self, model: nn.Module, embeddings: nn.Module, frozen_blocks: list[nn.Module],
-                 first_learner_block: nn.Module, max_bytes: int):
+    def __init__(self, model: nn.Module, embeddings: list[nn.Module], frozen_blocks: list[nn.Module],
+                 first_learner_block: nn.Module, width: int, max_bytes: int):
+        """`embeddings`: the modules before the first block (ELECTRA's projection to the blocks' width too);
+        `width`: the blocks' hidden size."""
         if not frozen_blocks:
             raise UsageError("the frozen-prefix cache needs frozen blocks below the learners, and the learners start "
                              "in the first block: put them higher (layers='top-N' or 'skip-N') or leave the cache off")
@@ -61,7 +63,7 @@ class FrozenPrefixCache:
         self._signature = None
         self._full = False  # a value was refused for want of room: later misses run batched (see _substitute)
         self._block_forwards = [block.__dict__.get("forward") for block in frozen_blocks]
-        self._returns_tuple = self._probe_output_type(frozen_blocks[0])
+        self._returns_tuple = self._probe_output_type(frozen_blocks[0], width)
         self._handles = [
             model.register_forward_pre_hook(self._begin, with_kwargs=True),
             model.register_forward_hook(self._end, always_call=True),
@@ -96,7 +98,7 @@ class FrozenPrefixCache:
         if (input_ids is None or input_ids.dim() != 2 or len(args) > 1 or kwargs.get("inputs_embeds") is not None
                 or kwargs.get("position_ids") is not None or kwargs.get("output_hidden_states")
                 or kwargs.get("output_attentions")
-                or any(m.training for m in [self.embeddings, *self.frozen_blocks])):
+                or any(m.training for m in [*self.embeddings, *self.frozen_blocks])):
             return
         lengths = _right_padded_lengths(kwargs.get("attention_mask"), input_ids)
         if lengths is None:
@@ -176,20 +178,15 @@ class FrozenPrefixCache:
         self.bytes += size
 
     def _current_signature(self, device: torch.device) -> tuple:
-        params = [p for m in [self.embeddings, *self.frozen_blocks] for p in m.parameters()]
+        params = [p for m in [*self.embeddings, *self.frozen_blocks] for p in m.parameters()]
         autocast = torch.is_autocast_enabled(device.type)
         return (tuple(p._version for p in params), tuple(p.data_ptr() for p in params), params[0].dtype,
                 params[0].device, autocast, torch.get_autocast_dtype(device.type) if autocast else None)
 
-    def _probe_output_type(self, block: nn.Module) -> bool:
+    def _probe_output_type(self, block: nn.Module, width: int) -> bool:
         """Whether the frozen blocks return a tuple (older transformers) or the hidden states alone; the
         pass-through must return the same. A tuple with attentions in it cannot be passed through."""
         param = next(block.parameters())
-        word_embeddings = getattr(self.embeddings, "word_embeddings", None)
-        width = getattr(word_embeddings, "embedding_dim", None)
-        if width is None:
-            raise UsageError("the frozen-prefix cache supports models whose embeddings have `word_embeddings` "
-                             "(BERT, DistilBERT, RoBERTa, MiniLM); leave it off for this model")
         with torch.no_grad():
             was_training = block.training
             block.eval()

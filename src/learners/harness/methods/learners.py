@@ -98,7 +98,7 @@ class LearnersMethod(Method):
 
     def with_prefix_cache(self, model: LearnerModel) -> LearnerModel:
         """The frozen-prefix cache on, when there is something below the learners to cache and room for it."""
-        blocks = len(model.frozen_below_learners()) - 1  # the embeddings, then the frozen blocks
+        blocks = len(model.frozen_blocks_below_learners())
         reason = unsupported_reason(model.base_model)
         if reason is not None and self.prefix_cache_mb > 0 and blocks > 0:  # on by default: say why it is off
             distributed.log(f"learners: frozen-prefix cache off: {reason}")
