@@ -151,7 +151,7 @@ CASES = [
     ("ft-lora-target-missing", lambda c: (finetune(c, "--method", "lora", "--lora-target-modules", "qkv"), c.out), r"name no module of this bert model"),
     ("ft-no-validation-file", lambda c: (finetune(c)[:3] + finetune(c)[5:], c.out), r"--train-file needs --validation-file"),
     ("ft-warmup-ratio", lambda c: (finetune(c, "--warmup-ratio", 1), c.out), r"--warmup-ratio must be in \[0, 1\)"),
-    ("ft-max-steps-zero", lambda c: (finetune(c, "--max-steps", 0), c.out), r"--max-steps must be positive"),
+    ("ft-max-steps-zero", lambda c: (finetune(c, "--max-steps", "0"), c.out), r"--max-steps must be positive"),
     ("ft-dev-label-unknown", lambda c: (finetune(c, dev=csv_file(c, "text,label\na,zzz\n")), c.out), r"never occurs in the training labels"),
     ("ft-unsupported-file", lambda c: (finetune(c, train=csv_file(c, "x", "data.txt")), c.out), r"unsupported file type '.txt'"),
     ("ft-ratio-too-big", lambda c: (finetune(c, "--ratio", 2), c.out), r"ratio must be in \(0, 1\]"),
@@ -258,6 +258,10 @@ CASES = [
     ("bn-learner-options-bad", lambda c: (bench(c, "--tasks", "cola", "--methods", "full,learners", "--ratio", "7"), c.out),
      r"learner ratio must be in \(0, 1\]"),
     ("bn-report-only-empty", lambda c: (bench(c, "--report-only"), c.out), r"no finished runs"),
+    # a training option every run would refuse stops the bench before the first run, not once per run
+    ("bn-max-steps-zero", lambda c: (bench(c, "--tasks", "cola,rte", "--methods", "full,learners", "--max-steps", "0"), c.out),
+     r"--max-steps must be positive, got 0"),
+    ("bn-warmup-ratio", lambda c: (bench(c, "--tasks", "cola", "--warmup-ratio", "1.5"), c.out), r"--warmup-ratio must be in \[0, 1\)"),
 ]
 
 

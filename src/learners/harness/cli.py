@@ -4,7 +4,7 @@ import argparse
 import sys
 
 from ..errors import UsageError
-from .arguments import add_training_arguments, check_flags_fit_method, method_options
+from .arguments import add_training_arguments, check_flags_fit_method, finetune_args
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,19 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "finetune":
-        from .finetune import FinetuneArgs, run_finetune
+        from .finetune import run_finetune
         check_flags_fit_method(args)
-        results = run_finetune(FinetuneArgs(
-            output_dir=args.output_dir, task=args.task, method=args.method, model=args.model, data_dir=args.data_dir,
-            train_file=args.train_file, validation_file=args.validation_file, text_columns=args.text_columns,
-            label_column=args.label_column, task_type=args.task_type, epochs=args.epochs, max_steps=args.max_steps,
-            batch_size=args.batch_size, learning_rate=args.learning_rate, priming_learning_rate=args.priming_learning_rate,
-            learner_warmup_steps=args.learner_warmup_steps,
-            warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, lr_scheduler=args.lr_scheduler,
-            max_length=args.max_length, eval_steps=args.eval_steps, max_train_samples=args.max_train_samples,
-            seed=args.seed, mixed_precision=args.mixed_precision, overwrite=args.overwrite, resume=args.resume,
-            checkpoint_steps=args.checkpoint_steps,
-            progress=not args.no_progress, method_options=method_options(args)))
+        results = run_finetune(finetune_args(args))
         if results is None:  # a data-parallel rank other than 0: rank 0 reports
             return 0
         print(f"{results['task']} {results['method']}: {results['metric_name']} {results['metric']:.4f} "
