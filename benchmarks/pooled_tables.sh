@@ -30,6 +30,9 @@ ABLATIONS=(
   "learners all, gradient, r1/16=$L/all-gradient:learners"
   "learners all, priming then reset, r1/16=$L/all-reset:learners"
   "learners all, priming 0.1 epoch, r1/16=$L/all-priming-0.1:learners"
+  "learners all, random, r1/8, +FFN output bias, LayerNorm=$L/all-random-ratio-1-8-b2-ln:learners"
+  "learners all, random, r1/8, 5 epochs=$L/all-random-ratio-1-8-epochs-5:learners"
+  "learners all, random, r1/8, +FFN output bias, LayerNorm, 5 epochs=$L/all-random-ratio-1-8-b2-ln-epochs-5:learners"
 )
 $PYTHON benchmarks/seed_table.py --mean-over cola,mrpc,rte,stsb --output $L/seeds "${POINTS[@]}" "${ABLATIONS[@]}"
 echo
