@@ -155,22 +155,3 @@ def method_options(args: argparse.Namespace) -> dict:
         "seed": args.seed,
     }
 
-
-def finetune_args(args: argparse.Namespace):
-    """The FinetuneArgs of a `finetune` command line; from a `bench` one (which has no data-file, resume or
-    checkpoint flags), those of one of its runs, for checking the options before any run starts."""
-    from .finetune import FinetuneArgs
-
-    given = vars(args)
-    return FinetuneArgs(
-        output_dir=args.output_dir, task=given.get("task"), method=args.method, model=args.model, data_dir=args.data_dir,
-        train_file=given.get("train_file"), validation_file=given.get("validation_file"),
-        text_columns=given.get("text_columns"), label_column=given.get("label_column", "label"),
-        task_type=given.get("task_type"), epochs=args.epochs, max_steps=args.max_steps,
-        batch_size=args.batch_size, learning_rate=args.learning_rate, priming_learning_rate=args.priming_learning_rate,
-        learner_warmup_steps=args.learner_warmup_steps,
-        warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, lr_scheduler=args.lr_scheduler,
-        max_length=args.max_length, eval_steps=args.eval_steps, max_train_samples=args.max_train_samples,
-        seed=args.seed, mixed_precision=args.mixed_precision, overwrite=given.get("overwrite", False),
-        resume=given.get("resume", False), checkpoint_steps=given.get("checkpoint_steps"),
-        progress=not args.no_progress, method_options=method_options(args))

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from ..errors import UsageError, check_output_path
-from .arguments import finetune_args, given_training_flags, method_options, priming_flags_given
+from .arguments import given_training_flags, method_options, priming_flags_given
 from .files import output_dir_in_use, write_text_atomically
 from .report import build_report, run_dir
 
@@ -107,6 +107,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if unknown:
         raise UsageError(f"unknown method(s) {', '.join(unknown)}; choose from: {', '.join(METHODS)}")
 
+    from .finetune import finetune_args
     for method in methods:  # a bad option fails here, not once per run
         one_run = argparse.Namespace(**{**vars(args), "method": method, "seed": seeds[0], "task": tasks[0]})
         finetune_args(one_run).validate()

@@ -4,7 +4,7 @@ import argparse
 import sys
 
 from ..errors import UsageError
-from .arguments import add_training_arguments, check_flags_fit_method, finetune_args
+from .arguments import add_training_arguments, check_flags_fit_method
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "finetune":
-        from .finetune import run_finetune
+        from .finetune import finetune_args, run_finetune
         check_flags_fit_method(args)
         results = run_finetune(finetune_args(args))
         if results is None:  # a data-parallel rank other than 0: rank 0 reports

@@ -1,5 +1,6 @@
 """`learners finetune`: data in, model and method, training, evaluation, results out."""
 
+import argparse
 import json
 import statistics
 from contextlib import ExitStack
@@ -13,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from . import checkpoint, distributed
 from ..errors import UsageError, check_finite, check_output_path
-from .arguments import priming_flags_given
+from .arguments import method_options, priming_flags_given
 from .files import OutputDirInUse, exclusive_output_dir, write_text_atomically
 from .methods import build_method
 from .metrics import compute_metrics, primary_metric_name
@@ -75,6 +76,24 @@ class FinetuneArgs:
             raise UsageError("say what to train on: --task NAME for a GLUE task, or --train-file and --validation-file for your data")
         if self.train_file and not self.validation_file:
             raise UsageError("--train-file needs --validation-file too (a CSV, TSV or JSONL with the same columns)")
+
+
+def finetune_args(args: argparse.Namespace) -> FinetuneArgs:
+    """The FinetuneArgs of a `finetune` command line; from a `bench` one (which has no data-file, resume or
+    checkpoint flags), those of one of its runs, for checking the options before any run starts."""
+    given = vars(args)
+    return FinetuneArgs(
+        output_dir=args.output_dir, task=given.get("task"), method=args.method, model=args.model, data_dir=args.data_dir,
+        train_file=given.get("train_file"), validation_file=given.get("validation_file"),
+        text_columns=given.get("text_columns"), label_column=given.get("label_column", "label"),
+        task_type=given.get("task_type"), epochs=args.epochs, max_steps=args.max_steps,
+        batch_size=args.batch_size, learning_rate=args.learning_rate, priming_learning_rate=args.priming_learning_rate,
+        learner_warmup_steps=args.learner_warmup_steps,
+        warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, lr_scheduler=args.lr_scheduler,
+        max_length=args.max_length, eval_steps=args.eval_steps, max_train_samples=args.max_train_samples,
+        seed=args.seed, mixed_precision=args.mixed_precision, overwrite=given.get("overwrite", False),
+        resume=given.get("resume", False), checkpoint_steps=given.get("checkpoint_steps"),
+        progress=not args.no_progress, method_options=method_options(args))
 
 
 def load_task(args: FinetuneArgs) -> TaskData:
