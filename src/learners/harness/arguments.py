@@ -154,4 +154,3 @@ def method_options(args: argparse.Namespace) -> dict:
         "ffn_modules": tuple(args.ffn_modules.split(",")) if args.ffn_modules else None,
         "seed": args.seed,
     }
-

@@ -137,7 +137,6 @@ def parse_learners_spec(spec: str) -> dict[str, Path]:
 
 def load_learner_sets(tasks: dict[str, Path], base: str | None):
     """The base model with every task's learners loaded as a set named after the task, and the tokenizer."""
-
     metas = {}
     for name, directory in tasks.items():
         try:

@@ -99,15 +99,16 @@ class LearnersMethod(Method):
     def with_prefix_cache(self, model: LearnerModel) -> LearnerModel:
         """The frozen-prefix cache on, when there is something below the learners to cache and room for it."""
         blocks = len(model.frozen_blocks_below_learners())
+        if self.prefix_cache_mb == 0 or blocks == 0:
+            return model
         reason = unsupported_reason(model.base_model)
-        if reason is not None and self.prefix_cache_mb > 0 and blocks > 0:  # on by default: say why it is off
+        if reason is not None:  # on by default, so not an error (check() refuses it when asked for): say why it is off
             distributed.log(f"learners: frozen-prefix cache off: {reason}")
             return model
-        if self.prefix_cache_mb > 0 and blocks > 0:
-            model.enable_frozen_prefix_cache(self.prefix_cache_mb)
-            distributed.log(f"learners: frozen-prefix cache on: the {blocks} frozen block(s) below the learners run "
-                            f"once per example{'' if not self.config.frozen_dropout else ' in evaluation (frozen dropout is on in training)'}, "
-                            f"up to {self.prefix_cache_mb:g} MB")
+        model.enable_frozen_prefix_cache(self.prefix_cache_mb)
+        distributed.log(f"learners: frozen-prefix cache on: the {blocks} frozen block(s) below the learners run "
+                        f"once per example{'' if not self.config.frozen_dropout else ' in evaluation (frozen dropout is on in training)'}, "
+                        f"up to {self.prefix_cache_mb:g} MB")
         return model
 
     @property
