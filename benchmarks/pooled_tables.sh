@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every kept CPU run of issue 8, seeds pooled: docs/benchmarks/cpu-layers/seeds.md (benchmarks/seed_table.py) and the
 # speed-quality frontier on CoLA, MRPC, RTE, STS-B: docs/benchmarks/cpu-layers/frontier_4task.{md,png} (benchmarks/frontier.py,
-# step ratios: the medians of BENCHMARKS.md 5.9 in step_ratios_cache.json, under the same labels). A new
+# step ratios: the medians of BENCHMARKS.md 5.9 in step_ratios_cache.json, under the same labels; the +b2, LayerNorm
+# default has the default's, as in 5.19's side-by-side run, 0.76x against 0.77x). A new
 # configuration is a new line in POINTS and its step ratio in that file.
 set -eu
 cd "$(dirname "$0")/.."
@@ -11,7 +12,8 @@ POINTS=(
   "full=$D/cola-3seeds:full+$D/cpu/all:full+$L/baselines:full"
   "lora=$D/cpu/all:lora+$L/baselines:lora"
   "bitfit=$D/cpu/all:bitfit+$L/baselines:bitfit"
-  "learners all, random, r1/8 (default)=$L/all-random-ratio-1-8:learners"
+  "learners all, random, r1/8, +b2, LayerNorm (default)=$L/all-random-ratio-1-8-b2-ln:learners"
+  "learners all, random, r1/8 (default to 5.18)=$L/all-random-ratio-1-8:learners"
   "learners all, random, r1/16=$L/all-random:learners"
   "learners all, random, r1/8, lr 5e-4=$L/all-random-ratio-1-8-lr-5e-4:learners"
   "learners all, priming=$D/cola-3seeds:learners+$D/cpu/all:learners+$L/all:learners"
@@ -30,9 +32,8 @@ ABLATIONS=(
   "learners all, gradient, r1/16=$L/all-gradient:learners"
   "learners all, priming then reset, r1/16=$L/all-reset:learners"
   "learners all, priming 0.1 epoch, r1/16=$L/all-priming-0.1:learners"
-  "learners all, random, r1/8, +FFN output bias, LayerNorm=$L/all-random-ratio-1-8-b2-ln:learners"
   "learners all, random, r1/8, 5 epochs=$L/all-random-ratio-1-8-epochs-5:learners"
-  "learners all, random, r1/8, +FFN output bias, LayerNorm, 5 epochs=$L/all-random-ratio-1-8-b2-ln-epochs-5:learners"
+  "learners all, random, r1/8, +b2, LayerNorm, 5 epochs=$L/all-random-ratio-1-8-b2-ln-epochs-5:learners"
   "full, 5 epochs=$L/full-epochs-5:full"
 )
 $PYTHON benchmarks/seed_table.py --mean-over cola,mrpc,rte,stsb --output $L/seeds "${POINTS[@]}" "${ABLATIONS[@]}"

@@ -218,8 +218,8 @@ def method_spec(spec: str) -> tuple[str, dict | None, bool]:
     """"learners:top-3" -> learners in those blocks (selected by magnitude); "learners:top-3:nofd" also with
     frozen_dropout=False, whose frozen-prefix cache then misses every step (new batches: a first epoch);
     ":cached" times steps on batches seen before (a later epoch: every example cached); ":nocache" turns the
-    cache off; ":ratio=R" sets the learner size (default: the CLI's, 1/8); ":b2" and ":ln" also train each FFN's
-    output bias and the block's output LayerNorm (--train-ffn-output-bias, --train-layer-norm). "priming:SCOPE" times a priming step (learners
+    cache off; ":ratio=R" sets the learner size (default: the CLI's, 1/8); ":nob2" and ":noln" leave each FFN's
+    output bias and the block's output LayerNorm frozen (the CLI trains them by default; ":b2", ":ln" say so). "priming:SCOPE" times a priming step (learners
     before selection) with that priming scope (all, ffn, learner-layers; default all). Other names as they are.
     Returns (method, options, repeat batches)."""
     name, *parts = spec.split(":")
@@ -233,10 +233,9 @@ def method_spec(spec: str) -> tuple[str, dict | None, bool]:
         options["frozen_dropout"] = False
     if "nocache" in parts[1:]:
         options["frozen_prefix_cache_mb"] = 0
-    if "b2" in parts[1:]:
-        options["train_ffn_output_bias"] = True
-    if "ln" in parts[1:]:
-        options["train_layer_norm"] = True
+    for part, key in (("b2", "train_ffn_output_bias"), ("ln", "train_layer_norm")):
+        if part in parts[1:] or f"no{part}" in parts[1:]:
+            options[key] = part in parts[1:]
     for part in parts[1:]:
         if part.startswith("ratio="):
             options["ratio"] = float(part.removeprefix("ratio="))
@@ -250,7 +249,7 @@ def main():
                         "every method that runs it); learners:LAYERS times learners in those blocks "
                         "(all, top-N, or blocks joined by +, e.g. 3+4+5; learners:top-3:nofd with --no-frozen-dropout, whose "
                         "frozen-prefix cache misses on new batches; :nofd:cached times a later epoch, every example "
-                        "cached; :nocache turns the cache off; :ratio=R the learner size; :b2 and :ln also train the FFN output bias and the LayerNorm; priming:SCOPE times a priming step with that --priming-scope), "
+                        "cached; :nocache turns the cache off; :ratio=R the learner size; :nob2 and :noln freeze the FFN output bias and the LayerNorm; priming:SCOPE times a priming step with that --priming-scope), "
                         "e.g. full,bitfit,learners:all,learners:top-3,priming:ffn")
     p.add_argument("--model")
     p.add_argument("--batch-size", type=int, default=32)

@@ -263,6 +263,10 @@ def test_every_training_option_passes_through_to_finetune_unchanged():
     assert "--no-progress" not in flags  # the bench always adds it itself
     defaults = bench.training_flags(parser.parse_args(["bench", "--output-dir", "o", "--epochs", "1.5"]))
     assert defaults == ["--epochs", "1.5"]  # options left at their default stay implicit
+    # on/off flags pass on as given, either way (b2 and the LayerNorm train by default; a run can turn them off)
+    both = ["--train-ffn-output-bias", "--no-train-layer-norm"]
+    assert bench.training_flags(parser.parse_args(["bench", "--output-dir", "o", *both]), "learners") == both
+    assert bench.training_flags(parser.parse_args(["bench", "--output-dir", "o", *both]), "full") == []
 
 
 @pytest.mark.parametrize("args,message", [

@@ -56,10 +56,11 @@ def test_step_time_sets_the_learner_size():
                                                               - rows["learners:all:ratio=0.125"]["trainable"])
     # tiny: 4 blocks, hidden 64, FFN 256: a learner neuron is a row of W1 (64), its bias and a column of W2 (64)
     assert rows["learners:all:ratio=0.25"]["trainable"] - head == 4 * 64 * (64 + 1 + 64)
-    # :b2:ln adds each block's FFN output bias (64) and output LayerNorm (64 + 64)
-    name, options, _ = step_time_memory.method_spec("learners:all:ratio=0.125:b2:ln")
+    # :nob2:noln freezes each block's FFN output bias (64) and output LayerNorm (64 + 64), which train by default
+    name, options, _ = step_time_memory.method_spec("learners:all:ratio=0.125:nob2:noln")
     row = in_process_worker(name, 2, 8, steps=1, warmup=0, arch="tiny", options=options)
-    assert row["trainable"] - rows["learners:all:ratio=0.125"]["trainable"] == 4 * (64 + 64 + 64)
+    assert rows["learners:all:ratio=0.125"]["trainable"] - row["trainable"] == 4 * (64 + 64 + 64)
+    assert step_time_memory.method_spec("learners:all:b2:ln")[1]["train_layer_norm"] is True
 
 
 def test_frontier_keeps_the_points_no_other_beats_on_speed_and_quality(tmp_path, monkeypatch, capsys):
@@ -155,19 +156,22 @@ def test_layer_grid_queues_only_the_runs_not_kept(tmp_path):
     out = tmp_path / "out"
     assert sorted(listed.splitlines()) == sorted([
         f"--tasks cola --methods full --seeds 0 --output-dir {out}/baselines",
-        f"--tasks cola --methods learners --learner-layers all --selection priming --ratio 0.0625 --seeds 1 --output-dir {out}/all",
-        f"--tasks cola --methods learners --learner-layers all --selection random --ratio 0.0625 --seeds 1 --output-dir {out}/all-random",
+        f"--tasks cola --methods learners --learner-layers all --selection priming --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm --seeds 1 --output-dir {out}/all",
+        f"--tasks cola --methods learners --learner-layers all --selection random --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm --seeds 1 --output-dir {out}/all-random",
     ])
     assert not out.exists(), "a dry run writes nothing"
 
 
 def test_every_grid_configuration_names_its_size_and_selection():
-    """A grid spans sessions: a configuration that took its learner size or selection from the defaults would
-    run its missing seeds under whatever the defaults are now (the default size moved 1/16 -> 1/8, the
-    selection priming -> random) and pool them with seeds run under the old ones."""
+    """A grid spans sessions: a configuration that took its learner size, selection or b2/LayerNorm training from
+    the defaults would run its missing seeds under whatever the defaults are now (the default size moved
+    1/16 -> 1/8, the selection priming -> random, b2 and LayerNorm off -> on) and pool them with seeds run under
+    the old ones."""
     script = (Path(__file__).resolve().parents[1] / "benchmarks" / "run_layer_grid.sh").read_text()
     configs = script.split("CONFIGS='", 1)[1].split("'", 1)[0].splitlines()
     assert len(configs) > 10
     for line in configs:
         name, flags = line.split("|", 1)
         assert "--ratio " in flags and "--selection " in flags, name
+        assert ("--train-ffn-output-bias" in flags) != ("--no-train-ffn-output-bias" in flags), name
+        assert ("--train-layer-norm" in flags) != ("--no-train-layer-norm" in flags), name

@@ -58,8 +58,9 @@ def test_learners_finetune_primes_then_trains_learners_and_merges(tmp_path, tiny
                                                                 (6, "train")]
     # the default: every block gets ceil(0.25 * 64) = 16 learner neurons
     assert r["learner_layers"] == [0, 1] and r["learner_neurons"] == [16, 16]
-    # learners: 16 neurons x (32 + 1 + 32) per layer; head: pooler 32x32+32, classifier 32x2+2
-    assert r["encoder_trainable_params"] == 2 * 16 * 65
+    # learners: 16 neurons x (32 + 1 + 32) per layer, and (by default) b2 (32) and the output LayerNorm (32 + 32);
+    # head: pooler 32x32+32, classifier 32x2+2
+    assert r["encoder_trainable_params"] == 2 * (16 * 65 + 32 + 64)
     assert r["head_params"] == 32 * 32 + 32 + 32 * 2 + 2
     assert r["trainable_params"] == r["encoder_trainable_params"] + r["head_params"] < r["total_params"]
     run = tmp_path / "run"

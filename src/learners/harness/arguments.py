@@ -76,8 +76,10 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="memory for caching each example's output of the frozen blocks below the lowest learner "
                         "block, so later epochs skip them (used where they run without dropout: "
                         "--no-frozen-dropout, and evaluation; default 2048, 0 = off)")
-    g.add_argument("--train-ffn-output-bias", action="store_true", help="also train each FFN's output bias b2")
-    g.add_argument("--train-layer-norm", action="store_true", help="also train each block's output LayerNorm")
+    g.add_argument("--train-ffn-output-bias", action=argparse.BooleanOptionalAction,
+                   help="also train each learner block's FFN output bias b2 (default on; --no-train-ffn-output-bias: off)")
+    g.add_argument("--train-layer-norm", action=argparse.BooleanOptionalAction,
+                   help="also train each learner block's output LayerNorm (default on; --no-train-layer-norm: off)")
     g.add_argument("--ffn-modules", help="FFN linears relative to a block, e.g. intermediate.dense,output.dense")
     g = _method_group(p, "LoRA options (--method lora)", ("lora",))
     g.add_argument("--lora-rank", type=int, help="rank r of the update B A (default 8)")
@@ -103,7 +105,11 @@ def given_training_flags(args: argparse.Namespace):
             value = getattr(args, action.dest, None)
             if action.dest == "no_progress" or value is None or value == action.default:
                 continue
-            yield max(action.option_strings, key=len), value, action, getattr(group, "methods", None)
+            if isinstance(action, argparse.BooleanOptionalAction):  # --name or --no-name, as given
+                flag = min(action.option_strings, key=len) if value else max(action.option_strings, key=len)
+            else:
+                flag = max(action.option_strings, key=len)
+            yield flag, value, action, getattr(group, "methods", None)
 
 
 # Training options that act only where a priming phase runs (FinetuneArgs / argparse dest -> flag).
