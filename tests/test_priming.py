@@ -49,7 +49,9 @@ def test_primer_with_a_plain_loop_gives_exactly_what_the_cli_method_gives(case):
     train_steps(cli_model)
     cli = method.after_priming(cli_model, iter(BATCHES))
 
-    primer = Primer(tiny_model("bert", dropout=True, layers=4), LearnerConfig(**options), batches=iter(BATCHES))
+    # ... and trains b2 and the LayerNorm by default, which the library's LearnerConfig leaves to the user
+    library_options = {"train_ffn_output_bias": True, "train_layer_norm": True, **options}
+    primer = Primer(tiny_model("bert", dropout=True, layers=4), LearnerConfig(**library_options), batches=iter(BATCHES))
     train_steps(primer.model)
     ours = primer.reconfigure()
 

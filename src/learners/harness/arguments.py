@@ -50,6 +50,22 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--priming-learning-rate", type=float, help="peak learning rate of the priming phase (default 1e-4)")
     g.add_argument("--learner-warmup-steps", type=int, default=0,
                    help="after priming, ramp the new learner optimizer's rate up over this many steps (default 0)")
+    _add_learners_arguments(p)
+    g = _method_group(p, "LoRA options (--method lora)", ("lora",))
+    g.add_argument("--lora-rank", type=int, help="rank r of the update B A (default 8)")
+    g.add_argument("--lora-alpha", type=float, help="scaling: the update is multiplied by alpha / r (default 16)")
+    g.add_argument("--lora-dropout", type=float, help="dropout on the LoRA input (default 0.1)")
+    g.add_argument("--lora-target-modules", help="linears that get LoRA, name suffixes, comma-separated "
+                                                 "(default query,value; q_lin,v_lin for DistilBERT)")
+    g = _method_group(p, "adapter options (--method adapter)", ("adapter",))
+    g.add_argument("--adapter-size", type=int, help="bottleneck size of each adapter (default 64)")
+    g = _method_group(p, "FAR options (--method far)", ("far",))
+    g.add_argument("--far-ratio", type=float, help="trained output units as a fraction of each FFN linear's (default 1/8)")
+    g.add_argument("--far-priming-fraction", type=float, help="priming budget as a fraction of the first epoch (default 0.25)")
+
+
+def _add_learners_arguments(p: argparse.ArgumentParser) -> None:
+    """The learners method's own flags (their defaults: DEFAULT_* in harness/methods/learners.py)."""
     g = _method_group(p, "learners options (--method learners)", ("learners",))
     g.add_argument("--ratio", type=float, help="learner size as a fraction of each FFN's width (default 1/8)")
     g.add_argument("--num-neurons", type=_positive_int_list, help="learner size in neurons: one count, or one per layer (comma-separated)")
@@ -81,17 +97,6 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--train-layer-norm", action=argparse.BooleanOptionalAction,
                    help="also train each learner block's output LayerNorm (default on; --no-train-layer-norm: off)")
     g.add_argument("--ffn-modules", help="FFN linears relative to a block, e.g. intermediate.dense,output.dense")
-    g = _method_group(p, "LoRA options (--method lora)", ("lora",))
-    g.add_argument("--lora-rank", type=int, help="rank r of the update B A (default 8)")
-    g.add_argument("--lora-alpha", type=float, help="scaling: the update is multiplied by alpha / r (default 16)")
-    g.add_argument("--lora-dropout", type=float, help="dropout on the LoRA input (default 0.1)")
-    g.add_argument("--lora-target-modules", help="linears that get LoRA, name suffixes, comma-separated "
-                                                 "(default query,value; q_lin,v_lin for DistilBERT)")
-    g = _method_group(p, "adapter options (--method adapter)", ("adapter",))
-    g.add_argument("--adapter-size", type=int, help="bottleneck size of each adapter (default 64)")
-    g = _method_group(p, "FAR options (--method far)", ("far",))
-    g.add_argument("--far-ratio", type=float, help="trained output units as a fraction of each FFN linear's (default 1/8)")
-    g.add_argument("--far-priming-fraction", type=float, help="priming budget as a fraction of the first epoch (default 0.25)")
 
 
 def given_training_flags(args: argparse.Namespace):
