@@ -51,8 +51,9 @@ def test_all_seven_methods_are_registered():
         assert "train" in METHODS[name].__doc__.lower()
 
 
-def expected_trainable(family: str, name: str, model) -> set[str]:
-    """Names (of the plain model) whose tensors the method trains: the whole tensor changes."""
+def expected_trainable(family: str, name: str, model, b2_and_layer_norm: bool = True) -> set[str]:
+    """Names (of the plain model) whose tensors the method trains: the whole tensor changes. `b2_and_layer_norm`:
+    learners with their default, or with --no-train-ffn-output-bias --no-train-layer-norm."""
     params = [n for n, _ in model.named_parameters()]
     head = set(head_parameter_names(model))
     up, down = FFN[family]
@@ -71,7 +72,9 @@ def expected_trainable(family: str, name: str, model) -> set[str]:
         return {n for n in params if re.search(rf"\.\d+\.{re.escape(linear)}\.({'|'.join(kinds)})$", n)}
     if name == "far":
         return head | ffn(up) | ffn(down)
-    if name == "learners":  # W1 rows + b1 entries, W2 columns; by default b2 and the block's output LayerNorm too
+    if name == "learners" and not b2_and_layer_norm:  # W1 rows + b1 entries, W2 columns; b2 stays
+        return head | ffn(up) | ffn(down, ["weight"])
+    if name == "learners":  # by default b2 and the block's output LayerNorm too
         return head | ffn(up) | ffn(down) | ffn(FFN_LAYER_NORM[family])
     raise ValueError(name)
 
@@ -117,6 +120,17 @@ def test_only_the_methods_parameters_change(name, family):
                 delta = delta.t()
             moved = delta.reshape(delta.shape[0], -1).any(dim=1).nonzero().flatten()
             assert set(moved.tolist()) <= set(idx.tolist()) and moved.numel() > 0, module_name
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_learners_without_b2_and_layer_norm_leave_them_as_they_were(family):
+    """The default trains each learner block's b2 and output LayerNorm; turned off, only the slices and the head move."""
+    model = tiny_model(family)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    expected = expected_trainable(family, "learners", model, b2_and_layer_norm=False)
+    method = build_method("learners", {**OPTIONS["learners"], "train_ffn_output_bias": False, "train_layer_norm": False})
+    after = method.plain_model(run_engine(model, method).model).state_dict()
+    assert {k for k in before if not torch.equal(before[k], after[k])} == expected
 
 
 def test_parameter_counts_match_a_hand_count_on_tiny_bert():
