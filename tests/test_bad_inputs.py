@@ -182,6 +182,10 @@ CASES = [
     ("ft-warmup-for-full", lambda c: (finetune(c, "--method", "full", "--learner-warmup-steps", 5), c.out),
      r"--learner-warmup-steps \(learners or far\) is an option of another method, not of --method full"),
     ("ft-bad-flag-value", lambda c: (finetune(c, "--batch-size", "abc"), c.out), r"invalid int value: 'abc'"),
+    ("ft-ffn-modules-one-name", lambda c: (finetune(c, "--ffn-modules", "intermediate.dense"), c.out),
+     r"ffn_modules names the FFN's two linears .*got 'intermediate.dense'"),
+    ("ft-ffn-modules-no-such-layer-norm", lambda c: (finetune(c, "--ffn-modules", "intermediate.dense,output.dense,output.Nope"), c.out),
+     r"bert\.encoder\.layer\.0\.output\.Nope does not exist: name the block's output LayerNorm"),
     # predict
     ("pr-model-missing", lambda c: (predict(c, c.tmp / "nope"), c.out.with_suffix(".csv")), r"not a model directory"),
     ("pr-output-is-dir", lambda c: (predict(c, out=c.tmp), None), r"is a directory; pass a file path"),

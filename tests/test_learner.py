@@ -246,6 +246,65 @@ def test_unknown_architecture_lists_linear_modules_and_says_how_to_name_the_ffn(
     assert [i.numel() for i in lm.indices] == [8, 8]
 
 
+class NormBlock(nn.Module):
+    """A block of an unknown architecture: FFN fc_in -> fc_out, and a LayerNorm beside fc_out (as ALBERT's)."""
+
+    def __init__(self, width=16, norm=True):
+        super().__init__()
+        self.fc_in, self.fc_out = nn.Linear(8, width), nn.Linear(16, 8)
+        if norm:
+            self.norm = nn.LayerNorm(8)
+
+
+def odd_model(**block_kwargs):
+    model = nn.Module()
+    model.config = type("Cfg", (), {"model_type": "odd"})()
+    model.blocks = nn.ModuleList([NormBlock(**block_kwargs), NormBlock(**block_kwargs)])
+    return model
+
+
+@pytest.mark.parametrize("names,message", [
+    ("fc_in", "two linears"), (("a", "b", "c", "d"), "two linears"), (("fc_in", ""), "two linears"),
+])
+def test_ffn_modules_need_two_or_three_names(names, message):
+    with pytest.raises(UsageError, match=message):
+        LearnerConfig(ratio=0.5, ffn_modules=names)
+
+
+def test_a_third_ffn_module_name_is_the_layer_norm_and_names_are_stripped():
+    config = LearnerConfig(ratio=0.5, ffn_modules=" intermediate.dense, output.dense ,output.LayerNorm")
+    assert config.ffn_modules == ("intermediate.dense", "output.dense") and config.layer_norm_module == "output.LayerNorm"
+    with pytest.raises(UsageError, match="give it once"):
+        LearnerConfig(ratio=0.5, ffn_modules=("a", "b", "n1"), layer_norm_module="n2")
+
+
+def test_named_ffn_modules_find_the_layer_norm_as_the_defaults_do():
+    """Naming a known model's FFN pair (or an unknown model's) keeps its output LayerNorm: train_layer_norm is
+    never silently dropped."""
+    config = dict(ratio=0.25, selection="random", train_layer_norm=True)
+    by_type = get_learner_model(tiny_model("bert"), LearnerConfig(**config)).learner_state()
+    named = get_learner_model(tiny_model("bert"), LearnerConfig(ffn_modules=("intermediate.dense", "output.dense"),
+                                                                **config)).learner_state()
+    assert sorted(named) == sorted(by_type) and "bert.encoder.layer.0.output.LayerNorm.weight" in named
+    odd = get_learner_model(odd_model(), LearnerConfig(ffn_modules=("fc_in", "fc_out"), **config))
+    assert {"blocks.0.norm.weight", "blocks.1.norm.bias"} <= set(odd.learner_state())
+    with pytest.raises(UsageError, match=r"blocks\.0\.fc_out has no single norm module beside it.*--no-train-layer-norm"):
+        get_learner_model(odd_model(norm=False), LearnerConfig(ffn_modules=("fc_in", "fc_out"), **config))
+    with pytest.raises(UsageError, match=r"blocks\.0\.nope does not exist"):
+        get_learner_model(odd_model(), LearnerConfig(ffn_modules=("fc_in", "fc_out", "nope"), **config))
+    plain = get_learner_model(odd_model(norm=False), LearnerConfig(ffn_modules=("fc_in", "fc_out"), ratio=0.25, selection="random"))
+    assert not any("norm" in k for k in plain.learner_state())
+
+
+def test_gated_and_bias_free_ffns_are_refused_by_name():
+    with pytest.raises(UsageError, match=r"blocks\.0\.fc_in has 32 outputs, blocks\.0\.fc_out 16 inputs.*gated FFN"):
+        get_learner_model(odd_model(width=32), LearnerConfig(ratio=0.5, selection="random", ffn_modules=("fc_in", "fc_out")))
+    model = tiny_model("bert")
+    model.bert.encoder.layer[1].output.dense.bias = None
+    with pytest.raises(UsageError, match=r"bert\.encoder\.layer\.1\.output\.dense has no bias"):
+        get_learner_model(model, LearnerConfig(ratio=0.5, selection="random"))
+
+
 def test_priming_and_gradient_need_training_batches():
     with pytest.raises(UsageError, match="indices="):
         get_learner_model(tiny_model("bert"), LearnerConfig(ratio=0.1))

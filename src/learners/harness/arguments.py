@@ -96,7 +96,8 @@ def _add_learners_arguments(p: argparse.ArgumentParser) -> None:
                    help="also train each learner block's FFN output bias b2 (default on; --no-train-ffn-output-bias: off)")
     g.add_argument("--train-layer-norm", action=argparse.BooleanOptionalAction,
                    help="also train each learner block's output LayerNorm (default on; --no-train-layer-norm: off)")
-    g.add_argument("--ffn-modules", help="FFN linears relative to a block, e.g. intermediate.dense,output.dense")
+    g.add_argument("--ffn-modules", help="FFN linears relative to a block, and optionally the output LayerNorm, e.g. "
+                   "intermediate.dense,output.dense(,output.LayerNorm): for models whose FFN is not found by itself")
 
 
 def given_training_flags(args: argparse.Namespace):

@@ -65,8 +65,9 @@ class LearnerConfig:
     # Also train the FFN's output bias b2 and the block's output LayerNorm.
     train_ffn_output_bias: bool = False
     train_layer_norm: bool = False
-    # FFN (W1, W2) module names relative to a block, and the output LayerNorm name;
-    # None picks the defaults for BERT/MiniLM, DistilBERT and RoBERTa.
+    # FFN (W1, W2) module names relative to a block (a third name sets layer_norm_module), and the output
+    # LayerNorm's name; None picks them from FFN_MODULES by model type. With ffn_modules given and no LayerNorm
+    # named, it is FFN_MODULES' for the same pair, else the one norm module beside W2 (see ffn.find_ffn_blocks).
     ffn_modules: tuple[str, str] | None = None
     layer_norm_module: str | None = None
     seed: int = 0
@@ -74,7 +75,7 @@ class LearnerConfig:
 
     def __post_init__(self):
         if self.ffn_modules is not None:
-            self.ffn_modules = tuple(self.ffn_modules)
+            self._check_ffn_modules()
         if (self.ratio is None) == (self.num_neurons is None):
             raise UsageError("LearnerConfig needs exactly one of ratio= (a fraction of the FFN width) or num_neurons=")
         if self.ratio is not None and not 0 < self.ratio <= 1:
@@ -99,6 +100,21 @@ class LearnerConfig:
             raise UsageError(f"unknown priming_scope {self.priming_scope!r}; choose one of {', '.join(PRIMING_SCOPES)}")
         if self.gradient_batches < 1:
             raise UsageError(f"gradient_batches must be >= 1, got {self.gradient_batches}")
+
+    def _check_ffn_modules(self) -> None:
+        """Two names (W1, W2), or three with the block's output LayerNorm, which then sets layer_norm_module."""
+        names = self.ffn_modules.split(",") if isinstance(self.ffn_modules, str) else list(self.ffn_modules)
+        names = [n.strip() if isinstance(n, str) else n for n in names]
+        if len(names) not in (2, 3) or not all(isinstance(n, str) and n for n in names):
+            raise UsageError(f"ffn_modules names the FFN's two linears relative to a transformer block, and optionally its "
+                             f"output LayerNorm, e.g. intermediate.dense,output.dense or "
+                             f"intermediate.dense,output.dense,output.LayerNorm; got {','.join(map(str, names))!r}")
+        if len(names) == 3:
+            if self.layer_norm_module not in (None, names[2]):
+                raise UsageError(f"ffn_modules names the LayerNorm {names[2]!r} but layer_norm_module is "
+                                 f"{self.layer_norm_module!r}; give it once")
+            self.layer_norm_module = names[2]
+        self.ffn_modules = tuple(names[:2])
 
     def _check_layers(self) -> None:
         layers = self.layers

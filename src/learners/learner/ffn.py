@@ -54,33 +54,73 @@ def _linear_listing(model: nn.Module) -> str:
 def find_ffn_blocks(model: nn.Module, config: LearnerConfig) -> list[FFNBlock]:
     """The FFN blocks that get learners under `config.layers`, in encoder order ("auto": all of them)."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
+    known = FFN_MODULES.get(model_type)
     if config.ffn_modules is not None:
         up_name, down_name = config.ffn_modules
-        layer_norm_name = config.layer_norm_module
-    elif model_type in FFN_MODULES:
-        up_name, down_name, layer_norm_name = FFN_MODULES[model_type]
-        layer_norm_name = config.layer_norm_module or layer_norm_name
+        table_layer_norm = known[2] if known and tuple(known[:2]) == (up_name, down_name) else None
+    elif known:
+        up_name, down_name, table_layer_norm = known
     else:
         raise UsageError(
             f"learners does not know where the FFN is in model type {model_type!r}. Its Linear modules are: "
             f"{_linear_listing(model)}. Name the FFN pair relative to a transformer block, e.g. "
             "LearnerConfig(ffn_modules=('intermediate.dense', 'output.dense')) or --ffn-modules intermediate.dense,output.dense"
         )
-    blocks = []
+    blocks, mismatched = [], []
     for name, module in model.named_modules():
         try:
             up, down = module.get_submodule(up_name), module.get_submodule(down_name)
         except AttributeError:
             continue
-        if not (_is_linear_like(up) and _is_linear_like(down)) or up.out_features != down.in_features:
+        if not (_is_linear_like(up) and _is_linear_like(down)):
             continue
-        blocks.append(FFNBlock(name, module, up_name, down_name, layer_norm_name))
+        if up.out_features != down.in_features:
+            mismatched.append(f"{join(name, up_name)} has {up.out_features} outputs, {join(name, down_name)} {down.in_features} inputs")
+            continue
+        blocks.append(FFNBlock(name, module, up_name, down_name, None))
     if not blocks:
+        why = (f" Two linears have these names but are not an FFN pair ({mismatched[0]}); a gated FFN (GLU, as in "
+               "ModernBERT), whose W1 makes two halves, is not supported." if mismatched else "")
         raise UsageError(
-            f"no FFN pair {up_name!r} -> {down_name!r} found in the model. Its Linear modules are: {_linear_listing(model)}. "
+            f"no FFN pair {up_name!r} -> {down_name!r} found in the model.{why} Its Linear modules are: {_linear_listing(model)}. "
             "Pass the names of the FFN's two linears relative to a transformer block with ffn_modules= / --ffn-modules"
         )
+    for block in blocks:
+        for linear_name in (up_name, down_name):
+            if getattr(block.block.get_submodule(linear_name), "bias", None) is None:
+                raise UsageError(f"{join(block.name, linear_name)} has no bias, and learners train a slice of each FFN "
+                                 "linear's bias: FFNs without biases are not supported")
+    layer_norm_name = config.layer_norm_module or table_layer_norm or _norm_beside(blocks[0].block, down_name)
+    for block in blocks:
+        block.layer_norm_name = layer_norm_name
+        if layer_norm_name is not None:
+            try:
+                block.block.get_submodule(layer_norm_name)
+            except AttributeError:
+                raise UsageError(f"{join(block.name, layer_norm_name)} does not exist: name the block's output LayerNorm "
+                                 "relative to the block (the third --ffn-modules name, or layer_norm_module=)") from None
+    if config.train_layer_norm and layer_norm_name is None:
+        raise UsageError(
+            f"training the output LayerNorm was asked for, but {join(blocks[0].name, down_name)} has no single norm module "
+            "beside it: name it relative to the block as the third --ffn-modules name (e.g. "
+            "intermediate.dense,output.dense,output.LayerNorm) or layer_norm_module=, or turn it off with "
+            "--no-train-layer-norm / train_layer_norm=False")
     return [blocks[i] for i in config.layer_positions(len(blocks))]
+
+
+def _norm_beside(block: nn.Module, down_name: str) -> str | None:
+    """The one norm module (LayerNorm or the like, with parameters) among W2's siblings, e.g. BERT's
+    output.LayerNorm beside output.dense, ALBERT's full_layer_layer_norm beside ffn_output; None if none or several."""
+    parent_name = down_name.rpartition(".")[0]
+    parent = block.get_submodule(parent_name) if parent_name else block
+    norms = [name for name, child in parent.named_children()
+             if "norm" in type(child).__name__.lower() and any(True for _ in child.parameters(recurse=False))]
+    return join(parent_name, norms[0]) if len(norms) == 1 else None
+
+
+def join(*parts: str) -> str:
+    """A dotted module path from parts, skipping empty ones (a block may be the model itself)."""
+    return ".".join(p for p in parts if p)
 
 
 def _is_linear_like(module: nn.Module) -> bool:

@@ -17,13 +17,8 @@ from torch import nn
 
 from ..errors import UsageError
 from .config import LearnerConfig
-from .ffn import find_ffn_blocks
+from .ffn import find_ffn_blocks, join
 from .layer import LearnerColumnLinear, LearnerRowLinear, _LearnerLinear
-
-
-def join(*parts: str) -> str:
-    """A dotted module path from parts, skipping empty ones (a block may be the model itself)."""
-    return ".".join(p for p in parts if p)
 
 
 def head_module_paths(head_names) -> list[str]:
