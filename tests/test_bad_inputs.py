@@ -182,11 +182,18 @@ CASES = [
     ("ft-warmup-for-full", lambda c: (finetune(c, "--method", "full", "--learner-warmup-steps", 5), c.out),
      r"--learner-warmup-steps \(learners or far\) is an option of another method, not of --method full"),
     ("ft-bad-flag-value", lambda c: (finetune(c, "--batch-size", "abc"), c.out), r"invalid int value: 'abc'"),
+    # multi-label rows (a JSON list per label) would train a classifier over label combinations
+    ("ft-multi-label-jsonl", lambda c: (finetune(c, train=csv_file(c, '{"text": "a b", "label": "x"}\n{"text": "c", "label": ["x", "y"]}\n', "m.jsonl")), c.out),
+     r'the label at m\.jsonl line 2 is a JSON list, \["x", "y"\].*multi-label data is not supported'),
+    ("ft-text-object-jsonl", lambda c: (finetune(c, train=csv_file(c, '{"text": {"title": "a"}, "label": "x"}\n{"text": "c", "label": "y"}\n', "o.jsonl")), c.out),
+     r"text column 'text' at o\.jsonl line 1 is a JSON object, not a string"),
     ("ft-ffn-modules-one-name", lambda c: (finetune(c, "--ffn-modules", "intermediate.dense"), c.out),
      r"ffn_modules names the FFN's two linears .*got 'intermediate.dense'"),
     ("ft-ffn-modules-no-such-layer-norm", lambda c: (finetune(c, "--ffn-modules", "intermediate.dense,output.dense,output.Nope"), c.out),
      r"bert\.encoder\.layer\.0\.output\.Nope does not exist: name the block's output LayerNorm"),
     # predict
+    ("pr-text-list-jsonl", lambda c: (predict(c, None, input=csv_file(c, '{"text": ["a", "b"]}\n', "p.jsonl")), c.out.with_suffix(".csv")),
+     r"text column 'text' at p\.jsonl line 1 is a JSON list"),
     ("pr-model-missing", lambda c: (predict(c, c.tmp / "nope"), c.out.with_suffix(".csv")), r"not a model directory"),
     ("pr-output-is-dir", lambda c: (predict(c, out=c.tmp), None), r"is a directory; pass a file path"),
     ("pr-output-suffix", lambda c: (predict(c, out=c.tmp / "p.xlsx"), c.tmp / "p.xlsx"), r"unsupported file type; use .csv"),

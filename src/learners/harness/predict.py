@@ -78,6 +78,8 @@ def predict_column(model, tokenizer, table, input_name: str, text_columns: str |
     if missing:
         raise UsageError(f"--input {input_name} lacks the model's text column(s) {', '.join(missing)}; "
                          f"columns found: {', '.join(table.columns)}. Pass --text-columns with names from that list")
+    for column in columns:
+        table.check_plain(column, "text")
     regression = model.config.problem_type == "regression" or model.config.num_labels == 1
     model.eval()
     encodings = [tokenizer(*[[row[c] for row in table.rows[i:i + batch_size]] for c in columns], truncation=True,

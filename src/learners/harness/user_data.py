@@ -29,8 +29,22 @@ MAX_REGRESSION_LABEL = 1e18
 class Table:
     """Columns of string cells from one file, with the file line number of each row."""
 
-    def __init__(self, path: Path, columns: list[str], rows: list[dict[str, str]], lines: list[int]):
+    def __init__(self, path: Path, columns: list[str], rows: list[dict[str, str]], lines: list[int],
+                 nested: dict[str, tuple[int, str]] | None = None):
         self.path, self.columns, self.rows, self.lines = path, columns, rows, lines
+        # JSON lines: per column, the first row whose value is a list or an object, and which ("list", "object")
+        self.nested = nested or {}
+
+    def check_plain(self, column: str, what: str) -> None:
+        """Refuse a column whose cells are JSON lists or objects: read as text they would train silently wrong."""
+        if column not in self.nested:
+            return
+        i, kind = self.nested[column]
+        if what == "label":
+            raise UsageError(f"the label at {self.where(i)} is a JSON {kind}, {self.rows[i][column][:60]}; learners trains "
+                             "one label per example (classification or regression), so multi-label data is not supported. "
+                             "Give each row a single label.")
+        raise UsageError(f"text column {column!r} at {self.where(i)} is a JSON {kind}, not a string; write the text as one string.")
 
     def where(self, i: int) -> str:
         return f"{self.path.name} line {self.lines[i]}"
@@ -98,7 +112,7 @@ def _read_json_lines(path: Path) -> Table:
             except json.JSONDecodeError as e:
                 raise UsageError(f"{path.name} line {n} is not valid JSON ({e.msg}); write one JSON object per line.") from e
     columns: list[str] = []
-    rows, lines = [], []
+    rows, lines, nested = [], [], {}
     for n, obj in items:
         if not isinstance(obj, dict):
             raise UsageError(
@@ -106,10 +120,13 @@ def _read_json_lines(path: Path) -> Table:
                 'write one object per line, like {"text": "...", "label": "..."}.'
             )
         columns += [k for k in obj if k not in columns]
+        for k, v in obj.items():
+            if isinstance(v, (list, dict)) and k not in nested:
+                nested[k] = (len(rows), "list" if isinstance(v, list) else "object")
         rows.append({k: _cell(v) for k, v in obj.items()})
         lines.append(n)
     rows = [{c: row.get(c, "") for c in columns} for row in rows]  # a key missing from a line reads as ""
-    return Table(path, columns, rows, lines)
+    return Table(path, columns, rows, lines, nested)
 
 
 def read_table(file, flag: str) -> Table:
@@ -177,6 +194,9 @@ def _check_columns(table: Table, text_columns: tuple[str, ...], label_column: st
             f"label column {label_column!r} not found in {table.path.name}; columns found: {found}. "
             "Pass --label-column with a name from that list."
         )
+    for name in text_columns:
+        table.check_plain(name, "text")
+    table.check_plain(label_column, "label")
 
 
 def _number(value: str) -> float | None:
