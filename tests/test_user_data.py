@@ -101,6 +101,17 @@ def test_validation_label_2_0_matches_train_class_2(tmp_path):
     assert load_user_data(train, dev, None).validation["label"] == [1]
 
 
+def test_classes_that_differ_only_in_case_train_apart_and_the_run_says_so(tmp_path, capsys):
+    train = write(tmp_path / "train.csv", "text,label\na,Pos\nb,pos\nc,neg\nd,NEG\ne,neg\n")
+    data = load_user_data(train, train, None)
+    assert data.label_names == ["NEG", "Pos", "neg", "pos"]
+    err = capsys.readouterr().err
+    assert "differ only in case ('NEG' and 'neg'; 'Pos' and 'pos')" in err and "write it one way" in err
+    clean = write(tmp_path / "clean.csv", "text,label\na,pos\nb,neg\n")
+    load_user_data(clean, clean, None)
+    assert "differ only in case" not in capsys.readouterr().err
+
+
 # ---- errors: each is one line naming the problem and the fix ----
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import datasets
 
 from ..errors import UsageError
+from .distributed import log
 from .task_data import TaskData
 
 TASK_TYPES = ("classification", "regression")
@@ -321,6 +322,19 @@ def _regression_task(train: Table, validation: Table, columns: tuple[str, ...], 
     )
 
 
+def _note_case_twins(label_names: list[str], table: Table) -> None:
+    """Say so when classes differ only in case ('Pos' and 'pos'): most often one class written two ways. They stay
+    two classes (labels are the user's), but the run says it before it trains."""
+    by_folded: dict[str, list[str]] = {}
+    for name in label_names:
+        by_folded.setdefault(name.casefold(), []).append(name)
+    twins = [names for names in by_folded.values() if len(names) > 1]
+    if twins:
+        listed = "; ".join(" and ".join(repr(n) for n in names) for names in twins)
+        log(f"note: the training labels of {table.path.name} include classes that differ only in case ({listed}); "
+            "they train as different classes. If each is one class, write it one way in the file.")
+
+
 def _classification_task(train: Table, validation: Table, columns: tuple[str, ...], train_labels: list[str],
                          validation_labels: list[str]) -> TaskData:
     """Classes are the distinct training labels (numbers in numeric order, else sorted); every validation label
@@ -335,6 +349,7 @@ def _classification_task(train: Table, validation: Table, columns: tuple[str, ..
             f"every training label in {train.path.name} is {label_names[0]!r}; a classifier needs at least two classes. "
             "Check --label-column, or pass --task-type regression for numeric targets."
         )
+    _note_case_twins(label_names, train)
     ids = {name: i for i, name in enumerate(label_names)}
     validation_ids = []
     for i, value in enumerate(validation_labels):
