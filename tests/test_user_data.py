@@ -68,25 +68,25 @@ def test_jsonl_pair_with_explicit_columns_and_label_column(tmp_path):
 def test_regression_inferred_from_floats(tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", [{"sentence": "a", "label": 0.5}, {"sentence": "b", "label": 3},
                                                     {"sentence": "c", "label": 4.25}])
-    dev = write_jsonl(tmp_path / "dev.jsonl", [{"sentence": "d", "label": 1}])
+    dev = write_jsonl(tmp_path / "dev.jsonl", [{"sentence": "d", "label": 1}, {"sentence": "e", "label": 2.5}])
     data = load_user_data(train, dev, text_columns=None)
     assert data.text_columns == ("sentence",)
     assert data.is_regression and data.label_names is None and data.num_labels == 1
     assert data.metric_kind == "pearson_spearman"
     assert data.train.features["label"].dtype == "float32"
     assert data.train["label"] == pytest.approx([0.5, 3.0, 4.25])
-    assert data.validation["label"] == [1.0]
+    assert data.validation["label"] == [1.0, 2.5]
 
 
 def test_many_distinct_integers_inferred_as_regression(tmp_path):
     train = write(tmp_path / "train.csv", "text,label\n" + "".join(f"t{i},{i}\n" for i in range(25)))
-    dev = write(tmp_path / "dev.csv", "text,label\nx,3\n")
+    dev = write(tmp_path / "dev.csv", "text,label\nx,3\ny,7\n")
     assert load_user_data(train, dev, None).is_regression
 
 
 def test_task_type_override(tmp_path):
     train = write(tmp_path / "train.csv", "text,label\na,1\nb,2\nc,1\n")
-    dev = write(tmp_path / "dev.csv", "text,label\nd,2.0\n")
+    dev = write(tmp_path / "dev.csv", "text,label\nd,2.0\ne,1\n")
     assert load_user_data(train, dev, None).label_names == ["1", "2"]  # inferred classification
     regression = load_user_data(train, dev, None, task_type="regression")
     assert regression.is_regression and regression.train["label"] == [1.0, 2.0, 1.0]
@@ -124,6 +124,15 @@ def test_missing_file(tmp_path, csv_pair):
         load_user_data(tmp_path / "nope.csv", csv_pair[1], None)
     with raises(r"--validation-file .*nope\.csv does not exist"):
         load_user_data(csv_pair[0], tmp_path / "nope.csv", None)
+
+
+def test_regression_validation_targets_all_equal(tmp_path):
+    """Correlation with a constant is undefined: every evaluation would read 0 and the first model would be kept."""
+    train = write(tmp_path / "train.csv", "text,label\na,0.5\nb,1.5\nc,2.25\n")
+    dev = write(tmp_path / "dev.csv", "text,label\nd,2.5\ne,2.50\n")
+    with raises(r"every validation target in dev\.csv is 2\.5; the regression metric .* needs varied targets"):
+        load_user_data(train, dev, None)
+    assert load_user_data(train, train, None).is_regression
 
 
 def test_unsupported_extension(tmp_path, csv_pair):
@@ -176,7 +185,7 @@ def test_regression_label_too_large_for_a_float32_loss(tmp_path):
     """(1e30 - prediction)^2 is inf in float32: the run would stop at step 1 saying the learning rate was too high."""
     train = write(tmp_path / "train.csv", "text,label\na,1.5\nb,2.5\nc,-1e30\n")
     with raises(r"regression label -1e30 at train\.csv line 4 is too large to train on: .* rescale the labels"):
-        load_user_data(train, write(tmp_path / "dev.csv", "text,label\na,1.5\n"), None)
+        load_user_data(train, write(tmp_path / "dev.csv", "text,label\na,1.5\nb,2\n"), None)
     big = write(tmp_path / "dev_big.csv", "text,label\na,2e18\n")
     with raises(r"regression label 2e18 at dev_big\.csv line 2 is too large"):
         load_user_data(write(tmp_path / "ok.csv", "text,label\na,1.5\nb,2.5\n"), big, None)

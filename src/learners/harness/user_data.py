@@ -311,13 +311,21 @@ def load_user_data(
 
 def _regression_task(train: Table, validation: Table, columns: tuple[str, ...], train_labels: list[str],
                      validation_labels: list[str]) -> TaskData:
+    train_targets = _regression_labels(train_labels, train)
+    targets = _regression_labels(validation_labels, validation)
+    if len(set(targets)) < 2:
+        # Pearson and Spearman correlations with a constant are undefined: every evaluation would read 0, and
+        # the "best" model kept would be the first evaluated one.
+        raise UsageError(f"every validation target in {validation.path.name} is {targets[0]:g}; the regression metric "
+                         "(Pearson correlation) needs varied targets to score or pick a model. Use validation "
+                         "examples with different targets.")
     return TaskData(
         name="custom",
         text_columns=columns,
         label_names=None,
         metric_kind="pearson_spearman",
-        train=_dataset(train, columns, _regression_labels(train_labels, train), "float32"),
-        validation=_dataset(validation, columns, _regression_labels(validation_labels, validation), "float32"),
+        train=_dataset(train, columns, train_targets, "float32"),
+        validation=_dataset(validation, columns, targets, "float32"),
         extra_validation={},
     )
 
