@@ -37,6 +37,8 @@ ABLATIONS=(
   "learners all, random, r1/8, 5 epochs=$L/all-random-ratio-1-8-epochs-5:learners"
   "learners all, random, r1/8, +b2, LayerNorm, 5 epochs=$L/all-random-ratio-1-8-b2-ln-epochs-5:learners"
   "full, 5 epochs=$L/full-epochs-5:full"
+  "lora, 5 epochs=$L/baselines-epochs-5:lora"
+  "bitfit, 5 epochs=$L/baselines-epochs-5:bitfit"
 )
 $PYTHON benchmarks/seed_table.py --mean-over cola,mrpc,rte,stsb --output $L/seeds "${POINTS[@]}" "${ABLATIONS[@]}"
 echo
