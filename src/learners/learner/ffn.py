@@ -66,7 +66,7 @@ def find_ffn_blocks(model: nn.Module, config: LearnerConfig) -> list[FFNBlock]:
             f"{_linear_listing(model)}. Name the FFN pair relative to a transformer block, e.g. "
             "LearnerConfig(ffn_modules=('intermediate.dense', 'output.dense')) or --ffn-modules intermediate.dense,output.dense"
         )
-    blocks, mismatched = [], []
+    pairs, mismatched = [], []  # (block name, block module) of every matching FFN
     for name, module in model.named_modules():
         try:
             up, down = module.get_submodule(up_name), module.get_submodule(down_name)
@@ -77,34 +77,33 @@ def find_ffn_blocks(model: nn.Module, config: LearnerConfig) -> list[FFNBlock]:
         if up.out_features != down.in_features:
             mismatched.append(f"{join(name, up_name)} has {up.out_features} outputs, {join(name, down_name)} {down.in_features} inputs")
             continue
-        blocks.append(FFNBlock(name, module, up_name, down_name, None))
-    if not blocks:
+        for linear_name, linear in ((up_name, up), (down_name, down)):
+            if getattr(linear, "bias", None) is None:
+                raise UsageError(f"{join(name, linear_name)} has no bias, and learners train a slice of each FFN "
+                                 "linear's bias: FFNs without biases are not supported")
+        pairs.append((name, module))
+    if not pairs:
         why = (f" Two linears have these names but are not an FFN pair ({mismatched[0]}); a gated FFN (GLU, as in "
                "ModernBERT), whose W1 makes two halves, is not supported." if mismatched else "")
         raise UsageError(
             f"no FFN pair {up_name!r} -> {down_name!r} found in the model.{why} Its Linear modules are: {_linear_listing(model)}. "
             "Pass the names of the FFN's two linears relative to a transformer block with ffn_modules= / --ffn-modules"
         )
-    for block in blocks:
-        for linear_name in (up_name, down_name):
-            if getattr(block.block.get_submodule(linear_name), "bias", None) is None:
-                raise UsageError(f"{join(block.name, linear_name)} has no bias, and learners train a slice of each FFN "
-                                 "linear's bias: FFNs without biases are not supported")
-    layer_norm_name = config.layer_norm_module or table_layer_norm or _norm_beside(blocks[0].block, down_name)
-    for block in blocks:
-        block.layer_norm_name = layer_norm_name
-        if layer_norm_name is not None:
-            try:
-                block.block.get_submodule(layer_norm_name)
-            except AttributeError:
-                raise UsageError(f"{join(block.name, layer_norm_name)} does not exist: name the block's output LayerNorm "
-                                 "relative to the block (the third --ffn-modules name, or layer_norm_module=)") from None
+    layer_norm_name = config.layer_norm_module or table_layer_norm or _norm_beside(pairs[0][1], down_name)
     if config.train_layer_norm and layer_norm_name is None:
         raise UsageError(
-            f"training the output LayerNorm was asked for, but {join(blocks[0].name, down_name)} has no single norm module "
+            f"training the output LayerNorm was asked for, but {join(pairs[0][0], down_name)} has no single norm module "
             "beside it: name it relative to the block as the third --ffn-modules name (e.g. "
             "intermediate.dense,output.dense,output.LayerNorm) or layer_norm_module=, or turn it off with "
             "--no-train-layer-norm / train_layer_norm=False")
+    for name, module in pairs:
+        if layer_norm_name is not None:
+            try:
+                module.get_submodule(layer_norm_name)
+            except AttributeError:
+                raise UsageError(f"{join(name, layer_norm_name)} does not exist: name the block's output LayerNorm "
+                                 "relative to the block (the third --ffn-modules name, or layer_norm_module=)") from None
+    blocks = [FFNBlock(name, module, up_name, down_name, layer_norm_name) for name, module in pairs]
     return [blocks[i] for i in config.layer_positions(len(blocks))]
 
 
