@@ -263,3 +263,58 @@ def test_hub_columns_mapped_to_task_data(monkeypatch):
     assert data.train.features["label"] == datasets.Value("int64")
     assert (len(data.train), len(data.validation), len(data.extra_validation["mismatched"])) == (3, 2, 1)
     assert data.validation["label"] == [1, 1] and data.extra_validation["mismatched"]["label"] == [2]
+
+
+def _write_hub_parquet(folder: Path, split: str, columns: dict, label) -> None:
+    """One split as the hub dataset's files are: `<split>-00000-of-00001.parquet`, label as a ClassLabel."""
+    features = datasets.Features({**{c: datasets.Value("string") for c in columns}, "label": label,
+                                  "idx": datasets.Value("int32")})
+    n = len(next(iter(columns.values())))
+    folder.mkdir(parents=True, exist_ok=True)
+    datasets.Dataset.from_dict({**columns, "label": list(range(n)) if isinstance(label, datasets.ClassLabel)
+                                else [float(i) for i in range(n)], "idx": list(range(n))},
+                               features=features).to_parquet(str(folder / f"{split}-00000-of-00001.parquet"))
+
+
+def test_a_local_copy_of_the_hub_parquet_files_loads(tmp_path, monkeypatch):
+    """`huggingface-cli download nyu-mll/glue` writes mnli/train-00000-of-00001.parquet, ...; --data-dir takes it
+    without the network (the hub loader is never called), matched and mismatched dev sets included."""
+    real_load = datasets.load_dataset
+
+    def parquet_only(path, *args, **kwargs):
+        assert path == "parquet", "the hub must not be used when a local source has the task"
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(glue.datasets, "load_dataset", parquet_only)
+    names = datasets.ClassLabel(names=["entailment", "neutral", "contradiction"])
+    for split, n in (("train", 3), ("validation_matched", 2), ("validation_mismatched", 1), ("test_matched", 1)):
+        _write_hub_parquet(tmp_path / "mnli", split, {"premise": [f"p{split}{i}" for i in range(n)],
+                                                     "hypothesis": ["h"] * n}, names)
+    data = load_glue("mnli", tmp_path)
+    assert data.train.to_dict() == {"premise": ["ptrain0", "ptrain1", "ptrain2"], "hypothesis": ["h"] * 3,
+                                    "label": [0, 1, 2]}
+    assert data.validation["premise"] == ["pvalidation_matched0", "pvalidation_matched1"]
+    assert data.extra_validation["mismatched"]["premise"] == ["pvalidation_mismatched0"]
+    assert data.label_names == ["entailment", "neutral", "contradiction"]
+    # the task folder itself, and a regression task (float labels)
+    for split in ("train", "validation"):
+        _write_hub_parquet(tmp_path / "stsb", split, {"sentence1": ["a", "b"], "sentence2": ["c", "d"]},
+                           datasets.Value("float32"))
+    data = load_glue("stsb", tmp_path / "stsb")
+    assert data.label_names is None and data.train["label"] == [0.0, 1.0]
+
+
+def test_a_hub_parquet_copy_lacking_a_split_or_with_other_labels_is_refused(tmp_path):
+    names = datasets.ClassLabel(names=["unacceptable", "acceptable"])
+    _write_hub_parquet(tmp_path / "cola", "train", {"sentence": ["a", "b"]}, names)
+    with pytest.raises(UsageError, match=r"cola lacks validation-\*\.parquet; it needs train-\*\.parquet, "
+                                         r"validation-\*\.parquet as in the hub dataset nyu-mll/glue"):
+        load_glue("cola", tmp_path)
+    _write_hub_parquet(tmp_path / "cola", "validation", {"sentence": ["a", "b"]}, names)
+    _write_hub_parquet(tmp_path / "cola", "train", {"sentence": ["a", "b"]}, datasets.ClassLabel(names=["bad", "good"]))
+    with pytest.raises(UsageError, match=r"label names \['bad', 'good'\] differ from GLUE cola's "
+                                         r"\['unacceptable', 'acceptable'\]"):
+        load_glue("cola", tmp_path)
+    (tmp_path / "cola" / "validation-00000-of-00001.parquet").write_bytes(b"not parquet")
+    with pytest.raises(UsageError, match=r"cannot read the parquet files in .*cola .*replace them"):
+        load_glue("cola", tmp_path)

@@ -2,8 +2,11 @@
 
 Sources, in order: an explicit data directory, $GLUE_DIR, the Hugging Face hub
 (`nyu-mll/glue`). Local directories use the official GLUE download layout
-(`CoLA/train.tsv`, `MNLI/dev_matched.tsv`, ...). The TSV files must be read with
-quoting disabled: their text contains unbalanced double quotes.
+(`CoLA/train.tsv`, `MNLI/dev_matched.tsv`, ...) or a local copy of the hub
+dataset's parquet files (`cola/train-00000-of-00001.parquet`, as
+`huggingface-cli download nyu-mll/glue --repo-type dataset` writes them). The TSV
+files must be read with quoting disabled: their text contains unbalanced double
+quotes.
 """
 
 from __future__ import annotations
@@ -162,17 +165,55 @@ def _load_folder(folder: Path, task: GlueTask) -> TaskData:
     return _task_data(task, splits)
 
 
+def _parquet_folder(root: Path, task: GlueTask) -> Path | None:
+    """`root/cola` (or `root` itself when it is that folder) holding the hub's parquet files for `task`."""
+    for folder in (root / task.name, root):
+        if folder.name.lower() == task.name and any(folder.glob("train-*.parquet")):
+            return folder
+    return None
+
+
+def _load_parquet_folder(folder: Path, task: GlueTask) -> TaskData:
+    """A local copy of the hub dataset's files for one task: `<split>-00000-of-00001.parquet` per split."""
+    hub_splits = ["train"] + [hub_split for _, _, hub_split in task.dev_splits]
+    missing = [split for split in hub_splits if not any(folder.glob(f"{split}-*.parquet"))]
+    if missing:
+        raise UsageError(
+            f"GLUE folder {folder} lacks {', '.join(f'{split}-*.parquet' for split in missing)}; it needs "
+            f"{', '.join(f'{split}-*.parquet' for split in hub_splits)} as in the hub dataset {HUB_DATASET}."
+        )
+    files = {split: sorted(str(f) for f in folder.glob(f"{split}-*.parquet")) for split in hub_splits}
+    try:
+        loaded = datasets.load_dataset("parquet", data_files=files)
+    except Exception as e:  # a damaged or foreign parquet file
+        raise UsageError(f"cannot read the parquet files in {folder} ({_short(e)}); "
+                         f"replace them with the hub dataset {HUB_DATASET}'s {task.name} files.") from e
+    logger.info("loaded GLUE %s from %s (the hub's parquet layout)", task.name, folder)
+    return _from_hub_splits(task, loaded, str(folder))
+
+
 def _load_hub(task: GlueTask) -> TaskData:
     hub = datasets.load_dataset(HUB_DATASET, task.name)
+    logger.info("loaded GLUE %s from the hub (%s)", task.name, HUB_DATASET)
+    return _from_hub_splits(task, hub, f"hub {HUB_DATASET}/{task.name}")
+
+
+def _from_hub_splits(task: GlueTask, hub: datasets.DatasetDict, source: str) -> TaskData:
+    """The hub's splits and columns (the same in its parquet files) mapped to ours."""
     wanted = [("train", "train")] + [(key, hub_split) for key, _, hub_split in task.dev_splits]
     splits = {}
     for key, hub_split in wanted:
         split = hub[hub_split]
+        missing = [c for c in (*task.text_columns, "label") if c not in split.column_names]
+        if missing:
+            raise UsageError(f"{source} split {hub_split} has no column(s) {', '.join(missing)} "
+                             f"(columns: {', '.join(split.column_names)}); GLUE {task.name} needs "
+                             f"{', '.join((*task.text_columns, 'label'))}.")
         hub_label = split.features["label"]
         if task.label_names is not None and list(getattr(hub_label, "names", task.label_names)) != list(task.label_names):
-            raise RuntimeError(f"hub {HUB_DATASET}/{task.name} label names {hub_label.names} differ from {task.label_names}")
+            raise UsageError(f"{source} label names {hub_label.names} differ from GLUE {task.name}'s "
+                             f"{list(task.label_names)}")
         splits[key] = split.select_columns([*task.text_columns, "label"]).cast(_features(task))
-    logger.info("loaded GLUE %s from the hub (%s)", task.name, HUB_DATASET)
     return _task_data(task, splits)
 
 
@@ -211,7 +252,10 @@ def load_glue(task: str, data_dir: str | os.PathLike | None = None) -> TaskData:
         folder = _task_folder(root, spec)
         if folder is not None:
             return _load_folder(folder, spec)
-        tried.append(f"--data-dir {root} has no {spec.folder}/train.tsv")
+        folder = _parquet_folder(root, spec)
+        if folder is not None:
+            return _load_parquet_folder(folder, spec)
+        tried.append(f"--data-dir {root} has no {spec.folder}/train.tsv (nor {spec.name}/train-*.parquet)")
     else:
         tried.append("no --data-dir given")
 
@@ -220,7 +264,10 @@ def load_glue(task: str, data_dir: str | os.PathLike | None = None) -> TaskData:
         folder = _task_folder(Path(glue_dir).expanduser(), spec)
         if folder is not None:
             return _load_folder(folder, spec)
-        tried.append(f"GLUE_DIR={glue_dir} has no {spec.folder}/train.tsv")
+        folder = _parquet_folder(Path(glue_dir).expanduser(), spec)
+        if folder is not None:
+            return _load_parquet_folder(folder, spec)
+        tried.append(f"GLUE_DIR={glue_dir} has no {spec.folder}/train.tsv (nor {spec.name}/train-*.parquet)")
     else:
         tried.append("GLUE_DIR is not set")
 
@@ -232,5 +279,6 @@ def load_glue(task: str, data_dir: str | os.PathLike | None = None) -> TaskData:
     raise UsageError(
         f"cannot load GLUE task {spec.name!r}: {'; '.join(tried)}. "
         f"Fix: pass --data-dir DIR (or set GLUE_DIR=DIR) where DIR/{spec.folder}/train.tsv is the official "
-        "GLUE download, or run with network access to the Hugging Face hub."
+        f"GLUE download (or DIR/{spec.name}/ holds the hub dataset's parquet files), or run with network access to the "
+        "Hugging Face hub."
     )
