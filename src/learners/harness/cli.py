@@ -66,11 +66,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_library_progress_bars() -> None:
+    """--no-progress: no bars from datasets (tokenizing) or transformers (saving) either, so logs stay lines."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "finetune":
         from .finetune import finetune_args, run_finetune
         check_flags_fit_method(args)
+        if args.no_progress:
+            quiet_library_progress_bars()
         results = run_finetune(finetune_args(args))
         if results is None:  # a data-parallel rank other than 0: rank 0 reports
             return 0
