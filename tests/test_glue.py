@@ -318,3 +318,21 @@ def test_a_hub_parquet_copy_lacking_a_split_or_with_other_labels_is_refused(tmp_
     (tmp_path / "cola" / "validation-00000-of-00001.parquet").write_bytes(b"not parquet")
     with pytest.raises(UsageError, match=r"cannot read the parquet files in .*cola .*replace them"):
         load_glue("cola", tmp_path)
+
+
+def test_a_named_local_source_without_the_task_warns_when_the_hub_is_used(tmp_path, monkeypatch, caplog):
+    """A --data-dir (or GLUE_DIR) that lacks the task must not be passed over in silence for the network."""
+    features = datasets.Features({"sentence1": datasets.Value("string"), "sentence2": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["entailment", "not_entailment"])})
+    split = datasets.Dataset.from_dict({"sentence1": ["a"], "sentence2": ["b"], "label": [0]}, features=features)
+    monkeypatch.setattr(glue.datasets, "load_dataset",
+                        lambda *a, **k: datasets.DatasetDict({"train": split, "validation": split}))
+    monkeypatch.delenv("GLUE_DIR", raising=False)
+    with caplog.at_level("WARNING", logger="learners.harness.glue"):
+        assert len(load_glue("rte", tmp_path).train) == 1
+    assert f"--data-dir {tmp_path} has no RTE/train.tsv (nor rte/train-*.parquet); loaded GLUE rte from the hub" \
+        in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="learners.harness.glue"):
+        load_glue("rte")  # nothing named: the hub is the expected source
+    assert caplog.text == ""

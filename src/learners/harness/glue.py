@@ -272,9 +272,14 @@ def load_glue(task: str, data_dir: str | os.PathLike | None = None) -> TaskData:
         tried.append("GLUE_DIR is not set")
 
     try:
-        return _load_hub(spec)
+        data = _load_hub(spec)
     except Exception as e:  # offline, hub down, auth, ...: all reported together below
         tried.append(f"hub {HUB_DATASET} failed ({_short(e)})")
+    else:
+        named = [t for t in tried if " has no " in t]  # local sources the user named, which lacked the task
+        if named:
+            logger.warning("%s; loaded GLUE %s from the hub (%s) instead", "; ".join(named), spec.name, HUB_DATASET)
+        return data
 
     raise UsageError(
         f"cannot load GLUE task {spec.name!r}: {'; '.join(tried)}. "
