@@ -172,6 +172,8 @@ class _LearnerLinear(nn.Module):
         parameter's version counter; through optimizer steps, also fused ones that do not bump it (counted
         globally); or by being replaced (`.to(device)`), which changes its storage. An edit through `.data`
         is seen at the next optimizer step; `restore_base()` or `_synced_state = None` forces a write.
+
+        Under torch.compile the forward passes run it eagerly (`_sync_before_forward`).
         """
         state = (_optimizer_steps[0], *((t.data_ptr(), t._version) for t in self._learner_tensors()))
         if state != self._synced_state:
@@ -180,6 +182,15 @@ class _LearnerLinear(nn.Module):
                     self._keep_base()
                 self._write_slices()
             self._synced_state = state
+
+    def _sync_before_forward(self) -> None:
+        """`sync`, run eagerly under torch.compile (a graph break around it): traced, its check of a step counter
+        and of version counters that change at every step made dynamo recompile it at every step, up to its
+        recompile limit, with a warning (BENCHMARKS.md 5.20). Eager runs call it directly (no wrapper cost)."""
+        if torch.compiler.is_compiling():
+            _eager_sync(self)
+        else:
+            self.sync()
 
     def restore_base(self) -> None:
         """Put the base values back into the full weight's learner rows/columns and free their copy (the next
@@ -199,6 +210,9 @@ class _LearnerLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, learner_neurons={self.num_neurons}"
+
+
+_eager_sync = torch.compiler.disable(_LearnerLinear.sync)
 
 
 class LearnerRowLinear(_LearnerLinear):
@@ -233,7 +247,7 @@ class LearnerRowLinear(_LearnerLinear):
         self.base_bias_slice = None
 
     def forward(self, x):
-        self.sync()
+        self._sync_before_forward()
         return _RowLearnerFunction.apply(x, self.weight, self.bias, self.learner_weight, self.learner_bias, self.indices)
 
     def merged_bias(self) -> torch.Tensor:
@@ -262,7 +276,7 @@ class LearnerColumnLinear(_LearnerLinear):
         return [self.learner_weight, self.bias] if self.train_bias else [self.learner_weight]
 
     def forward(self, a):
-        self.sync()
+        self._sync_before_forward()
         return _ColumnLearnerFunction.apply(a, self.weight, self.bias, self.learner_weight, self.indices)
 
     def to_linear(self) -> nn.Linear:
