@@ -300,3 +300,42 @@ def test_text_column_cannot_be_the_label_column(csv_pair):
         load_user_data(*csv_pair, text_columns="text,label")
     with raises(r"--text-columns names 'text' twice"):
         load_user_data(*csv_pair, text_columns="text,text")
+
+
+def test_a_tsv_whose_quotes_are_text_keeps_every_row_and_quote(tmp_path, capsys):
+    """Cells joined by tabs (GLUE's files, `"\\t".join`): a quote that opens a cell is text. Read as CSV-style
+    quoting, the first row lost its quotes and the next two merged into one example (tab and label inside)."""
+    train = write(tmp_path / "train.tsv", 'text\tlabel\n"I love it," she said.\tpos\n"Great movie\tpos\n'
+                                          'Bad one"\tneg\nplain\tneg\n')
+    dev = write(tmp_path / "dev.tsv", 'text\tlabel\n"Hi" there\tpos\nok\tneg\n')
+    data = load_user_data(train, dev, text_columns=None)
+    assert data.train.to_dict() == {"text": ['"I love it," she said.', '"Great movie', 'Bad one"', "plain"],
+                                    "label": [1, 1, 0, 0]}
+    assert data.validation["text"] == ['"Hi" there', "ok"]
+    err = capsys.readouterr().err
+    assert "train.tsv: double quotes read as part of the text (cells joined by tabs, as in GLUE's files)" in err
+    assert "dev.tsv: double quotes read as part of the text" in err
+    # the merge alone (no quote that breaks quoting): a quoted cell would hold the tab and the next label
+    write(train, 'text\tlabel\n"Great movie\tpos\nBad one"\tneg\nplain\tneg\n')
+    assert load_user_data(train, dev, text_columns=None).train["text"] == ['"Great movie', 'Bad one"', "plain"]
+    assert "a cell ending on line 3 would hold a tab" in capsys.readouterr().err
+
+
+def test_a_quoted_tsv_as_pandas_writes_it_is_read_as_quoted(tmp_path, capsys):
+    """pandas, Excel and the csv module quote a cell that holds a quote, tab or line break, doubling its quotes."""
+    import pandas as pd
+
+    texts = ['"Hi," she said.', "tab\there", "two\nlines", "plain"]
+    pd.DataFrame({"text": texts, "label": ["pos", "neg", "pos", "neg"]}).to_csv(tmp_path / "train.tsv", sep="\t",
+                                                                                 index=False)
+    dev = write(tmp_path / "dev.tsv", "text\tlabel\nok\tneg\nfine\tpos\n")
+    assert load_user_data(tmp_path / "train.tsv", dev, text_columns=None).train["text"] == texts
+    assert capsys.readouterr().err == ""
+
+
+def test_a_csv_with_a_broken_quote_names_the_line_and_the_rule(tmp_path, csv_pair):
+    train = write(tmp_path / "bad.csv", 'text,label\nfine,pos\n"I love it," she said.,pos\n')
+    with raises(r'bad\.csv line 3 cannot be parsed \(\',\' expected after \'"\'\): a double quote at the start of a '
+                r'cell opens a quoted cell, which must close with a double quote right before the comma or the '
+                r'line\'s end; inside a quoted cell write a double quote as two \(""\)\.'):
+        load_user_data(train, csv_pair[1], text_columns=None)

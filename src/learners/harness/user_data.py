@@ -69,22 +69,61 @@ def _check_separator(path: Path, columns: list[str], delimiter: str) -> None:
 
 
 def _read_delimited(path: Path, delimiter: str) -> Table:
+    """A CSV is read with CSV quoting. A TSV comes in two kinds: written by pandas, Excel or the csv module,
+    a cell that holds a quote, tab or line break is quoted ("..." with "" inside), as in a CSV; written by
+    joining cells with tabs (as GLUE's files are), quotes are plain text. Read the first way, a plain-text
+    quote at the start of a cell (`"Hi," she said.`) would drop its quotes or swallow the rows up to the next
+    quote into one cell. So a TSV that quoting cannot read, or whose quoted cells then hold a tab, is read
+    with quotes as text when every row then has the header's fields."""
+    if delimiter != "\t":
+        return _parse_delimited(path, delimiter, quotes_are_text=False)
+    quoted, quoted_error = None, None
+    try:
+        quoted = _parse_delimited(path, delimiter, quotes_are_text=False)
+    except UsageError as e:
+        quoted_error = e
+    if quoted is not None and not any("\t" in cell for row in quoted.rows for cell in row.values()):
+        return quoted
+    try:
+        plain = _parse_delimited(path, delimiter, quotes_are_text=True)
+    except UsageError:
+        if quoted is not None:  # quoted cells that hold tabs, and the file is quoted throughout: keep them
+            return quoted
+        raise quoted_error from None
+    if quoted is None:
+        reason = "it does not parse as quoted cells"
+    else:
+        first = next(i for i, row in enumerate(quoted.rows) if any("\t" in cell for cell in row.values()))
+        reason = f"read as quoted cells, a cell ending on line {quoted.lines[first]} would hold a tab"
+    log(f"{path.name}: double quotes read as part of the text (cells joined by tabs, as in GLUE's files): {reason}")
+    return plain
+
+
+def _parse_delimited(path: Path, delimiter: str, quotes_are_text: bool) -> Table:
     with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, delimiter=delimiter)
-        columns = [c.strip() for c in next(reader, [])]
-        _check_separator(path, columns, delimiter)
-        rows, lines = [], []
-        for row in reader:
-            if not any(cell.strip() for cell in row):  # blank line
-                continue
-            if len(row) != len(columns):
-                sep = "tab" if delimiter == "\t" else "comma"
-                raise UsageError(
-                    f"{path.name} line {reader.line_num} has {len(row)} fields but the header has {len(columns)}; "
-                    f"put double quotes around text that contains a {sep} or a line break."
-                )
-            rows.append(dict(zip(columns, row)))
-            lines.append(reader.line_num)
+        quoting = {"quoting": csv.QUOTE_NONE} if quotes_are_text else {"strict": True}
+        reader = csv.reader(f, delimiter=delimiter, **quoting)
+        sep = "tab" if delimiter == "\t" else "comma"
+        try:
+            columns = [c.strip() for c in next(reader, [])]
+            _check_separator(path, columns, delimiter)
+            rows, lines = [], []
+            for row in reader:
+                if not any(cell.strip() for cell in row):  # blank line
+                    continue
+                if len(row) != len(columns):
+                    raise UsageError(
+                        f"{path.name} line {reader.line_num} has {len(row)} fields but the header has {len(columns)}; "
+                        f"put double quotes around text that contains a {sep} or a line break."
+                    )
+                rows.append(dict(zip(columns, row)))
+                lines.append(reader.line_num)
+        except csv.Error as e:
+            raise UsageError(
+                f"{path.name} line {reader.line_num} cannot be parsed ({e}): a double quote at the start of a cell "
+                f"opens a quoted cell, which must close with a double quote right before the {sep} or the line's "
+                'end; inside a quoted cell write a double quote as two ("").'
+            ) from e
     return Table(path, columns, rows, lines)
 
 
@@ -145,8 +184,6 @@ def read_table(file, flag: str) -> Table:
             table = _read_delimited(path, "\t" if suffix == ".tsv" else ",")
     except UnicodeDecodeError as e:
         raise UsageError(f"{flag} {path.name} is not UTF-8 text ({e.reason}); save it with UTF-8 encoding.") from e
-    except csv.Error as e:
-        raise UsageError(f"{flag} {path.name} cannot be parsed ({e}); check its quoting.") from e
     if not table.rows:
         raise UsageError(f"{flag} {path.name} has no examples (empty file or header only); add at least one row.")
     return table
