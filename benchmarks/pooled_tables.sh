@@ -26,6 +26,7 @@ POINTS=(
   "learners top-4 nofd cached=$L/top4-nofd-cache:learners"
   "learners top-3 nofd cached=$L/top3-nofd-cache:learners"
   "learners top-3 nofd cached, random=$L/top3-nofd-random:learners"
+  "learners top-4 nofd cached, random, r1/8, +b2, LayerNorm=$L/top4-nofd-cache-random-1-8-b2-ln:learners"
 )
 # Issue 8's selection and priming ablations (learners in every block, 1/16): in the seed table only until they
 # have every task (the frontier compares points on the tasks all of them have)
