@@ -1,7 +1,7 @@
 """Step time and peak memory of every method on three model sizes, for a GPU (prepared to run in one go).
 
     python benchmarks/gpu_step_time.py [--sizes minilm-l6,distilbert-base,bert-base] [--batch-sizes 32,128]
-        [--methods full,bitfit,lora,learners,learners-all,learners-top3-cached] [--steps 20] [--warmup 5] [--precision bf16]
+        [--methods full,bitfit,lora,learners,learners-all,learners-top3-cached,learners-top4,learners-top4-cached] [--steps 20] [--warmup 5] [--precision bf16]
         [--compile] [--output bench-out/gpu/step_time]
 
 One markdown table per size x batch (length 128), every method side by side with ratios vs `full`. Models
@@ -16,7 +16,10 @@ priming needs a training loop, and which neurons are picked does not change the 
 "learner layers" column shows how many blocks got learners, so an option that means something else later
 shows up there. `learners-top3-cached` puts learners in the top three blocks with frozen dropout off and
 times a later epoch: the timed steps reuse the warm-up batches, so the frozen-prefix cache holds every
-example and the blocks below the learners do not run (learners.learner.prefix_cache).
+example and the blocks below the learners do not run (learners.learner.prefix_cache). `learners-top4` and
+`learners-top4-cached` are the top four blocks so, in a first epoch (every example runs the frozen blocks alone,
+to fill the cache) and a later one: on the CPU the configuration that meets issue 8's step target (BENCHMARKS.md
+5.21); on a GPU the first epoch's per-example passes may cost more than they do there.
 
 --compile adds, for every method, a row "METHOD +compile" with the model wrapped in torch.compile (the
 first steps compile; the warm-up absorbs them), so one table says whether compiling helps. It is off by
@@ -43,6 +46,8 @@ VARIANTS = {
     "learners": ("learners", {"selection": "magnitude"}, False),
     "learners-all": ("learners", {"selection": "magnitude", "layers": "all"}, False),
     "learners-top3-cached": ("learners", {"selection": "magnitude", "layers": "top-3", "frozen_dropout": False}, True),
+    "learners-top4": ("learners", {"selection": "magnitude", "layers": "top-4", "frozen_dropout": False}, False),
+    "learners-top4-cached": ("learners", {"selection": "magnitude", "layers": "top-4", "frozen_dropout": False}, True),
 }
 LENGTH = 128
 WORKER_TIMEOUT_S = 300  # one method on one size; a hung worker must not eat the whole run
