@@ -2,7 +2,8 @@
 # Every kept CPU run of issue 8, seeds pooled: docs/benchmarks/cpu-layers/seeds.md (benchmarks/seed_table.py) and the
 # speed-quality frontier on CoLA, MRPC, RTE, STS-B: docs/benchmarks/cpu-layers/frontier_4task.{md,png} (benchmarks/frontier.py,
 # step ratios: the medians of BENCHMARKS.md 5.9 in step_ratios_cache.json, under the same labels; the +b2, LayerNorm
-# default has the default's, as in 5.19's side-by-side run, 0.76x against 0.77x). A new
+# default has the default's, as in 5.19's side-by-side run, 0.76x against 0.77x; the random top-4 and top-3 points
+# with b2 and LayerNorm have 5.21's side-by-side runs, cached). A new
 # configuration is a new line in POINTS and its step ratio in that file.
 set -eu
 cd "$(dirname "$0")/.."
@@ -27,6 +28,8 @@ POINTS=(
   "learners top-3 nofd cached=$L/top3-nofd-cache:learners"
   "learners top-3 nofd cached, random=$L/top3-nofd-random:learners"
   "learners top-4 nofd cached, random, r1/8, +b2, LayerNorm=$L/top4-nofd-cache-random-1-8-b2-ln:learners"
+  "learners top-4 nofd cached, random, r1/4, +b2, LayerNorm=$L/top4-nofd-cache-random-1-4-b2-ln:learners"
+  "learners top-3 nofd cached, random, r1/8, +b2, LayerNorm=$L/top3-nofd-cache-random-1-8-b2-ln:learners"
 )
 # Issue 8's selection and priming ablations (learners in every block, 1/16): in the seed table only until they
 # have every task (the frontier compares points on the tasks all of them have)
