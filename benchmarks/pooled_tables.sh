@@ -28,7 +28,6 @@ POINTS=(
   "learners top-3 nofd cached=$L/top3-nofd-cache:learners"
   "learners top-3 nofd cached, random=$L/top3-nofd-random:learners"
   "learners top-4 nofd cached, random, r1/8, +b2, LayerNorm=$L/top4-nofd-cache-random-1-8-b2-ln:learners"
-  "learners top-4 nofd cached, random, r1/4, +b2, LayerNorm=$L/top4-nofd-cache-random-1-4-b2-ln:learners"
   "learners top-3 nofd cached, random, r1/8, +b2, LayerNorm=$L/top3-nofd-cache-random-1-8-b2-ln:learners"
 )
 # Issue 8's selection and priming ablations (learners in every block, 1/16): in the seed table only until they
@@ -43,6 +42,9 @@ ABLATIONS=(
   "full, 5 epochs=$L/full-epochs-5:full"
   "lora, 5 epochs=$L/baselines-epochs-5:lora"
   "bitfit, 5 epochs=$L/baselines-epochs-5:bitfit"
+  # one seed (two on CoLA) against the others' three: off the frontier until it has seeds 1-2 on every task, since
+  # its mixed-seed mean (0.644) is not comparable with the three-seed means (at seed 0 alone it is below the default)
+  "learners top-4 nofd cached, random, r1/4, +b2, LayerNorm=$L/top4-nofd-cache-random-1-4-b2-ln:learners"
 )
 $PYTHON benchmarks/seed_table.py --mean-over cola,mrpc,rte,stsb --output $L/seeds "${POINTS[@]}" "${ABLATIONS[@]}"
 echo
