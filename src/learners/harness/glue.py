@@ -176,13 +176,13 @@ def _parquet_folder(root: Path, task: GlueTask) -> Path | None:
 def _load_parquet_folder(folder: Path, task: GlueTask) -> TaskData:
     """A local copy of the hub dataset's files for one task: `<split>-00000-of-00001.parquet` per split."""
     hub_splits = ["train"] + [hub_split for _, _, hub_split in task.dev_splits]
-    missing = [split for split in hub_splits if not any(folder.glob(f"{split}-*.parquet"))]
+    files = {split: sorted(str(f) for f in folder.glob(f"{split}-*.parquet")) for split in hub_splits}
+    missing = [split for split in hub_splits if not files[split]]
     if missing:
         raise UsageError(
             f"GLUE folder {folder} lacks {', '.join(f'{split}-*.parquet' for split in missing)}; it needs "
             f"{', '.join(f'{split}-*.parquet' for split in hub_splits)} as in the hub dataset {HUB_DATASET}."
         )
-    files = {split: sorted(str(f) for f in folder.glob(f"{split}-*.parquet")) for split in hub_splits}
     try:
         loaded = datasets.load_dataset("parquet", data_files=files)
     except Exception as e:  # a damaged or foreign parquet file
@@ -190,6 +190,17 @@ def _load_parquet_folder(folder: Path, task: GlueTask) -> TaskData:
                          f"replace them with the hub dataset {HUB_DATASET}'s {task.name} files.") from e
     logger.info("loaded GLUE %s from %s (the hub's parquet layout)", task.name, folder)
     return _from_hub_splits(task, loaded, str(folder))
+
+
+def _load_local(root: Path, task: GlueTask) -> TaskData | None:
+    """The task from `root` in the official layout or the hub's parquet layout; None if it has neither."""
+    folder = _task_folder(root, task)
+    if folder is not None:
+        return _load_folder(folder, task)
+    folder = _parquet_folder(root, task)
+    if folder is not None:
+        return _load_parquet_folder(folder, task)
+    return None
 
 
 def _load_hub(task: GlueTask) -> TaskData:
@@ -240,6 +251,7 @@ def load_glue(task: str, data_dir: str | os.PathLike | None = None) -> TaskData:
     """Load a GLUE task from `data_dir`, else $GLUE_DIR, else the hub."""
     spec = get_task(task)
     tried = []
+    lacking = []  # local sources the user named that lack the task
 
     if data_dir is not None:
         root = Path(data_dir).expanduser()
@@ -249,25 +261,21 @@ def load_glue(task: str, data_dir: str | os.PathLike | None = None) -> TaskData:
                 f"--data-dir {root} {problem}; "
                 f"pass the folder that contains {spec.folder}/train.tsv."
             )
-        folder = _task_folder(root, spec)
-        if folder is not None:
-            return _load_folder(folder, spec)
-        folder = _parquet_folder(root, spec)
-        if folder is not None:
-            return _load_parquet_folder(folder, spec)
-        tried.append(f"--data-dir {root} has no {spec.folder}/train.tsv (nor {spec.name}/train-*.parquet)")
+        data = _load_local(root, spec)
+        if data is not None:
+            return data
+        lacking.append(f"--data-dir {root} has no {spec.folder}/train.tsv (nor {spec.name}/train-*.parquet)")
+        tried.append(lacking[-1])
     else:
         tried.append("no --data-dir given")
 
     glue_dir = os.environ.get("GLUE_DIR")
     if glue_dir:
-        folder = _task_folder(Path(glue_dir).expanduser(), spec)
-        if folder is not None:
-            return _load_folder(folder, spec)
-        folder = _parquet_folder(Path(glue_dir).expanduser(), spec)
-        if folder is not None:
-            return _load_parquet_folder(folder, spec)
-        tried.append(f"GLUE_DIR={glue_dir} has no {spec.folder}/train.tsv (nor {spec.name}/train-*.parquet)")
+        data = _load_local(Path(glue_dir).expanduser(), spec)
+        if data is not None:
+            return data
+        lacking.append(f"GLUE_DIR={glue_dir} has no {spec.folder}/train.tsv (nor {spec.name}/train-*.parquet)")
+        tried.append(lacking[-1])
     else:
         tried.append("GLUE_DIR is not set")
 
@@ -276,9 +284,8 @@ def load_glue(task: str, data_dir: str | os.PathLike | None = None) -> TaskData:
     except Exception as e:  # offline, hub down, auth, ...: all reported together below
         tried.append(f"hub {HUB_DATASET} failed ({_short(e)})")
     else:
-        named = [t for t in tried if " has no " in t]  # local sources the user named, which lacked the task
-        if named:
-            logger.warning("%s; loaded GLUE %s from the hub (%s) instead", "; ".join(named), spec.name, HUB_DATASET)
+        if lacking:
+            logger.warning("%s; loaded GLUE %s from the hub (%s) instead", "; ".join(lacking), spec.name, HUB_DATASET)
         return data
 
     raise UsageError(

@@ -77,13 +77,15 @@ def _read_delimited(path: Path, delimiter: str) -> Table:
     with quotes as text when every row then has the header's fields."""
     if delimiter != "\t":
         return _parse_delimited(path, delimiter, quotes_are_text=False)
-    quoted, quoted_error = None, None
+    quoted, quoted_error, tab_row = None, None, None
     try:
         quoted = _parse_delimited(path, delimiter, quotes_are_text=False)
     except UsageError as e:
         quoted_error = e
-    if quoted is not None and not any("\t" in cell for row in quoted.rows for cell in row.values()):
-        return quoted
+    if quoted is not None:
+        tab_row = next((i for i, row in enumerate(quoted.rows) if any("\t" in cell for cell in row.values())), None)
+        if tab_row is None:
+            return quoted
     try:
         plain = _parse_delimited(path, delimiter, quotes_are_text=True)
     except UsageError:
@@ -93,8 +95,7 @@ def _read_delimited(path: Path, delimiter: str) -> Table:
     if quoted is None:
         reason = "it does not parse as quoted cells"
     else:
-        first = next(i for i, row in enumerate(quoted.rows) if any("\t" in cell for cell in row.values()))
-        reason = f"read as quoted cells, a cell ending on line {quoted.lines[first]} would hold a tab"
+        reason = f"read as quoted cells, a cell ending on line {quoted.lines[tab_row]} would hold a tab"
     log(f"{path.name}: double quotes read as part of the text (cells joined by tabs, as in GLUE's files): {reason}")
     return plain
 
