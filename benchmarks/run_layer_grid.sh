@@ -58,7 +58,8 @@ all-random-ratio-1-8-epochs-5|--learner-layers all --ratio 0.125 --selection ran
 all-random-ratio-1-8-b2-ln-epochs-5|--learner-layers all --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm --epochs 5
 top4-nofd-cache-random-1-8-b2-ln|--learner-layers top-4 --no-frozen-dropout --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm
 top3-nofd-cache-random-1-8-b2-ln|--learner-layers top-3 --no-frozen-dropout --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm
-top4-nofd-cache-random-1-4-b2-ln|--learner-layers top-4 --no-frozen-dropout --ratio 0.25 --selection random --train-ffn-output-bias --train-layer-norm'
+top4-nofd-cache-random-1-4-b2-ln|--learner-layers top-4 --no-frozen-dropout --ratio 0.25 --selection random --train-ffn-output-bias --train-layer-norm
+top4-nofd-cache-gradient-1-8-b2-ln|--learner-layers top-4 --no-frozen-dropout --ratio 0.125 --selection gradient --train-ffn-output-bias --train-layer-norm'
 
 kept() {  # kept NAME TASK METHOD SEED: the run finished in $OUT or is kept in $KEEP, or (baselines and `all`) a csv row
   [ -f "$OUT/$1/runs/$2/$3/seed$4/results.json" ] || [ -f "$KEEP/$1/runs/$2/$3/seed$4/results.json" ] && return 0
