@@ -92,6 +92,12 @@ def test_predict_writes_one_label_per_row(tmp_path, tiny_model_dir, glue_dir):
     assert main(["predict", "--model", str(tmp_path / "run"), "--input", str(tmp_path / "in.csv"),
                  "--output", str(tmp_path / "out_run.jsonl")]) == 0
     assert (tmp_path / "out_run.jsonl").read_text() == (tmp_path / "out.jsonl").read_text()
+    # a header that differs only in case names the model's column; the output keeps the input's header
+    (tmp_path / "in_caps.csv").write_text('Sentence\nThe cat sat.\n"He said, ""go""."\nCats sleeps.\n')
+    assert main(["predict", "--model", str(tmp_path / "run"), "--input", str(tmp_path / "in_caps.csv"),
+                 "--output", str(tmp_path / "out_caps.jsonl")]) == 0
+    caps = [json.loads(line) for line in (tmp_path / "out_caps.jsonl").read_text().splitlines()]
+    assert [(r["Sentence"], r["prediction"]) for r in caps] == [(r["sentence"], r["prediction"]) for r in rows]
 
 
 def test_user_data_regression_end_to_end(tmp_path, tiny_model_dir):

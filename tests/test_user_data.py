@@ -170,6 +170,27 @@ def test_validation_file_missing_column(tmp_path, csv_pair):
         load_user_data(csv_pair[0], dev, None)
 
 
+def test_headers_that_differ_only_in_case_or_spaces_are_the_columns_they_name(tmp_path, capsys):
+    train = write(tmp_path / "train.csv", " Text ,LABEL\ngood,pos\nbad,neg\n")
+    dev = write(tmp_path / "dev.csv", "text,label\nfine,pos\n")
+    data = load_user_data(train, dev, None)
+    assert data.text_columns == ("text",)
+    assert data.train.to_dict() == {"text": ["good", "bad"], "label": [1, 0]}
+    assert "train.csv's column 'LABEL' is read as 'label'" in capsys.readouterr().err
+    pair = write(tmp_path / "pair.csv", "Sentence1,SENTENCE2,Score\na,b,1.5\nc,d,2.5\n")
+    data = load_user_data(pair, pair, None, label_column=" score ")
+    assert data.text_columns == ("sentence1", "sentence2") and data.is_regression
+    assert data.train["sentence2"] == ["b", "d"]
+
+
+def test_an_exact_header_wins_and_two_loose_twins_are_reported(tmp_path):
+    train = write(tmp_path / "train.csv", "Text,text,label\nwrong,right,pos\nwrong,right,neg\n")
+    assert load_user_data(train, train, None).train["text"] == ["right", "right"]
+    twins = write(tmp_path / "twins.csv", "Text,TEXT,label\na,b,pos\nc,d,neg\n")
+    with raises(r"text column 'text' not found in twins\.csv; columns found: Text, TEXT"):
+        load_user_data(twins, twins, None)
+
+
 def test_more_than_two_text_columns(csv_pair):
     with raises(r"--text-columns 'a,b,c' names 3 columns; give one or two comma-separated names"):
         load_user_data(*csv_pair, text_columns="a,b,c")

@@ -74,6 +74,7 @@ def predict_column(model, tokenizer, table, input_name: str, text_columns: str |
     if text_columns is None and saved.get("text_columns"):
         text_columns = ",".join(saved["text_columns"])
     columns = pick_text_columns(text_columns, table.columns, input_name)
+    columns = tuple(table.header_for(c) for c in columns)  # 'Text' for a model trained on 'text'; rows keep their headers
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise UsageError(f"--input {input_name} lacks the model's text column(s) {', '.join(missing)}; "

@@ -50,6 +50,34 @@ class Table:
     def where(self, i: int) -> str:
         return f"{self.path.name} line {self.lines[i]}"
 
+    def header_for(self, name: str) -> str:
+        """The column header that `name` means: itself if present, else the one header that differs from it only
+        in case or surrounding spaces ('Text', ' label ', as spreadsheets and Kaggle files write them); a name that
+        no header or two headers match loosely is returned as is, for the column check to report."""
+        if name in self.columns:
+            return name
+        twins = [c for c in self.columns if loose_name(c) == loose_name(name)]
+        return twins[0] if len(twins) == 1 else name
+
+    def adopt_names(self, names: tuple[str, ...]) -> None:
+        """Rename the headers that mean `names` (see header_for) to them, so that train and dev files agree."""
+        for name in names:
+            old = self.header_for(name)
+            if old == name:
+                continue
+            self.columns = [name if c == old else c for c in self.columns]
+            for row in self.rows:
+                if old in row:
+                    row[name] = row.pop(old)
+            if old in self.nested:
+                self.nested[name] = self.nested.pop(old)
+            log(f"note: {self.path.name}'s column {old!r} is read as {name!r}")
+
+
+def loose_name(column: str) -> str:
+    """A column name compared without case or surrounding spaces."""
+    return column.strip().casefold()
+
 
 SEPARATOR_NAMES = {",": "commas", "\t": "tabs", ";": "semicolons", "|": "pipes"}
 
@@ -194,11 +222,12 @@ def pick_text_columns(text_columns: str | None, columns: list[str], file: str) -
     """Parse --text-columns ("a" or "a,b"), or pick the default text column(s) among `columns`."""
     found = ", ".join(columns)
     if text_columns is None:
-        if "text" in columns:
+        present = {loose_name(c) for c in columns}  # Text or SENTENCE count too (Table.adopt_names renames them)
+        if "text" in present:
             return ("text",)
-        if "sentence" in columns:
+        if "sentence" in present:
             return ("sentence",)
-        if "sentence1" in columns and "sentence2" in columns:
+        if "sentence1" in present and "sentence2" in present:
             return ("sentence1", "sentence2")
         raise UsageError(
             f"no text column in {file} (looked for text, sentence, or sentence1+sentence2); columns found: {found}. "
@@ -336,6 +365,9 @@ def load_user_data(
     train = read_table(train_file, "--train-file")
     validation = read_table(validation_file, "--validation-file")
     columns = pick_text_columns(text_columns, train.columns, train.path.name)
+    label_column = label_column.strip()
+    for table in (train, validation):
+        table.adopt_names((*columns, label_column))
     _check_columns(train, columns, label_column)
     _check_columns(validation, columns, label_column)
 
