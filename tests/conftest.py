@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig, DebertaV2Config, DistilBertConfig,
+from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertConfig, DebertaV2Config, DistilBertConfig,
                           ElectraConfig, MPNetConfig, RobertaConfig)
 
 GLUE_DIR = Path(__file__).resolve().parents[2] / "shared" / "glue"
@@ -31,6 +31,12 @@ def tiny_config(family: str, vocab_size: int = VOCAB, num_labels: int = 2, layer
         return DebertaV2Config(hidden_size=32, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=64,
                                max_position_embeddings=64, relative_attention=True, position_buckets=16,
                                pos_att_type=["p2c", "c2p"], **common)
+    if family in BERT_LAYOUT_FAMILIES:  # model types of their own whose blocks keep BERT's module names
+        extra = {"roformer": dict(embedding_size=32),
+                 "mobilebert": dict(embedding_size=16, intra_bottleneck_size=16, true_hidden_size=16,
+                                    num_feedforward_networks=2)}.get(family, {})
+        return AutoConfig.for_model(family, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                                    intermediate_size=64, max_position_embeddings=64, **extra, **common)
     raise ValueError(family)
 
 
@@ -60,6 +66,9 @@ def tiny_batch(batch_size: int = 4, length: int = 9, seed: int = 0, num_labels: 
 
 
 FAMILIES = ["bert", "distilbert", "roberta", "electra", "mpnet", "deberta-v2"]
+# ERNIE and RoFormer as BERT; MegatronBERT pre-LN (no LayerNorm after the FFN); MobileBERT with bottlenecks and
+# two FFNs per block
+BERT_LAYOUT_FAMILIES = ["ernie", "roformer", "megatron-bert", "mobilebert"]
 
 
 @pytest.fixture(scope="session")

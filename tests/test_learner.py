@@ -5,11 +5,12 @@ import copy
 import pytest
 import torch
 from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from conftest import FAMILIES, tiny_batch, tiny_model
+from conftest import BERT_LAYOUT_FAMILIES, FAMILIES, tiny_batch, tiny_model
 from learners import LearnerConfig, LearnerModel, get_learner_model
 from learners.errors import UsageError
-from learners.learner.ffn import find_ffn_blocks
+from learners.learner.ffn import find_ffn_blocks, layout_type
 from learners.learner.layer import LearnerColumnLinear, LearnerRowLinear
 from learners.learner.selection import (select_at_random, select_by_gradient, select_by_magnitude,
                                         select_by_priming, snapshot_ffns)
@@ -261,6 +262,41 @@ def odd_model(**block_kwargs):
     model.config = type("Cfg", (), {"model_type": "odd"})()
     model.blocks = nn.ModuleList([NormBlock(**block_kwargs), NormBlock(**block_kwargs)])
     return model
+
+
+@pytest.mark.parametrize("family", BERT_LAYOUT_FAMILIES)
+def test_encoders_with_berts_module_names_get_learners_without_naming_them(family, tmp_path):
+    """ERNIE, RoFormer, MegatronBERT, MobileBERT...: model types learners has no entry for, whose blocks keep
+    BERT's names. They are found as BERT's: exact at creation, exact gradients, and a merge to a plain model."""
+    assert layout_type(tiny_model(family)) == "bert"
+    reference, lm = learner_model(family)
+    blocks = lm.ffn_blocks
+    assert len(blocks) == (2 * 2 if family == "mobilebert" else 2)  # MobileBERT: its block's FFN and one more
+    assert {(b.up_name, b.down_name) for b in blocks} == {("intermediate.dense", "output.dense")}
+    assert {b.layer_norm_name for b in blocks} == {None if family == "megatron-bert" else "output.LayerNorm"}
+    batch = tiny_batch()
+    reference.eval(), lm.eval()
+    torch.testing.assert_close(lm(**batch).logits, reference(**batch).logits, atol=1e-6, rtol=0)
+    reference.train(), lm.train()
+    reference(**batch).loss.backward()
+    lm(**batch).loss.backward()
+    for block, idx in zip(blocks, lm.indices):
+        ref_up = reference.get_submodule(block.name).get_submodule("intermediate.dense")
+        torch.testing.assert_close(block.up.learner_weight.grad, ref_up.weight.grad[idx], atol=1e-6, rtol=0)
+    train_a_little(lm)
+    lm.eval()
+    with torch.no_grad():
+        expected = lm(**batch).logits
+        torch.testing.assert_close(lm.merge_and_unload().eval()(**batch).logits, expected, atol=1e-6, rtol=0)
+
+
+def test_layout_type_is_the_model_type_the_tables_know_else_berts_else_the_unknown_type():
+    assert layout_type(tiny_model("distilbert")) == "distilbert" and layout_type(tiny_model("mpnet")) == "mpnet"
+    funnel = AutoModelForSequenceClassification.from_config(AutoConfig.for_model(
+        "funnel", vocab_size=120, d_model=32, n_head=2, d_head=16, d_inner=64, block_sizes=[1, 1], num_decoder_layers=1))
+    assert layout_type(funnel) == "funnel"
+    with pytest.raises(UsageError, match=r"does not know where the FFN is in model type 'funnel'.*ffn\.linear_1"):
+        get_learner_model(funnel, LearnerConfig(ratio=0.5, selection="random"))
 
 
 @pytest.mark.parametrize("names,message", [

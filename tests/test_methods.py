@@ -11,7 +11,8 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import FAMILIES, tiny_batch, tiny_model
+from conftest import BERT_LAYOUT_FAMILIES, FAMILIES, tiny_batch, tiny_model
+from learners.errors import UsageError
 from learners.harness.cli import main
 from learners.learner.ffn import head_parameter_names
 from learners.learner.layer import LearnerRowLinear
@@ -337,3 +338,34 @@ def test_priming_flags_are_an_error_only_where_no_priming_phase_runs():
     with pytest.raises(UsageError, match=r"--learner-warmup-steps shapes the priming phase, but --selection is 'magnitude', "
                                          r"which has none .*: add --selection priming$"):
         build_method("learners", {"selection": "magnitude"}).check_priming_flags(given[1:])
+
+
+@pytest.mark.parametrize("family", BERT_LAYOUT_FAMILIES)
+@pytest.mark.parametrize("name", ["lora", "adapter", "learners"])
+def test_encoders_with_berts_module_names_take_every_method_by_berts_names(name, family, capsys):
+    """LoRA's targets, the adapters' sites and the learners' FFNs of ERNIE, RoFormer, MegatronBERT and MobileBERT
+    are BERT's; pre-LN MegatronBERT has no LayerNorm after its FFNs, so the learners' default leaves it out."""
+    model = tiny_model(family)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    method = build_method(name, OPTIONS.get(name))
+    trained = run_engine(model, method).model
+    sites = {n for n, m in trained.named_modules() if isinstance(m, AdapterLinear)}
+    after = method.plain_model(trained).state_dict()
+    assert set(after) == set(before)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    if name == "lora":
+        assert {k for k in changed if "attention" in k} == {k for k in before if k.endswith((".query.weight", ".value.weight"))}
+    if name == "adapter":
+        blocks = 2 * 2 if family == "mobilebert" else 2  # MobileBERT: one more FFN per block, without attention
+        assert len(sites) == 2 + blocks and all(s.endswith(".output.dense") for s in sites)
+    if name == "learners":
+        assert any(".intermediate.dense." in k for k in changed)
+        layer_norms = {k for k in changed if ".output.LayerNorm." in k}
+        assert bool(layer_norms) == (family != "megatron-bert")
+        assert ("no LayerNorm after its FFNs" in capsys.readouterr().err) == (family == "megatron-bert")
+
+
+def test_training_a_layer_norm_that_is_not_there_is_an_error_when_asked_for():
+    method = build_method("learners", {"ratio": 0.25, "train_layer_norm": True})
+    with pytest.raises(UsageError, match=r"no single norm module beside it.*--no-train-layer-norm"):
+        method.check(tiny_model("megatron-bert"))

@@ -36,6 +36,33 @@ class FFNBlock:
         return self.up.out_features
 
 
+# A BERT block's modules, relative to it. Many encoders keep these names under a model type of their own
+# (ERNIE, RoFormer, Data2Vec-text, MegatronBERT, BigBird, Nezha, ...): BERT's entries in the tables apply to them.
+BERT_BLOCK_MODULES = ("attention.self.query", "attention.self.value", "attention.output.dense", "intermediate.dense",
+                      "output.dense")
+
+
+def layout_type(model: nn.Module) -> str | None:
+    """The model type to look `model` up by in tables keyed by model type (FFN_MODULES, LoRA's targets, the
+    adapters' sites): its own `config.model_type` when FFN_MODULES has it, "bert" when its blocks keep BERT's
+    module names, else its own type (which the tables lack)."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in FFN_MODULES:
+        return model_type
+    for _, module in model.named_modules():
+        if all(has_submodule(module, name) for name in BERT_BLOCK_MODULES):
+            return "bert"
+    return model_type
+
+
+def has_submodule(root: nn.Module, name: str) -> bool:
+    try:
+        root.get_submodule(name)
+    except AttributeError:
+        return False
+    return True
+
+
 def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     """Replace the submodule at dotted path `name` under `root` (used to swap FFN/adapter layers in and out)."""
     parent, _, child = name.rpartition(".")
@@ -54,7 +81,7 @@ def _linear_listing(model: nn.Module) -> str:
 def find_ffn_blocks(model: nn.Module, config: LearnerConfig) -> list[FFNBlock]:
     """The FFN blocks that get learners under `config.layers`, in encoder order ("auto": all of them)."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    known = FFN_MODULES.get(model_type)
+    known = FFN_MODULES.get(layout_type(model))
     if config.ffn_modules is not None:
         up_name, down_name = config.ffn_modules
         table_layer_norm = known[2] if known and tuple(known[:2]) == (up_name, down_name) else None
@@ -89,6 +116,8 @@ def find_ffn_blocks(model: nn.Module, config: LearnerConfig) -> list[FFNBlock]:
             f"no FFN pair {up_name!r} -> {down_name!r} found in the model.{why} Its Linear modules are: {_linear_listing(model)}. "
             "Pass the names of the FFN's two linears relative to a transformer block with ffn_modules= / --ffn-modules"
         )
+    if table_layer_norm and not has_submodule(pairs[0][1], table_layer_norm):
+        table_layer_norm = None  # BERT's names without BERT's output LayerNorm (a pre-LN block, as MegatronBERT's)
     layer_norm_name = config.layer_norm_module or table_layer_norm or _norm_beside(pairs[0][1], down_name)
     if config.train_layer_norm and layer_norm_name is None:
         raise UsageError(
@@ -110,11 +139,16 @@ def find_ffn_blocks(model: nn.Module, config: LearnerConfig) -> list[FFNBlock]:
 def _norm_beside(block: nn.Module, down_name: str) -> str | None:
     """The one norm module (LayerNorm or the like, with parameters) among W2's siblings, e.g. BERT's
     output.LayerNorm beside output.dense, ALBERT's full_layer_layer_norm beside ffn_output; None if none or several."""
+    norms = norms_beside(block, down_name)
+    return norms[0] if len(norms) == 1 else None
+
+
+def norms_beside(block: nn.Module, down_name: str) -> list[str]:
+    """The norm modules with parameters among W2's siblings, named relative to the block."""
     parent_name = down_name.rpartition(".")[0]
     parent = block.get_submodule(parent_name) if parent_name else block
-    norms = [name for name, child in parent.named_children()
-             if "norm" in type(child).__name__.lower() and any(True for _ in child.parameters(recurse=False))]
-    return join(parent_name, norms[0]) if len(norms) == 1 else None
+    return [join(parent_name, name) for name, child in parent.named_children()
+            if "norm" in type(child).__name__.lower() and any(True for _ in child.parameters(recurse=False))]
 
 
 def join(*parts: str) -> str:

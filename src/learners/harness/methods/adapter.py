@@ -25,7 +25,7 @@ from torch import nn
 
 from ...errors import UsageError, first_line, read_json_file, read_safetensors
 from ...learner.config import LearnerConfig
-from ...learner.ffn import find_ffn_blocks, set_submodule
+from ...learner.ffn import find_ffn_blocks, has_submodule, layout_type, set_submodule
 from .base import Method
 
 CONFIG_NAME = "adapters_config.json"
@@ -79,13 +79,16 @@ class AdapterLinear(nn.Module):
 
 def adapter_sites(model: nn.Module) -> list[str]:
     """Module names of the projections that get an adapter: attention output and FFN output of every block."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    model_type = layout_type(model)
     if model_type not in ATTENTION_OUTPUT:
-        raise UsageError(f"adapters support model types {', '.join(ATTENTION_OUTPUT)}; got {model_type!r}")
+        raise UsageError(f"adapters support model types {', '.join(ATTENTION_OUTPUT)} and encoders with BERT's module "
+                         f"names; got {model_type!r}")
     sites = []
     for block in find_ffn_blocks(model, LearnerConfig(ratio=1.0)):
         prefix = f"{block.name}." if block.name else ""
-        sites += [prefix + ATTENTION_OUTPUT[model_type], prefix + block.down_name]
+        if has_submodule(block.block, ATTENTION_OUTPUT[model_type]):  # MobileBERT's extra FFNs have no attention
+            sites.append(prefix + ATTENTION_OUTPUT[model_type])
+        sites.append(prefix + block.down_name)
     return sites
 
 

@@ -6,6 +6,7 @@ after_priming -> `Primer.reconfigure`: select by how far neurons moved (the bloc
                  keep the primed learner slices and head, put the rest back to pre-trained, wrap.
 """
 
+from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from torch import nn
 from .. import distributed
 from ...errors import UsageError
 from ...learner import LearnerConfig, LearnerModel, get_learner_model
-from ...learner.ffn import find_ffn_blocks
+from ...learner.ffn import find_ffn_blocks, norms_beside
 from ...learner import priming
 from ...learner.prefix_cache import unsupported_reason
 from ...learner.priming import Primer, check_fits, priming_parameter_names  # noqa: F401 (priming_parameter_names: tests)
@@ -65,6 +66,7 @@ class LearnersMethod(Method):
         options.setdefault("layers", DEFAULT_LAYERS)
         options.setdefault("selection", DEFAULT_SELECTION)
         options.setdefault("train_ffn_output_bias", DEFAULT_TRAIN_FFN_OUTPUT_BIAS)
+        self.layer_norm_by_default = "train_layer_norm" not in options
         options.setdefault("train_layer_norm", DEFAULT_TRAIN_LAYER_NORM)
         if "layer_coverage" in options and options["layers"] != "auto":
             raise UsageError(f"--layer-coverage sets how many blocks --learner-layers auto picks, but --learner-layers is "
@@ -81,13 +83,26 @@ class LearnersMethod(Method):
 
     def check(self, model: nn.Module) -> None:
         """Fail before training if the learner layers or sizes do not fit `model` (the library's check)."""
+        self.fit_layer_norm_default(model)
         check_fits(model, self.config)
         reason = unsupported_reason(model)
         if self.prefix_cache_asked and reason is not None:
             raise UsageError(f"--frozen-prefix-cache-mb: {reason}; drop the option for this model")
 
+    def fit_layer_norm_default(self, model: nn.Module) -> None:
+        """The default trains each learner block's LayerNorm after the FFN; pre-LN blocks (MegatronBERT's) have
+        none there, so then it trains none, with a note (asked for by name, it is an error in check_fits)."""
+        if not (self.layer_norm_by_default and self.config.train_layer_norm):
+            return
+        block = find_ffn_blocks(model, replace(self.config, train_layer_norm=False))[0]
+        if block.layer_norm_name is None and not norms_beside(block.block, block.down_name):
+            self.config = replace(self.config, train_layer_norm=False)
+            distributed.log("learners: this model has no LayerNorm after its FFNs (pre-LN blocks), so none trains "
+                            "(the default trains it where there is one)")
+
     def prepare(self, model: nn.Module, batches) -> nn.Module:
         super().prepare(model, batches)
+        self.fit_layer_norm_default(model)
         config = self.config
         if config.selection == "priming":
             self.primer = Primer(model, config, batches)

@@ -11,6 +11,7 @@ from pathlib import Path
 from torch import nn
 
 from ...errors import UsageError
+from ...learner.ffn import layout_type
 from .base import Method
 
 # Default LoRA targets by `config.model_type`: query and value projections, as in the LoRA paper.
@@ -80,7 +81,7 @@ class LoRA(Method):
     def targets(self, model: nn.Module) -> list[str]:
         """The LoRA target module suffixes for `model`; each must name at least one of its modules."""
         model_type = getattr(getattr(model, "config", None), "model_type", None)
-        targets = self.target_modules or list(TARGET_MODULES.get(model_type, ()))
+        targets = self.target_modules or list(TARGET_MODULES.get(layout_type(model), ()))
         if not targets:
             raise UsageError(f"no default LoRA target modules for model type {model_type!r}; "
                              "name them with --lora-target-modules, e.g. query,value")
@@ -88,7 +89,7 @@ class LoRA(Method):
         missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
         if missing:
             raise UsageError(f"--lora-target-modules {','.join(missing)} name no module of this {model_type} model; "
-                             f"use module name suffixes such as {','.join(TARGET_MODULES.get(model_type, ('query', 'value')))}")
+                             f"use module name suffixes such as {','.join(TARGET_MODULES.get(layout_type(model), ('query', 'value')))}")
         return targets
 
     def check(self, model: nn.Module) -> None:
