@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 from transformers import AutoModelForSequenceClassification, BertConfig
 
 from conftest import FAMILIES, tiny_batch, tiny_model
@@ -208,3 +209,53 @@ def test_frozen_dropout_off_runs_the_part_below_the_learners_in_inference_mode(f
     assert not torch.equal(first[4], second[4])  # dropout still acts in the learner blocks
     lm.eval()
     assert not any(m.training for m in lm.modules())
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_attention_dropout_off_runs_the_learner_blocks_attention_in_inference_mode(family):
+    """attention_dropout=False: in each learner block the (frozen) attention sublayer runs without dropout, the rest
+    of the block (FFN dropout) and the blocks without learners as before; the gradients stay exact, those of the
+    model with that attention in eval mode."""
+    torch.manual_seed(0)
+    model = tiny_model(family, dropout=True, layers=3)
+    reference = copy.deepcopy(model)
+    lm = get_learner_model(model, LearnerConfig(ratio=0.25, selection="random", layers="top-2", attention_dropout=False))
+    lm.train()
+    blocks = [b.block for b in find_ffn_blocks(lm.base_model, LearnerConfig(ratio=0.25))]
+    assert [b.training for b in blocks] == [True, True, True]
+    assert [b.attention.training for b in blocks] == [True, False, False]
+    ffn = [b.block for b in lm.ffn_blocks]
+    assert all(m.training for b in ffn for n, m in b.named_modules() if not n.startswith("attention"))
+    reference.train()
+    for block in find_ffn_blocks(reference, LearnerConfig(ratio=0.25, layers="top-2")):
+        block.block.attention.eval()
+    batch = tiny_batch()
+    torch.manual_seed(1)
+    lm(**batch).loss.backward()
+    torch.manual_seed(1)
+    reference(**batch).loss.backward()
+    up_name = "ffn.lin1" if family == "distilbert" else "intermediate.dense"
+    for block, idx in zip(lm.ffn_blocks, lm.indices):
+        ref_up = reference.get_submodule(block.name).get_submodule(up_name)
+        torch.testing.assert_close(block.up.learner_weight.grad, ref_up.weight.grad[idx], atol=1e-6, rtol=0)
+    lm.eval()
+    assert not any(m.training for m in lm.modules())
+    lm.train()
+    assert not blocks[2].attention.training  # every train() call keeps it so
+
+
+def test_attention_dropout_off_needs_an_attention_module_in_the_learner_blocks():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc_in, self.fc_out = nn.Linear(8, 16), nn.Linear(16, 8)
+
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = type("Cfg", (), {"model_type": "odd"})()
+            self.blocks = nn.ModuleList([Block(), Block()])
+
+    with pytest.raises(UsageError, match=r"no 'attention' submodule .*leave attention dropout on"):
+        get_learner_model(Odd(), LearnerConfig(ratio=0.5, selection="random", ffn_modules=("fc_in", "fc_out"),
+                                               attention_dropout=False))

@@ -88,6 +88,9 @@ def _add_learners_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-frozen-dropout", dest="frozen_dropout", action="store_false",
                    help="run the frozen blocks below the lowest learner block (and the embeddings) without dropout "
                         "while the learners train: faster on the CPU, no dropout noise below the learners")
+    g.add_argument("--no-attention-dropout", dest="attention_dropout", action="store_false",
+                   help="run the attention sublayers of the learner blocks (frozen: only the FFN slices train there) "
+                        "without dropout while the learners train: faster on the CPU; the FFN's dropout stays")
     g.add_argument("--frozen-prefix-cache-mb", type=float, default=None,
                    help="memory for caching each example's output of the frozen blocks below the lowest learner "
                         "block, so later epochs skip them (used where they run without dropout: "
@@ -161,6 +164,7 @@ def method_options(args: argparse.Namespace) -> dict:
         "priming_scope": args.priming_scope,
         "train_ffn_output_bias": args.train_ffn_output_bias,
         "frozen_dropout": args.frozen_dropout,
+        "attention_dropout": args.attention_dropout,
         "frozen_prefix_cache_mb": args.frozen_prefix_cache_mb,
         "train_layer_norm": args.train_layer_norm,
         "ffn_modules": tuple(args.ffn_modules.split(",")) if args.ffn_modules else None,

@@ -62,6 +62,11 @@ class LearnerConfig:
     # them in inference mode while the learners train: no dropout noise there, and on the CPU the fast
     # fused attention kernel instead of the one with dropout (measured in BENCHMARKS.md).
     frozen_dropout: bool = True
+    # Dropout in the attention sublayers of the learner blocks. Those are frozen as well (in a learner block only
+    # the FFN's slices train, and b2 and the output LayerNorm with the options below). False runs them in inference
+    # mode while the learners train; the FFN's own dropout stays. On the CPU the attention then runs the fused
+    # kernel that has no dropout, as in the frozen blocks (BENCHMARKS.md 5.22).
+    attention_dropout: bool = True
     # Also train the FFN's output bias b2 and the block's output LayerNorm.
     train_ffn_output_bias: bool = False
     train_layer_norm: bool = False

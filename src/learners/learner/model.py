@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import UsageError, check_finite, read_json_file, read_safetensors
 from .config import CONFIG_NAME, LearnerConfig, config_from_metadata
-from .ffn import FFNBlock, find_ffn_blocks, head_parameter_names, set_submodule
+from .ffn import FFNBlock, find_ffn_blocks, has_submodule, head_parameter_names, set_submodule
 from .prefix_cache import FrozenPrefixCache, unsupported_reason
 from .selection import magnitude_scores, select, select_at_random
 from .sets import LearnerSet, apply_labels, build_set, head_module_paths, join, read_labels, saved_labels
@@ -74,6 +74,8 @@ class LearnerModel(nn.Module):
         self._sets[name] = learner_set
         learner_set.requires_grad_(True)
         self._switch(name)
+        if not config.attention_dropout:
+            self.learner_block_attention()  # an error now, before training, if the blocks have no such module
 
     def __getattr__(self, name):
         """Forward unknown attributes (config, device, ...) to the wrapped model, as PEFT does."""
@@ -94,7 +96,19 @@ class LearnerModel(nn.Module):
         if mode and self.learner_config is not None and not self.learner_config.frozen_dropout:
             for module in self.frozen_below_learners():
                 module.eval()
+        if mode and self.learner_config is not None and not self.learner_config.attention_dropout:
+            for module in self.learner_block_attention():
+                module.eval()
         return self
+
+    def learner_block_attention(self) -> list[nn.Module]:
+        """The attention sublayer (the block's `attention` module: projections, dropout, output LayerNorm) of each
+        block that holds a learner; an FFN block without one (MobileBERT's extra FFNs) has none to give."""
+        modules = [b.block.get_submodule("attention") for b in self.ffn_blocks if has_submodule(b.block, "attention")]
+        if not modules:
+            raise UsageError("attention_dropout=False / --no-attention-dropout: the learner blocks of this model have no "
+                             "'attention' submodule to run without dropout; leave attention dropout on")
+        return modules
 
     def _apply(self, fn, recurse=True):
         """`.to()`, `.half()`, ... also reach the modules kept outside the tree (other sets, replaced base modules)."""
