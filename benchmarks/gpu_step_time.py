@@ -1,7 +1,7 @@
 """Step time and peak memory of every method on three model sizes, for a GPU (prepared to run in one go).
 
     python benchmarks/gpu_step_time.py [--sizes minilm-l6,distilbert-base,bert-base] [--batch-sizes 32,128]
-        [--methods full,bitfit,lora,learners,learners-all,learners-top3-cached,learners-top4,learners-top4-cached] [--steps 20] [--warmup 5] [--precision bf16]
+        [--methods full,bitfit,lora,learners,learners-all,learners-top3-cached,learners-top4,learners-top4-cached,...] [--steps 20] [--warmup 5] [--precision bf16]
         [--compile] [--output bench-out/gpu/step_time]
 
 One markdown table per size x batch (length 128), every method side by side with ratios vs `full`. Models
@@ -19,7 +19,10 @@ times a later epoch: the timed steps reuse the warm-up batches, so the frozen-pr
 example and the blocks below the learners do not run (learners.learner.prefix_cache). `learners-top4` and
 `learners-top4-cached` are the top four blocks so, in a first epoch (every example runs the frozen blocks alone,
 to fill the cache) and a later one: on the CPU the configuration that meets issue 8's step target (BENCHMARKS.md
-5.21); on a GPU the first epoch's per-example passes may cost more than they do there.
+5.21); on a GPU the first epoch's per-example passes may cost more than they do there. `learners-top4-noad-cached`
+and `learners-top5-noad-cached` also run the learner blocks' attention without dropout (attention_dropout=False,
+BENCHMARKS.md 5.22): on the CPU that is the fused attention kernel; on a GPU, flash attention has dropout built in,
+so the gain there is for this script to show.
 
 --compile adds, for every method, a row "METHOD +compile" with the model wrapped in torch.compile (the
 first steps compile; the warm-up absorbs them), so one table says whether compiling helps. It is off by
@@ -48,6 +51,11 @@ VARIANTS = {
     "learners-top3-cached": ("learners", {"selection": "magnitude", "layers": "top-3", "frozen_dropout": False}, True),
     "learners-top4": ("learners", {"selection": "magnitude", "layers": "top-4", "frozen_dropout": False}, False),
     "learners-top4-cached": ("learners", {"selection": "magnitude", "layers": "top-4", "frozen_dropout": False}, True),
+    # the learner blocks' attention without dropout too (attention_dropout=False)
+    "learners-top4-noad-cached": ("learners", {"selection": "magnitude", "layers": "top-4", "frozen_dropout": False,
+                                               "attention_dropout": False}, True),
+    "learners-top5-noad-cached": ("learners", {"selection": "magnitude", "layers": "top-5", "frozen_dropout": False,
+                                               "attention_dropout": False}, True),
 }
 LENGTH = 128
 WORKER_TIMEOUT_S = 300  # one method on one size; a hung worker must not eat the whole run

@@ -59,7 +59,10 @@ all-random-ratio-1-8-b2-ln-epochs-5|--learner-layers all --ratio 0.125 --selecti
 top4-nofd-cache-random-1-8-b2-ln|--learner-layers top-4 --no-frozen-dropout --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm
 top3-nofd-cache-random-1-8-b2-ln|--learner-layers top-3 --no-frozen-dropout --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm
 top4-nofd-cache-random-1-4-b2-ln|--learner-layers top-4 --no-frozen-dropout --ratio 0.25 --selection random --train-ffn-output-bias --train-layer-norm
-top4-nofd-cache-gradient-1-8-b2-ln|--learner-layers top-4 --no-frozen-dropout --ratio 0.125 --selection gradient --train-ffn-output-bias --train-layer-norm'
+top4-nofd-cache-gradient-1-8-b2-ln|--learner-layers top-4 --no-frozen-dropout --ratio 0.125 --selection gradient --train-ffn-output-bias --train-layer-norm
+top5-nofd-noad-cache-random-1-8-b2-ln|--learner-layers top-5 --no-frozen-dropout --no-attention-dropout --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm
+top4-nofd-noad-cache-random-1-8-b2-ln|--learner-layers top-4 --no-frozen-dropout --no-attention-dropout --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm
+all-noad-random-1-8-b2-ln|--learner-layers all --no-attention-dropout --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm'
 
 kept() {  # kept NAME TASK METHOD SEED: the run finished in $OUT or is kept in $KEEP, or (baselines and `all`) a csv row
   [ -f "$OUT/$1/runs/$2/$3/seed$4/results.json" ] || [ -f "$KEEP/$1/runs/$2/$3/seed$4/results.json" ] && return 0
