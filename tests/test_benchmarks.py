@@ -28,12 +28,13 @@ def test_gpu_step_time_prints_a_row_per_method(monkeypatch, capsys, tmp_path):
     out = capsys.readouterr().out
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
     assert set(rows) == {"method", "full", "bitfit", "lora", "learners", "learners-all", "learners-top3-cached",
-                         "learners-top4", "learners-top4-cached"}
+                         "learners-top4", "learners-top4-cached", "learners-top4-noad-cached", "learners-skip1-noad-cached"}
     assert "failed: boom" in rows["lora"] and status == 1  # one failure keeps the others
     assert rows["full"].count("1.00x") == 3
     assert rows["learners-all"].split("|")[2].strip() == "4/4"  # learners in every block of the tiny model
     assert rows["learners-top3-cached"].split("|")[2].strip() == "3/4" and "failed" not in rows["learners-top3-cached"]
     assert rows["learners-top4"].split("|")[2].strip() == rows["learners-top4-cached"].split("|")[2].strip() == "4/4"
+    assert rows["learners-skip1-noad-cached"].split("|")[2].strip() == "3/4" and "failed" not in rows["learners-skip1-noad-cached"]
     assert "torch" in out and (tmp_path / "steps.md").exists() and (tmp_path / "steps.json").exists()
 
 
