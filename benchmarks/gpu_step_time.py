@@ -20,9 +20,9 @@ example and the blocks below the learners do not run (learners.learner.prefix_ca
 `learners-top4-cached` are the top four blocks so, in a first epoch (every example runs the frozen blocks alone,
 to fill the cache) and a later one: on the CPU the configuration that meets issue 8's step target (BENCHMARKS.md
 5.21); on a GPU the first epoch's per-example passes may cost more than they do there. `learners-top4-noad-cached`
-and `learners-skip1-noad-cached` (every block but the lowest: top-5 of MiniLM-L6 and DistilBERT) also run the learner blocks' attention without dropout (attention_dropout=False,
-BENCHMARKS.md 5.22): on the CPU that is the fused attention kernel; on a GPU, flash attention has dropout built in,
-so the gain there is for this script to show.
+and `learners-skip1-noad-cached` (every block but the lowest: top-5 of MiniLM-L6 and DistilBERT) also run the
+learner blocks' attention without dropout (attention_dropout=False, BENCHMARKS.md 5.22): on the CPU that is the
+fused attention kernel; on a GPU, flash attention has dropout built in, so the gain there is for this script to show.
 
 --compile adds, for every method, a row "METHOD +compile" with the model wrapped in torch.compile (the
 first steps compile; the warm-up absorbs them), so one table says whether compiling helps. It is off by
