@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 from transformers import (AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertConfig, DebertaV2Config, DistilBertConfig,
                           ElectraConfig, MPNetConfig, RobertaConfig)
 
@@ -55,6 +56,21 @@ def tiny_model(family: str, seed: int = 0, dropout: bool = False, **kwargs):
             if name.endswith("bias"):
                 p.normal_(0, 0.02)
     return model
+
+
+class OddBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc_in, self.fc_out = nn.Linear(8, 16), nn.Linear(16, 8)
+
+
+class OddModel(nn.Module):
+    """A model type learners has no entry for, with an FFN of its own names (fc_in, fc_out) and no attention."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = type("Cfg", (), {"model_type": "odd"})()
+        self.blocks = nn.ModuleList([OddBlock(), OddBlock()])
 
 
 def tiny_batch(batch_size: int = 4, length: int = 9, seed: int = 0, num_labels: int = 2):

@@ -4,10 +4,9 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 from transformers import AutoModelForSequenceClassification, BertConfig
 
-from conftest import FAMILIES, tiny_batch, tiny_model
+from conftest import FAMILIES, OddModel, tiny_batch, tiny_model
 from learners import LearnerConfig, LearnerModel, get_learner_model
 from learners.errors import UsageError
 from learners.learner.ffn import find_ffn_blocks
@@ -245,17 +244,6 @@ def test_attention_dropout_off_runs_the_learner_blocks_attention_in_inference_mo
 
 
 def test_attention_dropout_off_needs_an_attention_module_in_the_learner_blocks():
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc_in, self.fc_out = nn.Linear(8, 16), nn.Linear(16, 8)
-
-    class Odd(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.config = type("Cfg", (), {"model_type": "odd"})()
-            self.blocks = nn.ModuleList([Block(), Block()])
-
     with pytest.raises(UsageError, match=r"no 'attention' submodule .*leave attention dropout on"):
-        get_learner_model(Odd(), LearnerConfig(ratio=0.5, selection="random", ffn_modules=("fc_in", "fc_out"),
+        get_learner_model(OddModel(), LearnerConfig(ratio=0.5, selection="random", ffn_modules=("fc_in", "fc_out"),
                                                attention_dropout=False))

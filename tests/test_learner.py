@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from conftest import BERT_LAYOUT_FAMILIES, FAMILIES, tiny_batch, tiny_model
+from conftest import BERT_LAYOUT_FAMILIES, FAMILIES, OddModel, tiny_batch, tiny_model
 from learners import LearnerConfig, LearnerModel, get_learner_model
 from learners.errors import UsageError
 from learners.learner.ffn import find_ffn_blocks, layout_type
@@ -230,20 +230,9 @@ def test_k_larger_than_the_ffn_width_is_a_clear_error():
 
 
 def test_unknown_architecture_lists_linear_modules_and_says_how_to_name_the_ffn():
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.fc_in, self.fc_out = nn.Linear(8, 16), nn.Linear(16, 8)
-
-    class Odd(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.config = type("Cfg", (), {"model_type": "odd"})()
-            self.blocks = nn.ModuleList([Block(), Block()])
-
     with pytest.raises(UsageError, match=r"blocks\.\*\.fc_in \(16x8\).*ffn_modules="):
-        get_learner_model(Odd(), LearnerConfig(ratio=0.5, selection="random"))
-    lm = get_learner_model(Odd(), LearnerConfig(ratio=0.5, selection="random", ffn_modules=("fc_in", "fc_out")))
+        get_learner_model(OddModel(), LearnerConfig(ratio=0.5, selection="random"))
+    lm = get_learner_model(OddModel(), LearnerConfig(ratio=0.5, selection="random", ffn_modules=("fc_in", "fc_out")))
     assert [i.numel() for i in lm.indices] == [8, 8]
 
 
