@@ -51,6 +51,15 @@ def test_learners_by_default_pick_random_neurons_and_train_them_from_the_first_s
     assert picked["a"] and picked["a"].keys() == picked["b"].keys() and picked["a"] != picked["b"]
 
 
+def test_dropout_flags_reach_the_saved_learner_config(tmp_path, tiny_model_dir, glue_dir):
+    finetune(tmp_path, tiny_model_dir, glue_dir, "--learner-layers", "top-1", "--no-frozen-dropout", "--no-attention-dropout")
+    saved = json.loads((tmp_path / "run" / "learners" / "learners_config.json").read_text())["learner_config"]
+    assert (saved["layers"], saved["frozen_dropout"], saved["attention_dropout"]) == ("top-1", False, False)
+    finetune(tmp_path, tiny_model_dir, glue_dir, out="default")
+    saved = json.loads((tmp_path / "default" / "learners" / "learners_config.json").read_text())["learner_config"]
+    assert (saved["frozen_dropout"], saved["attention_dropout"]) == (True, True)
+
+
 def test_learners_finetune_primes_then_trains_learners_and_merges(tmp_path, tiny_model_dir, glue_dir):
     r = finetune(tmp_path, tiny_model_dir, glue_dir, "--method", "learners", "--selection", "priming", "--priming-steps", "2", "--ratio", "0.25")
     assert r["priming_steps"] == 2
