@@ -211,6 +211,22 @@ def test_a_failed_run_is_reported_and_the_bench_goes_on(tmp_path, monkeypatch, c
     assert "| learners | 0.300 (1/2 seeds) |" in (out / "bench.md").read_text()  # one seed: no ±, the missing one said
 
 
+def test_a_task_method_or_seed_named_twice_is_planned_once(tmp_path, monkeypatch, capsys):
+    runs = []
+
+    def launch(command, log):
+        runs.append(tuple(command[command.index(flag) + 1] for flag in ("--task", "--method", "--seed")))
+        log.write_text("ok\n")
+        (log.parent / "results.json").write_text(json.dumps(fake_results("cola", runs[-1][1], int(runs[-1][2]), [(1, 0.2)])))
+        return 0
+
+    monkeypatch.setattr(bench, "launch", launch)
+    assert main(["bench", "--tasks", "cola,cola", "--methods", "full,full", "--seeds", "0,00,1", "--output-dir",
+                 str(tmp_path / "b")]) == 0
+    assert runs == [("cola", "full", "0"), ("cola", "full", "1")]
+    assert "[2/2]" in capsys.readouterr().out
+
+
 def test_each_run_gets_only_the_flags_of_its_method(tmp_path, monkeypatch, capsys):
     """One bench line for several methods: a full run gets no learners or LoRA flag (finetune would refuse it),
     the learners run gets its own and the priming flags, the LoRA run its own; shared flags go to every run."""

@@ -23,12 +23,13 @@ from .report import build_report, run_dir
 
 
 def _list(text: str | None) -> list[str]:
-    return [x.strip() for x in (text or "").split(",") if x.strip()]
+    """Comma-separated names, each once, in order ("cola,mrpc,cola" plans cola once)."""
+    return list(dict.fromkeys(x.strip() for x in (text or "").split(",") if x.strip()))
 
 
 def parse_seeds(text: str) -> list[int]:
     try:
-        return [int(x) for x in _list(text)]
+        return list(dict.fromkeys(int(x) for x in _list(text)))  # "0,00" is seed 0 once
     except ValueError:
         raise UsageError(f"--seeds takes comma-separated integers, e.g. 0,1,2; got {text!r}") from None
 
