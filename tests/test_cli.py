@@ -6,8 +6,9 @@ import subprocess
 import sys
 
 import pytest
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from conftest import tiny_model
 from learners.harness.cli import main
 
 RESULT_FIELDS = {"task", "method", "model", "metric_name", "metric", "best_metric", "trainable_params", "total_params",
@@ -229,3 +230,22 @@ def test_no_progress_also_quiets_the_tokenizing_and_saving_bars(tmp_path, tiny_m
     assert main(args) == 0
     loud = capfd.readouterr()
     assert "Map" in loud.err
+
+
+def test_merge_and_predict_learners_load_the_base_the_learners_record(tmp_path, tiny_model_dir, glue_dir, capsys):
+    """Learners trained on --model DIR merge without --base DIR; a base they were not trained on is refused by name."""
+    finetune(tmp_path, tiny_model_dir, glue_dir)
+    assert main(["merge", "--learners", str(tmp_path / "run"), "--output", str(tmp_path / "merged")]) == 0
+    assert f"base model: {tiny_model_dir}, which the learners record" in capsys.readouterr().err
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged")
+    assert merged.config.num_hidden_layers == 2  # the tiny model, not the embedded one
+    (tmp_path / "in.csv").write_text("sentence\nThe cat sat.\n")
+    assert main(["predict", "--learners", f"cola={tmp_path / 'run'}", "--input", str(tmp_path / "in.csv"),
+                 "--output", str(tmp_path / "out.csv")]) == 0
+    other = tmp_path / "other-base"  # the tiny model's architecture and tokenizer, other weights
+    tiny_model("bert", seed=1, vocab_size=merged.config.vocab_size).save_pretrained(other)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(other)
+    capsys.readouterr()
+    assert main(["merge", "--learners", str(tmp_path / "run"), "--output", str(tmp_path / "m2"), "--base", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert f"trained on another base model ({tiny_model_dir})" in err and f"here --base was {other}" in err

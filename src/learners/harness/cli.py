@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--learners", help="several tasks on one loaded base model: NAME=DIR pairs, e.g. "
                                           "cola=runs/cola,sst2=runs/sst2 (DIR: a learners finetune's OUT or OUT/learners); "
                                           "writes a prediction_NAME column per task")
-    pr.add_argument("--base", help="with --learners: the base model they were trained from (default: the embedded model)")
+    pr.add_argument("--base", help="with --learners: the base model they were trained from (default: the one they "
+                                   "record, if it is a local directory here; else the embedded model)")
     pr.add_argument("--input", required=True, help="CSV, TSV or JSONL with the model's text columns")
     pr.add_argument("--output", required=True, help="where to write predictions (.csv, .tsv or .jsonl)")
     pr.add_argument("--text-columns", help="override the text columns saved with the model")
@@ -50,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--max-length", type=int, help="truncate inputs to this many tokens (default 128, or the model's limit if lower)")
 
     mg = sub.add_parser("merge", help="merge saved learners into their base model; write a plain HF model")
-    mg.add_argument("--base", help="the base model the learners were trained from (default: the embedded model)")
+    mg.add_argument("--base", help="the base model the learners were trained from (default: the one they record, "
+                                   "if it is a local directory here; else the embedded model)")
     mg.add_argument("--learners", required=True, help="a learners finetune run's OUT (or OUT/learners), or a directory written by save_pretrained")
     mg.add_argument("--output", required=True)
 

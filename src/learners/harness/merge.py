@@ -6,7 +6,8 @@ from pathlib import Path
 from ..errors import UsageError, check_output_path, read_json_file
 from ..learner import LearnerModel
 from .finetune import TASK_FILE
-from .models import load_model_and_tokenizer
+from .distributed import log
+from .models import embedded_model_dir, load_model_and_tokenizer
 
 
 def learners_directory(path: Path) -> Path:
@@ -29,6 +30,19 @@ def head_labels(meta: dict, learners_dir: str) -> tuple[int, list[str] | None]:
     return num_labels, label_names
 
 
+def recorded_base(base: str | None, metas: list[dict]) -> str | None:
+    """--base if given; else the base model that the learners record (every set the same one) when it is a local
+    directory here, so that a run's learners merge without naming its --model again; else None (the embedded model)."""
+    if base is not None:
+        return base
+    names = {meta.get("base_model_name_or_path") for meta in metas}
+    name = names.pop() if len(names) == 1 else None
+    if not name or not Path(name).is_dir() or Path(name).resolve() == embedded_model_dir().resolve():
+        return None
+    log(f"base model: {name}, which the learners record (--base to choose another)")
+    return name
+
+
 def run_merge(base: str | None, learners_dir: str, output: str) -> Path:
     out = check_output_path(output, "--output")
     if not Path(learners_dir).is_dir():
@@ -39,8 +53,13 @@ def run_merge(base: str | None, learners_dir: str, output: str) -> Path:
     num_labels, label_names = head_labels(meta, learners_dir)
     task_file = Path(learners_dir) / TASK_FILE  # text columns and labels, for `learners predict`
     task = read_json_file(task_file, "task file") if task_file.is_file() else None
+    base = recorded_base(base, [meta])
     model, tokenizer = load_model_and_tokenizer(base, num_labels, label_names, "--base")
-    merged = LearnerModel.from_pretrained(model, learners_dir).merge_and_unload(safe_merge=True)
+    try:
+        learner_model = LearnerModel.from_pretrained(model, learners_dir)
+    except UsageError as e:
+        raise UsageError(f"{e}; here --base was {base or 'not given: the embedded model'}") from e
+    merged = learner_model.merge_and_unload(safe_merge=True)
     merged.save_pretrained(out)
     tokenizer.save_pretrained(out)
     if task is not None:

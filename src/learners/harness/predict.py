@@ -16,7 +16,7 @@ from ..errors import UsageError, check_output_path, first_line, read_json_file
 from ..learner import LearnerModel
 from .files import replaced_atomically
 from .finetune import TASK_FILE, predict_loader
-from .merge import head_labels, learners_directory
+from .merge import head_labels, learners_directory, recorded_base
 from .models import check_max_length, load_model_and_tokenizer, quiet_transformers
 from .user_data import pick_text_columns, read_table
 
@@ -148,6 +148,7 @@ def load_learner_sets(tasks: dict[str, Path], base: str | None):
             raise UsageError(f"--learners {name}={directory}: {e}") from e
     first = next(iter(tasks))
     num_labels, label_names = head_labels(metas[first], str(tasks[first]))
+    base = recorded_base(base, list(metas.values()))
     model, tokenizer = load_model_and_tokenizer(base, num_labels, label_names, "--base")
     learner_model = None
     for name, directory in tasks.items():
@@ -157,7 +158,7 @@ def load_learner_sets(tasks: dict[str, Path], base: str | None):
             else:
                 learner_model.load_learners(directory, name)
         except UsageError as e:
-            raise UsageError(f"--learners {name}={directory}: {e} (--base {base or 'the embedded model'})") from e
+            raise UsageError(f"--learners {name}={directory}: {e}; here --base was {base or 'not given: the embedded model'}") from e
     return learner_model, tokenizer
 
 
