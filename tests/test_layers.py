@@ -244,6 +244,8 @@ def test_attention_dropout_off_runs_the_learner_blocks_attention_in_inference_mo
 
 
 def test_attention_dropout_off_needs_an_attention_module_in_the_learner_blocks():
+    model = OddModel()
     with pytest.raises(UsageError, match=r"no 'attention' submodule .*leave attention dropout on"):
-        get_learner_model(OddModel(), LearnerConfig(ratio=0.5, selection="random", ffn_modules=("fc_in", "fc_out"),
+        get_learner_model(model, LearnerConfig(ratio=0.5, selection="random", ffn_modules=("fc_in", "fc_out"),
                                                attention_dropout=False))
+    assert all(p.requires_grad for p in model.parameters())  # refused before anything changed

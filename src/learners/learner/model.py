@@ -55,6 +55,8 @@ class LearnerModel(nn.Module):
         return _rebuild_learner_model, (type(self).__bases__[0], self._wraps), self.__dict__
 
     def __init__(self, model: nn.Module, config: LearnerConfig, indices: list[torch.Tensor], name: str = DEFAULT_NAME):
+        if not config.attention_dropout:  # an error now, before the model changes, if its blocks have no such module
+            block_attention(find_ffn_blocks(model, config))
         super().__init__()
         self.base_model = model
         self.training = model.training
@@ -74,8 +76,6 @@ class LearnerModel(nn.Module):
         self._sets[name] = learner_set
         learner_set.requires_grad_(True)
         self._switch(name)
-        if not config.attention_dropout:
-            self.learner_block_attention()  # an error now, before training, if the blocks have no such module
 
     def __getattr__(self, name):
         """Forward unknown attributes (config, device, ...) to the wrapped model, as PEFT does."""
@@ -102,13 +102,8 @@ class LearnerModel(nn.Module):
         return self
 
     def learner_block_attention(self) -> list[nn.Module]:
-        """The attention sublayer (the block's `attention` module: projections, dropout, output LayerNorm) of each
-        block that holds a learner; an FFN block without one (MobileBERT's extra FFNs) has none to give."""
-        modules = [b.block.get_submodule("attention") for b in self.ffn_blocks if has_submodule(b.block, "attention")]
-        if not modules:
-            raise UsageError("attention_dropout=False / --no-attention-dropout: the learner blocks of this model have no "
-                             "'attention' submodule to run without dropout; leave attention dropout on")
-        return modules
+        """The attention sublayers of the blocks that hold a learner (see block_attention)."""
+        return block_attention(self.ffn_blocks)
 
     def _apply(self, fn, recurse=True):
         """`.to()`, `.half()`, ... also reach the modules kept outside the tree (other sets, replaced base modules)."""
@@ -530,6 +525,16 @@ class _SavedLearners:
             raise UsageError(f"the learners in {self.directory} were trained on another base model "
                              f"({self.meta.get('base_model_name_or_path')}): its input embeddings differ from this "
                              "model's; load them on the base model they were trained from")
+
+
+def block_attention(blocks: list[FFNBlock]) -> list[nn.Module]:
+    """The attention sublayer (the block's `attention` module: projections, dropout, output LayerNorm) of each of
+    `blocks`; an FFN block without one (MobileBERT's extra FFNs) has none to give."""
+    modules = [b.block.get_submodule("attention") for b in blocks if has_submodule(b.block, "attention")]
+    if not modules:
+        raise UsageError("attention_dropout=False / --no-attention-dropout: the learner blocks of this model have no "
+                         "'attention' submodule to run without dropout; leave attention dropout on")
+    return modules
 
 
 def _forget_frozen_keys(module: LearnerModel, incompatible_keys) -> None:
