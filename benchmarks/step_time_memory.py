@@ -217,7 +217,8 @@ def run_worker(method: str, batch_size: int, length: int, steps: int, warmup: in
 def method_spec(spec: str) -> tuple[str, dict | None, bool]:
     """"learners:top-3" -> learners in those blocks (selected by magnitude); "learners:top-3:nofd" also with
     frozen_dropout=False, whose frozen-prefix cache then misses every step (new batches: a first epoch); ":noad" runs
-    the learner blocks' attention without dropout (attention_dropout=False);
+    the learner blocks' attention without dropout (attention_dropout=False), ":noapd" without it on the
+    attention probabilities only (attention_probs_dropout=False);
     ":cached" times steps on batches seen before (a later epoch: every example cached); ":nocache" turns the
     cache off; ":ratio=R" sets the learner size (default: the CLI's, 1/8); ":nob2" and ":noln" leave each FFN's
     output bias and the block's output LayerNorm frozen (the CLI trains them by default; ":b2", ":ln" say so). "priming:SCOPE" times a priming step (learners
@@ -234,6 +235,8 @@ def method_spec(spec: str) -> tuple[str, dict | None, bool]:
         options["frozen_dropout"] = False
     if "noad" in parts[1:]:
         options["attention_dropout"] = False
+    if "noapd" in parts[1:]:
+        options["attention_probs_dropout"] = False
     if "nocache" in parts[1:]:
         options["frozen_prefix_cache_mb"] = 0
     for part, key in (("b2", "train_ffn_output_bias"), ("ln", "train_layer_norm")):

@@ -58,7 +58,10 @@ def test_dropout_flags_reach_the_saved_learner_config(tmp_path, tiny_model_dir, 
     assert (saved["layers"], saved["frozen_dropout"], saved["attention_dropout"]) == ("top-1", False, False)
     finetune(tmp_path, tiny_model_dir, glue_dir, out="default")
     saved = json.loads((tmp_path / "default" / "learners" / "learners_config.json").read_text())["learner_config"]
-    assert (saved["frozen_dropout"], saved["attention_dropout"]) == (True, True)
+    assert (saved["frozen_dropout"], saved["attention_dropout"], saved["attention_probs_dropout"]) == (True, True, True)
+    finetune(tmp_path, tiny_model_dir, glue_dir, "--no-attention-probs-dropout", out="probs")
+    saved = json.loads((tmp_path / "probs" / "learners" / "learners_config.json").read_text())["learner_config"]
+    assert (saved["attention_dropout"], saved["attention_probs_dropout"]) == (True, False)
 
 
 def test_learners_finetune_primes_then_trains_learners_and_merges(tmp_path, tiny_model_dir, glue_dir):

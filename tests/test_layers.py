@@ -243,9 +243,40 @@ def test_attention_dropout_off_runs_the_learner_blocks_attention_in_inference_mo
     assert not blocks[2].attention.training  # every train() call keeps it so
 
 
+@pytest.mark.parametrize("family", ["bert", "distilbert", "mpnet", "deberta-v2"])
+def test_attention_probs_dropout_off_runs_only_the_self_attention_core_in_inference_mode(family):
+    """attention_probs_dropout=False: in each learner block the module with the query, key and value projections runs
+    without dropout (the attention probabilities); the dropout after the output projection and the FFN's stay.
+    Gradients are those of the model with that module in eval mode."""
+    torch.manual_seed(0)
+    model = tiny_model(family, dropout=True, layers=3)
+    reference = copy.deepcopy(model)
+    lm = get_learner_model(model, LearnerConfig(ratio=0.25, selection="random", layers="top-2",
+                                                attention_probs_dropout=False))
+    lm.train()
+    core = {"bert": "attention.self", "distilbert": "attention", "mpnet": "attention.attn", "deberta-v2": "attention.self"}[family]
+    blocks = [b.block for b in find_ffn_blocks(lm.base_model, LearnerConfig(ratio=0.25))]
+    for i, block in enumerate(blocks):
+        evaluated = {n for n, m in block.named_modules() if not m.training}
+        assert evaluated == (set() if i == 0 else {n for n, _ in block.get_submodule(core).named_modules(prefix=core)})
+    reference.train()
+    for block in find_ffn_blocks(reference, LearnerConfig(ratio=0.25, layers="top-2")):
+        block.block.get_submodule(core).eval()
+    batch = tiny_batch()
+    torch.manual_seed(1)
+    lm(**batch).loss.backward()
+    torch.manual_seed(1)
+    reference(**batch).loss.backward()
+    up_name = "ffn.lin1" if family == "distilbert" else "intermediate.dense"
+    for block, idx in zip(lm.ffn_blocks, lm.indices):
+        ref_up = reference.get_submodule(block.name).get_submodule(up_name)
+        torch.testing.assert_close(block.up.learner_weight.grad, ref_up.weight.grad[idx], atol=1e-6, rtol=0)
+
+
 def test_attention_dropout_off_needs_an_attention_module_in_the_learner_blocks():
     model = OddModel()
-    with pytest.raises(UsageError, match=r"no 'attention' submodule .*leave attention dropout on"):
-        get_learner_model(model, LearnerConfig(ratio=0.5, selection="random", ffn_modules=("fc_in", "fc_out"),
-                                               attention_dropout=False))
-    assert all(p.requires_grad for p in model.parameters())  # refused before anything changed
+    for option in ("attention_dropout", "attention_probs_dropout"):
+        with pytest.raises(UsageError, match=r"no 'attention' submodule .*leave attention dropout on"):
+            get_learner_model(model, LearnerConfig(ratio=0.5, selection="random", ffn_modules=("fc_in", "fc_out"),
+                                                   **{option: False}))
+        assert all(p.requires_grad for p in model.parameters())  # refused before anything changed

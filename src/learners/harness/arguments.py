@@ -91,6 +91,9 @@ def _add_learners_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-attention-dropout", dest="attention_dropout", action="store_false",
                    help="run the attention sublayers of the learner blocks (frozen: only the FFN slices train there) "
                         "without dropout while the learners train: faster on the CPU; the FFN's dropout stays")
+    g.add_argument("--no-attention-probs-dropout", dest="attention_probs_dropout", action="store_false",
+                   help="like --no-attention-dropout for the attention probabilities alone: the dropout after the "
+                        "attention's output projection stays")
     g.add_argument("--frozen-prefix-cache-mb", type=float, default=None,
                    help="memory for caching each example's output of the frozen blocks below the lowest learner "
                         "block, so later epochs skip them (used where they run without dropout: "
@@ -165,6 +168,7 @@ def method_options(args: argparse.Namespace) -> dict:
         "train_ffn_output_bias": args.train_ffn_output_bias,
         "frozen_dropout": args.frozen_dropout,
         "attention_dropout": args.attention_dropout,
+        "attention_probs_dropout": args.attention_probs_dropout,
         "frozen_prefix_cache_mb": args.frozen_prefix_cache_mb,
         "train_layer_norm": args.train_layer_norm,
         "ffn_modules": tuple(args.ffn_modules.split(",")) if args.ffn_modules else None,

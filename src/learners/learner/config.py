@@ -67,6 +67,11 @@ class LearnerConfig:
     # mode while the learners train; the FFN's own dropout stays. On the CPU the attention then runs the fused
     # kernel that has no dropout, as in the frozen blocks (BENCHMARKS.md 5.22).
     attention_dropout: bool = True
+    # Dropout on the attention probabilities of the learner blocks only: False runs each learner block's
+    # self-attention core (BERT's attention.self, DistilBERT's attention) in inference mode, so on the CPU it takes
+    # the fused kernel, while the dropout after the attention's output projection stays (attention_dropout=False
+    # turns that off too).
+    attention_probs_dropout: bool = True
     # Also train the FFN's output bias b2 and the block's output LayerNorm.
     train_ffn_output_bias: bool = False
     train_layer_norm: bool = False

@@ -55,8 +55,9 @@ class LearnerModel(nn.Module):
         return _rebuild_learner_model, (type(self).__bases__[0], self._wraps), self.__dict__
 
     def __init__(self, model: nn.Module, config: LearnerConfig, indices: list[torch.Tensor], name: str = DEFAULT_NAME):
-        if not config.attention_dropout:  # an error now, before the model changes, if its blocks have no such module
-            block_attention(find_ffn_blocks(model, config))
+        if not (config.attention_dropout and config.attention_probs_dropout):  # an error now, before the model changes,
+            for attention in block_attention(find_ffn_blocks(model, config)):  # if its blocks have no such modules
+                attention_core(attention)
         super().__init__()
         self.base_model = model
         self.training = model.training
@@ -99,6 +100,9 @@ class LearnerModel(nn.Module):
         if mode and self.learner_config is not None and not self.learner_config.attention_dropout:
             for module in self.learner_block_attention():
                 module.eval()
+        if mode and self.learner_config is not None and not self.learner_config.attention_probs_dropout:
+            for module in self.learner_block_attention():
+                attention_core(module).eval()
         return self
 
     def learner_block_attention(self) -> list[nn.Module]:
@@ -535,6 +539,17 @@ def block_attention(blocks: list[FFNBlock]) -> list[nn.Module]:
         raise UsageError("attention_dropout=False / --no-attention-dropout: the learner blocks of this model have no "
                          "'attention' submodule to run without dropout; leave attention dropout on")
     return modules
+
+
+def attention_core(attention: nn.Module) -> nn.Module:
+    """The module inside a block's attention sublayer that computes the attention and drops out its probabilities:
+    the one (the sublayer itself included) with three or more linears of its own, the query, key and value
+    projections (BERT's attention.self, DistilBERT's and MPNet's q, k, v, o, DeBERTa's *_proj)."""
+    for _, module in attention.named_modules():
+        if sum(isinstance(child, nn.Linear) for child in module.children()) >= 3:
+            return module
+    raise UsageError("attention_probs_dropout=False / --no-attention-probs-dropout: no module with the query, key and "
+                     f"value projections found in {type(attention).__name__}; leave it on, or use --no-attention-dropout")
 
 
 def _forget_frozen_keys(module: LearnerModel, incompatible_keys) -> None:
