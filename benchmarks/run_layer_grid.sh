@@ -63,6 +63,7 @@ top4-nofd-cache-gradient-1-8-b2-ln|--learner-layers top-4 --no-frozen-dropout --
 top5-nofd-noad-cache-random-1-8-b2-ln|--learner-layers top-5 --no-frozen-dropout --no-attention-dropout --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm
 top4-nofd-noad-cache-random-1-8-b2-ln|--learner-layers top-4 --no-frozen-dropout --no-attention-dropout --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm
 top4-nofd-noad-cache-random-1-4-b2-ln|--learner-layers top-4 --no-frozen-dropout --no-attention-dropout --ratio 0.25 --selection random --train-ffn-output-bias --train-layer-norm
+top4-nofd-noapd-cache-random-1-8-b2-ln|--learner-layers top-4 --no-frozen-dropout --no-attention-probs-dropout --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm
 all-noad-random-1-8-b2-ln|--learner-layers all --no-attention-dropout --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm'
 
 kept() {  # kept NAME TASK METHOD SEED: the run finished in $OUT or is kept in $KEEP, or (baselines and `all`) a csv row
