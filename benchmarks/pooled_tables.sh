@@ -3,7 +3,7 @@
 # speed-quality frontier on CoLA, MRPC, RTE, STS-B: docs/benchmarks/cpu-layers/frontier_4task.{md,png} (benchmarks/frontier.py,
 # step ratios: the medians of BENCHMARKS.md 5.9 in step_ratios_cache.json, under the same labels; the +b2, LayerNorm
 # default has the default's, as in 5.19's side-by-side run, 0.76x against 0.77x; the random top-4 and top-3 points
-# with b2 and LayerNorm have 5.21's side-by-side runs, cached). A new
+# with b2 and LayerNorm have 5.21's side-by-side runs, cached; those without attention dropout 5.22's). A new
 # configuration is a new line in POINTS and its step ratio in that file.
 set -eu
 cd "$(dirname "$0")/.."
@@ -45,6 +45,11 @@ ABLATIONS=(
   # one seed (two on CoLA) against the others' three: off the frontier until it has seeds 1-2 on every task, since
   # its mixed-seed mean (0.644) is not comparable with the three-seed means (at seed 0 alone it is below the default)
   "learners top-4 nofd cached, random, r1/4, +b2, LayerNorm=$L/top4-nofd-cache-random-1-4-b2-ln:learners"
+  # BENCHMARKS.md 5.22: gradient selection, and the learner blocks' attention without dropout (the whole sublayer, or
+  # the attention probabilities alone), in the top-4 recipe; in the seed table until they have three seeds
+  "learners top-4 nofd cached, gradient, r1/8, +b2, LayerNorm=$L/top4-nofd-cache-gradient-1-8-b2-ln:learners"
+  "learners top-4 nofd cached, random, r1/8, +b2, LayerNorm, no attention dropout=$L/top4-nofd-noad-cache-random-1-8-b2-ln:learners"
+  "learners top-4 nofd cached, random, r1/8, +b2, LayerNorm, no attention-probs dropout=$L/top4-nofd-noapd-cache-random-1-8-b2-ln:learners"
 )
 $PYTHON benchmarks/seed_table.py --mean-over cola,mrpc,rte,stsb --output $L/seeds "${POINTS[@]}" "${ABLATIONS[@]}"
 echo
