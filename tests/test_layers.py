@@ -210,6 +210,23 @@ def test_frozen_dropout_off_runs_the_part_below_the_learners_in_inference_mode(f
     assert not any(m.training for m in lm.modules())
 
 
+def assert_gradients_as_with_eval_modules(lm, reference, family, module_name):
+    """The learner gradients of `lm` (learners in the top two blocks) equal the slices of `reference`'s gradients when
+    `reference` runs each of those blocks' `module_name` in eval mode, under the same dropout draws."""
+    reference.train()
+    for block in find_ffn_blocks(reference, LearnerConfig(ratio=0.25, layers="top-2")):
+        block.block.get_submodule(module_name).eval()
+    batch = tiny_batch()
+    torch.manual_seed(1)
+    lm(**batch).loss.backward()
+    torch.manual_seed(1)
+    reference(**batch).loss.backward()
+    up_name = "ffn.lin1" if family == "distilbert" else "intermediate.dense"
+    for block, idx in zip(lm.ffn_blocks, lm.indices):
+        ref_up = reference.get_submodule(block.name).get_submodule(up_name)
+        torch.testing.assert_close(block.up.learner_weight.grad, ref_up.weight.grad[idx], atol=1e-6, rtol=0)
+
+
 @pytest.mark.parametrize("family", ["bert", "distilbert"])
 def test_attention_dropout_off_runs_the_learner_blocks_attention_in_inference_mode(family):
     """attention_dropout=False: in each learner block the (frozen) attention sublayer runs without dropout, the rest
@@ -225,18 +242,7 @@ def test_attention_dropout_off_runs_the_learner_blocks_attention_in_inference_mo
     assert [b.attention.training for b in blocks] == [True, False, False]
     ffn = [b.block for b in lm.ffn_blocks]
     assert all(m.training for b in ffn for n, m in b.named_modules() if not n.startswith("attention"))
-    reference.train()
-    for block in find_ffn_blocks(reference, LearnerConfig(ratio=0.25, layers="top-2")):
-        block.block.attention.eval()
-    batch = tiny_batch()
-    torch.manual_seed(1)
-    lm(**batch).loss.backward()
-    torch.manual_seed(1)
-    reference(**batch).loss.backward()
-    up_name = "ffn.lin1" if family == "distilbert" else "intermediate.dense"
-    for block, idx in zip(lm.ffn_blocks, lm.indices):
-        ref_up = reference.get_submodule(block.name).get_submodule(up_name)
-        torch.testing.assert_close(block.up.learner_weight.grad, ref_up.weight.grad[idx], atol=1e-6, rtol=0)
+    assert_gradients_as_with_eval_modules(lm, reference, family, "attention")
     lm.eval()
     assert not any(m.training for m in lm.modules())
     lm.train()
@@ -259,18 +265,7 @@ def test_attention_probs_dropout_off_runs_only_the_self_attention_core_in_infere
     for i, block in enumerate(blocks):
         evaluated = {n for n, m in block.named_modules() if not m.training}
         assert evaluated == (set() if i == 0 else {n for n, _ in block.get_submodule(core).named_modules(prefix=core)})
-    reference.train()
-    for block in find_ffn_blocks(reference, LearnerConfig(ratio=0.25, layers="top-2")):
-        block.block.get_submodule(core).eval()
-    batch = tiny_batch()
-    torch.manual_seed(1)
-    lm(**batch).loss.backward()
-    torch.manual_seed(1)
-    reference(**batch).loss.backward()
-    up_name = "ffn.lin1" if family == "distilbert" else "intermediate.dense"
-    for block, idx in zip(lm.ffn_blocks, lm.indices):
-        ref_up = reference.get_submodule(block.name).get_submodule(up_name)
-        torch.testing.assert_close(block.up.learner_weight.grad, ref_up.weight.grad[idx], atol=1e-6, rtol=0)
+    assert_gradients_as_with_eval_modules(lm, reference, family, core)
 
 
 def test_attention_dropout_off_needs_an_attention_module_in_the_learner_blocks():
