@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 from transformers import AutoModelForSequenceClassification, BertConfig
 
 from conftest import FAMILIES, OddModel, tiny_batch, tiny_model
@@ -266,6 +267,18 @@ def test_attention_probs_dropout_off_runs_only_the_self_attention_core_in_infere
         evaluated = {n for n, m in block.named_modules() if not m.training}
         assert evaluated == (set() if i == 0 else {n for n, _ in block.get_submodule(core).named_modules(prefix=core)})
     assert_gradients_as_with_eval_modules(lm, reference, family, core)
+
+
+def test_attention_probs_dropout_off_needs_the_query_key_value_module_and_the_whole_sublayer_option_does_not():
+    model = OddModel()
+    for block in model.blocks:
+        block.attention = nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.1))  # one projection: no q, k, v module
+    lm = get_learner_model(model, LearnerConfig(ratio=0.5, selection="random", ffn_modules=("fc_in", "fc_out"),
+                                                attention_dropout=False)).train()
+    assert [b.attention.training for b in model.blocks] == [False, False]
+    with pytest.raises(UsageError, match=r"no module with the query, key and value projections found in Sequential"):
+        get_learner_model(lm.unload(), LearnerConfig(ratio=0.5, selection="random", ffn_modules=("fc_in", "fc_out"),
+                                                     attention_probs_dropout=False))
 
 
 def test_attention_dropout_off_needs_an_attention_module_in_the_learner_blocks():

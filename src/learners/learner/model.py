@@ -57,7 +57,8 @@ class LearnerModel(nn.Module):
     def __init__(self, model: nn.Module, config: LearnerConfig, indices: list[torch.Tensor], name: str = DEFAULT_NAME):
         if not (config.attention_dropout and config.attention_probs_dropout):  # an error now, before the model changes,
             for attention in block_attention(find_ffn_blocks(model, config)):  # if its blocks have no such modules
-                attention_core(attention)
+                if not config.attention_probs_dropout:
+                    attention_core(attention)
         super().__init__()
         self.base_model = model
         self.training = model.training
@@ -536,8 +537,9 @@ def block_attention(blocks: list[FFNBlock]) -> list[nn.Module]:
     `blocks`; an FFN block without one (MobileBERT's extra FFNs) has none to give."""
     modules = [b.block.get_submodule("attention") for b in blocks if has_submodule(b.block, "attention")]
     if not modules:
-        raise UsageError("attention_dropout=False / --no-attention-dropout: the learner blocks of this model have no "
-                         "'attention' submodule to run without dropout; leave attention dropout on")
+        raise UsageError("attention_dropout=False / --no-attention-dropout (or the probabilities' alone): the learner "
+                         "blocks of this model have no 'attention' submodule to run without dropout; leave attention "
+                         "dropout on")
     return modules
 
 
