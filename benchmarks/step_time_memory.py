@@ -231,12 +231,9 @@ def method_spec(spec: str) -> tuple[str, dict | None, bool]:
         return name, None, False
     layers = parts[0]
     options = {"selection": "magnitude", "layers": [int(i) for i in layers.split("+")] if "+" in layers else layers}
-    if "nofd" in parts[1:]:
-        options["frozen_dropout"] = False
-    if "noad" in parts[1:]:
-        options["attention_dropout"] = False
-    if "noapd" in parts[1:]:
-        options["attention_probs_dropout"] = False
+    for part, key in (("nofd", "frozen_dropout"), ("noad", "attention_dropout"), ("noapd", "attention_probs_dropout")):
+        if part in parts[1:]:
+            options[key] = False
     if "nocache" in parts[1:]:
         options["frozen_prefix_cache_mb"] = 0
     for part, key in (("b2", "train_ffn_output_bias"), ("ln", "train_layer_norm")):

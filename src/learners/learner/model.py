@@ -93,17 +93,18 @@ class LearnerModel(nn.Module):
 
     def train(self, mode: bool = True) -> "LearnerModel":
         """As nn.Module.train; with `frozen_dropout=False` the frozen part below the lowest learner block
-        (embeddings and blocks) stays in inference mode: nothing there trains, so only its dropout changes."""
+        (embeddings and blocks) stays in inference mode: nothing there trains, so only its dropout changes; with
+        `attention_dropout=False` (`attention_probs_dropout=False`) so does each learner block's attention (its core)."""
         super().train(mode)
-        if mode and self.learner_config is not None and not self.learner_config.frozen_dropout:
+        config = self.learner_config
+        if not mode or config is None:
+            return self
+        if not config.frozen_dropout:
             for module in self.frozen_below_learners():
                 module.eval()
-        if mode and self.learner_config is not None and not self.learner_config.attention_dropout:
-            for module in self.learner_block_attention():
-                module.eval()
-        if mode and self.learner_config is not None and not self.learner_config.attention_probs_dropout:
-            for module in self.learner_block_attention():
-                attention_core(module).eval()
+        if not (config.attention_dropout and config.attention_probs_dropout):  # the whole sublayer, or its core
+            for attention in self.learner_block_attention():
+                (attention if not config.attention_dropout else attention_core(attention)).eval()
         return self
 
     def learner_block_attention(self) -> list[nn.Module]:

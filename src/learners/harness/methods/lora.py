@@ -81,7 +81,8 @@ class LoRA(Method):
     def targets(self, model: nn.Module) -> list[str]:
         """The LoRA target module suffixes for `model`; each must name at least one of its modules."""
         model_type = getattr(getattr(model, "config", None), "model_type", None)
-        targets = self.target_modules or list(TARGET_MODULES.get(layout_type(model), ()))
+        defaults = TARGET_MODULES.get(layout_type(model), ())
+        targets = self.target_modules or list(defaults)
         if not targets:
             raise UsageError(f"no default LoRA target modules for model type {model_type!r}; "
                              "name them with --lora-target-modules, e.g. query,value")
@@ -89,7 +90,7 @@ class LoRA(Method):
         missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
         if missing:
             raise UsageError(f"--lora-target-modules {','.join(missing)} name no module of this {model_type} model; "
-                             f"use module name suffixes such as {','.join(TARGET_MODULES.get(layout_type(model), ('query', 'value')))}")
+                             f"use module name suffixes such as {','.join(defaults or ('query', 'value'))}")
         return targets
 
     def check(self, model: nn.Module) -> None:
