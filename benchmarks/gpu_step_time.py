@@ -1,7 +1,7 @@
 """Step time and peak memory of every method on three model sizes, for a GPU (prepared to run in one go).
 
     python benchmarks/gpu_step_time.py [--sizes minilm-l6,distilbert-base,bert-base] [--batch-sizes 32,128]
-        [--methods full,bitfit,lora,learners,learners-all,learners-top3-cached,learners-top4,learners-top4-cached,...] [--steps 20] [--warmup 5] [--precision bf16]
+        [--methods full,bitfit,lora,learners,learners-cached,learners-all,learners-top3-cached,learners-top4,learners-top4-cached,...] [--steps 20] [--warmup 5] [--precision bf16]
         [--compile] [--output bench-out/gpu/step_time]
 
 One markdown table per size x batch (length 128), every method side by side with ratios vs `full`. Models
@@ -10,8 +10,10 @@ downloaded). Each method runs in a fresh process through benchmarks/step_time_me
 training engine's optimizer step (learners.harness.train.make_optimizer, training_step), bf16 autocast by default,
 and a CUDA sync after every step. Peak memory: torch.cuda.max_memory_allocated on CUDA, peak RSS on the CPU.
 
-`learners` is the method with its default options; `learners-all` puts learners in every FFN block
-(options {"layers": None}, passed to learners.harness.methods.build_method as they are). Both select by magnitude:
+`learners` is the method with its default options (every block but the lowest, the frozen part and the learner
+blocks' attention without dropout, BENCHMARKS.md 5.23) in a first epoch, `learners-cached` the same in a later one
+(below); `learners-all` puts learners in every FFN block with dropout everywhere, the default until 5.23
+(options passed to learners.harness.methods.build_method as they are). All select by magnitude:
 priming needs a training loop, and which neurons are picked does not change the step cost. The table's
 "learner layers" column shows how many blocks got learners, so an option that means something else later
 shows up there. `learners-top3-cached` puts learners in the top three blocks with frozen dropout off and
@@ -46,8 +48,12 @@ VARIANTS = {
     "full": ("full", {}, False),
     "bitfit": ("bitfit", {}, False),
     "lora": ("lora", {}, False),
+    # the CLI's default (every block but the lowest, no dropout in the frozen part and the learner blocks' attention):
+    # a first epoch (the frozen-prefix cache misses) and a later one (every example cached)
     "learners": ("learners", {"selection": "magnitude"}, False),
-    "learners-all": ("learners", {"selection": "magnitude", "layers": "all"}, False),
+    "learners-cached": ("learners", {"selection": "magnitude"}, True),
+    # every block with dropout: the default until BENCHMARKS.md 5.23
+    "learners-all": ("learners", {"selection": "magnitude", "layers": "all", "attention_dropout": True}, False),
     "learners-top3-cached": ("learners", {"selection": "magnitude", "layers": "top-3", "frozen_dropout": False}, True),
     "learners-top4": ("learners", {"selection": "magnitude", "layers": "top-4", "frozen_dropout": False}, False),
     "learners-top4-cached": ("learners", {"selection": "magnitude", "layers": "top-4", "frozen_dropout": False}, True),

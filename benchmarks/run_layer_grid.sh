@@ -30,41 +30,43 @@ export OMP_NUM_THREADS=1
 # Every configuration names its --ratio: the default moved from 1/16 to 1/8 (BENCHMARKS.md 5.17) and the kept
 # runs of the configurations without a size in their name were made at 1/16, so their missing seeds are too.
 # Likewise each names whether b2 and the LayerNorm train: the default turned them on in 5.19, and every run kept before
-# (all but the -b2-ln configurations) was made without them.
+# (all but the -b2-ln configurations) was made without them. And each names whether the frozen part below the learners
+# and the learner blocks' attention have dropout: the default turned both off in 5.23, and every run kept before had
+# it wherever the name does not say nofd or noad.
 # (Learning rate 2e-3 at ratio 1/8 is not queued: CoLA seed 0 collapsed, best MCC 0.109; BENCHMARKS.md 5.17.)
-CONFIGS='all|--learner-layers all --selection priming --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm
-top5|--learner-layers top-5 --selection priming --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm
-top4|--learner-layers top-4 --selection priming --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm
-top3|--learner-layers top-3 --selection priming --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm
-auto|--learner-layers auto --selection priming --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm
-top3-nofd-cache|--learner-layers top-3 --no-frozen-dropout --selection priming --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm
-top4-nofd-cache|--learner-layers top-4 --no-frozen-dropout --selection priming --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm
-top3-nofd-random|--learner-layers top-3 --no-frozen-dropout --selection random --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm
-top5-nofd|--learner-layers top-5 --no-frozen-dropout --selection priming --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm
-top5-nofd-r32|--learner-layers top-5 --no-frozen-dropout --ratio 0.03125 --selection priming --no-train-ffn-output-bias --no-train-layer-norm
-auto-ll|--learner-layers auto --priming-scope learner-layers --selection priming --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm
-all-ffn-priming|--learner-layers all --priming-scope ffn --selection priming --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm
-all-priming-0.1|--learner-layers all --priming-fraction 0.1 --selection priming --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm
-all-reset|--learner-layers all --reset-after-priming --selection priming --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm
-all-random|--learner-layers all --selection random --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm
-all-gradient|--learner-layers all --selection gradient --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm
-all-magnitude|--learner-layers all --selection magnitude --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm
-all-ratio-1-32|--learner-layers all --ratio 0.03125 --selection priming --no-train-ffn-output-bias --no-train-layer-norm
-all-random-ratio-1-32|--learner-layers all --ratio 0.03125 --selection random --no-train-ffn-output-bias --no-train-layer-norm
-all-random-ratio-1-8|--learner-layers all --ratio 0.125 --selection random --no-train-ffn-output-bias --no-train-layer-norm
-all-random-ratio-1-8-lr-5e-4|--learner-layers all --ratio 0.125 --selection random --learning-rate 5e-4 --no-train-ffn-output-bias --no-train-layer-norm
-all-random-ratio-1-8-b2-ln|--learner-layers all --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm
-all-random-ratio-1-8-epochs-5|--learner-layers all --ratio 0.125 --selection random --epochs 5 --no-train-ffn-output-bias --no-train-layer-norm
-all-random-ratio-1-8-b2-ln-epochs-5|--learner-layers all --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm --epochs 5
-top4-nofd-cache-random-1-8-b2-ln|--learner-layers top-4 --no-frozen-dropout --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm
-top3-nofd-cache-random-1-8-b2-ln|--learner-layers top-3 --no-frozen-dropout --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm
-top4-nofd-cache-random-1-4-b2-ln|--learner-layers top-4 --no-frozen-dropout --ratio 0.25 --selection random --train-ffn-output-bias --train-layer-norm
-top4-nofd-cache-gradient-1-8-b2-ln|--learner-layers top-4 --no-frozen-dropout --ratio 0.125 --selection gradient --train-ffn-output-bias --train-layer-norm
+CONFIGS='all|--learner-layers all --selection priming --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm --frozen-dropout --attention-dropout
+top5|--learner-layers top-5 --selection priming --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm --frozen-dropout --attention-dropout
+top4|--learner-layers top-4 --selection priming --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm --frozen-dropout --attention-dropout
+top3|--learner-layers top-3 --selection priming --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm --frozen-dropout --attention-dropout
+auto|--learner-layers auto --selection priming --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm --frozen-dropout --attention-dropout
+top3-nofd-cache|--learner-layers top-3 --no-frozen-dropout --selection priming --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm --attention-dropout
+top4-nofd-cache|--learner-layers top-4 --no-frozen-dropout --selection priming --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm --attention-dropout
+top3-nofd-random|--learner-layers top-3 --no-frozen-dropout --selection random --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm --attention-dropout
+top5-nofd|--learner-layers top-5 --no-frozen-dropout --selection priming --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm --attention-dropout
+top5-nofd-r32|--learner-layers top-5 --no-frozen-dropout --ratio 0.03125 --selection priming --no-train-ffn-output-bias --no-train-layer-norm --attention-dropout
+auto-ll|--learner-layers auto --priming-scope learner-layers --selection priming --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm --frozen-dropout --attention-dropout
+all-ffn-priming|--learner-layers all --priming-scope ffn --selection priming --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm --frozen-dropout --attention-dropout
+all-priming-0.1|--learner-layers all --priming-fraction 0.1 --selection priming --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm --frozen-dropout --attention-dropout
+all-reset|--learner-layers all --reset-after-priming --selection priming --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm --frozen-dropout --attention-dropout
+all-random|--learner-layers all --selection random --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm --frozen-dropout --attention-dropout
+all-gradient|--learner-layers all --selection gradient --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm --frozen-dropout --attention-dropout
+all-magnitude|--learner-layers all --selection magnitude --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm --frozen-dropout --attention-dropout
+all-ratio-1-32|--learner-layers all --ratio 0.03125 --selection priming --no-train-ffn-output-bias --no-train-layer-norm --frozen-dropout --attention-dropout
+all-random-ratio-1-32|--learner-layers all --ratio 0.03125 --selection random --no-train-ffn-output-bias --no-train-layer-norm --frozen-dropout --attention-dropout
+all-random-ratio-1-8|--learner-layers all --ratio 0.125 --selection random --no-train-ffn-output-bias --no-train-layer-norm --frozen-dropout --attention-dropout
+all-random-ratio-1-8-lr-5e-4|--learner-layers all --ratio 0.125 --selection random --learning-rate 5e-4 --no-train-ffn-output-bias --no-train-layer-norm --frozen-dropout --attention-dropout
+all-random-ratio-1-8-b2-ln|--learner-layers all --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm --frozen-dropout --attention-dropout
+all-random-ratio-1-8-epochs-5|--learner-layers all --ratio 0.125 --selection random --epochs 5 --no-train-ffn-output-bias --no-train-layer-norm --frozen-dropout --attention-dropout
+all-random-ratio-1-8-b2-ln-epochs-5|--learner-layers all --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm --epochs 5 --frozen-dropout --attention-dropout
+top4-nofd-cache-random-1-8-b2-ln|--learner-layers top-4 --no-frozen-dropout --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm --attention-dropout
+top3-nofd-cache-random-1-8-b2-ln|--learner-layers top-3 --no-frozen-dropout --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm --attention-dropout
+top4-nofd-cache-random-1-4-b2-ln|--learner-layers top-4 --no-frozen-dropout --ratio 0.25 --selection random --train-ffn-output-bias --train-layer-norm --attention-dropout
+top4-nofd-cache-gradient-1-8-b2-ln|--learner-layers top-4 --no-frozen-dropout --ratio 0.125 --selection gradient --train-ffn-output-bias --train-layer-norm --attention-dropout
 top5-nofd-noad-cache-random-1-8-b2-ln|--learner-layers top-5 --no-frozen-dropout --no-attention-dropout --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm
 top4-nofd-noad-cache-random-1-8-b2-ln|--learner-layers top-4 --no-frozen-dropout --no-attention-dropout --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm
 top4-nofd-noad-cache-random-1-4-b2-ln|--learner-layers top-4 --no-frozen-dropout --no-attention-dropout --ratio 0.25 --selection random --train-ffn-output-bias --train-layer-norm
-top4-nofd-noapd-cache-random-1-8-b2-ln|--learner-layers top-4 --no-frozen-dropout --no-attention-probs-dropout --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm
-all-noad-random-1-8-b2-ln|--learner-layers all --no-attention-dropout --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm'
+top4-nofd-noapd-cache-random-1-8-b2-ln|--learner-layers top-4 --no-frozen-dropout --no-attention-probs-dropout --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm --attention-dropout
+all-noad-random-1-8-b2-ln|--learner-layers all --no-attention-dropout --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm --frozen-dropout'
 
 kept() {  # kept NAME TASK METHOD SEED: the run finished in $OUT or is kept in $KEEP, or (baselines and `all`) a csv row
   [ -f "$OUT/$1/runs/$2/$3/seed$4/results.json" ] || [ -f "$KEEP/$1/runs/$2/$3/seed$4/results.json" ] && return 0

@@ -215,7 +215,9 @@ def run_worker(method: str, batch_size: int, length: int, steps: int, warmup: in
 
 
 def method_spec(spec: str) -> tuple[str, dict | None, bool]:
-    """"learners:top-3" -> learners in those blocks (selected by magnitude); "learners:top-3:nofd" also with
+    """"learners" -> the CLI's default learners (selected by magnitude; a first epoch: the frozen-prefix cache misses).
+    "learners:top-3" -> learners in those blocks with dropout everywhere (the frozen part and the learner blocks'
+    attention too, unlike the CLI's default); "learners:top-3:nofd" also with
     frozen_dropout=False, whose frozen-prefix cache then misses every step (new batches: a first epoch); ":noad" runs
     the learner blocks' attention without dropout (attention_dropout=False), ":noapd" without it on the
     attention probabilities only (attention_probs_dropout=False);
@@ -232,8 +234,7 @@ def method_spec(spec: str) -> tuple[str, dict | None, bool]:
     layers = parts[0]
     options = {"selection": "magnitude", "layers": [int(i) for i in layers.split("+")] if "+" in layers else layers}
     for part, key in (("nofd", "frozen_dropout"), ("noad", "attention_dropout"), ("noapd", "attention_probs_dropout")):
-        if part in parts[1:]:
-            options[key] = False
+        options[key] = part not in parts[1:]  # on unless named: what these specs meant before the CLI's default turned them off
     if "nocache" in parts[1:]:
         options["frozen_prefix_cache_mb"] = 0
     for part, key in (("b2", "train_ffn_output_bias"), ("ln", "train_layer_norm")):

@@ -163,7 +163,7 @@ CASES = [
      r"learner layers 'auto' are ranked by the selection signal \(priming, gradient or magnitude\), and selection 'random' has none"),
     ("ft-unknown-method", lambda c: (finetune(c, "--method", "magic"), c.out), r"unknown method 'magic'"),
     ("ft-num-neurons-too-big", lambda c: (finetune(c, "--num-neurons", 1000), c.out), r"k=1000 is larger than the FFN width m=64"),
-    ("ft-num-neurons-per-layer-count", lambda c: (finetune(c, "--num-neurons", "4,4,4"), c.out), r"gives 3 counts but 2 FFN blocks get learners"),
+    ("ft-num-neurons-per-layer-count", lambda c: (finetune(c, "--num-neurons", "4,4,4"), c.out), r"gives 3 counts but 1 of the model.s 2 FFN blocks get learners \(blocks \[1\], layers .skip-1.\)"),
     ("ft-learner-layer-missing", lambda c: (finetune(c, "--learner-layers", 7), c.out), r"learner layers \[7\] do not exist"),
     ("ft-learner-layers-top-too-many", lambda c: (finetune(c, "--learner-layers", "top-9"), c.out), r"use at most top-2"),
     ("ft-learner-layers-garbage", lambda c: (finetune(c, "--learner-layers", "bottom"), c.out), r"not 'auto', 'all', 'top-N'"),

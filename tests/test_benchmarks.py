@@ -27,11 +27,12 @@ def test_gpu_step_time_prints_a_row_per_method(monkeypatch, capsys, tmp_path):
                                  "--precision", "no", "--output", str(tmp_path / "steps")])
     out = capsys.readouterr().out
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
-    assert set(rows) == {"method", "full", "bitfit", "lora", "learners", "learners-all", "learners-top3-cached",
+    assert set(rows) == {"method", "full", "bitfit", "lora", "learners", "learners-cached", "learners-all", "learners-top3-cached",
                          "learners-top4", "learners-top4-cached", "learners-top4-noad-cached", "learners-skip1-noad-cached"}
     assert "failed: boom" in rows["lora"] and status == 1  # one failure keeps the others
     assert rows["full"].count("1.00x") == 3
     assert rows["learners-all"].split("|")[2].strip() == "4/4"  # learners in every block of the tiny model
+    assert rows["learners"].split("|")[2].strip() == rows["learners-cached"].split("|")[2].strip() == "3/4"  # skip-1
     assert rows["learners-top3-cached"].split("|")[2].strip() == "3/4" and "failed" not in rows["learners-top3-cached"]
     assert rows["learners-top4"].split("|")[2].strip() == rows["learners-top4-cached"].split("|")[2].strip() == "4/4"
     assert rows["learners-skip1-noad-cached"].split("|")[2].strip() == "3/4" and "failed" not in rows["learners-skip1-noad-cached"]
@@ -47,6 +48,17 @@ def test_step_time_times_a_later_epoch_from_the_frozen_prefix_cache():
     row = in_process_worker(name, 2, 8, steps=3, warmup=2, arch="tiny", options=options, repeat_batches=repeat)
     assert row["prefix_cache"] == {"hits": 0, "misses": 6 * 2}  # new batches every step: a first epoch
     assert step_time_memory.method_spec("learners:top-1:nofd:nocache")[1]["frozen_prefix_cache_mb"] == 0
+
+
+def test_step_time_specs_keep_their_meaning_under_the_cli_defaults():
+    """"learners" is the CLI's default; a spec naming layers has dropout everywhere unless it says nofd/noad/noapd,
+    as before the default turned the frozen part's and the learner blocks' attention dropout off."""
+    assert step_time_memory.method_spec("learners") == ("learners", None, False)
+    options = step_time_memory.method_spec("learners:all")[1]
+    assert options["frozen_dropout"] is options["attention_dropout"] is options["attention_probs_dropout"] is True
+    options = step_time_memory.method_spec("learners:skip-1:nofd:noad:cached")[1]
+    assert (options["layers"], options["frozen_dropout"], options["attention_dropout"]) == ("skip-1", False, False)
+    assert options["attention_probs_dropout"] is True
 
 
 def test_step_time_sets_the_learner_size():
@@ -159,8 +171,8 @@ def test_layer_grid_queues_only_the_runs_not_kept(tmp_path):
     out = tmp_path / "out"
     assert sorted(listed.splitlines()) == sorted([
         f"--tasks cola --methods full --seeds 0 --output-dir {out}/baselines",
-        f"--tasks cola --methods learners --learner-layers all --selection priming --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm --seeds 1 --output-dir {out}/all",
-        f"--tasks cola --methods learners --learner-layers all --selection random --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm --seeds 1 --output-dir {out}/all-random",
+        f"--tasks cola --methods learners --learner-layers all --selection priming --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm --frozen-dropout --attention-dropout --seeds 1 --output-dir {out}/all",
+        f"--tasks cola --methods learners --learner-layers all --selection random --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm --frozen-dropout --attention-dropout --seeds 1 --output-dir {out}/all-random",
     ])
     assert not out.exists(), "a dry run writes nothing"
 
@@ -168,7 +180,8 @@ def test_layer_grid_queues_only_the_runs_not_kept(tmp_path):
 def test_every_grid_configuration_names_its_size_and_selection():
     """A grid spans sessions: a configuration that took its learner size, selection or b2/LayerNorm training from
     the defaults would run its missing seeds under whatever the defaults are now (the default size moved
-    1/16 -> 1/8, the selection priming -> random, b2 and LayerNorm off -> on) and pool them with seeds run under
+    1/16 -> 1/8, the selection priming -> random, b2 and LayerNorm off -> on, dropout in the frozen part and the
+    learner blocks' attention on -> off) and pool them with seeds run under
     the old ones."""
     script = (Path(__file__).resolve().parents[1] / "benchmarks" / "run_layer_grid.sh").read_text()
     configs = script.split("CONFIGS='", 1)[1].split("'", 1)[0].splitlines()
@@ -178,3 +191,5 @@ def test_every_grid_configuration_names_its_size_and_selection():
         assert "--ratio " in flags and "--selection " in flags, name
         assert ("--train-ffn-output-bias" in flags) != ("--no-train-ffn-output-bias" in flags), name
         assert ("--train-layer-norm" in flags) != ("--no-train-layer-norm" in flags), name
+        assert ("--frozen-dropout" in flags) != ("--no-frozen-dropout" in flags), name
+        assert ("--attention-dropout" in flags) != ("--no-attention-dropout" in flags), name

@@ -39,37 +39,59 @@ def test_full_finetune_writes_results_and_a_loadable_model(tmp_path, tiny_model_
 
 def test_learners_by_default_pick_random_neurons_and_train_them_from_the_first_step(tmp_path, tiny_model_dir, glue_dir):
     """No priming phase by default (BENCHMARKS.md 5.14): every step is a learner step; the seed picks the neurons,
-    1/8 of each FFN's width (5.17) in every block."""
+    1/8 of each FFN's width (5.17) in every block but the lowest (5.23)."""
     from safetensors.torch import load_file
 
     r = finetune(tmp_path, tiny_model_dir, glue_dir, out="a")
     assert (r["method"], r["selection"], r["priming_steps"]) == ("learners", "random", 0)
     assert [(h["step"], h["phase"]) for h in r["history"]] == [(3, "train"), (6, "train")]
-    assert r["trainable_params"] < r["total_params"] and r["learner_neurons"] == [8, 8]  # the tiny model's FFNs: 64 wide
+    assert r["trainable_params"] < r["total_params"] and r["learner_neurons"] == [8]  # the tiny model's FFNs: 64 wide
+    assert r["learner_layers"] == [1]  # of its two blocks
     finetune(tmp_path, tiny_model_dir, glue_dir, "--seed", "1", out="b")
     picked = {run: {k: v.tolist() for k, v in load_file(str(tmp_path / run / "learners" / "learners_model.safetensors")).items()
                     if "indices" in k} for run in ("a", "b")}
     assert picked["a"] and picked["a"].keys() == picked["b"].keys() and picked["a"] != picked["b"]
 
 
+def test_a_one_block_model_gets_its_learners_in_that_block_by_default(tmp_path, glue_dir, capsys):
+    """The default leaves the lowest block frozen; a model with one block has nothing else, so its learners go there
+    (with a note) instead of the run failing on skip-1."""
+    from learners.harness.models import embedded_model_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
+    tiny_model("bert", vocab_size=tokenizer.vocab_size, layers=1).save_pretrained(tmp_path / "one")
+    tokenizer.save_pretrained(tmp_path / "one")
+    r = finetune(tmp_path, tmp_path / "one", glue_dir)
+    assert r["learner_layers"] == [0] and r["learner_neurons"] == [8]
+    assert "this model has one FFN block, so the learners go there" in capsys.readouterr().err
+    named = ["finetune", "--task", "cola", "--data-dir", str(glue_dir), "--model", str(tmp_path / "one"),
+             "--output-dir", str(tmp_path / "named"), "--learner-layers", "skip-1", "--no-progress"]
+    assert main(named) == 2  # asked for by name, skip-1 is still refused with its message
+    assert "use at most skip-0" in capsys.readouterr().err
+
+
 def test_dropout_flags_reach_the_saved_learner_config(tmp_path, tiny_model_dir, glue_dir):
     finetune(tmp_path, tiny_model_dir, glue_dir, "--learner-layers", "top-1", "--no-frozen-dropout", "--no-attention-dropout")
     saved = json.loads((tmp_path / "run" / "learners" / "learners_config.json").read_text())["learner_config"]
     assert (saved["layers"], saved["frozen_dropout"], saved["attention_dropout"]) == ("top-1", False, False)
-    finetune(tmp_path, tiny_model_dir, glue_dir, out="default")
+    finetune(tmp_path, tiny_model_dir, glue_dir, out="default")  # BENCHMARKS.md 5.23: no dropout in either by default
     saved = json.loads((tmp_path / "default" / "learners" / "learners_config.json").read_text())["learner_config"]
+    assert (saved["layers"], saved["frozen_dropout"], saved["attention_dropout"]) == ("skip-1", False, False)
+    finetune(tmp_path, tiny_model_dir, glue_dir, "--frozen-dropout", "--attention-dropout", out="on")
+    saved = json.loads((tmp_path / "on" / "learners" / "learners_config.json").read_text())["learner_config"]
     assert (saved["frozen_dropout"], saved["attention_dropout"], saved["attention_probs_dropout"]) == (True, True, True)
-    finetune(tmp_path, tiny_model_dir, glue_dir, "--no-attention-probs-dropout", out="probs")
+    finetune(tmp_path, tiny_model_dir, glue_dir, "--attention-dropout", "--no-attention-probs-dropout", out="probs")
     saved = json.loads((tmp_path / "probs" / "learners" / "learners_config.json").read_text())["learner_config"]
     assert (saved["attention_dropout"], saved["attention_probs_dropout"]) == (True, False)
 
 
 def test_learners_finetune_primes_then_trains_learners_and_merges(tmp_path, tiny_model_dir, glue_dir):
-    r = finetune(tmp_path, tiny_model_dir, glue_dir, "--method", "learners", "--selection", "priming", "--priming-steps", "2", "--ratio", "0.25")
+    r = finetune(tmp_path, tiny_model_dir, glue_dir, "--method", "learners", "--selection", "priming", "--priming-steps", "2",
+                 "--ratio", "0.25", "--learner-layers", "all")
     assert r["priming_steps"] == 2
     assert [(h["step"], h["phase"]) for h in r["history"]] == [(2, "priming"), (2, "reconfigured"), (3, "train"),
                                                                 (6, "train")]
-    # the default: every block gets ceil(0.25 * 64) = 16 learner neurons
+    # every block gets ceil(0.25 * 64) = 16 learner neurons
     assert r["learner_layers"] == [0, 1] and r["learner_neurons"] == [16, 16]
     # learners: 16 neurons x (32 + 1 + 32) per layer, and (by default) b2 (32) and the output LayerNorm (32 + 32);
     # head: pooler 32x32+32, classifier 32x2+2

@@ -49,8 +49,10 @@ def test_primer_with_a_plain_loop_gives_exactly_what_the_cli_method_gives(case):
     train_steps(cli_model)
     cli = method.after_priming(cli_model, iter(BATCHES))
 
-    # ... and trains b2 and the LayerNorm by default, which the library's LearnerConfig leaves to the user
-    library_options = {"train_ffn_output_bias": True, "train_layer_norm": True, **options}
+    # ... and trains b2 and the LayerNorm by default, and runs the frozen part and the learner blocks' attention
+    # without dropout, which the library's LearnerConfig leaves to the user
+    library_options = {"train_ffn_output_bias": True, "train_layer_norm": True, "frozen_dropout": False,
+                       "attention_dropout": False, **options}
     primer = Primer(tiny_model("bert", dropout=True, layers=4), LearnerConfig(**library_options), batches=iter(BATCHES))
     train_steps(primer.model)
     ours = primer.reconfigure()
@@ -171,7 +173,7 @@ def test_reconfigure_before_any_training_step_is_a_clear_error():
 @pytest.mark.parametrize("config, batches, message", [
     (LearnerConfig(ratio=0.25, selection="magnitude"), None, "selection is 'magnitude'"),
     (LearnerConfig(num_neurons=4, layers="auto", priming_scope="learner-layers"), None, "pass batches="),
-    (LearnerConfig(num_neurons=[4, 4, 4]), None, "3 counts but 2 FFN blocks"),
+    (LearnerConfig(num_neurons=[4, 4, 4]), None, "3 counts but 2 of the model.s 2 FFN blocks get learners"),
     (LearnerConfig(num_neurons=[4, 4], layers="auto"), None, "one count, not a list"),
     (LearnerConfig(num_neurons=65), None, "larger than the FFN width m=64"),
     (LearnerConfig(ratio=0.25, layers="top-3"), None, "the model has 2"),

@@ -85,15 +85,16 @@ def _add_learners_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--priming-scope", choices=["all", "ffn", "learner-layers"],
                    help="with --selection priming, what trains during priming: the whole model, every FFN, or only the learner blocks' FFNs "
                         "(the head always; default all)")
-    g.add_argument("--no-frozen-dropout", dest="frozen_dropout", action="store_false",
-                   help="run the frozen blocks below the lowest learner block (and the embeddings) without dropout "
-                        "while the learners train: faster on the CPU, no dropout noise below the learners")
-    g.add_argument("--no-attention-dropout", dest="attention_dropout", action="store_false",
-                   help="run the attention sublayers of the learner blocks (frozen: only the FFN slices train there) "
-                        "without dropout while the learners train: faster on the CPU; the FFN's dropout stays")
-    g.add_argument("--no-attention-probs-dropout", dest="attention_probs_dropout", action="store_false",
-                   help="like --no-attention-dropout for the attention probabilities alone: the dropout after the "
-                        "attention's output projection stays")
+    g.add_argument("--frozen-dropout", action=argparse.BooleanOptionalAction, default=None,
+                   help="dropout in the frozen blocks below the lowest learner block (and the embeddings) while the "
+                        "learners train (default: off, inference mode there: faster on the CPU, and their output "
+                        "can be cached)")
+    g.add_argument("--attention-dropout", action=argparse.BooleanOptionalAction, default=None,
+                   help="dropout in the attention sublayers of the learner blocks (frozen: only the FFN slices train "
+                        "there) while the learners train (default: off, faster on the CPU); the FFN's dropout stays")
+    g.add_argument("--attention-probs-dropout", action=argparse.BooleanOptionalAction, default=None,
+                   help="dropout on the learner blocks' attention probabilities alone (with --attention-dropout: "
+                        "--no-attention-probs-dropout keeps the dropout after the attention's output projection)")
     g.add_argument("--frozen-prefix-cache-mb", type=float, default=None,
                    help="memory for caching each example's output of the frozen blocks below the lowest learner "
                         "block, so later epochs skip them (used where they run without dropout: "

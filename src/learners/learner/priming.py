@@ -13,6 +13,7 @@ warm start; `reset_after_priming` puts them back too) and the task head (it keep
 So the result is exactly base model + learners + head, which `save_pretrained` stores and merging restores.
 """
 
+from dataclasses import replace
 from itertools import islice
 
 import torch
@@ -119,8 +120,11 @@ def check_fits(model: nn.Module, config: LearnerConfig) -> None:
             raise UsageError("layers='auto' chooses how many blocks get learners, so num_neurons must be one count, "
                              "not a list")
         if len(config.num_neurons) != len(blocks):
-            raise UsageError(f"num_neurons gives {len(config.num_neurons)} counts but {len(blocks)} FFN blocks get "
-                             "learners; give one count, or one per learner block")
+            total = len(find_ffn_blocks(model, replace(config, layers="all", num_neurons=1, ratio=None)))
+            where = config.layer_positions(total)
+            raise UsageError(f"num_neurons gives {len(config.num_neurons)} counts but {len(blocks)} of the model's "
+                             f"{total} FFN blocks get learners (blocks {where}, layers {config.layers or 'all'!r}); give "
+                             "one count, or one per learner block")
     for i, block in enumerate(blocks):
         config.neurons_for(i, block.width)
 
