@@ -66,7 +66,9 @@ top5-nofd-noad-cache-random-1-8-b2-ln|--learner-layers top-5 --no-frozen-dropout
 top4-nofd-noad-cache-random-1-8-b2-ln|--learner-layers top-4 --no-frozen-dropout --no-attention-dropout --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm
 top4-nofd-noad-cache-random-1-4-b2-ln|--learner-layers top-4 --no-frozen-dropout --no-attention-dropout --ratio 0.25 --selection random --train-ffn-output-bias --train-layer-norm
 top4-nofd-noapd-cache-random-1-8-b2-ln|--learner-layers top-4 --no-frozen-dropout --no-attention-probs-dropout --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm --attention-dropout
-all-noad-random-1-8-b2-ln|--learner-layers all --no-attention-dropout --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm --frozen-dropout'
+all-noad-random-1-8-b2-ln|--learner-layers all --no-attention-dropout --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm --frozen-dropout
+top4-nofd-nocache-random-1-8-b2-ln|--learner-layers top-4 --no-frozen-dropout --frozen-prefix-cache-mb 0 --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm --attention-dropout
+top5-nofd-noad-cache-random-1-32-b2-ln|--learner-layers top-5 --no-frozen-dropout --no-attention-dropout --ratio 0.03125 --selection random --train-ffn-output-bias --train-layer-norm'
 
 kept() {  # kept NAME TASK METHOD SEED: the run finished in $OUT or is kept in $KEEP, or (baselines and `all`) a csv row
   [ -f "$OUT/$1/runs/$2/$3/seed$4/results.json" ] || [ -f "$KEEP/$1/runs/$2/$3/seed$4/results.json" ] && return 0

@@ -77,7 +77,7 @@ def _add_learners_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --selection priming: priming budget as a fraction of the first epoch (default 0.25)")
     g.add_argument("--reset-after-priming", action="store_true", help="with --selection priming, an ablation: start the learners from their pre-trained weights, not the primed ones")
     g.add_argument("--learner-layers", type=_learner_layers,
-                   help="FFN blocks that get learners: all (default), skip-N (all but the N lowest), top-N "
+                   help="FFN blocks that get learners: skip-1 (default: all but the lowest), all, skip-N (all but the N lowest), top-N "
                         "(the N blocks nearest the output), auto (chosen by the selection signal: not with --selection random) "
                         "or block numbers, e.g. 3,4,5")
     g.add_argument("--layer-coverage", type=float,
