@@ -175,6 +175,11 @@ def test_predict_serves_several_tasks_from_one_backbone(tmp_path, tiny_model_dir
         alone = [json.loads(line)["prediction"] for line in (tmp_path / f"{task}.jsonl").read_text().splitlines()]
         assert [row[f"prediction_{task}"] for row in both] == alone
     assert {row["prediction_abc"] for row in both} <= {"a", "b", "c"}
+    # one run's directory alone, as merge takes it: named after the task its run saved
+    assert main(["predict", "--learners", str(tmp_path / "cola"), "--base", str(tiny_model_dir), "--input",
+                 str(tmp_path / "in.csv"), "--output", str(tmp_path / "one.jsonl")]) == 0
+    one = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
+    assert [row["prediction_cola"] for row in one] == [row["prediction_cola"] for row in both]
 
 
 @pytest.mark.parametrize("args,message", [

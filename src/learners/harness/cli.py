@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--model", help="a model directory written by finetune (OUT, or OUT/model) or merge")
     which.add_argument("--learners", help="several tasks on one loaded base model: NAME=DIR pairs, e.g. "
                                           "cola=runs/cola,sst2=runs/sst2 (DIR: a learners finetune's OUT or OUT/learners); "
-                                          "writes a prediction_NAME column per task")
+                                          "writes a prediction_NAME column per task (one run's DIR alone is named after its task)")
     pr.add_argument("--base", help="with --learners: the base model they were trained from (default: the one they "
                                    "record, if it is a local directory here; else the embedded model)")
     pr.add_argument("--input", required=True, help="CSV, TSV or JSONL with the model's text columns")

@@ -121,10 +121,19 @@ def run_predict(model_dir: str, input_file: str, output_file: str, text_columns:
 # ---- several tasks on one backbone ----------------------------------------------------------
 
 def parse_learners_spec(spec: str) -> dict[str, Path]:
-    """`cola=DIR,sst2=DIR` -> {name: learners directory}; DIR is a finetune OUT or its OUT/learners."""
+    """`cola=DIR,sst2=DIR` -> {name: learners directory}; DIR is a finetune OUT or its OUT/learners. A single
+    DIR alone (as `merge --learners` takes it) is named after the task its run saved."""
+    if "=" not in spec and "," not in spec and Path(spec.strip()).expanduser().is_dir():
+        directory = learners_directory(Path(spec.strip()).expanduser())
+        task_file = directory / TASK_FILE
+        task = read_json_file(task_file, "task file").get("task") if task_file.is_file() else None
+        return {task if isinstance(task, str) and TASK_NAME.fullmatch(task) else "learners": directory}
     tasks = {}
     for item in spec.split(","):
         name, sep, directory = (part.strip() for part in item.partition("="))
+        if not sep and "," not in spec:
+            raise UsageError(f"--learners {spec.strip()!r} is not a directory: pass a learners run's OUT (or OUT/learners), "
+                             "or NAME=DIR pairs separated by commas, e.g. cola=runs/cola,sst2=runs/sst2")
         if not sep or not TASK_NAME.fullmatch(name) or not directory:
             raise UsageError(f"--learners takes NAME=DIR pairs separated by commas (NAME of letters, digits, _ . -), "
                              f"e.g. cola=runs/cola,sst2=runs/sst2; got {item.strip()!r}")
