@@ -5,7 +5,8 @@
 # default has the default's, as in 5.19's side-by-side run, 0.76x against 0.77x; the random top-4 and top-3 points
 # with b2 and LayerNorm have 5.21's side-by-side runs, cached; those without attention dropout 5.22's; 5.23 measured
 # the baselines, the default, every block and the top-4/top-3 points with b2 and LayerNorm again after the learner
-# layers' gather got faster, and those ratios replace the older ones). A new configuration is a new line in POINTS
+# layers' gather got faster, and those ratios replace the older ones; the default at 1/32 has its own run's ratio,
+# step_time_memory_skip1_r32.txt). A new configuration is a new line in POINTS
 # and its step ratio in that file.
 set -eu
 cd "$(dirname "$0")/.."
@@ -18,6 +19,7 @@ POINTS=(
   "lora=$L/baselines-sst2-10k:lora+$D/cpu/all:lora+$L/baselines:lora"
   "bitfit=$L/baselines-sst2-10k:bitfit+$D/cpu/all:bitfit+$L/baselines:bitfit"
   "learners skip-1 (top-5) nofd noad cached, random, r1/8, +b2, LayerNorm (default)=$L/top5-nofd-noad-cache-random-1-8-b2-ln:learners"
+  "learners skip-1 (top-5) nofd noad cached, random, r1/32, +b2, LayerNorm=$L/top5-nofd-noad-cache-random-1-32-b2-ln:learners"
   "learners all, random, r1/8, +b2, LayerNorm (default to 5.22)=$L/all-random-ratio-1-8-b2-ln:learners"
   "learners all, random, r1/8 (default to 5.18)=$L/all-random-ratio-1-8:learners"
   "learners all, random, r1/16=$L/all-random:learners"
