@@ -223,6 +223,8 @@ CASES = [
      r"--learners abc=.*nope does not exist"),
     ("pr-learners-not-learners", lambda c: (predict_learners(c, f"abc={c.tmp}"), c.out.with_suffix(".csv")),
      r"--learners abc=.*holds no saved learners"),
+    ("pr-learners-other-method", lambda c: (predict_learners(c, str(c.data / "adapter")), c.out.with_suffix(".csv")),
+     r"is the output of a `learners finetune --method adapter` run.*learners predict --model .*adapter.model"),
     ("pr-learners-other-base", lambda c: (predict_learners(c, base=other_base(c)), c.out.with_suffix(".csv")),
      r"--learners abc=.*trained on another base model"),
     ("pr-learners-with-model", lambda c: (predict(c) + ["--learners", f"abc={c.data / 'learners'}"], c.out.with_suffix(".csv")),
@@ -258,6 +260,8 @@ CASES = [
     ("mg-output-broken-link", lambda c: (merge(c, out=broken_link(c)), c.tmp / "link"), r"is a broken symbolic link"),
     ("mg-learners-missing", lambda c: (merge(c, c.tmp / "nope"), c.out), r"does not exist"),
     ("mg-learners-empty-dir", lambda c: (merge(c, c.tmp), c.out), r"holds no saved learners"),
+    ("mg-learners-other-method", lambda c: (merge(c, c.data / "adapter"), c.out),
+     r"is the output of a `learners finetune --method adapter` run, which saves a whole model"),
     ("mg-base-missing", lambda c: (merge(c) + ["--base", str(c.tmp / "nope")], c.out), r"--base .*no such model directory"),
     # bench
     ("bn-seeds", lambda c: (bench(c, "--tasks", "cola", "--seeds", "a,b"), c.out), r"--seeds takes comma-separated integers"),

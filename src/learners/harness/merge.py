@@ -11,8 +11,25 @@ from .models import embedded_model_dir, load_model_and_tokenizer
 
 
 def learners_directory(path: Path) -> Path:
-    """`path` itself, or its `learners/` where it is a finetune run's OUT (which saves the learners there)."""
-    return path / "learners" if (path / "learners").is_dir() else path
+    """`path` itself, or its `learners/` where it is a finetune run's OUT (which saves the learners there). The OUT
+    of another method's run (a whole model in OUT/model, no learners) is refused with the option that takes it."""
+    if (path / "learners").is_dir():
+        return path / "learners"
+    method = _finished_run_method(path)
+    if method is not None and method != "learners" and (path / "model").is_dir():
+        raise UsageError(f"{path} is the output of a `learners finetune --method {method}` run, which saves a whole model "
+                         f"({path / 'model'}) and no learners: predict with `learners predict --model {path / 'model'}`; "
+                         "--learners takes the OUT of a --method learners run")
+    return path
+
+
+def _finished_run_method(path: Path) -> str | None:
+    """The method that OUT/results.json records, if `path` is a finished finetune run's OUT."""
+    try:
+        method = json.loads((path / "results.json").read_text()).get("method")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return method if isinstance(method, str) else None
 
 
 def head_labels(meta: dict, learners_dir: str) -> tuple[int, list[str] | None]:
