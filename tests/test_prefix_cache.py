@@ -196,3 +196,21 @@ def test_a_saved_model_keeps_its_cache_on_but_not_its_values(tmp_path):
     cache = loaded.frozen_prefix_cache
     assert cache is not None and not cache.entries and cache.bytes == 0
     assert torch.equal(loaded(**batch).logits, logits) and len(cache.entries) == 4
+
+
+def test_activation_checkpointing_with_the_cache_gives_the_same_gradients():
+    """Checkpointed learner blocks recompute their forward in backward from the input the cache handed them (the
+    cache's hook runs outside the checkpoint), so a cached step's gradients are those without checkpointing."""
+    lm = learner_model(layers="top-2", dropout=False)
+    batch = tiny_batch(batch_size=4, length=9)
+    lm.enable_frozen_prefix_cache()
+    learner_grads(lm, batch)  # fills the cache
+    plain = learner_grads(lm, batch)
+    lm.gradient_checkpointing_enable()
+    assert lm.base_model.is_activation_checkpointing
+    cache = lm.frozen_prefix_cache
+    hits = cache.hits
+    checkpointed = learner_grads(lm, batch)
+    assert cache.hits == hits + 4  # served by the cache
+    for a, b in zip(checkpointed, plain):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
