@@ -107,7 +107,9 @@ def worker(args) -> dict:
     # "forward": the forward pass alone (train mode, dropout on, no graph): the floor of any method that runs
     # the whole forward pass every step, timed as full fine-tuning's model with nothing to update.
     forward_only = args.worker == "forward"
-    method = build_method("full" if forward_only else args.worker, method_options(args))
+    options = method_options(args)
+    checkpointing = isinstance(options, dict) and bool(options.pop("activation_checkpointing", False))  # ":ckpt"
+    method = build_method("full" if forward_only else args.worker, options)
     vocab_size = model.config.vocab_size
     gen = torch.Generator().manual_seed(0)
     seen, times = [], []  # --repeat-batches: the timed steps reuse the warm-up batches (a later epoch, for the cache)
@@ -123,6 +125,8 @@ def worker(args) -> dict:
         return new
 
     model = method.prepare(model, iter([batch() for _ in range(2)]))
+    if checkpointing:  # recompute each block's forward in backward instead of keeping its activations
+        model.gradient_checkpointing_enable()
     seen.clear()
     layers = learner_layers(model)
     cfg = TrainConfig(learning_rate=method.default_learning_rate)
@@ -223,7 +227,8 @@ def method_spec(spec: str) -> tuple[str, dict | None, bool]:
     attention probabilities only (attention_probs_dropout=False);
     ":cached" times steps on batches seen before (a later epoch: every example cached); ":nocache" turns the
     cache off; ":ratio=R" sets the learner size (default: the CLI's, 1/8); ":nob2" and ":noln" leave each FFN's
-    output bias and the block's output LayerNorm frozen (the CLI trains them by default; ":b2", ":ln" say so). "priming:SCOPE" times a priming step (learners
+    output bias and the block's output LayerNorm frozen (the CLI trains them by default; ":b2", ":ln" say so);
+    ":ckpt" turns on activation checkpointing (`gradient_checkpointing_enable`: memory for a second forward). "priming:SCOPE" times a priming step (learners
     before selection) with that priming scope (all, ffn, learner-layers; default all). Other names as they are.
     Returns (method, options, repeat batches)."""
     name, *parts = spec.split(":")
@@ -240,6 +245,8 @@ def method_spec(spec: str) -> tuple[str, dict | None, bool]:
     for part, key in (("b2", "train_ffn_output_bias"), ("ln", "train_layer_norm")):
         if part in parts[1:] or f"no{part}" in parts[1:]:
             options[key] = part in parts[1:]
+    if "ckpt" in parts[1:]:
+        options["activation_checkpointing"] = True
     for part in parts[1:]:
         if part.startswith("ratio="):
             options["ratio"] = float(part.removeprefix("ratio="))
@@ -253,7 +260,7 @@ def main():
                         "every method that runs it); learners:LAYERS times learners in those blocks "
                         "(all, top-N, or blocks joined by +, e.g. 3+4+5; learners:top-3:nofd with --no-frozen-dropout, whose "
                         "frozen-prefix cache misses on new batches; :nofd:cached times a later epoch, every example "
-                        "cached; :nocache turns the cache off; :ratio=R the learner size; :nob2 and :noln freeze the FFN output bias and the LayerNorm; priming:SCOPE times a priming step with that --priming-scope), "
+                        "cached; :nocache turns the cache off; :ratio=R the learner size; :nob2 and :noln freeze the FFN output bias and the LayerNorm; :ckpt with activation checkpointing; priming:SCOPE times a priming step with that --priming-scope), "
                         "e.g. full,bitfit,learners:all,learners:top-3,priming:ffn")
     p.add_argument("--model")
     p.add_argument("--batch-size", type=int, default=32)

@@ -61,6 +61,17 @@ def test_step_time_specs_keep_their_meaning_under_the_cli_defaults():
     assert options["attention_probs_dropout"] is True
 
 
+def test_step_time_times_activation_checkpointing():
+    """:ckpt recomputes the learner blocks' forward in backward: more matmul FLOPs, the same trainable parameters."""
+    name, options, repeat = step_time_memory.method_spec("learners:top-2:nofd:noad:cached:ckpt")
+    assert options["activation_checkpointing"] is True
+    checkpointed = in_process_worker(name, 2, 8, steps=1, warmup=1, arch="tiny", options=options, repeat_batches=repeat)
+    name, options, repeat = step_time_memory.method_spec("learners:top-2:nofd:noad:cached")
+    plain = in_process_worker(name, 2, 8, steps=1, warmup=1, arch="tiny", options=options, repeat_batches=repeat)
+    assert checkpointed["trainable"] == plain["trainable"]
+    assert checkpointed["gflops"] > plain["gflops"]
+
+
 def test_step_time_sets_the_learner_size():
     """learners:all:ratio=R times learners of that size: half the ratio, half the learner neurons."""
     rows = {}
