@@ -35,13 +35,15 @@ POINTS=(
   "learners top-4 nofd cached, random, r1/8, +b2, LayerNorm=$L/top4-nofd-cache-random-1-8-b2-ln:learners"
   "learners top-3 nofd cached, random, r1/8, +b2, LayerNorm=$L/top3-nofd-cache-random-1-8-b2-ln:learners"
   "learners top-4 nofd cached, random, r1/8, +b2, LayerNorm, no attention dropout=$L/top4-nofd-noad-cache-random-1-8-b2-ln:learners"
+  # selection by gradient and priming then reset (every block, 1/16): three seeds on every task since 5.23; the
+  # learner step of every block (the selection changes the phase before it, not the step)
+  "learners all, gradient, r1/16=$L/all-gradient:learners"
+  "learners all, priming then reset, r1/16=$L/all-reset:learners"
 )
 # Issue 8's selection and priming ablations (learners in every block, 1/16): in the seed table only until they
 # have every task (the frontier compares points on the tasks all of them have)
 ABLATIONS=(
   "learners all, magnitude, r1/16=$L/all-magnitude:learners"
-  "learners all, gradient, r1/16=$L/all-gradient:learners"
-  "learners all, priming then reset, r1/16=$L/all-reset:learners"
   "learners all, priming 0.1 epoch, r1/16=$L/all-priming-0.1:learners"
   "learners all, random, r1/8, 5 epochs=$L/all-random-ratio-1-8-epochs-5:learners"
   "learners all, random, r1/8, +b2, LayerNorm, 5 epochs=$L/all-random-ratio-1-8-b2-ln-epochs-5:learners"
