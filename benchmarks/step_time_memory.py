@@ -98,7 +98,8 @@ def worker(args) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from learners.harness.methods import build_method
-    from learners.harness.train import TrainConfig, make_optimizer, peak_memory_mb, training_step
+    from learners.harness.train import (TrainConfig, enable_gradient_checkpointing, make_optimizer, peak_memory_mb,
+                                        training_step)
 
     torch.manual_seed(0)
     accelerator = Accelerator(mixed_precision=args.precision, cpu=not torch.cuda.is_available())
@@ -126,7 +127,7 @@ def worker(args) -> dict:
 
     model = method.prepare(model, iter([batch() for _ in range(2)]))
     if checkpointing:  # recompute each block's forward in backward instead of keeping its activations
-        model.gradient_checkpointing_enable()
+        enable_gradient_checkpointing(model)
     seen.clear()
     layers = learner_layers(model)
     cfg = TrainConfig(learning_rate=method.default_learning_rate)
@@ -228,8 +229,9 @@ def method_spec(spec: str) -> tuple[str, dict | None, bool]:
     ":cached" times steps on batches seen before (a later epoch: every example cached); ":nocache" turns the
     cache off; ":ratio=R" sets the learner size (default: the CLI's, 1/8); ":nob2" and ":noln" leave each FFN's
     output bias and the block's output LayerNorm frozen (the CLI trains them by default; ":b2", ":ln" say so);
-    ":ckpt" turns on activation checkpointing (`gradient_checkpointing_enable`: memory for a second forward). "priming:SCOPE" times a priming step (learners
-    before selection) with that priming scope (all, ffn, learner-layers; default all). Other names as they are.
+    ":ckpt" turns on activation checkpointing (finetune's --gradient-checkpointing: memory for a second forward).
+    "priming:SCOPE" times a priming step (learners before selection) with that priming scope (all, ffn,
+    learner-layers; default all). Other names as they are.
     Returns (method, options, repeat batches)."""
     name, *parts = spec.split(":")
     if name == "priming":

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import tiny_model
@@ -51,6 +52,34 @@ def test_learners_by_default_pick_random_neurons_and_train_them_from_the_first_s
     picked = {run: {k: v.tolist() for k, v in load_file(str(tmp_path / run / "learners" / "learners_model.safetensors")).items()
                     if "indices" in k} for run in ("a", "b")}
     assert picked["a"] and picked["a"].keys() == picked["b"].keys() and picked["a"] != picked["b"]
+
+
+@pytest.mark.parametrize("method", ["learners", "full"])
+def test_gradient_checkpointing_trains_the_same_weights(method, tmp_path, tiny_model_dir, glue_dir, monkeypatch):
+    """--gradient-checkpointing recomputes activations in backward: the same training, so the same weights (with
+    priming, it is turned on again for the learner phase's model)."""
+    from safetensors.torch import load_file
+    from learners.harness import train
+
+    enabled = []
+
+    def enable(model):
+        train_enable(model)
+        enabled.append((model.base_model if method == "learners" else model).is_activation_checkpointing)
+
+    train_enable = train.enable_gradient_checkpointing
+    monkeypatch.setattr(train, "enable_gradient_checkpointing", enable)
+    extra = ["--method", method] + (["--selection", "priming", "--priming-steps", "2"] if method == "learners" else [])
+    plain = finetune(tmp_path, tiny_model_dir, glue_dir, *extra, out="plain")
+    assert enabled == []
+    checkpointed = finetune(tmp_path, tiny_model_dir, glue_dir, *extra, "--gradient-checkpointing", out="ckpt")
+    assert enabled == ([True, True] if method == "learners" else [True])  # priming's model, then the learners'
+    assert checkpointed["args"]["gradient_checkpointing"] is True and plain["args"]["gradient_checkpointing"] is False
+    assert [h["metric"] for h in checkpointed["history"]] == [h["metric"] for h in plain["history"]]
+    weights = {run: load_file(str(tmp_path / run / "model" / "model.safetensors")) for run in ("plain", "ckpt")}
+    assert weights["plain"].keys() == weights["ckpt"].keys()
+    for key, value in weights["plain"].items():
+        torch.testing.assert_close(weights["ckpt"][key], value, atol=1e-6, rtol=0, msg=key)
 
 
 def test_a_one_block_model_gets_its_learners_in_that_block_by_default(tmp_path, glue_dir, capsys):

@@ -159,6 +159,19 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_130(setup, tmp_path):
     assert_same_run(ref, out)
 
 
+def test_a_run_resumes_with_gradient_checkpointing_turned_on(setup, tmp_path, monkeypatch):
+    """--gradient-checkpointing changes memory and time, not results: it is not an option a resume compares, and the
+    resumed run ends as the uninterrupted one without it, bit for bit."""
+    ref = reference(setup, "learners")
+    out = tmp_path / "run"
+    monkeypatch.setenv("LEARNERS_TEST_INTERRUPT_AT_STEP", "10")  # Ctrl-C, in this process
+    assert main(finetune_args(setup, out, "learners")) == 130
+    monkeypatch.delenv("LEARNERS_TEST_INTERRUPT_AT_STEP")
+    assert main(finetune_args(setup, out, "learners", "--gradient-checkpointing")) == 0
+    assert json.loads((out / "results.json").read_text())["args"]["gradient_checkpointing"] is True
+    assert_same_run(ref, out)
+
+
 def test_a_different_configuration_is_refused(setup, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     monkeypatch.setenv("LEARNERS_TEST_INTERRUPT_AT_STEP", "3")  # Ctrl-C, in this process

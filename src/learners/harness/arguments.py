@@ -45,6 +45,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-steps", type=int, help="evaluate every N steps (default: four times an epoch) and at the end")
     p.add_argument("--max-train-samples", type=int, help="train on a fixed random subset of this many examples")
     p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute each block's activations in the backward pass instead of keeping them: less memory, "
+                        "a slower step, the same results (a run may resume with it on or off)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (training, tokenizing, saving)")
     g = _method_group(p, "priming options (--method learners --selection priming, --method far)", ("learners", "far"))
     g.add_argument("--priming-learning-rate", type=float, help="peak learning rate of the priming phase (default 1e-4)")

@@ -51,6 +51,7 @@ class FinetuneArgs:
     max_train_samples: int | None = None
     seed: int = 0
     mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
     overwrite: bool = False
     resume: bool = False
     checkpoint_steps: int | None = None  # None: a checkpoint at every evaluation
@@ -91,7 +92,8 @@ def finetune_args(args: argparse.Namespace) -> FinetuneArgs:
         learner_warmup_steps=args.learner_warmup_steps,
         warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, lr_scheduler=args.lr_scheduler,
         max_length=args.max_length, eval_steps=args.eval_steps, max_train_samples=args.max_train_samples,
-        seed=args.seed, mixed_precision=args.mixed_precision, overwrite=given.get("overwrite", False),
+        seed=args.seed, mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
+        overwrite=given.get("overwrite", False),
         resume=given.get("resume", False), checkpoint_steps=given.get("checkpoint_steps"),
         progress=not args.no_progress, method_options=method_options(args))
 
@@ -112,7 +114,8 @@ def check_output_dir(output_dir: str, overwrite: bool) -> Path:
 
 
 # Options that do not change what a run computes: a rerun may differ in them and still resume.
-NOT_COMPARED = ("output_dir", "overwrite", "resume", "checkpoint_steps", "progress")
+# gradient_checkpointing changes memory and time, not results: a run may resume with it turned on or off
+NOT_COMPARED = ("output_dir", "overwrite", "resume", "checkpoint_steps", "progress", "gradient_checkpointing")
 
 
 def run_args(args: FinetuneArgs) -> dict:
@@ -230,6 +233,7 @@ def _finetune(args: FinetuneArgs, out: Path) -> dict | None:
                       weight_decay=method.default_weight_decay if args.weight_decay is None else args.weight_decay,
                       lr_scheduler=args.lr_scheduler or method.default_lr_scheduler,
                       eval_steps=args.eval_steps, seed=args.seed, mixed_precision=args.mixed_precision,
+                      gradient_checkpointing=args.gradient_checkpointing,
                       priming_learning_rate=args.priming_learning_rate or 1e-4, progress=args.progress,
                       learner_warmup_steps=args.learner_warmup_steps,
                       checkpoint_dir=str(out / checkpoint.DIRECTORY), checkpoint_steps=args.checkpoint_steps,

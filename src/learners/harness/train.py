@@ -49,6 +49,7 @@ class TrainConfig:
     eval_steps: int | None = None  # None: four evaluations an epoch
     seed: int = 0
     mixed_precision: str = "no"  # "no", "fp16", "bf16"
+    gradient_checkpointing: bool = False  # recompute activations in backward (transformers' non-reentrant checkpointing)
     priming_learning_rate: float | None = None
     learner_warmup_steps: int = 0  # after priming: ramp the learner optimizer's rate up over this many steps
     progress: bool = True
@@ -97,6 +98,21 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, learning_rate: float, sta
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_multiplier(s + start_step, total, warmup, cfg.lr_scheduler) * min(1.0, (s + 1) / (rewarm + 1)))
     return optimizer, scheduler
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """--gradient-checkpointing: transformers' activation checkpointing, non-reentrant (no input needs to require
+    grad, so a learner model still runs nothing backward below its lowest learner block)."""
+    names = [("activation_checkpointing_enable", "activation_checkpointing_kwargs"),  # transformers 5.x
+             ("gradient_checkpointing_enable", "gradient_checkpointing_kwargs")]  # its older name
+    enable, kwargs = next(((getattr(model, name), kw) for name, kw in names if hasattr(model, name)), (None, None))
+    if enable is None:
+        raise UsageError(f"--gradient-checkpointing: this method's model ({type(model).__name__}) cannot checkpoint its "
+                         "activations; run without it")
+    try:
+        enable(**{kwargs: {"use_reentrant": False}})
+    except ValueError as e:  # transformers: "... does not support gradient checkpointing."
+        raise UsageError(f"--gradient-checkpointing: {e}; run without it") from None
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -228,6 +244,8 @@ class _Run:
         else:
             self.model = self.method.prepare(self.model, self.batches())
         check_same_selection(self.method, self.model)
+        if cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(self.model)
         self.result.train_seconds += time.perf_counter() - started
         self.phase = saved.phase if saved else ("priming" if self.priming_steps else "train")
         priming = self.phase == "priming"
@@ -286,6 +304,8 @@ class _Run:
         t0 = time.perf_counter()
         self.model = self.method.after_priming(self.accelerator.unwrap_model(self.model), self.batches()).to(self.device)
         check_same_selection(self.method, self.model)
+        if self.cfg.gradient_checkpointing:
+            enable_gradient_checkpointing(self.model)
         self.learning_rate = self.cfg.learning_rate
         self.optimizer, self.scheduler = make_optimizer(self.model, self.cfg, self.learning_rate, self.step, self.total,
                                                         self.warmup, self.rewarm)
