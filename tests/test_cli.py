@@ -61,13 +61,12 @@ def test_gradient_checkpointing_trains_the_same_weights(method, tmp_path, tiny_m
     from safetensors.torch import load_file
     from learners.harness import train
 
-    enabled = []
+    enabled, train_enable = [], train.enable_gradient_checkpointing
 
-    def enable(model):
+    def enable(model):  # the run's own call, recording whether checkpointing is then on
         train_enable(model)
         enabled.append((model.base_model if method == "learners" else model).is_activation_checkpointing)
 
-    train_enable = train.enable_gradient_checkpointing
     monkeypatch.setattr(train, "enable_gradient_checkpointing", enable)
     extra = ["--method", method] + (["--selection", "priming", "--priming-steps", "2"] if method == "learners" else [])
     plain = finetune(tmp_path, tiny_model_dir, glue_dir, *extra, out="plain")
