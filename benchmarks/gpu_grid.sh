@@ -6,13 +6,16 @@
 # At the end `learners bench --report-only` writes the combined report (OUT/bench.md, bench.csv, plots).
 #   bash benchmarks/gpu_grid.sh --data-dir .gpu/glue                       on the GPU machine, after . .gpu/setup.sh
 #   TASKS=cola SEEDS=0 PARALLEL=2 bash benchmarks/gpu_grid.sh --epochs 1   other flags go to every finetune
-# Settings (environment): TASKS (cola,mrpc,stsb,rte), METHODS (full,learners,lora,bitfit), SEEDS (0,1,2),
+# SST-2 trains on its 10k subset (SST2_FLAGS, default --max-train-samples 10000, as the CPU grid does) and is
+# queued first: it is the longest run.
+# Settings (environment): TASKS (sst2,cola,mrpc,stsb,rte), METHODS (full,learners,lora,bitfit), SEEDS (0,1,2),
 # PARALLEL (4), DATA_DIR (../shared/glue; --data-dir wins), MODEL (the embedded model; /tmp/minilm on the GPU
 # machine if set, else the embedded one), OUT (bench-out/gpu), MIXED_PRECISION (bf16), EXTRA (more finetune
 # flags, e.g. "--max-steps 2"), PYTHON (python3). Each job's output is appended to OUT/queue.log.
 set -u
 cd "$(dirname "$0")/.."
-TASKS=${TASKS:-cola,mrpc,stsb,rte}
+TASKS=${TASKS:-sst2,cola,mrpc,stsb,rte}
+SST2_FLAGS=${SST2_FLAGS---max-train-samples 10000}
 METHODS=${METHODS:-full,learners,lora,bitfit}
 SEEDS=${SEEDS:-0,1,2}
 PARALLEL=${PARALLEL:-4}
@@ -51,12 +54,13 @@ jobs() {  # one line per run not yet finished, "TASK METHOD SEED"; seed outermos
 
 # word splitting of $FLAGS is wanted: it holds several flags
 # shellcheck disable=SC2086
-jobs | xargs -P "$PARALLEL" -L 1 sh -c 'py=$0 out=$1 flags=$2; t=$3 m=$4 s=$5
+jobs | xargs -P "$PARALLEL" -L 1 sh -c 'py=$0 out=$1 flags=$2 sst2=$3; t=$4 m=$5 s=$6
+  [ "$t" = sst2 ] && flags="$flags $sst2"
   echo "start $t $m seed$s"
   $py -m learners.cli bench --tasks "$t" --methods "$m" --seeds "$s" --output-dir "$out" $flags >> "$out/queue.log" 2>&1
   status=$?
   [ $status -eq 0 ] && echo "done  $t $m seed$s" || echo "FAILED $t $m seed$s (exit $status): see $out/runs/$t/$m/seed$s/log.txt"
-  exit $status' "$PYTHON" "$OUT" "$FLAGS"
+  exit $status' "$PYTHON" "$OUT" "$FLAGS" "$SST2_FLAGS"
 status=$?
 "$PYTHON" -m learners.cli bench --report-only --tasks "$TASKS" --methods "$METHODS" --seeds "$SEEDS" --output-dir "$OUT"
 [ $status -eq 0 ] || echo "some runs failed (xargs exit $status); re-run this script to retry them" >&2

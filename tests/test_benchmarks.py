@@ -27,8 +27,15 @@ def test_gpu_step_time_prints_a_row_per_method(monkeypatch, capsys, tmp_path):
                                  "--precision", "no", "--output", str(tmp_path / "steps")])
     out = capsys.readouterr().out
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
-    assert set(rows) == {"method", "full", "bitfit", "lora", "learners", "learners-cached", "learners-all", "learners-top3-cached",
-                         "learners-top4", "learners-top4-cached", "learners-top4-noad-cached", "learners-skip1-noad-cached"}
+    assert set(rows) == {"method", "full", "bitfit", "lora", "learners", "learners-filling", "learners-cached", "learners-all",
+                         "learners-top3-cached", "learners-top4", "learners-top4-cached", "learners-top4-noad-cached",
+                         "learners-skip1-noad-cached"}
+    # each row is printed as its method finishes (a run stopped at a time limit keeps it)
+    finished = [json.loads(line.split(": ", 1)[1]) for line in out.splitlines() if line.startswith("  tiny batch 2: ")]
+    assert [r["method"] for r in finished] == list(gpu_step_time.VARIANTS)
+    # the cached variants ask for the cache by size (the CLI leaves its default off on a GPU): every timed step hits
+    cached = next(r for r in finished if r["method"] == "learners-cached")
+    assert gpu_step_time.VARIANTS["learners-cached"][1]["frozen_prefix_cache_mb"] > 0 and cached["prefix_cache"]["hits"] > 0
     assert "failed: boom" in rows["lora"] and status == 1  # one failure keeps the others
     assert rows["full"].count("1.00x") == 3
     assert rows["learners-all"].split("|")[2].strip() == "4/4"  # learners in every block of the tiny model
