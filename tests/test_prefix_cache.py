@@ -214,3 +214,19 @@ def test_activation_checkpointing_with_the_cache_gives_the_same_gradients():
     assert cache.hits == hits + 4  # served by the cache
     for a, b in zip(checkpointed, plain):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
+def test_the_harness_default_is_on_for_the_cpu_only_and_a_size_asked_for_turns_it_on_anywhere(capsys):
+    """On a GPU, filling the cache (each example alone) costs more than a cached step saves (BENCHMARKS.md 5.24),
+    so the fine-tuning harness keeps its default cache to the CPU. The meta device stands in for an accelerator
+    (the decision reads the model's device type; nothing is computed there)."""
+    default = build_method("learners", {"layers": "top-1", "selection": "magnitude"})
+    on_cpu = default.with_prefix_cache(learner_model(dropout=False))
+    assert on_cpu.frozen_prefix_cache is not None
+    elsewhere = default.with_prefix_cache(learner_model(dropout=False).to("meta"))
+    assert elsewhere.frozen_prefix_cache is None
+    assert "frozen-prefix cache off on meta" in capsys.readouterr().err
+    asked = build_method("learners", {"layers": "top-1", "selection": "magnitude", "frozen_prefix_cache_mb": 64})
+    assert asked.with_prefix_cache(learner_model(dropout=False).to("meta")).frozen_prefix_cache.max_bytes == 64 * 2**20
+    off = build_method("learners", {"layers": "top-1", "selection": "magnitude", "frozen_prefix_cache_mb": 0})
+    assert off.with_prefix_cache(learner_model(dropout=False)).frozen_prefix_cache is None

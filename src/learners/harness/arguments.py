@@ -101,7 +101,8 @@ def _add_learners_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--frozen-prefix-cache-mb", type=float, default=None,
                    help="memory for caching each example's output of the frozen blocks below the lowest learner "
                         "block, so later epochs skip them (used where they run without dropout: "
-                        "--no-frozen-dropout, and evaluation; default 2048, 0 = off)")
+                        "--no-frozen-dropout, and evaluation; default 2048 on the CPU and off on a GPU, where filling it "
+                        "costs more than it saves; 0 = off)")
     g.add_argument("--train-ffn-output-bias", action=argparse.BooleanOptionalAction,
                    help="also train each learner block's FFN output bias b2 (default on; --no-train-ffn-output-bias: off)")
     g.add_argument("--train-layer-norm", action=argparse.BooleanOptionalAction,

@@ -57,6 +57,7 @@ PRIMING_OPTIONS = {"priming_steps": "--priming-steps", "priming_fraction": "--pr
 # Memory for the frozen-prefix cache (learner/prefix_cache.py), used when learners skip the lowest blocks and
 # those run without dropout (--no-frozen-dropout; and in every evaluation). CoLA's 8.5k training sentences
 # take about 0.15 GB at the default model's width; a set that does not fit is mostly computed as without it.
+# On by default on the CPU only (see LearnersMethod.with_prefix_cache).
 DEFAULT_PREFIX_CACHE_MB = 2048
 
 
@@ -141,9 +142,19 @@ class LearnersMethod(Method):
         return self.with_prefix_cache(model)
 
     def with_prefix_cache(self, model: LearnerModel) -> LearnerModel:
-        """The frozen-prefix cache on, when there is something below the learners to cache and room for it."""
+        """The frozen-prefix cache on, when there is something below the learners to cache and room for it.
+
+        By default only on the CPU: on a GPU a small model's step is bound by kernel launches, not FLOPs, so
+        filling the cache (the frozen blocks run once per example) made the first epoch's step 2.1x (MiniLM-L6,
+        32 x 128) and 3.9x (BERT-base, 128 x 128) full fine-tuning's, and a cached step saved little (BENCHMARKS.md
+        5.24). Asked for by size (--frozen-prefix-cache-mb N), it is on everywhere."""
         blocks = len(model.frozen_blocks_below_learners())
         if self.prefix_cache_mb == 0 or blocks == 0:
+            return model
+        device = next(model.parameters()).device
+        if device.type != "cpu" and not self.prefix_cache_asked:
+            distributed.log(f"learners: frozen-prefix cache off on {device.type} (it pays on the CPU; on a GPU filling "
+                            "it costs more than it saves); --frozen-prefix-cache-mb N turns it on")
             return model
         reason = unsupported_reason(model.base_model)
         if reason is not None:  # on by default, so not an error (check() refuses it when asked for): say why it is off
