@@ -3,15 +3,17 @@
 #   1. a smoke fine-tune (learners, bf16, 20 steps): the script stops at once if the method fails on CUDA;
 #   2. step time and peak memory at the two target sizes (MiniLM-L6 32 x 128, BERT-base 128 x 128);
 #   3. the GLUE grid (benchmarks/gpu_grid.sh), seed 0 of full/learners/lora/bitfit on the five tasks;
-#   4. torch.compile against eager on MiniLM-L6 32 x 128 (full and the default learner step);
-#   5. the other sizes x batches, with what time is left.
+#   4. torch.profiler op tables on BERT-base 128 x 128 (full, BitFit, the default learners, learners in every block):
+#      where the learner step's time goes on a GPU (BENCHMARKS.md 5.24 left it unprofiled);
+#   5. torch.compile against eager on MiniLM-L6 32 x 128 (full and the default learner step);
+#   6. the other sizes x batches, with what time is left.
 # Each phase has a time cap and the whole script a deadline (BUDGET_S), so what finished always comes back:
 # everything lands in OUT (on the device machine the tool's $OUT; session.log and results.tgz: two files,
 # inside the tool's 8-file limit). Every step-time row is printed as it finishes, so a capped table keeps its rows.
 # Measured on an H200 (2026-12-04, BENCHMARKS.md 5.24): phases 1-3 take about 7.5 minutes (a step-time worker
-# about 17 s, the grid 3 minutes at PARALLEL=10) and phase 4 over 2.5, so a 15-minute lease holds two calls:
+# about 17 s, the grid 3 minutes at PARALLEL=10) and torch.compile (phase 5) over 2.5, so a 15-minute lease holds two calls:
 #   . .gpu/setup.sh && PHASES="1 2 3" bash benchmarks/gpu_session.sh            (timeout_s 600)
-#   . .gpu/setup.sh && PHASES="4 5" BUDGET_S=300 bash benchmarks/gpu_session.sh  (at once, while the machine is warm)
+#   . .gpu/setup.sh && PHASES="4 5 6" BUDGET_S=300 bash benchmarks/gpu_session.sh  (at once, while the machine is warm)
 # On a machine kept between calls, finished tables and grid runs are skipped.
 # On the GPU machine (after bash ../shared/gpu/prepare.sh here, carry [".gpu"]):
 #   . .gpu/setup.sh && bash benchmarks/gpu_session.sh
@@ -20,18 +22,19 @@ set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench-out/gpu-session}
 BUDGET_S=${BUDGET_S:-540}
-PHASES=${PHASES:-1 2 3 4 5}
+PHASES=${PHASES:-1 2 3 4 5 6}
 PYTHON=${PYTHON:-python3}
 DATA_DIR=${DATA_DIR:-.gpu/glue}
 MODEL=${MODEL:-/tmp/minilm}
 METHODS=full,bitfit,lora,learners,learners-filling,learners-cached,learners-all
 if [ -n "${CPU_TRY:-}" ]; then  # the same phases at toy sizes, to catch a broken script before device time is spent
   SMOKE_CAP=400 PRECISION=no STEPS="--steps 2 --warmup 1" TARGET_BLOCKS="tiny:4" OTHER_BLOCKS="tiny:8" GRID_EXTRA="--max-steps 2"
+  PROFILE_SIZE=tiny:4
   GRID_TASKS=rte,sst2 GRID_METHODS=full,learners COMPILE_SIZE=tiny:4 DATA_DIR=${CPU_DATA_DIR:-../shared/glue} MODEL=
 else
   PRECISION=bf16 STEPS="--steps 20 --warmup 5" GRID_EXTRA= GRID_TASKS=sst2,cola,mrpc,stsb,rte
   TARGET_BLOCKS="minilm-l6:32 bert-base:128" OTHER_BLOCKS="bert-base:32 distilbert-base:128 minilm-l6:128 distilbert-base:32"
-  GRID_METHODS=full,learners,lora,bitfit COMPILE_SIZE=minilm-l6:32
+  GRID_METHODS=full,learners,lora,bitfit COMPILE_SIZE=minilm-l6:32 PROFILE_SIZE=bert-base:128
 fi
 mkdir -p "$OUT"
 started=$(date +%s)
@@ -72,11 +75,16 @@ step_block() {  # NAME SIZE:BATCH [more gpu_step_time flags]: one table, saved a
     cat "$OUT/grid/bench.md" 2>/dev/null
   fi
   if phase 4; then
-    say "4. torch.compile"
-    CAP=300 step_block compile "$COMPILE_SIZE" --methods full,learners --compile
+    say "4. profiles"
+    step_block profile "$PROFILE_SIZE" --methods full,bitfit,learners,learners-all --profile-dir "$OUT/profiles"
+    for f in "$OUT"/profiles/*.txt; do [ -f "$f" ] && { echo "== $f"; head -25 "$f"; }; done
   fi
   if phase 5; then
-    say "5. the other sizes"
+    say "5. torch.compile"
+    CAP=300 step_block compile "$COMPILE_SIZE" --methods full,learners --compile
+  fi
+  if phase 6; then
+    say "6. the other sizes"
     for block in $OTHER_BLOCKS; do [ "$(left)" -gt 30 ] && step_block "step_${block/:/_}" "$block" --methods "$METHODS"; done
   fi
   say "done"

@@ -29,6 +29,9 @@ and `learners-skip1-noad-cached` (every block but the lowest: top-5 of MiniLM-L6
 learner blocks' attention without dropout (attention_dropout=False, BENCHMARKS.md 5.22): on the CPU that is the
 fused attention kernel; on a GPU, flash attention has dropout built in, so the gain there is for this script to show.
 
+--profile-dir DIR profiles three more steps of each method after its timed ones (torch.profiler) and writes the
+op table, the most self GPU time first (CPU time on the CPU), to DIR/SIZE_BATCH_METHOD.txt: where the step goes.
+
 --compile adds, for every method, a row "METHOD +compile" with the model wrapped in torch.compile (the
 first steps compile; the warm-up absorbs them), so one table says whether compiling helps. It is off by
 default: compiling every method and size takes minutes.
@@ -85,9 +88,11 @@ def measure_block(args, arch: str, batch_size: int) -> list[dict]:
             method, options, repeat_batches = VARIANTS[name]
             label = name + (" +compile" if compiled else "")
             try:
+                profile = (f"{args.profile_dir}/{arch}_{batch_size}_{label.replace(' +', '-')}.txt"
+                           if args.profile_dir else None)
                 row = run_worker(method, batch_size, LENGTH, args.steps, args.warmup, arch=arch,
                                  precision=args.precision, compile=compiled, options=options, label=label,
-                                 timeout=WORKER_TIMEOUT_S, repeat_batches=repeat_batches)
+                                 timeout=WORKER_TIMEOUT_S, repeat_batches=repeat_batches, profile=profile)
             except RuntimeError as e:
                 row = {"method": label, "error": str(e)}
                 print(f"  {arch} batch {batch_size} {label}: FAILED: {e}", file=sys.stderr, flush=True)
@@ -149,6 +154,8 @@ def parse_args(argv=None):
     p.add_argument("--precision", choices=["bf16", "fp16", "no"], default="bf16", help="accelerate mixed_precision")
     p.add_argument("--compile", action="store_true", help="also time each method under torch.compile")
     p.add_argument("--output", help="also write the tables to OUTPUT.md and the rows to OUTPUT.json")
+    p.add_argument("--profile-dir", help="after the timed steps, profile 3 more with torch.profiler and write each "
+                                         "method's op table (most GPU time first) to DIR/SIZE_BATCH_METHOD.txt")
     args = p.parse_args(argv)
     args.sizes, args.methods = args.sizes.split(","), args.methods.split(",")
     args.batch_sizes = [int(b) for b in args.batch_sizes.split(",")]

@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 
 # Random-init encoders by size (benchmarks/gpu_step_time.py): random weights cost the same per step as
@@ -162,6 +163,9 @@ def worker(args) -> dict:
         else:
             accelerator.backward(eager(**batch()).loss)
     optimizer.zero_grad(set_to_none=True)
+    if args.profile:
+        profile_steps(args.profile, lambda: training_step(model, batch(), optimizer, scheduler, accelerator,
+                                                          cfg.max_grad_norm), device)
     unwrapped = accelerator.unwrap_model(eager)
     counts = method.parameter_counts(unwrapped)
     cache = getattr(unwrapped, "frozen_prefix_cache", None)
@@ -173,6 +177,21 @@ def worker(args) -> dict:
             "loaded_rss_mb": loaded_rss, "trainable": counts["trainable"], "total": counts["total"],
             "device": str(device), "device_name": device_name(device), "torch": torch.__version__,
             "precision": args.precision, "compiled": bool(args.compile), "threads": torch.get_num_threads()}
+
+
+def profile_steps(path: str, step, device, steps: int = 3) -> None:
+    """torch.profiler over `steps` more training steps (after the timed ones); PATH gets the ops' table, the most
+    self time first (the GPU's on CUDA), every op: where a step's time goes, kernel by kernel."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        for _ in range(steps):
+            step()
+    table = prof.key_averages().table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=-1)  # every op: a few hundred rows
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(f"{steps} training steps, {torch.cuda.get_device_name(device) if cuda else 'CPU'}\n{table}\n")
 
 
 def compile_model(model):
@@ -189,19 +208,20 @@ def add_worker_arguments(p: argparse.ArgumentParser) -> None:
     for flag, kw in [("--worker", {}), ("--length", {"type": int}), ("--arch", {"choices": list(ARCHS)}),
                      ("--precision", {"choices": ["no", "bf16", "fp16"], "default": "no"}),
                      ("--compile", {"action": "store_true"}), ("--repeat-batches", {"action": "store_true"}),
-                     ("--options", {}), ("--label", {})]:
+                     ("--options", {}), ("--label", {}), ("--profile", {})]:
         p.add_argument(flag, help=argparse.SUPPRESS, **kw)
 
 
 def run_worker(method: str, batch_size: int, length: int, steps: int, warmup: int, model: str | None = None,
                arch: str | None = None, precision: str = "no", compile: bool = False, options: dict | None = None,
-               label: str | None = None, timeout: float | None = None, repeat_batches: bool = False) -> dict:
+               label: str | None = None, timeout: float | None = None, repeat_batches: bool = False,
+               profile: str | None = None) -> dict:
     """Run one worker in a fresh process (so peak memory is this method's alone) and return its row.
 
     Raises RuntimeError with the worker's last error line if it fails or times out."""
     cmd = [sys.executable, __file__, "--worker", method, "--batch-size", str(batch_size), "--length", str(length),
            "--steps", str(steps), "--warmup", str(warmup), "--precision", precision]
-    for flag, value in [("--model", model), ("--arch", arch), ("--label", label),
+    for flag, value in [("--model", model), ("--arch", arch), ("--label", label), ("--profile", profile),
                         ("--options", None if options is None else json.dumps(options))]:
         if value is not None:
             cmd += [flag, value]

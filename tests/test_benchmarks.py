@@ -11,13 +11,13 @@ import step_time_memory  # noqa: E402
 
 
 def in_process_worker(method, batch_size, length, steps, warmup, arch=None, precision="no", compile=False,
-                      options=None, label=None, timeout=None, model=None, repeat_batches=False):
+                      options=None, label=None, timeout=None, model=None, repeat_batches=False, profile=None):
     """run_worker without the fresh process (seconds saved per method; peak memory is then not per method)."""
     if label == "lora":
         raise RuntimeError("boom")
     args = argparse.Namespace(worker=method, batch_size=batch_size, length=length, steps=steps, warmup=warmup,
                               arch=arch, precision=precision, compile=compile, options=json.dumps(options),
-                              label=label, model=model, repeat_batches=repeat_batches)
+                              label=label, model=model, repeat_batches=repeat_batches, profile=profile)
     return step_time_memory.worker(args)
 
 
@@ -211,3 +211,17 @@ def test_every_grid_configuration_names_its_size_and_selection():
         assert ("--train-layer-norm" in flags) != ("--no-train-layer-norm" in flags), name
         assert ("--frozen-dropout" in flags) != ("--no-frozen-dropout" in flags), name
         assert ("--attention-dropout" in flags) != ("--no-attention-dropout" in flags), name
+
+
+def test_gpu_step_time_profiles_each_method_into_its_own_op_table(monkeypatch, tmp_path):
+    """--profile-dir: after the timed steps, torch.profiler's op table per method (the CPU's on this machine)."""
+    monkeypatch.setattr(gpu_step_time, "run_worker", in_process_worker)
+    status = gpu_step_time.main(["--sizes", "tiny", "--batch-sizes", "2", "--steps", "1", "--warmup", "0",
+                                 "--precision", "no", "--methods", "bitfit,learners", "--profile-dir", str(tmp_path)])
+    assert status == 0
+    tables = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    assert set(tables) == {"tiny_2_bitfit.txt", "tiny_2_learners.txt"}
+    for text in tables.values():
+        assert text.startswith("3 training steps, CPU") and "Self CPU" in text and "aten::addmm" in text
+    # the learner slices written back into the full weights after each optimizer step: learners' alone
+    assert "aten::index_copy_" in tables["tiny_2_learners.txt"] and "aten::index_copy_" not in tables["tiny_2_bitfit.txt"]
