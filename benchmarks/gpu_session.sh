@@ -3,7 +3,8 @@
 #   1. a smoke fine-tune (learners, bf16, 20 steps): the script stops at once if the method fails on CUDA;
 #   2. step time and peak memory at the two target sizes (MiniLM-L6 32 x 128, BERT-base 128 x 128);
 #   3. the GLUE grid (benchmarks/gpu_grid.sh), seed 0 of full/learners/lora/bitfit on the five tasks;
-#   4. torch.profiler op tables on BERT-base 128 x 128 (full, BitFit, the default learners, learners in every block):
+#   4. torch.profiler op tables on BERT-base 128 x 128 (full, BitFit, the default learners, learners in every block
+#      and in the upper half):
 #      where the learner step's time goes on a GPU (BENCHMARKS.md 5.24 left it unprofiled);
 #   5. torch.compile against eager on MiniLM-L6 32 x 128 (full and the default learner step);
 #   6. the other sizes x batches, with what time is left.
@@ -26,7 +27,7 @@ PHASES=${PHASES:-1 2 3 4 5 6}
 PYTHON=${PYTHON:-python3}
 DATA_DIR=${DATA_DIR:-.gpu/glue}
 MODEL=${MODEL:-/tmp/minilm}
-METHODS=full,bitfit,lora,learners,learners-filling,learners-cached,learners-all
+METHODS=full,bitfit,lora,learners,learners-cached,learners-all,learners-upper-half
 if [ -n "${CPU_TRY:-}" ]; then  # the same phases at toy sizes, to catch a broken script before device time is spent
   SMOKE_CAP=400 PRECISION=no STEPS="--steps 2 --warmup 1" TARGET_BLOCKS="tiny:4" OTHER_BLOCKS="tiny:8" GRID_EXTRA="--max-steps 2"
   PROFILE_SIZE=tiny:4
@@ -76,7 +77,7 @@ step_block() {  # NAME SIZE:BATCH [more gpu_step_time flags]: one table, saved a
   fi
   if phase 4; then
     say "4. profiles"
-    step_block profile "$PROFILE_SIZE" --methods full,bitfit,learners,learners-all --profile-dir "$OUT/profiles"
+    step_block profile "$PROFILE_SIZE" --methods full,bitfit,learners,learners-all,learners-upper-half --profile-dir "$OUT/profiles"
     for f in "$OUT"/profiles/*.txt; do [ -f "$f" ] && { echo "== $f"; head -25 "$f"; }; done
   fi
   if phase 5; then

@@ -29,7 +29,7 @@ def test_gpu_step_time_prints_a_row_per_method(monkeypatch, capsys, tmp_path):
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
     assert set(rows) == {"method", "full", "bitfit", "lora", "learners", "learners-filling", "learners-cached", "learners-all",
                          "learners-top3-cached", "learners-top4", "learners-top4-cached", "learners-top4-noad-cached",
-                         "learners-skip1-noad-cached"}
+                         "learners-skip1-noad-cached", "learners-upper-half"}
     # each row is printed as its method finishes (a run stopped at a time limit keeps it)
     finished = [json.loads(line.split(": ", 1)[1]) for line in out.splitlines() if line.startswith("  tiny batch 2: ")]
     assert [r["method"] for r in finished] == list(gpu_step_time.VARIANTS)
@@ -43,6 +43,8 @@ def test_gpu_step_time_prints_a_row_per_method(monkeypatch, capsys, tmp_path):
     assert rows["learners-top3-cached"].split("|")[2].strip() == "3/4" and "failed" not in rows["learners-top3-cached"]
     assert rows["learners-top4"].split("|")[2].strip() == rows["learners-top4-cached"].split("|")[2].strip() == "4/4"
     assert rows["learners-skip1-noad-cached"].split("|")[2].strip() == "3/4" and "failed" not in rows["learners-skip1-noad-cached"]
+    assert rows["learners-upper-half"].split("|")[2].strip() == "2/4"  # the tiny model's upper two blocks
+    assert [gpu_step_time.num_blocks(a) for a in ("minilm-l6", "distilbert-base", "bert-base")] == [6, 6, 12]
     assert "torch" in out and (tmp_path / "steps.md").exists() and (tmp_path / "steps.json").exists()
 
 
