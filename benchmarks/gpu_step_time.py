@@ -82,6 +82,7 @@ VARIANTS = {
                                          "frozen_prefix_cache_mb": 0}, False),
 }
 LENGTH = 128
+WORKER_TIMEOUT_S = 300  # one method on one size; a hung worker must not eat the whole run
 
 
 def num_blocks(arch: str) -> int:
@@ -98,7 +99,6 @@ def options_for(options: dict, arch: str) -> dict:
     if options.get("layers") != "upper-half":
         return options
     return {**options, "layers": f"top-{max(1, num_blocks(arch) // 2)}"}
-WORKER_TIMEOUT_S = 300  # one method on one size; a hung worker must not eat the whole run
 
 
 def measure_block(args, arch: str, batch_size: int) -> list[dict]:
