@@ -56,6 +56,33 @@ def test_same_seed_same_run(method, tmp_path, tiny_model_dir):
     assert head and wa[head[0]].shape[0] == 3  # a freshly initialised (three-class) head, seeded too
 
 
+@pytest.mark.parametrize("method", ["full", "learners"])
+def test_how_often_a_run_evaluates_does_not_change_its_training(method, tmp_path):
+    """Evaluating draws nothing from the random generators that shuffling and dropout use (a DataLoader without a
+    generator of its own draws its base seed from torch's global one each time it is iterated). A regression task,
+    so that the last evaluation's Pearson and MSE would show any difference in the weights (the saved model is the
+    best evaluation's, which depends on when the run evaluates)."""
+    rng = random.Random(0)
+    lines = ["text,label"] + [" ".join(rng.choice(WORDS) for _ in range(6)) + f",{rng.uniform(0, 5):.2f}" for _ in range(60)]
+    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "dev.csv").write_text("\n".join(lines[:13]) + "\n")
+    from transformers import AutoTokenizer
+
+    from conftest import tiny_model
+    from learners.harness.models import embedded_model_dir
+
+    model_dir = tmp_path / "tiny-bert-with-dropout"  # dropout draws from torch's generator while training
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
+    tiny_model("bert", dropout=True, vocab_size=tokenizer.vocab_size).save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    extra = ["--max-steps", "6", "--batch-size", "8", "--seed", "3"]
+    a = run_ok(tmp_path, model_dir, "a", method, *extra, "--eval-steps", "1")
+    b = run_ok(tmp_path, model_dir, "b", method, *extra, "--eval-steps", "6")
+    assert [h["step"] for h in a["history"]] == [1, 2, 3, 4, 5, 6] and [h["step"] for h in b["history"]] == [6]
+    assert "pearson" in b["history"][-1]["metrics"]
+    assert a["history"][-1]["metrics"] == b["history"][-1]["metrics"]
+
+
 def test_diverging_run_stops_with_the_fix_and_writes_nothing(tmp_path, tiny_model_dir, capsys):
     args = finetune_args(tmp_path, tiny_model_dir, "nan", "full", "--max-steps", "8", "--batch-size", "8",
                          "--learning-rate", "1e6")

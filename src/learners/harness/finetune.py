@@ -161,8 +161,11 @@ def encode(dataset, task: TaskData, tokenizer, max_length: int):
 
 
 def make_loader(dataset, tokenizer, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+    """Every loader has a generator of its own: a DataLoader without one draws its base seed from torch's global
+    generator each time it is iterated, so each evaluation would shift the dropout masks of the training after it
+    (a run's training would depend on --eval-steps)."""
     from transformers import DataCollatorWithPadding
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
                       collate_fn=DataCollatorWithPadding(tokenizer))
 
