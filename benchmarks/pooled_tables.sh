@@ -60,4 +60,10 @@ ABLATIONS=(
 )
 $PYTHON benchmarks/seed_table.py --mean-over cola,mrpc,rte,stsb --output $L/seeds "${POINTS[@]}" "${ABLATIONS[@]}"
 echo
+# SST-2 (10k) evaluated every 40 steps (BENCHMARKS.md 5.25): its own table, since a finer evaluation finds a higher best
+# (every other SST-2 run evaluated every 79 steps) and an earlier time to target
+E="$L/sst2-10k-eval40"
+$PYTHON benchmarks/seed_table.py --output $L/sst2_10k_eval40 "full=$E:full" "learners (default)=$E:learners" "lora=$E:lora" \
+  "bitfit=$E:bitfit"
+echo
 $PYTHON benchmarks/frontier.py --step-ratios $L/step_ratios_cache.json --output $L/frontier_4task "${POINTS[@]}"
