@@ -62,15 +62,15 @@ def test_how_often_a_run_evaluates_does_not_change_its_training(method, tmp_path
     generator of its own draws its base seed from torch's global one each time it is iterated). A regression task,
     so that the last evaluation's Pearson and MSE would show any difference in the weights (the saved model is the
     best evaluation's, which depends on when the run evaluates)."""
-    rng = random.Random(0)
-    lines = ["text,label"] + [" ".join(rng.choice(WORDS) for _ in range(6)) + f",{rng.uniform(0, 5):.2f}" for _ in range(60)]
-    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
-    (tmp_path / "dev.csv").write_text("\n".join(lines[:13]) + "\n")
     from transformers import AutoTokenizer
 
     from conftest import tiny_model
     from learners.harness.models import embedded_model_dir
 
+    rng = random.Random(0)
+    lines = ["text,label"] + [" ".join(rng.choice(WORDS) for _ in range(6)) + f",{rng.uniform(0, 5):.2f}" for _ in range(60)]
+    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "dev.csv").write_text("\n".join(lines[:13]) + "\n")
     model_dir = tmp_path / "tiny-bert-with-dropout"  # dropout draws from torch's generator while training
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
     tiny_model("bert", dropout=True, vocab_size=tokenizer.vocab_size).save_pretrained(model_dir)
