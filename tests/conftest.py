@@ -87,16 +87,20 @@ FAMILIES = ["bert", "distilbert", "roberta", "electra", "mpnet", "deberta-v2"]
 BERT_LAYOUT_FAMILIES = ["ernie", "roformer", "megatron-bert", "mobilebert"]
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
-    """A tiny random BERT saved with the embedded model's tokenizer: a model directory like any other."""
+def save_tiny_model_dir(path: Path, dropout: bool = False) -> Path:
+    """A tiny random BERT saved with the embedded model's tokenizer at `path`: a model directory like any other."""
     from learners.harness.models import embedded_model_dir
 
-    path = tmp_path_factory.mktemp("tiny-bert")
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
-    tiny_model("bert", vocab_size=tokenizer.vocab_size).save_pretrained(path)
+    tiny_model("bert", dropout=dropout, vocab_size=tokenizer.vocab_size).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random BERT (no dropout) with the embedded model's tokenizer, shared by the session's tests."""
+    return save_tiny_model_dir(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture

@@ -13,10 +13,12 @@ METHODS = ["full", "head", "bitfit", "lora", "adapter", "far", "learners"]
 WORDS = "the cat dog sat ran on a mat big small red blue happy sad old new".split()
 
 
-def write_data(directory, rows=60, classes=("a", "b", "c")):
-    """A tiny three-class CSV (three classes: the tiny model's saved two-class head is re-initialised)."""
+def write_data(directory, rows=60, classes=("a", "b", "c"), regression=False):
+    """A tiny three-class CSV (three classes: the tiny model's saved two-class head is re-initialised), or with
+    `regression` scores from 0 to 5."""
     rng = random.Random(0)
-    lines = ["text,label"] + [" ".join(rng.choice(WORDS) for _ in range(6)) + "," + classes[i % len(classes)]
+    lines = ["text,label"] + [" ".join(rng.choice(WORDS) for _ in range(6)) + ","
+                              + (f"{rng.uniform(0, 5):.2f}" if regression else classes[i % len(classes)])
                               for i in range(rows)]
     (directory / "train.csv").write_text("\n".join(lines) + "\n")
     (directory / "dev.csv").write_text("\n".join(lines[:13]) + "\n")
@@ -62,19 +64,11 @@ def test_how_often_a_run_evaluates_does_not_change_its_training(method, tmp_path
     generator of its own draws its base seed from torch's global one each time it is iterated). A regression task,
     so that the last evaluation's Pearson and MSE would show any difference in the weights (the saved model is the
     best evaluation's, which depends on when the run evaluates)."""
-    from transformers import AutoTokenizer
+    from conftest import save_tiny_model_dir
 
-    from conftest import tiny_model
-    from learners.harness.models import embedded_model_dir
-
-    rng = random.Random(0)
-    lines = ["text,label"] + [" ".join(rng.choice(WORDS) for _ in range(6)) + f",{rng.uniform(0, 5):.2f}" for _ in range(60)]
-    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
-    (tmp_path / "dev.csv").write_text("\n".join(lines[:13]) + "\n")
-    model_dir = tmp_path / "tiny-bert-with-dropout"  # dropout draws from torch's generator while training
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
-    tiny_model("bert", dropout=True, vocab_size=tokenizer.vocab_size).save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
+    write_data(tmp_path, regression=True)
+    # dropout draws from torch's generator while training
+    model_dir = save_tiny_model_dir(tmp_path / "tiny-bert-with-dropout", dropout=True)
     extra = ["--max-steps", "6", "--batch-size", "8", "--seed", "3"]
     a = run_ok(tmp_path, model_dir, "a", method, *extra, "--eval-steps", "1")
     b = run_ok(tmp_path, model_dir, "b", method, *extra, "--eval-steps", "6")
