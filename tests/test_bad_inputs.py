@@ -257,6 +257,8 @@ CASES = [
     ("mg-task-file-broken", lambda c: (merge(c, learners_copy(c, damage_dir=lambda d: write(d / "learners_task.json", "{oops"))), c.out),
      r"task file .* cannot be read"),
     ("mg-output-is-file", lambda c: (merge(c, out=c.tmp / "afile"), c.tmp / "afile"), r"is a file; pass a directory"),
+    ("mg-output-holds-a-model", lambda c: (merge(c, out=copy(c, c.data / "learners" / "model", "kept-model")), c.tmp / "kept-model"),
+     r"--output .*kept-model is not empty \(config.json, .*model.safetensors.*\); choose a new directory, or pass --overwrite"),
     ("mg-output-broken-link", lambda c: (merge(c, out=broken_link(c)), c.tmp / "link"), r"is a broken symbolic link"),
     ("mg-learners-missing", lambda c: (merge(c, c.tmp / "nope"), c.out), r"does not exist"),
     ("mg-learners-empty-dir", lambda c: (merge(c, c.tmp), c.out), r"holds no saved learners"),

@@ -141,6 +141,14 @@ def test_learners_finetune_primes_then_trains_learners_and_merges(tmp_path, tiny
     assert main(["merge", "--base", str(tiny_model_dir), "--learners", str(run), "--output", str(tmp_path / "merged_out")]) == 0
     assert ((tmp_path / "merged_out" / "model.safetensors").read_bytes()
             == (tmp_path / "merged" / "model.safetensors").read_bytes())
+    # a directory that holds a model is written over only when asked (the refusal: test_bad_inputs, mg-output-holds-a-model)
+    (tmp_path / "merged_out" / "model.safetensors").write_bytes(b"another model")
+    assert main(["merge", "--base", str(tiny_model_dir), "--learners", str(run), "--output", str(tmp_path / "merged_out")]) == 2
+    assert (tmp_path / "merged_out" / "model.safetensors").read_bytes() == b"another model"
+    assert main(["merge", "--base", str(tiny_model_dir), "--learners", str(run), "--output", str(tmp_path / "merged_out"),
+                 "--overwrite"]) == 0
+    assert ((tmp_path / "merged_out" / "model.safetensors").read_bytes()
+            == (tmp_path / "merged" / "model.safetensors").read_bytes())
 
 
 def test_predict_writes_one_label_per_row(tmp_path, tiny_model_dir, glue_dir):

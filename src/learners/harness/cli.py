@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--base", help="the base model the learners were trained from (default: the one they record, "
                                    "if it is a local directory here; else the embedded model)")
     mg.add_argument("--learners", required=True, help="a learners finetune run's OUT (or OUT/learners), or a directory written by save_pretrained")
-    mg.add_argument("--output", required=True)
+    mg.add_argument("--output", required=True, help="a new or empty directory for the merged model")
+    mg.add_argument("--overwrite", action="store_true", help="write into a --output directory that is not empty, "
+                                                              "replacing the model files it holds")
 
     bn = sub.add_parser("bench", help="run finetune over tasks x methods x seeds; write bench.csv, bench.md and plots")
     bn.add_argument("--tasks", help="GLUE tasks, comma-separated, e.g. cola,mrpc")
@@ -102,7 +104,7 @@ def run(argv: list[str] | None = None) -> int:
         print(f"wrote {n} predictions to {args.output}")
     elif args.command == "merge":
         from .merge import run_merge
-        run_merge(args.base, args.learners, args.output)
+        run_merge(args.base, args.learners, args.output, args.overwrite)
         print(f"wrote merged model to {args.output}")
     elif args.command == "bench":
         from .bench import run_bench

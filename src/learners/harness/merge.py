@@ -60,8 +60,13 @@ def recorded_base(base: str | None, metas: list[dict]) -> str | None:
     return name
 
 
-def run_merge(base: str | None, learners_dir: str, output: str) -> Path:
+def run_merge(base: str | None, learners_dir: str, output: str, overwrite: bool = False) -> Path:
     out = check_output_path(output, "--output")
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not overwrite:  # the merged model's files would replace a model (or a run) kept there
+        shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
+        raise UsageError(f"--output {out} is not empty ({shown}); choose a new directory, or pass --overwrite to write "
+                         "the merged model over what it holds")
     if not Path(learners_dir).is_dir():
         raise UsageError(f"--learners {learners_dir} does not exist; pass a `learners finetune --method learners` "
                          "run's OUT (or OUT/learners)")
