@@ -66,7 +66,9 @@ def test_frozen_weights_stay_bit_identical_and_optimizer_holds_no_state_for_them
     kept = {f"{n}.{b}" for n in learner_layers for b in ("weight", "bias")}
     frozen_before = {n: t.clone() for n, t in list(lm.named_buffers()) + list(lm.named_parameters())
                      if not t.requires_grad and n not in kept}
-    buffers_before = {n: (m.weight.clone(), m.bias.clone()) for n, m in learner_layers.items()}
+    # In the original neuron order (while installed, each FFN holds its learner neurons first)
+    buffers_before = {n: (m.merged_weight(), m.merged_bias() if isinstance(m, LearnerRowLinear) else m.bias.detach().clone())
+                      for n, m in learner_layers.items()}
     trainable_before = {n: p.detach().clone() for n, p in lm.named_parameters() if p.requires_grad}
     optimizer, scheduler = make_optimizer(lm, TrainConfig(learning_rate=1e-2), 1e-2, 0, 10, 0)
     for step in range(3):
@@ -76,16 +78,19 @@ def test_frozen_weights_stay_bit_identical_and_optimizer_holds_no_state_for_them
     for name, value in frozen_before.items():
         assert torch.equal(current[name], value), f"{name} changed"
     for name, module in learner_layers.items():
-        module.sync()
         weight, bias = buffers_before[name]
-        frozen = torch.ones(module.weight.shape[module.axis], dtype=torch.bool)
+        merged = module.merged_weight()
+        frozen = torch.ones(merged.shape[module.axis], dtype=torch.bool)
         frozen[module.indices] = False
-        assert torch.equal(module.weight.index_select(module.axis, frozen.nonzero()[:, 0]),
+        assert torch.equal(merged.index_select(module.axis, frozen.nonzero()[:, 0]),
                            weight.index_select(module.axis, frozen.nonzero()[:, 0])), name
-        assert torch.equal(module.weight.index_select(module.axis, module.indices), module.learner_weight.detach())
+        assert torch.equal(merged.index_select(module.axis, module.indices), module.learner_weight.detach())
+        # installed, the learner neurons come first: the learner part of the weight is a contiguous slice
+        assert torch.equal(module.weight.narrow(module.axis, 0, module.num_neurons), module.learner_weight.detach())
         if isinstance(module, LearnerRowLinear):
-            assert torch.equal(module.bias[frozen], bias[frozen])
-            assert torch.equal(module.bias[module.indices], module.learner_bias.detach())
+            merged_bias = module.merged_bias()
+            assert torch.equal(merged_bias[frozen], bias[frozen])
+            assert torch.equal(merged_bias[module.indices], module.learner_bias.detach())
     assert all(not torch.equal(p, trainable_before[n]) for n, p in lm.named_parameters() if p.requires_grad)
     optimized = {id(p) for g in optimizer.param_groups for p in g["params"]}
     assert optimized == {id(p) for p in lm.parameters() if p.requires_grad}
@@ -108,8 +113,7 @@ def test_the_full_weight_follows_every_change_of_the_learner_slices_without_a_co
         block.up.learner_bias.copy_(block.up.learner_bias)  # a no-op write still re-syncs, harmlessly
         torch.testing.assert_close(lm(**batch).logits, before, atol=1e-6, rtol=0)
     assert block.up.weight.data_ptr() == pointer
-    idx = block.up.indices
-    assert torch.equal(block.up.weight[idx], block.up.learner_weight.detach())
+    assert torch.equal(block.up.merged_weight()[block.up.indices], block.up.learner_weight.detach())
 
 
 def test_learner_layers_share_the_frozen_weights_instead_of_copying_them():
@@ -347,10 +351,10 @@ def test_every_optimizer_step_reaches_the_forward_pass_fused_ones_too(fused):
     lm.eval()
     with torch.no_grad():
         logits = lm(**tiny_batch(seed=5)).logits
-    for block in lm.ffn_blocks:
-        idx = block.up.indices
-        assert torch.equal(block.up.weight[idx], block.up.learner_weight.detach())
-        assert torch.equal(block.down.weight[:, idx], block.down.learner_weight.detach())
+    for block in lm.ffn_blocks:  # the learner neurons come first while installed
+        k = block.up.num_neurons
+        assert torch.equal(block.up.weight[:k], block.up.learner_weight.detach())
+        assert torch.equal(block.down.weight[:, :k], block.down.learner_weight.detach())
     with torch.no_grad():
         merged = lm.merge_and_unload().eval()
         torch.testing.assert_close(merged(**tiny_batch(seed=5)).logits, logits, atol=1e-6, rtol=0)

@@ -17,19 +17,32 @@ Storage: the full weight stays the model's own frozen `nn.Parameter`
 `named_parameters()` and `state_dict()` list it where a user, FSDP wrapping or
 a quantizer expects it, `.to()`/`.half()` treat it as a weight, and anything
 that selects by `requires_grad` (optimizers, our checkpoints, the parameter
-counts) skips it. The learner slice is a small trainable `nn.Parameter`. The
-full weight is kept equal to the merged weight: whenever a learner slice has
-changed since the last forward (an in-place edit or a load, tracked by the
-parameter's version counter; or any optimizer step, counted by a global
-post-step hook, because fused optimizers such as `AdamW(fused=True)`, the
-CUDA default of our engine and transformers' Trainer, update in place without
-bumping version counters), the `k` rows/columns are written into it in place. So a step costs one single dense matmul with the full weight,
-as in `nn.Linear`, and no `m x d` copy is ever made. While the learner values are
-written into the full weight, the base values they cover are kept (a
-non-persistent buffer of the slice's size), so `restore_base()` puts the
-original weight back exactly and frees that buffer (unloading; switching
-learner sets that share one backbone: a set that is not in use holds only its
-learner slices).
+counts) skips it. The learner slice is a small trainable `nn.Parameter` (in
+the weight's own dtype when the layer is made: a harness run in bf16 then
+casts the frozen full weight, which never needs fp32, and the slice stays
+its fp32 master copy). The full weight is kept equal to the merged weight:
+whenever a learner slice has changed since the last forward (an in-place
+edit or a load, tracked by the parameter's version counter; or any optimizer
+step, counted by a global post-step hook, because fused optimizers, our
+engine's and transformers' Trainer's default, update in place without bumping
+version counters), the `k` rows/columns are written into it in place. So a
+step costs one single dense matmul with the full weight, as in `nn.Linear`,
+and no `m x d` copy is ever made. While the learner values are written into
+the full weight, the base values they cover are kept (a non-persistent buffer
+of the slice's size), so `restore_base()` puts the original weight back
+exactly and frees that buffer (unloading; switching learner sets that share
+one backbone: a set that is not in use holds only its learner slices).
+
+Learner-first order (`learner_first=True`, what `LearnerModel` uses for both
+layers of an FFN): while the layer is installed, the FFN's neurons are
+reordered in place so that the `k` learner neurons come first (W1's rows and
+b1's entries, W2's columns, by the same permutation: the FFN's function is
+unchanged, as the activation works neuron by neuron). The learner part of the
+weight is then a contiguous slice: the backward pass takes a view of the
+output gradient instead of gathering it, and a write after an optimizer step
+is a plain copy into a slice. `merged_weight()`, `to_linear()` and
+`restore_base()` give the original order back. A layer used alone (FAR's
+rows of one linear) keeps the original order and gathers by index.
 
 The backward passes (custom autograd functions below) are where the method saves:
 
@@ -39,8 +52,9 @@ The backward passes (custom autograd functions below) are where the method saves
   `m x d` gradient buffer or optimizer state exists for frozen weights;
 * `LearnerColumnLinear` keeps only the learner slice `a[..., L]` of the FFN's
   hidden activation for its weight gradient, instead of all `m` neurons;
-* under autocast the weight is cast once in forward and that cast is reused in
-  backward (as autocast's cache does for `nn.Linear`).
+* under autocast the input and weight are cast once in forward (a weight
+  already in autocast's dtype is not cast at all), and the casts are what
+  backward reuses: no second cast.
 """
 
 import torch
@@ -63,32 +77,42 @@ def _watch_optimizer_steps() -> None:
         _step_hook.append(register_optimizer_step_post_hook(_count_optimizer_step))
 
 
-def _compute_weight(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """The weight in the dtype the matmul runs in: autocast's dtype when autocast is on, else as stored."""
+def _compute_dtype(weight: torch.Tensor, x: torch.Tensor) -> torch.dtype:
+    """The dtype the matmul runs in: autocast's when autocast is on, else the weight's."""
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
-        return weight.to(torch.get_autocast_dtype(device_type))
-    return weight
+        return torch.get_autocast_dtype(device_type)
+    return weight.dtype
+
+
+def _learner_part(matrix: torch.Tensor, learners) -> torch.Tensor:
+    """The learner columns of a 2-D (tokens, features) tensor: a view of the first `learners` columns (an int:
+    learner-first order), or a gather of the columns `learners` (a tensor of indices)."""
+    if isinstance(learners, int):
+        return matrix.narrow(1, 0, learners)
+    return matrix.index_select(1, learners)
 
 
 class _RowLearnerFunction(torch.autograd.Function):
-    """y = x W^T + b; gradients for rows `idx` of W and b only (W, b already hold the learner rows)."""
+    """y = x W^T + b; gradients for the learner rows of W and b only (W, b already hold the learner rows)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, learner_weight, learner_bias, idx):
-        w = _compute_weight(weight, x)
-        ctx.save_for_backward(x if ctx.needs_input_grad[3] else None, w, idx)
-        return F.linear(x, w, bias.to(w.dtype))
+    def forward(ctx, x, weight, bias, learner_weight, learner_bias, learners):
+        dtype = _compute_dtype(weight, x)
+        x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)  # no-ops where already in that dtype
+        ctx.learners = learners
+        ctx.save_for_backward(x if ctx.needs_input_grad[3] else None, weight)
+        return F.linear(x, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, w, idx = ctx.saved_tensors
+        x, weight = ctx.saved_tensors
         grad_x = grad_lw = grad_lb = None
         if ctx.needs_input_grad[0]:
-            grad_x = grad_out @ w.to(grad_out.dtype)
-        # Gathered from the (tokens, m) view: index_select over the last dim of a 3-D tensor takes a slow generic
-        # path on the CPU (32 x 128 x 1536, 192 columns: 18 ms against 2.4 ms on the 2-D view; BENCHMARKS.md 5.23).
-        grad_rows = grad_out.reshape(-1, grad_out.shape[-1]).index_select(-1, idx)  # (tokens, k)
+            grad_x = grad_out @ weight.to(grad_out.dtype)
+        # From the (tokens, m) view: index_select over the last dim of a 3-D tensor takes a slow generic path on
+        # the CPU (32 x 128 x 1536, 192 columns: 18 ms against 2.4 ms on the 2-D view).
+        grad_rows = _learner_part(grad_out.reshape(-1, grad_out.shape[-1]), ctx.learners)  # (tokens, k)
         if ctx.needs_input_grad[3]:
             grad_lw = grad_rows.t() @ x.reshape(-1, x.shape[-1]).to(grad_rows.dtype)
         if ctx.needs_input_grad[4]:
@@ -97,23 +121,25 @@ class _RowLearnerFunction(torch.autograd.Function):
 
 
 class _ColumnLearnerFunction(torch.autograd.Function):
-    """y = a W^T + b; gradients for columns `idx` of W (and b if it trains) only."""
+    """y = a W^T + b; gradients for the learner columns of W (and b if it trains) only."""
 
     @staticmethod
-    def forward(ctx, a, weight, bias, learner_weight, idx):
-        w = _compute_weight(weight, a)
-        # Only the learner neurons' activations are needed for the weight gradient.
-        # (tokens, k), gathered from the 2-D view (see _RowLearnerFunction.backward)
-        a_learner = a.reshape(-1, a.shape[-1]).index_select(-1, idx) if ctx.needs_input_grad[3] else None
-        ctx.save_for_backward(a_learner, w if ctx.needs_input_grad[0] else None, idx)
-        return F.linear(a, w, bias.to(w.dtype))
+    def forward(ctx, a, weight, bias, learner_weight, learners):
+        dtype = _compute_dtype(weight, a)
+        a, weight, bias = a.to(dtype), weight.to(dtype), bias.to(dtype)
+        a_learner = None
+        if ctx.needs_input_grad[3]:  # only the learner neurons' activations are kept, for the weight gradient
+            flat = a.reshape(-1, a.shape[-1])
+            a_learner = torch.narrow_copy(flat, 1, 0, learners) if isinstance(learners, int) else flat.index_select(1, learners)
+        ctx.save_for_backward(a_learner, weight if ctx.needs_input_grad[0] else None)
+        return F.linear(a, weight, bias)
 
     @staticmethod
     def backward(ctx, grad_out):
-        a_learner, w, idx = ctx.saved_tensors
+        a_learner, weight = ctx.saved_tensors
         grad_a = grad_b = grad_lw = None
         if ctx.needs_input_grad[0]:
-            grad_a = grad_out @ w.to(grad_out.dtype)
+            grad_a = grad_out @ weight.to(grad_out.dtype)
         flat_grad = grad_out.reshape(-1, grad_out.shape[-1])  # (tokens, d)
         if ctx.needs_input_grad[2]:
             grad_b = flat_grad.sum(0)
@@ -127,7 +153,7 @@ class _LearnerLinear(nn.Module):
 
     axis: int  # 0: learner rows (W1), 1: learner columns (W2)
 
-    def __init__(self, base: nn.Linear, indices: torch.Tensor):
+    def __init__(self, base: nn.Linear, indices: torch.Tensor, learner_first: bool = False):
         super().__init__()
         if base.bias is None:
             raise ValueError("learner layers need an FFN linear with a bias")
@@ -142,18 +168,25 @@ class _LearnerLinear(nn.Module):
         self.in_features = base.in_features
         self.out_features = base.out_features
         self.weight = base.weight.requires_grad_(False)  # the model's own Parameter, frozen
-        # indices and base slices are not persistent: they are fixed when the layer is made, so a state
-        # dict never moves them (LearnerModel.state_dict saves the indices itself).
-        self.register_buffer("indices", indices.sort().values, persistent=False)
-        self.register_buffer("base_weight_slice", self.weight.detach().index_select(self.axis, self.indices).clone(),
-                             persistent=False)
-        self.learner_weight = nn.Parameter(self.base_weight_slice.clone())
-        self._synced_state = None
+        # indices (the learner neurons' ids in the original order) and the order are not persistent: they are
+        # fixed when the layer is made, so a state dict never moves them (LearnerModel.state_dict saves the indices).
+        indices = indices.sort().values
+        self.register_buffer("indices", indices, persistent=False)
+        self.learner_first = learner_first
+        self.register_buffer("base_weight_slice", None, persistent=False)
+        self.learner_weight = nn.Parameter(self.weight.detach().index_select(self.axis, indices).clone())
+        self._installed = False  # whether the weight is in its installed order (learner-first) with the base kept
+        self._synced = [None]  # the state of the last write (see sync); a plain list: read and set on every forward
         _watch_optimizer_steps()
 
     @property
     def num_neurons(self) -> int:
         return self.indices.numel()
+
+    @property
+    def _learners(self) -> int | torch.Tensor:
+        """The learners' place in the installed weight: the first k (an int), or their indices."""
+        return self.indices.numel() if self.learner_first else self.indices
 
     def learner_parameters(self) -> list[nn.Parameter]:
         """What trains in this layer (never the shared full weight)."""
@@ -162,11 +195,42 @@ class _LearnerLinear(nn.Module):
     def _learner_tensors(self) -> list[torch.Tensor]:
         return [self.learner_weight]
 
-    def _write_slices(self) -> None:
-        self.weight.index_copy_(self.axis, self.indices, self.learner_weight.detach().to(self.weight.dtype))
+    def _slices(self) -> list[tuple[torch.Tensor, int, torch.Tensor]]:
+        """(full tensor, axis, learner tensor) for each part this layer writes: the weight (and W1's bias)."""
+        return [(self.weight, self.axis, self.learner_weight)]
 
-    def _keep_base(self) -> None:
+    def _write(self, full: torch.Tensor, axis: int, values: torch.Tensor) -> None:
+        """Write `values` into the learner part of `full` (installed order), casting to its dtype."""
+        if self.learner_first:
+            full.narrow(axis, 0, self.num_neurons).copy_(values)
+        else:
+            full.index_copy_(axis, self.indices, values.detach().to(full.dtype))
+
+    def _write_learners(self) -> None:
+        """Write every learner slice into its full tensor: learner-first, one foreach copy into the leading slices."""
+        slices = self._slices()
+        if self.learner_first:
+            k = self.num_neurons
+            torch._foreach_copy_([full.narrow(axis, 0, k) for full, axis, _ in slices], [v for _, _, v in slices])
+        else:
+            for full, axis, values in slices:
+                self._write(full, axis, values)
+
+    def forget_sync(self) -> None:
+        """Make the next forward (or sync) write the learner slices into the full weight."""
+        self._synced[0] = None
+
+    def _reorder(self, order: torch.Tensor) -> None:
+        """Permute the learner axis of the weight (and W1's bias) in place: their storage stays where it is."""
+        for full, axis, _ in self._slices():
+            full.copy_(full.index_select(axis, order))
+
+    def _install(self) -> None:
+        """Keep the base values under the learners (original order), then reorder learner-first."""
         self.base_weight_slice = self.weight.detach().index_select(self.axis, self.indices).clone()
+        if self.learner_first:
+            self._reorder(self._order())
+        self._installed = True
 
     def sync(self) -> None:
         """Write the learner slices into the full weight in place if they changed since the last write.
@@ -174,17 +238,19 @@ class _LearnerLinear(nn.Module):
         A slice changes through in-place updates (`copy_`, loading, most optimizers), which bump the
         parameter's version counter; through optimizer steps, also fused ones that do not bump it (counted
         globally); or by being replaced (`.to(device)`), which changes its storage. An edit through `.data`
-        is seen at the next optimizer step; `restore_base()` or `_synced_state = None` forces a write.
+        is seen at the next optimizer step; `restore_base()` or `forget_sync()` forces a write.
 
-        Under torch.compile the forward passes run it eagerly (`_sync_before_forward`).
+        Runs before every forward, so the check is kept cheap. Under torch.compile the forward passes run it
+        eagerly (`_sync_before_forward`).
         """
-        state = (_optimizer_steps[0], *((t.data_ptr(), t._version) for t in self._learner_tensors()))
-        if state != self._synced_state:
+        tensors = self._learner_tensors()
+        state = (_optimizer_steps[0], *[t._version for t in tensors], *[t.data_ptr() for t in tensors])
+        if state != self._synced[0]:
             with torch.no_grad():
-                if self.base_weight_slice is None:  # after restore_base: the full weight holds base values
-                    self._keep_base()
-                self._write_slices()
-            self._synced_state = state
+                if not self._installed:  # made, or after restore_base: the full weight holds the base values
+                    self._install()
+                self._write_learners()
+            self._synced[0] = state
 
     def _sync_before_forward(self) -> None:
         """`sync`, run eagerly under torch.compile (a graph break around it): traced, its check of a step counter
@@ -196,23 +262,55 @@ class _LearnerLinear(nn.Module):
             self.sync()
 
     def restore_base(self) -> None:
-        """Put the base values back into the full weight's learner rows/columns and free their copy (the next
-        forward or sync writes the learner slices in again): the weight is then exactly the base model's."""
-        if self.base_weight_slice is not None:
+        """Put the base values back into the full weight's learner rows/columns, in the original order, and free
+        their copy (the next forward or sync writes the learner slices in again): the weight is then exactly the
+        base model's."""
+        if self._installed:
             with torch.no_grad():
                 self._restore_slices()
+                if self.learner_first:
+                    self._reorder(self._inverse_order())
             self.base_weight_slice = None
-        self._synced_state = None
+            self._installed = False
+        self._synced[0] = None
 
     def _restore_slices(self) -> None:
-        self.weight.index_copy_(self.axis, self.indices, self.base_weight_slice)
+        self._write(self.weight, self.axis, self.base_weight_slice)
+
+    def _order(self) -> torch.Tensor:
+        """Learner-first order: the learner neurons (sorted), then the others (sorted). Worked out when needed
+        (installing, restoring, merging) rather than kept: a set that is not in use holds only its slices."""
+        rest = torch.ones(self.weight.shape[self.axis], dtype=torch.bool, device=self.indices.device)
+        rest[self.indices] = False
+        return torch.cat([self.indices, rest.nonzero()[:, 0]])
+
+    def _inverse_order(self) -> torch.Tensor:
+        return torch.argsort(self._order())
+
+    def _original_order(self, full: torch.Tensor, axis: int) -> torch.Tensor:
+        """A copy of `full` (the weight or W1's bias, synced) in the original neuron order."""
+        full = full.detach()
+        return full.index_select(axis, self._inverse_order()) if self.learner_first and self._installed else full.clone()
 
     def merged_weight(self) -> torch.Tensor:
         self.sync()
-        return self.weight.detach().clone()
+        return self._original_order(self.weight, self.axis)
+
+    def to_linear(self) -> nn.Linear:
+        """The merged `nn.Linear` in the original neuron order, holding this layer's weight and bias tensors
+        themselves (reordered in place, no copy kept)."""
+        self.sync()
+        if self.learner_first:
+            with torch.no_grad():
+                self._reorder(self._inverse_order())
+        self.base_weight_slice = None
+        self._installed = False  # the weight now holds the merged values in the original order
+        self._synced[0] = None
+        return _plain_linear(self.weight, self.bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, learner_neurons={self.num_neurons}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, learner_neurons={self.num_neurons}"
+                f"{', learner-first' if self.learner_first else ''}")
 
 
 _eager_sync = torch.compiler.disable(_LearnerLinear.sync)
@@ -223,11 +321,11 @@ class LearnerRowLinear(_LearnerLinear):
 
     axis = 0
 
-    def __init__(self, base: nn.Linear, indices: torch.Tensor):
-        super().__init__(base, indices)
+    def __init__(self, base: nn.Linear, indices: torch.Tensor, learner_first: bool = False):
+        super().__init__(base, indices, learner_first)
         self.bias = base.bias.requires_grad_(False)  # the model's own b1, kept merged like the weight
-        self.register_buffer("base_bias_slice", self.bias.detach().index_select(0, self.indices).clone(), persistent=False)
-        self.learner_bias = nn.Parameter(self.base_bias_slice.clone())
+        self.register_buffer("base_bias_slice", None, persistent=False)
+        self.learner_bias = nn.Parameter(self.bias.detach().index_select(0, self.indices).clone())
         self.sync()
 
     def learner_parameters(self) -> list[nn.Parameter]:
@@ -236,31 +334,30 @@ class LearnerRowLinear(_LearnerLinear):
     def _learner_tensors(self) -> list[torch.Tensor]:
         return [self.learner_weight, self.learner_bias]
 
-    def _write_slices(self) -> None:
-        super()._write_slices()
-        self.bias.index_copy_(0, self.indices, self.learner_bias.detach().to(self.bias.dtype))
+    def _slices(self) -> list[tuple[torch.Tensor, int, torch.Tensor]]:
+        return [(self.weight, 0, self.learner_weight), (self.bias, 0, self.learner_bias)]
 
-    def _keep_base(self) -> None:
-        super()._keep_base()
+    def _install(self) -> None:
         self.base_bias_slice = self.bias.detach().index_select(0, self.indices).clone()
+        super()._install()
 
     def _restore_slices(self) -> None:
         super()._restore_slices()
-        self.bias.index_copy_(0, self.indices, self.base_bias_slice)
+        self._write(self.bias, 0, self.base_bias_slice)
         self.base_bias_slice = None
 
     def forward(self, x):
         self._sync_before_forward()
-        return _RowLearnerFunction.apply(x, self.weight, self.bias, self.learner_weight, self.learner_bias, self.indices)
+        return _RowLearnerFunction.apply(x, self.weight, self.bias, self.learner_weight, self.learner_bias,
+                                         self._learners)
 
     def merged_bias(self) -> torch.Tensor:
         self.sync()
-        return self.bias.detach().clone()
+        return self._original_order(self.bias, 0)
 
     def to_linear(self) -> nn.Linear:
-        """The merged `nn.Linear`, holding this layer's weight and bias tensors themselves (no copy)."""
-        self.sync()
-        return _plain_linear(self.weight, self.bias)
+        self.base_bias_slice = None
+        return super().to_linear()
 
 
 class LearnerColumnLinear(_LearnerLinear):
@@ -269,8 +366,8 @@ class LearnerColumnLinear(_LearnerLinear):
 
     axis = 1
 
-    def __init__(self, base: nn.Linear, indices: torch.Tensor, train_bias: bool = False):
-        super().__init__(base, indices)
+    def __init__(self, base: nn.Linear, indices: torch.Tensor, train_bias: bool = False, learner_first: bool = False):
+        super().__init__(base, indices, learner_first)
         self.train_bias = train_bias
         self.bias = nn.Parameter(base.bias.detach().clone()) if train_bias else base.bias.requires_grad_(False)
         self.sync()
@@ -280,12 +377,7 @@ class LearnerColumnLinear(_LearnerLinear):
 
     def forward(self, a):
         self._sync_before_forward()
-        return _ColumnLearnerFunction.apply(a, self.weight, self.bias, self.learner_weight, self.indices)
-
-    def to_linear(self) -> nn.Linear:
-        """The merged `nn.Linear`, holding this layer's weight and bias tensors themselves (no copy)."""
-        self.sync()
-        return _plain_linear(self.weight, self.bias)
+        return _ColumnLearnerFunction.apply(a, self.weight, self.bias, self.learner_weight, self._learners)
 
 
 def _plain_linear(weight: nn.Parameter, bias: nn.Parameter) -> nn.Linear:

@@ -100,8 +100,9 @@ def build_set(model: nn.Module, name: str, config: LearnerConfig, indices: list[
     for block, idx in zip(blocks, indices):
         if isinstance(block.up, _LearnerLinear):
             raise UsageError("this model already has learners; call merge_and_unload() before adding new ones")
-        modules[join(block.name, block.up_name)] = LearnerRowLinear(block.up, idx)
-        modules[join(block.name, block.down_name)] = LearnerColumnLinear(block.down, idx, train_bias=config.train_ffn_output_bias)
+        modules[join(block.name, block.up_name)] = LearnerRowLinear(block.up, idx, learner_first=True)
+        modules[join(block.name, block.down_name)] = LearnerColumnLinear(block.down, idx, train_bias=config.train_ffn_output_bias,
+                                                                         learner_first=True)
         if config.train_layer_norm and block.layer_norm is not None:
             modules[join(block.name, block.layer_norm_name)] = copy.deepcopy(block.layer_norm)
     for path in head_paths:
