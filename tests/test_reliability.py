@@ -87,19 +87,28 @@ def test_diverging_run_stops_with_the_fix_and_writes_nothing(tmp_path, tiny_mode
 
 
 def test_non_finite_gradient_stops_before_the_weights_change():
+    """The step itself reads nothing on the host: its update is skipped on the device, and the next check of the
+    step log names the step."""
     from accelerate import Accelerator
 
     from conftest import tiny_batch, tiny_model
     from learners.errors import TrainingDiverged
-    from learners.harness.train import TrainConfig, make_optimizer, training_step
+    from learners.harness.train import StepLog, TrainConfig, make_optimizer, training_step
 
     model = tiny_model("bert")
     optimizer, scheduler = make_optimizer(model, TrainConfig(learning_rate=1e-3), 1e-3, 0, 10, 0)
+    log = StepLog()
+    log.add(1, *training_step(model, tiny_batch(), optimizer, scheduler, Accelerator(cpu=True), 1.0))
+    assert [step for step, _, _ in log.check()] == [1]
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    model.classifier.weight.register_hook(lambda g: g * float("inf"))
-    with pytest.raises(TrainingDiverged, match="gradient norm is (inf|nan)"):
-        training_step(model, tiny_batch(), optimizer, scheduler, Accelerator(cpu=True), 1.0)
+    hook = model.classifier.weight.register_hook(lambda g: g * float("inf"))
+    log.add(2, *training_step(model, tiny_batch(), optimizer, scheduler, Accelerator(cpu=True), 1.0))
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    hook.remove()
+    log.add(3, *training_step(model, tiny_batch(), optimizer, scheduler, Accelerator(cpu=True), 1.0))
+    with pytest.raises(TrainingDiverged, match="gradient norm is (inf|nan)") as error:
+        log.check()
+    assert error.value.step == 2
 
 
 def test_non_finite_learners_are_neither_saved_nor_merged(tmp_path):

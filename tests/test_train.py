@@ -51,3 +51,95 @@ def test_rewarm_ramps_the_learner_optimizers_rate_over_its_first_steps():
         rates.append(optimizer.param_groups[0]["lr"])
         optimizer.step(), scheduler.step()
     assert rates == pytest.approx([1e-3 * 1 / 4, 1e-3 * 2 / 4, 1e-3 * 3 / 4, 1e-3, 1e-3])
+
+
+class HostReads:
+    """Records every read of a tensor's values on the host while inside: `.item()`, `bool(t)`, `int(t)` (the
+    dispatcher's `_local_scalar_dense`) and `.tolist()`, `.cpu()`, `.numpy()`, each with the file that asked.
+    On a GPU each makes the host wait for the device; a training step must make none."""
+
+    def __enter__(self):
+        import traceback
+
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        self.reads = []
+        reads = self.reads
+
+        def where() -> str:
+            frames = [f.filename for f in traceback.extract_stack()[:-2]]
+            return next((f for f in reversed(frames) if "/torch/" not in f), frames[-1])
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if func.__name__.startswith("_local_scalar_dense"):
+                    reads.append(("item", where()))
+                return func(*args, **(kwargs or {}))
+
+        self.patched = {}
+        for name in ("tolist", "cpu", "numpy"):
+            original = getattr(torch.Tensor, name)
+            self.patched[name] = original
+
+            def spy(tensor, *args, _name=name, _original=original, **kwargs):
+                reads.append((_name, where()))
+                return _original(tensor, *args, **kwargs)
+
+            setattr(torch.Tensor, name, spy)
+        self.mode = Mode()
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+        for name, original in self.patched.items():
+            setattr(torch.Tensor, name, original)
+
+
+@pytest.mark.parametrize("method", ["learners", "full", "bitfit", "lora"])
+def test_a_training_step_reads_nothing_on_the_host(method):
+    """No `.item()`, `bool()`, `.tolist()` or `.cpu()` inside a step (a GPU would wait for each): the loss and the
+    gradient norm stay on the device until the step log is read at a logging point, and a non-finite one skips the
+    update on the device. transformers itself reads a padded batch's attention mask (is anything masked?): the
+    collator drops a mask that masks nothing, so an unpadded batch makes no read at all, and a padded one only
+    that read, once per forward pass."""
+    from accelerate import Accelerator
+
+    from conftest import tiny_batch
+    from learners.harness.collate import Collator
+    from learners.harness.methods import build_method
+    from learners.harness.train import StepLog, trainable_parameters, training_step
+
+    options = {"selection": "magnitude", "frozen_prefix_cache_mb": 0} if method == "learners" else {}
+    model = build_method(method, options).prepare(tiny_model("bert"), iter([tiny_batch()]))
+    optimizer, scheduler = make_optimizer(model, TrainConfig(learning_rate=1e-3), 1e-3, 0, 10, 0)
+    accelerator, log = Accelerator(cpu=True), StepLog()
+    model, optimizer = accelerator.prepare(model, optimizer)
+    params = trainable_parameters(optimizer)
+    unpadded = {k: v for k, v in tiny_batch(seed=1).items() if k != "attention_mask"}
+    padded = tiny_batch(seed=2)
+    training_step(model, padded, optimizer, scheduler, accelerator, 1.0, params)  # the first step sets up state
+    with HostReads() as unpadded_step:
+        log.add(2, *training_step(model, unpadded, optimizer, scheduler, accelerator, 1.0, params))
+    with HostReads() as padded_step:
+        log.add(3, *training_step(model, padded, optimizer, scheduler, accelerator, 1.0, params))
+    assert unpadded_step.reads == []
+    assert [file for _, file in padded_step.reads] == [f for f in [padded_step.reads[0][1]] if f.endswith(
+        "transformers/masking_utils.py")], padded_step.reads
+    assert [step for step, _, _ in log.check()] == [2, 3]
+
+
+def test_the_collator_drops_a_mask_that_masks_nothing_and_pads_to_a_multiple():
+    from transformers import AutoTokenizer
+
+    from learners.harness.collate import Collator
+    from learners.harness.models import embedded_model_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
+    same = [tokenizer("one two three"), tokenizer("four five six")]
+    assert "attention_mask" not in Collator(tokenizer)(same)
+    mixed = [tokenizer("one two three"), tokenizer("four")]
+    batch = Collator(tokenizer)(mixed)
+    assert batch["input_ids"].shape == (2, 5) and batch["attention_mask"][1].tolist() == [1, 1, 1, 0, 0]
+    assert Collator(tokenizer, pad_to_multiple_of=8)(mixed)["input_ids"].shape == (2, 8)
+    assert Collator(tokenizer, pad_to_multiple_of=8)(same)["attention_mask"].shape == (2, 8)  # padded: kept

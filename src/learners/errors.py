@@ -16,7 +16,12 @@ class UsageError(ValueError):
 
 class TrainingDiverged(UsageError):
     """The loss or gradient norm became NaN or infinite: the settings (most often the learning rate)
-    do not train this model. A usage error too (exit status 2): the fix is a different setting."""
+    do not train this model. A usage error too (exit status 2): the fix is a different setting.
+    `step`: the training step where it happened, where known."""
+
+    def __init__(self, message: str, step: int | None = None):
+        super().__init__(message)
+        self.step = step
 
 
 class TrainingInterrupted(KeyboardInterrupt):

@@ -33,6 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import checkpoint, distributed
+from .precision import cast_frozen_linears, frozen_dtype
 from ..errors import TrainingDiverged, TrainingInterrupted, UsageError
 
 
@@ -50,9 +51,11 @@ class TrainConfig:
     seed: int = 0
     mixed_precision: str = "no"  # "no", "fp16", "bf16"
     gradient_checkpointing: bool = False  # recompute activations in backward (transformers' non-reentrant checkpointing)
+    compile: bool = False  # torch.compile the model for the training steps (evaluation runs it uncompiled)
     priming_learning_rate: float | None = None
     learner_warmup_steps: int = 0  # after priming: ramp the learner optimizer's rate up over this many steps
     progress: bool = True
+    logging_steps: int = 10  # read the steps' losses on the host (progress bar, divergence check) this often
     checkpoint_dir: str | None = None  # None: no checkpoints (and Ctrl-C stops at once)
     checkpoint_steps: int | None = None  # None: at every evaluation; always after priming's reconfiguration and at the end
     resume: bool = False  # continue from the checkpoint in checkpoint_dir
@@ -69,6 +72,7 @@ class TrainResult:
     peak_memory_mb: float = 0.0
     priming_steps: int = 0
     best: dict | None = None
+    frozen_dtype: torch.dtype | None = None  # the dtype the frozen linear weights were kept in (precision.py)
 
 
 def lr_multiplier(step: int, total: int, warmup: int, kind: str) -> float:
@@ -92,9 +96,14 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, learning_rate: float, sta
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # On CUDA the fused kernel updates every tensor in a few launches: small models are launch-bound there.
-    fused = all(p.device.type == "cuda" for p in decay + no_decay) or None
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=learning_rate, fused=fused)
+    # The fused kernel updates every tensor in one call, on the CPU as on CUDA: small models are launch-bound on a
+    # GPU, and on the CPU it took a quarter of the for-loop's time for a small model's 40 tensors. It also skips a
+    # step's update on the device when the loss is not finite (skip_update_unless_finite), with no synchronisation.
+    groups = [g for g in groups if g["params"]]
+    try:
+        optimizer = torch.optim.AdamW(groups, lr=learning_rate, fused=True)
+    except RuntimeError:  # a device without the fused kernel
+        optimizer = torch.optim.AdamW(groups, lr=learning_rate)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_multiplier(s + start_step, total, warmup, cfg.lr_scheduler) * min(1.0, (s + 1) / (rewarm + 1)))
     return optimizer, scheduler
@@ -122,26 +131,76 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def training_step(model, batch, optimizer, scheduler, accelerator: Accelerator, max_grad_norm: float) -> torch.Tensor:
-    """One optimizer step: forward, backward, clip, update. Returns the loss (synchronised on CUDA).
+def trainable_parameters(optimizer) -> list[torch.Tensor]:
+    """What `optimizer` updates (the trainable parameters): read from its groups, not from a walk of the model."""
+    return [p for group in getattr(optimizer, "optimizer", optimizer).param_groups for p in group["params"]]
 
-    A NaN or infinite loss or gradient norm raises TrainingDiverged before the weights change
-    (with fp16 an infinite gradient norm is the loss scaler's business: it skips that step)."""
+
+def training_step(model, batch, optimizer, scheduler, accelerator: Accelerator, max_grad_norm: float,
+                  params: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step: forward, backward, clip, update. Returns the loss and the gradient norm, on the device.
+
+    Nothing here waits for the device (no `.item()`, no synchronisation): a step whose loss or gradient norm is
+    NaN or infinite leaves the weights as they were, because the fused optimizer skips its update on the device
+    (`skip_update_unless_finite`), and `StepLog.check` raises TrainingDiverged at the next logging point. With
+    fp16 the loss scaler skips such steps and adjusts its scale. `params`: the trainable parameters (default:
+    the optimizer's)."""
     loss = model(**batch).loss
-    if not distributed.all_true(bool(torch.isfinite(loss.detach()))):  # every rank stops together
-        raise TrainingDiverged(f"the loss is {loss.item()}" if not torch.isfinite(loss.detach())
-                               else "the loss is not finite on another data-parallel rank")
     accelerator.backward(loss)
+    params = trainable_parameters(optimizer) if params is None else params
     if max_grad_norm:
-        norm = accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], max_grad_norm)
-        if accelerator.scaler is None and not torch.isfinite(norm):
-            raise TrainingDiverged(f"the gradient norm is {norm.item()}")
+        norm = accelerator.clip_grad_norm_(params, max_grad_norm)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    loss = loss.detach()
+    if accelerator.scaler is None:
+        skip_update_unless_finite(optimizer, loss, norm)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    if accelerator.device.type == "cuda":
-        torch.cuda.synchronize(accelerator.device)
-    return loss.detach()
+    return loss, norm
+
+
+def skip_update_unless_finite(optimizer, loss: torch.Tensor, norm: torch.Tensor) -> None:
+    """Make the coming optimizer step a no-op if the loss or the gradient norm is not finite, without reading
+    them on the host: a fused torch optimizer takes `found_inf` (as from a loss scaler) and skips the update,
+    step count included, on the device. An optimizer that cannot checks on the host and raises at once."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    if inner.defaults.get("fused"):
+        inner.found_inf = torch.isfinite(loss + norm).logical_not().float()
+    elif not bool(torch.isfinite(loss + norm)):
+        raise TrainingDiverged(f"the loss is {loss.item()}" if not torch.isfinite(loss) else
+                               f"the gradient norm is {norm.item()}")
+
+
+@dataclass
+class StepLog:
+    """The losses and gradient norms of the steps since the last check, kept on the device: `check` reads them
+    all at once, one host synchronisation per logging interval instead of one per step."""
+
+    pending: list[tuple[int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
+
+    def add(self, step: int, loss: torch.Tensor, norm: torch.Tensor) -> None:
+        self.pending.append((step, loss, norm))
+
+    def check(self, loss_only: bool = False) -> list[tuple[int, float, float]]:
+        """The pending steps as (step, loss, gradient norm); TrainingDiverged at the first whose loss (or, unless
+        `loss_only`, as with fp16's loss scaler, gradient norm) is not finite, on any data-parallel rank."""
+        if not self.pending:
+            rows = []
+        else:
+            values = torch.stack([torch.stack([loss.float(), norm.float()]) for _, loss, norm in self.pending]).tolist()
+            rows = [(step, loss, norm) for (step, _, _), (loss, norm) in zip(self.pending, values)]
+        self.pending = []
+        bad = next(((step, loss, norm) for step, loss, norm in rows
+                    if not math.isfinite(loss) or (not loss_only and not math.isfinite(norm))), None)
+        if not distributed.all_true(bad is None):  # every rank stops together
+            if bad is None:
+                raise TrainingDiverged("the loss is not finite on another data-parallel rank")
+            step, loss, norm = bad
+            raise TrainingDiverged(f"the loss is {loss}" if not math.isfinite(loss) else f"the gradient norm is {norm}",
+                                   step)
+        return rows
 
 
 def priming_budget(wanted: int, total: int) -> int:
@@ -158,7 +217,9 @@ def priming_budget(wanted: int, total: int) -> int:
 
 
 def diverged(error: TrainingDiverged, step: int, phase: str, learning_rate: float, cfg: TrainConfig) -> TrainingDiverged:
-    """The one-line message for a run that diverged: where, at which rate, and what to change."""
+    """The one-line message for a run that diverged: where (the error's own step if it has one), at which rate,
+    and what to change."""
+    step = error.step or step
     flag = "--priming-learning-rate" if phase == "priming" else "--learning-rate"
     hint = " or --mixed-precision no" if cfg.mixed_precision != "no" else ""
     return TrainingDiverged(f"training diverged at step {step} ({phase} phase): {error}; lower {flag} "
@@ -179,6 +240,16 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     # name still works (and unlike forward_sync_buffers=False also skips the buffer broadcast at wrapping).
     warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
     return Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu, kwargs_handlers=handlers)
+
+
+def compiled(model: nn.Module) -> nn.Module:
+    """torch.compile(model) for the training steps (it compiles at the first step, and once more for each new
+    input shape: --pad-to-multiple-of keeps those few)."""
+    try:
+        return torch.compile(model)
+    except Exception as e:  # noqa: BLE001 - any backend's failure to set up: one line, and the way out
+        raise UsageError(f"--compile: torch.compile cannot compile this model ({type(e).__name__}: {e}); run "
+                         "without --compile") from None
 
 
 def check_same_selection(method, model: nn.Module) -> None:
@@ -229,6 +300,12 @@ class _Run:
         self.result = TrainResult(model=model, priming_steps=self.priming_steps)
         self.saved = checkpoint.load(cfg.checkpoint_dir) if cfg.resume else None
 
+    def keep_frozen_weights_low(self) -> None:
+        """In bf16, the frozen linear weights are stored in bf16 from here on (precision.cast_frozen_linears)."""
+        dtype = frozen_dtype(self.cfg.mixed_precision)
+        if dtype is not None and cast_frozen_linears(self.model, dtype):
+            self.result.frozen_dtype = dtype
+
     def batches(self):
         """The training batches on the device, unsharded (what selection and priming's probes read)."""
         for batch in self.train_loader:
@@ -246,6 +323,7 @@ class _Run:
         check_same_selection(self.method, self.model)
         if cfg.gradient_checkpointing:
             enable_gradient_checkpointing(self.model)
+        self.keep_frozen_weights_low()
         self.result.train_seconds += time.perf_counter() - started
         self.phase = saved.phase if saved else ("priming" if self.priming_steps else "train")
         priming = self.phase == "priming"
@@ -257,6 +335,9 @@ class _Run:
             checkpoint.restore_training(saved, self.optimizer, self.scheduler, self.accelerator.scaler, self.result)
             distributed.log(f"resuming from {saved.directory} at step {saved.step}/{self.total} ({self.phase})")
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self.params = trainable_parameters(self.optimizer)  # for clipping, without walking the model every step
+        self.step_model = compiled(self.model) if cfg.compile else self.model
+        self.steps = StepLog()
         self.generator = getattr(getattr(self.train_loader, "sampler", None), "generator", None)  # the loader's shuffling
         self.step, self.position = (saved.step, saved.position) if saved else (0, checkpoint.EpochPosition())
 
@@ -286,7 +367,8 @@ class _Run:
     def train_step(self, batch) -> None:
         t0 = time.perf_counter()
         try:
-            loss = training_step(self.model, batch, self.optimizer, self.scheduler, self.accelerator, self.cfg.max_grad_norm)
+            loss, norm = training_step(self.step_model, batch, self.optimizer, self.scheduler, self.accelerator,
+                                       self.cfg.max_grad_norm, self.params)
         except TrainingDiverged as e:
             raise diverged(e, self.step + 1, self.phase, self.learning_rate, self.cfg) from None
         elapsed = time.perf_counter() - t0
@@ -294,8 +376,23 @@ class _Run:
         self.result.train_seconds += elapsed
         self.step += 1
         self.position.batch += 1
+        self.steps.add(self.step, loss, norm)
         self.bar.update(1)
-        self.bar.set_description(f"training (loss {loss.item():.4f})")
+        if self.step % self.cfg.logging_steps == 0:
+            self.check_steps()
+
+    def check_steps(self) -> None:
+        """Read the pending steps' losses on the host (the one synchronisation with the device between logging
+        points; its wait for queued work counts as training time): a diverged run stops here, at the step where
+        it happened; else the progress bar shows the last loss."""
+        t0 = time.perf_counter()
+        try:
+            rows = self.steps.check(loss_only=self.accelerator.scaler is not None)
+        except TrainingDiverged as e:
+            raise diverged(e, self.step, self.phase, self.learning_rate, self.cfg) from None
+        self.result.train_seconds += time.perf_counter() - t0
+        if rows:
+            self.bar.set_description(f"training (loss {rows[-1][1]:.4f})")
 
     def end_priming(self) -> None:
         """Evaluate the primed model, let the method select and reconfigure (timed as training), evaluate again,
@@ -306,10 +403,13 @@ class _Run:
         check_same_selection(self.method, self.model)
         if self.cfg.gradient_checkpointing:
             enable_gradient_checkpointing(self.model)
+        self.keep_frozen_weights_low()
         self.learning_rate = self.cfg.learning_rate
         self.optimizer, self.scheduler = make_optimizer(self.model, self.cfg, self.learning_rate, self.step, self.total,
                                                         self.warmup, self.rewarm)
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self.params = trainable_parameters(self.optimizer)
+        self.step_model = compiled(self.model) if self.cfg.compile else self.model
         self.model.train()
         self.result.train_seconds += time.perf_counter() - t0
         self.phase = "reconfigured"  # base model + primed learners + head, before any learner step
@@ -318,6 +418,7 @@ class _Run:
 
     def run_eval(self) -> None:
         """Rank 0 evaluates (the others go on to the next step); the learner phase's best weights are kept."""
+        self.check_steps()
         if not self.accelerator.is_main_process:
             return
         result, model = self.result, self.model
@@ -336,6 +437,7 @@ class _Run:
                    f"{entry['seconds']:.1f}s training", file=sys.stderr)
 
     def save_checkpoint(self) -> None:
+        self.check_steps()  # a checkpoint never holds the steps of a diverged run
         if not self.accelerator.is_main_process:
             return
         checkpoint.save(Path(self.cfg.checkpoint_dir), run_args=self.cfg.run_args, step=self.step, phase=self.phase,
@@ -361,6 +463,7 @@ class _Run:
 
     def finish(self) -> TrainResult:
         """The result, with the best evaluation's weights (if any) restored into the unwrapped model."""
+        self.check_steps()
         result = self.result
         result.steps = self.step
         result.peak_memory_mb = peak_memory_mb(self.device)
