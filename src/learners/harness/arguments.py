@@ -6,6 +6,7 @@ Their own module so that both the CLI (cli.py) and the bench (bench.py) use them
 import argparse
 
 from ..errors import UsageError
+from .precision import PRECISIONS
 
 
 def _positive_int_list(text: str) -> list[int]:
@@ -42,9 +43,17 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: the method's, see README)")
     p.add_argument("--lr-scheduler", choices=["linear", "constant"], help="after warm-up (default: the method's, see README)")
     p.add_argument("--max-length", type=int, help="truncate inputs to this many tokens (default 128, or the model's limit if lower)")
+    p.add_argument("--pad-to-multiple-of", type=int,
+                   help="pad each batch up to a multiple of this many tokens (e.g. 32: lengths 32, 64, 96, 128), so that "
+                        "--compile traces a few shapes; default: to the batch's longest example")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model for the training steps (evaluation runs uncompiled); with "
+                        "--pad-to-multiple-of it compiles once per length")
     p.add_argument("--eval-steps", type=int, help="evaluate every N steps (default: four times an epoch) and at the end")
     p.add_argument("--max-train-samples", type=int, help="train on a fixed random subset of this many examples")
-    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    p.add_argument("--mixed-precision", choices=list(PRECISIONS), default="no",
+                   help="bf16: autocast to bf16, the frozen weights kept in bf16 (on CPUs with AVX512-BF16 or AMX, and "
+                        "GPUs); auto: bf16 where the device has it, else no; fp16: GPUs only; no: fp32 (default)")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute each block's activations in the backward pass instead of keeping them: less memory, "
                         "a slower step, the same results (a run may resume with it on or off)")

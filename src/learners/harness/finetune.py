@@ -15,11 +15,13 @@ from torch.utils.data import DataLoader
 from . import checkpoint, distributed
 from ..errors import UsageError, check_finite, check_output_path
 from .arguments import method_options, priming_flags_given
+from .collate import Collator, check_padding
 from .files import OutputDirInUse, exclusive_output_dir, write_text_atomically
 from .methods import build_method
 from .metrics import compute_metrics, primary_metric_name
-from .models import DEFAULT_MODEL, check_max_length, load_model_and_tokenizer
+from .models import DEFAULT_MODEL, check_max_length, load_model_and_tokenizer, max_sequence_length
 from .task_data import TaskData
+from .precision import resolve_precision
 from .train import TrainConfig, train
 
 TASK_FILE = "learners_task.json"
@@ -47,10 +49,12 @@ class FinetuneArgs:
     weight_decay: float | None = None  # None: the method's default
     lr_scheduler: str | None = None  # None: the method's default
     max_length: int | None = None  # None: 128, or the model's limit if lower
+    pad_to_multiple_of: int | None = None  # None: pad each batch to its longest example
+    compile: bool = False  # torch.compile the training step's model
     eval_steps: int | None = None
     max_train_samples: int | None = None
     seed: int = 0
-    mixed_precision: str = "no"
+    mixed_precision: str = "no"  # auto, no, bf16, fp16 (see precision.py)
     gradient_checkpointing: bool = False
     overwrite: bool = False
     resume: bool = False
@@ -91,7 +95,8 @@ def finetune_args(args: argparse.Namespace) -> FinetuneArgs:
         batch_size=args.batch_size, learning_rate=args.learning_rate, priming_learning_rate=args.priming_learning_rate,
         learner_warmup_steps=args.learner_warmup_steps,
         warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, lr_scheduler=args.lr_scheduler,
-        max_length=args.max_length, eval_steps=args.eval_steps, max_train_samples=args.max_train_samples,
+        max_length=args.max_length, pad_to_multiple_of=args.pad_to_multiple_of, compile=args.compile,
+        eval_steps=args.eval_steps, max_train_samples=args.max_train_samples,
         seed=args.seed, mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
         overwrite=given.get("overwrite", False),
         resume=given.get("resume", False), checkpoint_steps=given.get("checkpoint_steps"),
@@ -160,14 +165,14 @@ def encode(dataset, task: TaskData, tokenizer, max_length: int):
     return encoded.rename_column("label", "labels")
 
 
-def make_loader(dataset, tokenizer, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+def make_loader(dataset, tokenizer, batch_size: int, shuffle: bool, seed: int = 0,
+                pad_to_multiple_of: int | None = None) -> DataLoader:
     """Every loader has a generator of its own: a DataLoader without one draws its base seed from torch's global
     generator each time it is iterated, so each evaluation would shift the dropout masks of the training after it
-    (a run's training would depend on --eval-steps)."""
-    from transformers import DataCollatorWithPadding
+    (a run's training would depend on --eval-steps). Batches: see collate.py."""
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      collate_fn=DataCollatorWithPadding(tokenizer))
+                      collate_fn=Collator(tokenizer, pad_to_multiple_of))
 
 
 @torch.no_grad()
@@ -212,14 +217,17 @@ def _finetune(args: FinetuneArgs, out: Path) -> dict | None:
     set_seed(args.seed)  # before the model: a freshly initialised task head is random too
     model, tokenizer = load_model_and_tokenizer(args.model, task.num_labels, task.label_names)
     max_length = check_max_length(args.max_length, model.config)
+    check_padding(args.pad_to_multiple_of, max_length, max_sequence_length(model.config))
     method.check(model)
 
     train_set = task.train
     if args.max_train_samples and args.max_train_samples < len(train_set):
         train_set = train_set.shuffle(seed=0).select(range(args.max_train_samples))
-    train_loader = make_loader(encode(train_set, task, tokenizer, max_length), tokenizer, args.batch_size, True, args.seed)
+    train_loader = make_loader(encode(train_set, task, tokenizer, max_length), tokenizer, args.batch_size, True, args.seed,
+                               args.pad_to_multiple_of)
     dev_sets = {"": task.validation, **{f"{k}_": v for k, v in task.extra_validation.items()}}
-    dev_loaders = {prefix: make_loader(encode(ds, task, tokenizer, max_length), tokenizer, 128, False)
+    dev_loaders = {prefix: make_loader(encode(ds, task, tokenizer, max_length), tokenizer, 128, False,
+                                       pad_to_multiple_of=args.pad_to_multiple_of)
                    for prefix, ds in dev_sets.items()}
     metric_name = primary_metric_name(task.metric_kind)
 
@@ -231,12 +239,13 @@ def _finetune(args: FinetuneArgs, out: Path) -> dict | None:
         return metrics
 
     learning_rate = args.learning_rate or method.default_learning_rate
+    precision = resolve_precision(args.mixed_precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     cfg = TrainConfig(learning_rate=learning_rate, epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
                       warmup_ratio=args.warmup_ratio,
                       weight_decay=method.default_weight_decay if args.weight_decay is None else args.weight_decay,
                       lr_scheduler=args.lr_scheduler or method.default_lr_scheduler,
-                      eval_steps=args.eval_steps, seed=args.seed, mixed_precision=args.mixed_precision,
-                      gradient_checkpointing=args.gradient_checkpointing,
+                      eval_steps=args.eval_steps, seed=args.seed, mixed_precision=precision,
+                      gradient_checkpointing=args.gradient_checkpointing, compile=args.compile,
                       priming_learning_rate=args.priming_learning_rate or 1e-4, progress=args.progress,
                       learner_warmup_steps=args.learner_warmup_steps,
                       checkpoint_dir=str(out / checkpoint.DIRECTORY), checkpoint_steps=args.checkpoint_steps,
@@ -245,13 +254,33 @@ def _finetune(args: FinetuneArgs, out: Path) -> dict | None:
     if not distributed.is_main():
         distributed.barrier()  # until rank 0 has written everything
         return None
-    results = save_run(args, out, method, result, task, tokenizer, metric_name, learning_rate, max_length, len(train_set))
+    if result.frozen_dtype is not None:
+        result.model = in_full_precision(result.model, method, args, task)
+    results = save_run(args, out, method, result, task, tokenizer, metric_name, learning_rate, max_length, len(train_set),
+                       precision)
     distributed.barrier()
     return results
 
 
+def in_full_precision(model, method, args: FinetuneArgs, task: TaskData):
+    """`model` with the frozen weights it kept in bf16 (precision.cast_frozen_linears) back in fp32: the method's
+    model rebuilt on a fresh load of the base model, as a resumed run is, with the trained tensors (fp32 master
+    values) copied in. Saving and merging are then exact, as for a run in fp32."""
+    facts, tensors = method.checkpoint_state(model)
+    trained = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+    base, _ = load_model_and_tokenizer(args.model, task.num_labels, task.label_names)
+    rebuilt = method.restore(base.to(next(iter(trained.values())).device), iter(()), facts, tensors)
+    params = {name: p for name, p in rebuilt.named_parameters() if p.requires_grad}
+    if set(params) != set(trained):
+        raise RuntimeError(f"rebuilding the model in fp32 gave other trainable tensors: {sorted(set(params) ^ set(trained))[:3]}")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(trained[name])
+    return rebuilt
+
+
 def save_run(args: FinetuneArgs, out: Path, method, result, task: TaskData, tokenizer, metric_name: str,
-             learning_rate: float, max_length: int, train_examples: int) -> dict:
+             learning_rate: float, max_length: int, train_examples: int, precision: str = "no") -> dict:
     """OUT/model, OUT/learners (or the method's extra files), then OUT/results.json; the checkpoint goes."""
     check_finite(result.model.state_dict().items(), "the trained model", "Lower --learning-rate and run again.")
 
@@ -282,6 +311,7 @@ def save_run(args: FinetuneArgs, out: Path, method, result, task: TaskData, toke
         "world_size": distributed.world_size(), "global_batch_size": distributed.world_size() * args.batch_size,
         "learning_rate": learning_rate, "max_length": max_length, "train_examples": train_examples,
         "device": "cuda" if torch.cuda.is_available() else "cpu", "torch_threads": torch.get_num_threads(),
+        "mixed_precision": precision,
         "history": result.history,
         "args": {k: v for k, v in asdict(args).items() if k not in ("progress", "resume")},
         **extra,
