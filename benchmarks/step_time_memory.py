@@ -36,6 +36,10 @@ ARCHS = {
     "distilbert-base": ("distilbert", {}),
     "bert-base": ("bert", {}),
     "tiny": ("bert", {"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 2, "intermediate_size": 256}),
+    # MiniLM-L6's structure (6 blocks, 12 heads, FFN 4x wide) with the arithmetic made negligible: what a step costs
+    # beside its matmuls, i.e. what the host dispatches, as on a GPU where a small model's step is launch-bound.
+    "minilm-l6-narrow": ("bert", {"hidden_size": 48, "num_hidden_layers": 6, "num_attention_heads": 12,
+                                  "intermediate_size": 192, "vocab_size": 1000}),
 }
 
 
@@ -92,6 +96,42 @@ def device_name(device) -> str:
     return names[0] if names else "cpu"
 
 
+class OpCounter:
+    """Counts the operators a step dispatches (a TorchDispatchMode: every aten call that reaches a kernel) and the
+    host reads among them (`_local_scalar_dense`: `.item()`, `bool(t)`, `int(t)`), which on a GPU make the host wait."""
+
+    def __new__(cls):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        class Mode(TorchDispatchMode):
+            ops = host_reads = 0
+
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                self.ops += 1
+                self.host_reads += func.__name__.startswith("_local_scalar_dense")
+                return func(*args, **(kwargs or {}))
+
+        return Mode()
+
+
+def cuda_syncs(step) -> int | None:
+    """How many times one call of `step` made the host wait for the GPU (torch.cuda.set_sync_debug_mode's
+    warnings); None off CUDA."""
+    import warnings
+
+    import torch
+    if not torch.cuda.is_available():
+        return None
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
 def worker(args) -> dict:
     """Time `args.worker`'s training step in this (fresh) process; returns one JSON-able row."""
     import torch
@@ -99,8 +139,9 @@ def worker(args) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from learners.harness.methods import build_method
+    from learners.harness.precision import cast_frozen_linears, frozen_dtype
     from learners.harness.train import (TrainConfig, enable_gradient_checkpointing, make_optimizer, peak_memory_mb,
-                                        training_step)
+                                        trainable_parameters, training_step)
 
     torch.manual_seed(0)
     accelerator = Accelerator(mixed_precision=args.precision, cpu=not torch.cuda.is_available())
@@ -119,7 +160,7 @@ def worker(args) -> dict:
     def batch():
         if args.repeat_batches and len(seen) >= max(args.warmup, 1):
             return seen[len(times) % len(seen)]
-        ids = torch.randint(1000, vocab_size, (args.batch_size, args.length), generator=gen)
+        ids = torch.randint(min(1000, vocab_size // 2), vocab_size, (args.batch_size, args.length), generator=gen)
         new = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
                "labels": torch.randint(0, 2, (args.batch_size,), generator=gen).to(device)}
         if args.repeat_batches:
@@ -131,10 +172,13 @@ def worker(args) -> dict:
         enable_gradient_checkpointing(model)
     seen.clear()
     layers = learner_layers(model)
+    if frozen_dtype(args.precision) is not None:  # as a run in bf16 keeps them (learners.harness.precision)
+        cast_frozen_linears(model, frozen_dtype(args.precision))
     cfg = TrainConfig(learning_rate=method.default_learning_rate)
-    total = args.warmup + args.steps
+    total = args.warmup + args.steps + 2  # two more: the operator count and the GPU's sync count
     optimizer, scheduler = make_optimizer(model, cfg, cfg.learning_rate, 0, total, 0)
     model, optimizer = accelerator.prepare(model, optimizer)
+    params = trainable_parameters(optimizer)
     eager = model
     if args.compile:
         model = compile_model(model)
@@ -143,19 +187,29 @@ def worker(args) -> dict:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     loaded_rss = rss_mb()
-    for i in range(total):
-        b = batch()
-        t0 = time.perf_counter()
+
+    def step(b):
         if forward_only:
             with torch.no_grad():
                 model(**b)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
         else:
-            training_step(model, b, optimizer, scheduler, accelerator, cfg.max_grad_norm)  # synchronises on CUDA
+            training_step(model, b, optimizer, scheduler, accelerator, cfg.max_grad_norm, params)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    cpu_times = []
+    for i in range(args.warmup + args.steps):
+        b = batch()
+        t0, c0 = time.perf_counter(), time.process_time()
+        step(b)
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
-    peak_mb = peak_memory_mb(device)  # before the FLOP count below, which runs one more pass
+            cpu_times.append(time.process_time() - c0)
+    peak_mb = peak_memory_mb(device)  # before the counts below, and the FLOP count, which runs one more pass
+    b = batch()
+    with OpCounter() as counter:
+        step(b)
+    syncs = cuda_syncs(lambda: step(batch()))
     with FlopCounterMode(display=False) as flops:  # the eager module: the counter sees its matmuls
         if forward_only:
             with torch.no_grad():
@@ -165,13 +219,15 @@ def worker(args) -> dict:
     optimizer.zero_grad(set_to_none=True)
     if args.profile:
         profile_steps(args.profile, lambda: training_step(model, batch(), optimizer, scheduler, accelerator,
-                                                          cfg.max_grad_norm), device)
+                                                          cfg.max_grad_norm, params), device)
     unwrapped = accelerator.unwrap_model(eager)
     counts = method.parameter_counts(unwrapped)
     cache = getattr(unwrapped, "frozen_prefix_cache", None)
     if forward_only:
         counts = {**counts, "trainable": 0}
     return {"method": args.label or args.worker, "step_ms": 1000 * statistics.median(times), "peak_mb": peak_mb,
+            "cpu_ms": 1000 * statistics.median(cpu_times), "ops": counter.ops, "host_reads": counter.host_reads,
+            "cuda_syncs": syncs,
             "gflops": flops.get_total_flops() / 1e9, "learner_layers": layers,
             "prefix_cache": None if cache is None else {"hits": cache.hits, "misses": cache.misses},
             "loaded_rss_mb": loaded_rss, "trainable": counts["trainable"], "total": counts["total"],
@@ -251,13 +307,18 @@ def method_spec(spec: str) -> tuple[str, dict | None, bool]:
     output bias and the block's output LayerNorm frozen (the CLI trains them by default; ":b2", ":ln" say so);
     ":ckpt" turns on activation checkpointing (finetune's --gradient-checkpointing: memory for a second forward).
     "priming:SCOPE" times a priming step (learners before selection) with that priming scope (all, ffn,
-    learner-layers; default all). Other names as they are.
+    learner-layers; default all). "learners:nocache" and "learners:cached" are the CLI's default without the
+    frozen-prefix cache, and with it in a later epoch. Other names as they are.
     Returns (method, options, repeat batches)."""
     name, *parts = spec.split(":")
     if name == "priming":
         return "learners", {"selection": "priming", "priming_scope": parts[0] if parts else "all"}, False
     if not parts:
         return name, None, False
+    if parts == ["nocache"]:
+        return name, {"selection": "magnitude", "frozen_prefix_cache_mb": 0}, False
+    if parts == ["cached"]:
+        return name, {"selection": "magnitude"}, True
     layers = parts[0]
     options = {"selection": "magnitude", "layers": [int(i) for i in layers.split("+")] if "+" in layers else layers}
     for part, key in (("nofd", "frozen_dropout"), ("noad", "attention_dropout"), ("noapd", "attention_probs_dropout")):
@@ -282,11 +343,15 @@ def main():
                         "every method that runs it); learners:LAYERS times learners in those blocks "
                         "(all, top-N, or blocks joined by +, e.g. 3+4+5; learners:top-3:nofd with --no-frozen-dropout, whose "
                         "frozen-prefix cache misses on new batches; :nofd:cached times a later epoch, every example "
-                        "cached; :nocache turns the cache off; :ratio=R the learner size; :nob2 and :noln freeze the FFN output bias and the LayerNorm; :ckpt with activation checkpointing; priming:SCOPE times a priming step with that --priming-scope), "
+                        "cached; :nocache turns the cache off; :ratio=R the learner size; :nob2 and :noln freeze the FFN output bias and the LayerNorm; :ckpt with activation checkpointing; priming:SCOPE times a priming step with that --priming-scope); "
+                        "learners:nocache and learners:cached are the default without the cache and in a later epoch, "
                         "e.g. full,bitfit,learners:all,learners:top-3,priming:ffn")
     p.add_argument("--model")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lengths", default="128", help="sequence lengths, one table block each, e.g. 128,64")
+    p.add_argument("--precisions", default="no",
+                   help="no (fp32) and/or bf16, e.g. no,bf16: every method in each, one table (bf16 keeps frozen "
+                        "linear weights in bf16, as a run does)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     add_worker_arguments(p)
@@ -294,23 +359,34 @@ def main():
     if args.worker:
         print(json.dumps(worker(args)))
         return
-    print("| batch x length | method | trainable params | median step (ms) | vs first | peak memory (MB) | vs first "
-          "| training memory above loaded model (MB) | vs first | matmul GFLOPs (fwd+bwd) | vs first |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print_table(args)
+
+
+def print_table(args) -> None:
+    """Every method in every precision, side by side; ratios to the first method in the same precision and to the
+    first row (the first method in the first precision)."""
+    print("| batch x length | method | precision | trainable params | median step (ms) | vs first, same precision "
+          "| vs first row | CPU time (ms) | operators | host reads | peak memory (MB) | vs first | matmul GFLOPs | vs first |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    precisions = args.precisions.split(",")
     for length in [int(x) for x in args.lengths.split(",")]:
-        rows = [run_worker(method_spec(spec)[0], args.batch_size, length, args.steps, args.warmup, model=args.model,
-                           options=method_spec(spec)[1], label=spec, repeat_batches=method_spec(spec)[2])
-                for spec in args.methods.split(",")]
-        base = rows[0]
-        base_extra = base["peak_mb"] - base["loaded_rss_mb"]
-        for r in rows:
-            extra = r["peak_mb"] - r["loaded_rss_mb"]
-            print(f"| {args.batch_size} x {length} | {r['method']} | {r['trainable']:,} ({100 * r['trainable'] / r['total']:.2f}%) "
-                  f"| {r['step_ms']:.0f} | {r['step_ms'] / base['step_ms']:.2f}x | {r['peak_mb']:.0f} | "
-                  f"{r['peak_mb'] / base['peak_mb']:.2f}x | {extra:.0f} | {extra / base_extra:.2f}x | {r['gflops']:.0f} | "
-                  f"{r['gflops'] / base['gflops']:.2f}x |", flush=True)
-    print(f"\nmedian of {args.steps} steps after {args.warmup} warm-up steps; device {base['device']}, "
-          f"{base['threads']} threads; each method in a fresh process")
+        first_row = None
+        for precision in precisions:
+            base = None
+            for spec in args.methods.split(","):
+                name, options, repeat = method_spec(spec)
+                r = run_worker(name, args.batch_size, length, args.steps, args.warmup, model=args.model, arch=args.arch,
+                               precision=precision, options=options, label=spec, repeat_batches=repeat)
+                base, first_row = base or r, first_row or r
+                print(f"| {args.batch_size} x {length} | {r['method']} | {precision} | {r['trainable']:,} "
+                      f"({100 * r['trainable'] / r['total']:.2f}%) | {r['step_ms']:.1f} | {r['step_ms'] / base['step_ms']:.2f}x "
+                      f"| {r['step_ms'] / first_row['step_ms']:.2f}x | {r['cpu_ms']:.1f} | {r['ops']} | {r['host_reads']} "
+                      f"| {r['peak_mb']:.0f} | {r['peak_mb'] / base['peak_mb']:.2f}x | {r['gflops']:.2f} "
+                      f"| {r['gflops'] / base['gflops']:.2f}x |", flush=True)
+    print(f"\nmedian of {args.steps} steps after {args.warmup} warm-up steps; {first_row['device_name']} "
+          f"({first_row['device']}), {first_row['threads']} threads, torch {first_row['torch']}; each method in a "
+          f"fresh process; {args.arch or args.model or 'the default model'}; operators and host reads: one step, "
+          "counted by a TorchDispatchMode")
 
 
 if __name__ == "__main__":
