@@ -57,6 +57,8 @@ The backward passes (custom autograd functions below) are where the method saves
   backward reuses: no second cast.
 """
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -65,10 +67,15 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 _optimizer_steps = [0]  # optimizer steps taken in this process, counted by the hook below
 _step_hook = []
+_LIVE_LAYERS = weakref.WeakSet()  # the installed learner layers: their full weight holds their slices (_install)
 
 
 def _count_optimizer_step(optimizer, args, kwargs) -> None:
+    """After every optimizer step: count it, and write the new learner slices of every installed layer into its
+    full weight right away, so that a compiled forward pass has nothing to check or write (no graph break)."""
     _optimizer_steps[0] += 1
+    for layer in list(_LIVE_LAYERS):
+        layer.sync()
 
 
 def _watch_optimizer_steps() -> None:
@@ -77,12 +84,14 @@ def _watch_optimizer_steps() -> None:
         _step_hook.append(register_optimizer_step_post_hook(_count_optimizer_step))
 
 
-def _compute_dtype(weight: torch.Tensor, x: torch.Tensor) -> torch.dtype:
-    """The dtype the matmul runs in: autocast's when autocast is on, else the weight's."""
+def _autocast(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The matmul's operands as autocast would cast them for nn.Linear (each cast once, and none where a tensor is
+    already in autocast's dtype); outside autocast as they are."""
     device_type = x.device.type
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return weight.dtype
+    if not torch.is_autocast_enabled(device_type):
+        return x, weight, bias
+    dtype = torch.get_autocast_dtype(device_type)
+    return x.to(dtype), weight.to(dtype), bias.to(dtype)
 
 
 def _learner_part(matrix: torch.Tensor, learners) -> torch.Tensor:
@@ -98,8 +107,7 @@ class _RowLearnerFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, learner_weight, learner_bias, learners):
-        dtype = _compute_dtype(weight, x)
-        x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)  # no-ops where already in that dtype
+        x, weight, bias = _autocast(x, weight, bias)
         ctx.learners = learners
         ctx.save_for_backward(x if ctx.needs_input_grad[3] else None, weight)
         return F.linear(x, weight, bias)
@@ -125,8 +133,7 @@ class _ColumnLearnerFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a, weight, bias, learner_weight, learners):
-        dtype = _compute_dtype(weight, a)
-        a, weight, bias = a.to(dtype), weight.to(dtype), bias.to(dtype)
+        a, weight, bias = _autocast(a, weight, bias)
         a_learner = None
         if ctx.needs_input_grad[3]:  # only the learner neurons' activations are kept, for the weight gradient
             flat = a.reshape(-1, a.shape[-1])
@@ -157,6 +164,7 @@ class _LearnerLinear(nn.Module):
         super().__init__()
         if base.bias is None:
             raise ValueError("learner layers need an FFN linear with a bias")
+        self._watched = []  # the learner tensors, as a plain list (sync reads it before every forward)
         size = base.weight.shape[self.axis]
         indices = torch.as_tensor(indices, dtype=torch.long, device=base.weight.device)
         if indices.ndim != 1 or indices.numel() == 0:
@@ -176,8 +184,15 @@ class _LearnerLinear(nn.Module):
         self.register_buffer("base_weight_slice", None, persistent=False)
         self.learner_weight = nn.Parameter(self.weight.detach().index_select(self.axis, indices).clone())
         self._installed = False  # whether the weight is in its installed order (learner-first) with the base kept
+        self._watched.append(self.learner_weight)
         self._synced = [None]  # the state of the last write (see sync); a plain list: read and set on every forward
         _watch_optimizer_steps()
+
+    def __setstate__(self, state: dict) -> None:
+        """Unpickled or deep-copied (torch.save of a whole model), an installed layer is live again."""
+        super().__setstate__(state)
+        if self._installed:
+            _LIVE_LAYERS.add(self)
 
     @property
     def num_neurons(self) -> int:
@@ -190,9 +205,6 @@ class _LearnerLinear(nn.Module):
 
     def learner_parameters(self) -> list[nn.Parameter]:
         """What trains in this layer (never the shared full weight)."""
-        return [self.learner_weight]
-
-    def _learner_tensors(self) -> list[torch.Tensor]:
         return [self.learner_weight]
 
     def _slices(self) -> list[tuple[torch.Tensor, int, torch.Tensor]]:
@@ -231,6 +243,7 @@ class _LearnerLinear(nn.Module):
         if self.learner_first:
             self._reorder(self._order())
         self._installed = True
+        _LIVE_LAYERS.add(self)
 
     def sync(self) -> None:
         """Write the learner slices into the full weight in place if they changed since the last write.
@@ -243,7 +256,7 @@ class _LearnerLinear(nn.Module):
         Runs before every forward, so the check is kept cheap. Under torch.compile the forward passes run it
         eagerly (`_sync_before_forward`).
         """
-        tensors = self._learner_tensors()
+        tensors = self._watched
         state = (_optimizer_steps[0], *[t._version for t in tensors], *[t.data_ptr() for t in tensors])
         if state != self._synced[0]:
             with torch.no_grad():
@@ -253,12 +266,12 @@ class _LearnerLinear(nn.Module):
             self._synced[0] = state
 
     def _sync_before_forward(self) -> None:
-        """`sync`, run eagerly under torch.compile (a graph break around it): traced, its check of a step counter
-        and of version counters that change at every step made dynamo recompile it at every step, up to its
-        recompile limit, with a warning (BENCHMARKS.md 5.20). Eager runs call it directly (no wrapper cost)."""
-        if torch.compiler.is_compiling():
-            _eager_sync(self)
-        else:
+        """`sync` in an eager forward pass (it catches edits of the slices between steps too). A compiled forward
+        pass does not check: traced, the check of counters that change at every step made dynamo recompile at every
+        step (BENCHMARKS.md 5.20), and run eagerly it broke the graph at every learner layer. Optimizer steps write
+        the slices right after they happen (the global post-step hook); edits made by hand between steps reach a
+        compiled model at the next optimizer step, or at once with `sync()`."""
+        if not torch.compiler.is_compiling():
             self.sync()
 
     def restore_base(self) -> None:
@@ -272,6 +285,7 @@ class _LearnerLinear(nn.Module):
                     self._reorder(self._inverse_order())
             self.base_weight_slice = None
             self._installed = False
+            _LIVE_LAYERS.discard(self)
         self._synced[0] = None
 
     def _restore_slices(self) -> None:
@@ -305,15 +319,13 @@ class _LearnerLinear(nn.Module):
                 self._reorder(self._inverse_order())
         self.base_weight_slice = None
         self._installed = False  # the weight now holds the merged values in the original order
+        _LIVE_LAYERS.discard(self)
         self._synced[0] = None
         return _plain_linear(self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, learner_neurons={self.num_neurons}"
                 f"{', learner-first' if self.learner_first else ''}")
-
-
-_eager_sync = torch.compiler.disable(_LearnerLinear.sync)
 
 
 class LearnerRowLinear(_LearnerLinear):
@@ -326,12 +338,10 @@ class LearnerRowLinear(_LearnerLinear):
         self.bias = base.bias.requires_grad_(False)  # the model's own b1, kept merged like the weight
         self.register_buffer("base_bias_slice", None, persistent=False)
         self.learner_bias = nn.Parameter(self.bias.detach().index_select(0, self.indices).clone())
+        self._watched.append(self.learner_bias)
         self.sync()
 
     def learner_parameters(self) -> list[nn.Parameter]:
-        return [self.learner_weight, self.learner_bias]
-
-    def _learner_tensors(self) -> list[torch.Tensor]:
         return [self.learner_weight, self.learner_bias]
 
     def _slices(self) -> list[tuple[torch.Tensor, int, torch.Tensor]]:
