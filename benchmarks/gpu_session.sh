@@ -1,41 +1,43 @@
 #!/usr/bin/env bash
-# What issue 8 asks of a lent GPU, in one command that ends inside the device tool's 10-minute limit:
-#   1. a smoke fine-tune (learners, bf16, 20 steps): the script stops at once if the method fails on CUDA;
-#   2. step time and peak memory at the two target sizes (MiniLM-L6 32 x 128, BERT-base 128 x 128);
-#   3. the GLUE grid (benchmarks/gpu_grid.sh), seed 0 of full/learners/lora/bitfit on the five tasks;
-#   4. torch.profiler op tables on BERT-base 128 x 128 (full, BitFit, the default learners, learners in every block
-#      and in the upper half):
-#      where the learner step's time goes on a GPU (BENCHMARKS.md 5.24 left it unprofiled);
-#   5. torch.compile against eager on MiniLM-L6 32 x 128 (full and the default learner step);
-#   6. the other sizes x batches, with what time is left.
+# What issue 30 asks of a lent GPU, in two calls that each end inside the device tool's 10-minute limit:
+#   1. a smoke fine-tune (the default learners, bf16, 20 steps): the script stops at once if the method fails on CUDA;
+#   2. step time, operators, host reads and GPU syncs per step, peak memory: full, BitFit, LoRA, the default learners
+#      and learners in the upper half of the blocks, eager, bf16, at MiniLM-L6 32 x 128, DistilBERT-base 32 x 128
+#      and BERT-base 128 x 128;
+#   3. the GLUE grid (benchmarks/gpu_grid.sh): seed 0 of full/learners/lora/bitfit on the five tasks; its report
+#      (grid/bench.md) has time to target;
+#   4. the same step tables compiled (torch.compile, COMPILE_MODE: default; reduce-overhead for CUDA graphs);
+#   5. torch.profiler op tables on BERT-base 128 x 128 (full, BitFit, the default learners, upper half).
 # Each phase has a time cap and the whole script a deadline (BUDGET_S), so what finished always comes back:
 # everything lands in OUT (on the device machine the tool's $OUT; session.log and results.tgz: two files,
 # inside the tool's 8-file limit). Every step-time row is printed as it finishes, so a capped table keeps its rows.
-# Measured on an H200 (2026-12-04, BENCHMARKS.md 5.24): phases 1-3 take about 7.5 minutes (a step-time worker
-# about 17 s, the grid 3 minutes at PARALLEL=10) and torch.compile (phase 5) over 2.5, so a 15-minute lease holds two calls:
+# Timing (H200, 2026-12-04, BENCHMARKS.md 5.24): a step-time worker takes about 17 s eager, the grid about 3 minutes
+# at PARALLEL=10, a compiled worker a minute or more; so a 15-minute lease holds two calls:
 #   . .gpu/setup.sh && PHASES="1 2 3" bash benchmarks/gpu_session.sh            (timeout_s 600)
-#   . .gpu/setup.sh && PHASES="4 5 6" BUDGET_S=300 bash benchmarks/gpu_session.sh  (at once, while the machine is warm)
+#   . .gpu/setup.sh && PHASES="4 5" BUDGET_S=330 bash benchmarks/gpu_session.sh  (at once, while the machine is warm)
 # On a machine kept between calls, finished tables and grid runs are skipped.
 # On the GPU machine (after bash ../shared/gpu/prepare.sh here, carry [".gpu"]):
 #   . .gpu/setup.sh && bash benchmarks/gpu_session.sh
-# Try it on the CPU first: CPU_TRY=1 bash benchmarks/gpu_session.sh (tiny sizes, 2-step runs, about 3 minutes).
+# Try it on the CPU first: CPU_TRY=1 bash benchmarks/gpu_session.sh (tiny sizes, 2-step runs, a few minutes).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench-out/gpu-session}
 BUDGET_S=${BUDGET_S:-540}
-PHASES=${PHASES:-1 2 3 4 5 6}
+PHASES=${PHASES:-1 2 3 4 5}
 PYTHON=${PYTHON:-python3}
 DATA_DIR=${DATA_DIR:-.gpu/glue}
 MODEL=${MODEL:-/tmp/minilm}
-METHODS=full,bitfit,lora,learners,learners-cached,learners-all,learners-upper-half
+COMPILE_MODE=${COMPILE_MODE:-default}
+METHODS=full,bitfit,lora,learners,learners-upper-half
 if [ -n "${CPU_TRY:-}" ]; then  # the same phases at toy sizes, to catch a broken script before device time is spent
-  SMOKE_CAP=400 PRECISION=no STEPS="--steps 2 --warmup 1" TARGET_BLOCKS="tiny:4" OTHER_BLOCKS="tiny:8" GRID_EXTRA="--max-steps 2"
+  SMOKE_CAP=400 PRECISION=no STEPS="--steps 2 --warmup 1" TARGET_BLOCKS="tiny:4 tiny:2" GRID_EXTRA="--max-steps 2"
+  BUDGET_S=${BUDGET_S_CPU:-1800}  # a busy 2-core CPU: slow workers, compiling most of all
   PROFILE_SIZE=tiny:4
-  GRID_TASKS=rte,sst2 GRID_METHODS=full,learners COMPILE_SIZE=tiny:4 DATA_DIR=${CPU_DATA_DIR:-../shared/glue} MODEL=
+  GRID_TASKS=rte,sst2 GRID_METHODS=full,learners DATA_DIR=${CPU_DATA_DIR:-../shared/glue} MODEL=
 else
   PRECISION=bf16 STEPS="--steps 20 --warmup 5" GRID_EXTRA= GRID_TASKS=sst2,cola,mrpc,stsb,rte
-  TARGET_BLOCKS="minilm-l6:32 bert-base:128" OTHER_BLOCKS="bert-base:32 distilbert-base:128 minilm-l6:128 distilbert-base:32"
-  GRID_METHODS=full,learners,lora,bitfit COMPILE_SIZE=minilm-l6:32 PROFILE_SIZE=bert-base:128
+  TARGET_BLOCKS="minilm-l6:32 distilbert-base:32 bert-base:128"
+  GRID_METHODS=full,learners,lora,bitfit PROFILE_SIZE=bert-base:128
 fi
 mkdir -p "$OUT"
 started=$(date +%s)
@@ -55,7 +57,7 @@ step_block() {  # NAME SIZE:BATCH [more gpu_step_time flags]: one table, saved a
   "$PYTHON" -c "import torch, transformers, peft, accelerate; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, 'accelerate', accelerate.__version__)"
 
   if phase 1; then
-    say "1. smoke: learners fine-tune, 20 steps"
+    say "1. smoke: the default learners fine-tune, 20 steps"
     if ! timeout "$(cap "${SMOKE_CAP:-120}")" "$PYTHON" -m learners.cli finetune --task rte --max-steps 20 --mixed-precision "$PRECISION" \
         ${MODEL:+--model "$MODEL"} --data-dir "$DATA_DIR" --output-dir "$OUT/smoke" --no-progress > "$OUT/smoke.log" 2>&1; then
       tail -40 "$OUT/smoke.log"; say "smoke run failed: stopping"; exit 1  # leaves the { } below; the archive follows
@@ -63,7 +65,7 @@ step_block() {  # NAME SIZE:BATCH [more gpu_step_time flags]: one table, saved a
     tail -3 "$OUT/smoke.log"
   fi
   if phase 2; then
-    say "2. step time at the target sizes"
+    say "2. step time, operators and syncs at the target sizes, eager"
     for block in $TARGET_BLOCKS; do step_block "step_${block/:/_}" "$block" --methods "$METHODS"; done
   fi
   if phase 3; then
@@ -76,17 +78,15 @@ step_block() {  # NAME SIZE:BATCH [more gpu_step_time flags]: one table, saved a
     cat "$OUT/grid/bench.md" 2>/dev/null
   fi
   if phase 4; then
-    say "4. profiles"
-    step_block profile "$PROFILE_SIZE" --methods full,bitfit,learners,learners-all,learners-upper-half --profile-dir "$OUT/profiles"
-    for f in "$OUT"/profiles/*.txt; do [ -f "$f" ] && { echo "== $f"; head -25 "$f"; }; done
+    say "4. the same step tables compiled ($COMPILE_MODE)"
+    for block in $TARGET_BLOCKS; do
+      CAP=240 step_block "compiled_${block/:/_}" "$block" --methods "$METHODS" --compiled-only --compile-mode "$COMPILE_MODE"
+    done
   fi
   if phase 5; then
-    say "5. torch.compile"
-    CAP=300 step_block compile "$COMPILE_SIZE" --methods full,learners --compile
-  fi
-  if phase 6; then
-    say "6. the other sizes"
-    for block in $OTHER_BLOCKS; do [ "$(left)" -gt 30 ] && step_block "step_${block/:/_}" "$block" --methods "$METHODS"; done
+    say "5. profiles"
+    step_block profile "$PROFILE_SIZE" --methods full,bitfit,learners,learners-upper-half --profile-dir "$OUT/profiles"
+    for f in "$OUT"/profiles/*.txt; do [ -f "$f" ] && { echo "== $f"; head -25 "$f"; }; done
   fi
   say "done"
 } 2>&1 | tee -a "$OUT/session.log"

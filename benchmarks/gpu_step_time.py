@@ -107,15 +107,17 @@ def measure_block(args, arch: str, batch_size: int) -> list[dict]:
     A failed method becomes a row with its error, so one failure does not lose the rest of the run."""
     rows = []
     for name in args.methods:
-        for compiled in ([False, True] if args.compile else [False]):
+        for compiled in ([True] if args.compiled_only else [False, True] if args.compile else [False]):
             method, options, repeat_batches = VARIANTS[name]
-            label = name + (" +compile" if compiled else "")
+            label = name + (f" +compile{'' if args.compile_mode in (None, 'default') else ' ' + args.compile_mode}"
+                            if compiled else "")
             try:
                 profile = (f"{args.profile_dir}/{arch}_{batch_size}_{label.replace(' +', '-')}.txt"
                            if args.profile_dir else None)
                 row = run_worker(method, batch_size, LENGTH, args.steps, args.warmup, arch=arch,
                                  precision=args.precision, compile=compiled, options=options_for(options, arch), label=label,
-                                 timeout=WORKER_TIMEOUT_S, repeat_batches=repeat_batches, profile=profile)
+                                 timeout=WORKER_TIMEOUT_S, repeat_batches=repeat_batches, profile=profile,
+                                 compile_mode=args.compile_mode if compiled else None)
             except RuntimeError as e:
                 row = {"method": label, "error": str(e)}
                 print(f"  {arch} batch {batch_size} {label}: FAILED: {e}", file=sys.stderr, flush=True)
@@ -134,16 +136,18 @@ def format_block(rows: list[dict]) -> str:
     base = next((r for r in ok if r["method"] == "full"), ok[0] if ok else {})
     first = rows[0]
     lines = [f"### {first['size']}, batch {first['batch_size']} x {first['length']}", "",
-             "| method | learner layers | trainable params | median step (ms) | vs full | peak memory (MB) | vs full "
-             "| matmul GFLOPs (fwd+bwd) | vs full |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| method | learner layers | trainable params | median step (ms) | vs full | operators | host reads "
+             "| GPU syncs | peak memory (MB) | vs full | matmul GFLOPs (fwd+bwd) | vs full |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['method']} | failed: {r['error'][:120]} | | | | | | | |")
+            lines.append(f"| {r['method']} | failed: {r['error'][:120]} | | | | | | | | | | |")
             continue
+        syncs, ops, reads = ("-" if r.get(k) is None else r[k] for k in ("cuda_syncs", "ops", "host_reads"))
         lines.append(f"| {r['method']} | {r['learner_layers'] or '-'} | {r['trainable']:,} "
                      f"({100 * r['trainable'] / r['total']:.2f}%) | {r['step_ms']:.1f} | "
-                     f"{ratio(r['step_ms'], base.get('step_ms'))} | {r['peak_mb']:.0f} | "
+                     f"{ratio(r['step_ms'], base.get('step_ms'))} | {ops} | {reads} | "
+                     f"{syncs} | {r['peak_mb']:.0f} | "
                      f"{ratio(r['peak_mb'], base.get('peak_mb'))} | {r['gflops']:.1f} | "
                      f"{ratio(r['gflops'], base.get('gflops'))} |")
     return "\n".join(lines)
@@ -162,7 +166,8 @@ def write_output(path: str, markdown: str, rows: list[dict], args) -> None:
     base = Path(path)
     base.parent.mkdir(parents=True, exist_ok=True)
     base.with_suffix(".md").write_text(markdown + "\n")
-    settings = {k: getattr(args, k) for k in ("sizes", "batch_sizes", "methods", "steps", "warmup", "precision", "compile")}
+    settings = {k: getattr(args, k) for k in ("sizes", "batch_sizes", "methods", "steps", "warmup", "precision", "compile",
+                                              "compiled_only", "compile_mode")}
     base.with_suffix(".json").write_text(json.dumps({"settings": settings, "rows": rows}, indent=2) + "\n")
     print(f"wrote {base.with_suffix('.md')} and {base.with_suffix('.json')}")
 
@@ -176,6 +181,8 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--precision", choices=["bf16", "fp16", "no"], default="bf16", help="accelerate mixed_precision")
     p.add_argument("--compile", action="store_true", help="also time each method under torch.compile")
+    p.add_argument("--compiled-only", action="store_true", help="time each method under torch.compile only")
+    p.add_argument("--compile-mode", help="torch.compile's mode, e.g. reduce-overhead (CUDA graphs; static shapes)")
     p.add_argument("--output", help="also write the tables to OUTPUT.md and the rows to OUTPUT.json")
     p.add_argument("--profile-dir", help="after the timed steps, profile 3 more with torch.profiler and write each "
                                          "method's op table (most GPU time first) to DIR/SIZE_BATCH_METHOD.txt")

@@ -181,7 +181,7 @@ def worker(args) -> dict:
     params = trainable_parameters(optimizer)
     eager = model
     if args.compile:
-        model = compile_model(model)
+        model = compile_model(model, args.compile_mode)
     model.train()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -206,9 +206,11 @@ def worker(args) -> dict:
             times.append(time.perf_counter() - t0)
             cpu_times.append(time.process_time() - c0)
     peak_mb = peak_memory_mb(device)  # before the counts below, and the FLOP count, which runs one more pass
-    b = batch()
-    with OpCounter() as counter:
-        step(b)
+    counter = None
+    if not args.compile:  # a compiled step's kernels are not dispatched one by one: nothing to count
+        b = batch()
+        with OpCounter() as counter:
+            step(b)
     syncs = cuda_syncs(lambda: step(batch()))
     with FlopCounterMode(display=False) as flops:  # the eager module: the counter sees its matmuls
         if forward_only:
@@ -226,7 +228,8 @@ def worker(args) -> dict:
     if forward_only:
         counts = {**counts, "trainable": 0}
     return {"method": args.label or args.worker, "step_ms": 1000 * statistics.median(times), "peak_mb": peak_mb,
-            "cpu_ms": 1000 * statistics.median(cpu_times), "ops": counter.ops, "host_reads": counter.host_reads,
+            "cpu_ms": 1000 * statistics.median(cpu_times), "ops": counter and counter.ops,
+            "host_reads": counter and counter.host_reads,
             "cuda_syncs": syncs,
             "gflops": flops.get_total_flops() / 1e9, "learner_layers": layers,
             "prefix_cache": None if cache is None else {"hits": cache.hits, "misses": cache.misses},
@@ -250,11 +253,12 @@ def profile_steps(path: str, step, device, steps: int = 3) -> None:
     Path(path).write_text(f"{steps} training steps, {torch.cuda.get_device_name(device) if cuda else 'CPU'}\n{table}\n")
 
 
-def compile_model(model):
-    """torch.compile, failing with a message that says what to do (compilation itself runs at the first step)."""
+def compile_model(model, mode: str | None = None):
+    """torch.compile (`mode`: None/"default", or e.g. "reduce-overhead", CUDA graphs), failing with a message that
+    says what to do (compilation itself runs at the first step)."""
     import torch
     try:
-        return torch.compile(model)
+        return torch.compile(model, mode=None if mode in (None, "default") else mode)
     except Exception as e:  # noqa: BLE001 - any backend error: report it plainly
         raise SystemExit(f"torch.compile failed ({type(e).__name__}: {e}); run without --compile") from e
 
@@ -263,7 +267,8 @@ def add_worker_arguments(p: argparse.ArgumentParser) -> None:
     """The worker's own flags (hidden): shared by this script's main and run_worker."""
     for flag, kw in [("--worker", {}), ("--length", {"type": int}), ("--arch", {"choices": list(ARCHS)}),
                      ("--precision", {"choices": ["no", "bf16", "fp16"], "default": "no"}),
-                     ("--compile", {"action": "store_true"}), ("--repeat-batches", {"action": "store_true"}),
+                     ("--compile", {"action": "store_true"}), ("--compile-mode", {}),
+                     ("--repeat-batches", {"action": "store_true"}),
                      ("--options", {}), ("--label", {}), ("--profile", {})]:
         p.add_argument(flag, help=argparse.SUPPRESS, **kw)
 
@@ -271,13 +276,14 @@ def add_worker_arguments(p: argparse.ArgumentParser) -> None:
 def run_worker(method: str, batch_size: int, length: int, steps: int, warmup: int, model: str | None = None,
                arch: str | None = None, precision: str = "no", compile: bool = False, options: dict | None = None,
                label: str | None = None, timeout: float | None = None, repeat_batches: bool = False,
-               profile: str | None = None) -> dict:
+               profile: str | None = None, compile_mode: str | None = None) -> dict:
     """Run one worker in a fresh process (so peak memory is this method's alone) and return its row.
 
     Raises RuntimeError with the worker's last error line if it fails or times out."""
     cmd = [sys.executable, __file__, "--worker", method, "--batch-size", str(batch_size), "--length", str(length),
            "--steps", str(steps), "--warmup", str(warmup), "--precision", precision]
     for flag, value in [("--model", model), ("--arch", arch), ("--label", label), ("--profile", profile),
+                        ("--compile-mode", compile_mode),
                         ("--options", None if options is None else json.dumps(options))]:
         if value is not None:
             cmd += [flag, value]

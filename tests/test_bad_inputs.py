@@ -137,6 +137,11 @@ CASES = [
     # finetune
     ("ft-max-length-over-model", lambda c: (finetune(c, "--max-length", 100000), c.out), r"longer than this model takes \(64 tokens"),
     ("ft-max-length-zero", lambda c: (finetune(c, "--max-length", 0), c.out), r"--max-length must be positive"),
+    ("ft-fp16-on-the-cpu", lambda c: (finetune(c, "--mixed-precision", "fp16"), c.out), r"fp16 needs a GPU.*use bf16"),
+    ("ft-pad-multiple-zero", lambda c: (finetune(c, "--pad-to-multiple-of", 0), c.out),
+     r"--pad-to-multiple-of must be a positive"),
+    ("ft-pad-multiple-over-model", lambda c: (finetune(c, "--pad-to-multiple-of", 48), c.out),
+     r"pads inputs of --max-length 64 to 96 tokens, more than this model takes \(64\)"),
     ("ft-output-is-file", lambda c: (finetune(c, out=c.tmp / "afile"), c.tmp / "afile"), r"is a file; pass a directory"),
     ("ft-output-under-file", lambda c: (finetune(c, out=c.tmp / "afile" / "run"), c.tmp / "afile"), r"is a file, not a directory"),
     ("ft-model-missing", lambda c: (finetune(c) + ["--model", str(c.tmp / "nope")], c.out), r"no such model directory"),

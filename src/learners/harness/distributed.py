@@ -5,6 +5,7 @@ Rank 0 is the main process: it alone evaluates, logs, shows progress and writes 
 ranks train in step with it; they must take every collective rank 0 takes, or they hang.
 """
 
+import contextlib
 import os
 import sys
 
@@ -23,10 +24,23 @@ def is_main() -> bool:
     return int(os.environ.get("RANK", 0)) == 0
 
 
+_quiet = [False]
+
+
 def log(message: str) -> None:
-    """A line on stderr, from rank 0 only."""
-    if is_main():
+    """A line on stderr, from rank 0 only (and not inside `quiet()`)."""
+    if is_main() and not _quiet[0]:
         tqdm.write(message, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def quiet():
+    """No `log` lines while inside: work that repeats what a run already said (rebuilding its model to save it)."""
+    before, _quiet[0] = _quiet[0], True
+    try:
+        yield
+    finally:
+        _quiet[0] = before
 
 
 def quiet_other_ranks() -> None:

@@ -269,7 +269,8 @@ def in_full_precision(model, method, args: FinetuneArgs, task: TaskData):
     facts, tensors = method.checkpoint_state(model)
     trained = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
     base, _ = load_model_and_tokenizer(args.model, task.num_labels, task.label_names)
-    rebuilt = method.restore(base.to(next(iter(trained.values())).device), iter(()), facts, tensors)
+    with distributed.quiet():  # the method's set-up lines were said when the run started
+        rebuilt = method.restore(base.to(next(iter(trained.values())).device), iter(()), facts, tensors)
     params = {name: p for name, p in rebuilt.named_parameters() if p.requires_grad}
     if set(params) != set(trained):
         raise RuntimeError(f"rebuilding the model in fp32 gave other trainable tensors: {sorted(set(params) ^ set(trained))[:3]}")
