@@ -4,7 +4,6 @@ import json
 
 import pytest
 import torch
-from accelerate import Accelerator
 from safetensors.torch import load_file
 
 from conftest import tiny_batch, tiny_model
@@ -14,7 +13,7 @@ from learners.harness import precision
 from learners.learner.layer import _LearnerLinear
 from learners.harness.cli import main
 from learners.harness.methods import build_method
-from learners.harness.train import TrainConfig, make_optimizer, training_step
+from learners.harness.train import TrainConfig, make_accelerator, make_optimizer, training_step
 
 CPU = torch.device("cpu")
 
@@ -54,7 +53,7 @@ def test_a_step_with_frozen_weights_in_bf16_computes_what_autocast_computes(meth
         model = build_method(method, options).prepare(tiny_model("bert"), iter([tiny_batch()]))
         if cast:
             precision.cast_frozen_linears(model, torch.bfloat16)
-        accelerator = Accelerator(cpu=True, mixed_precision="bf16")
+        accelerator = make_accelerator(TrainConfig(learning_rate=1e-2, mixed_precision="bf16"))
         optimizer, scheduler = make_optimizer(model, TrainConfig(learning_rate=1e-2), 1e-2, 0, 10, 0)
         model, optimizer = accelerator.prepare(model, optimizer)
         losses = [training_step(model, tiny_batch(seed=s), optimizer, scheduler, accelerator, 1.0)[0] for s in range(3)]

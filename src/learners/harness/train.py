@@ -28,7 +28,8 @@ from typing import Callable
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, set_seed
+from accelerate.state import AcceleratorState
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, InitProcessGroupKwargs, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -146,12 +147,15 @@ def training_step(model, batch, optimizer, scheduler, accelerator: Accelerator, 
     fp16 the loss scaler skips such steps and adjusts its scale. `params`: the trainable parameters (default:
     the optimizer's)."""
     loss = model(**batch).loss
-    accelerator.backward(loss)
     params = trainable_parameters(optimizer) if params is None else params
-    if max_grad_norm:
-        norm = accelerator.clip_grad_norm_(params, max_grad_norm)
+    if plain_autograd(accelerator):  # what accelerate would do, without its per-call checks (a package search each)
+        loss.backward()
+        norm = (torch.nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=True) if max_grad_norm else
+                torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
     else:
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        accelerator.backward(loss)
+        norm = (accelerator.clip_grad_norm_(params, max_grad_norm) if max_grad_norm else
+                torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
     loss = loss.detach()
     if accelerator.scaler is None:
         skip_update_unless_finite(optimizer, loss, norm)
@@ -159,6 +163,15 @@ def training_step(model, batch, optimizer, scheduler, accelerator: Accelerator, 
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return loss, norm
+
+
+def plain_autograd(accelerator: Accelerator) -> bool:
+    """Whether accelerate's backward and clipping are plain torch here: no loss scaler, no gradient accumulation,
+    one process or DDP (which all-reduces in backward). Then the step calls torch directly: accelerate's versions
+    look for optional packages on every call (`is_lomo_available`, a file-system search), a fifth of a millisecond
+    per step on the CPU."""
+    return (accelerator.scaler is None and accelerator.gradient_accumulation_steps == 1
+            and accelerator.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU))
 
 
 def skip_update_unless_finite(optimizer, loss: torch.Tensor, norm: torch.Tensor) -> None:
@@ -239,6 +252,9 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     # torch >= 2.12 names it forward_sync_buffers, which accelerate's DDP kwargs do not pass on yet; the old
     # name still works (and unlike forward_sync_buffers=False also skips the buffer broadcast at wrapping).
     warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
+    # accelerate keeps one mixed-precision setting per process and refuses another one; runs in one process (bench,
+    # tests, a notebook) may differ in it, so each starts from a fresh setting (the process group stays).
+    AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(mixed_precision=cfg.mixed_precision, cpu=cpu, kwargs_handlers=handlers)
 
 
