@@ -31,12 +31,12 @@ COMPILE_MODE=${COMPILE_MODE:-default}
 METHODS=full,bitfit,lora,learners,learners-upper-half
 if [ -n "${CPU_TRY:-}" ]; then  # the same phases at toy sizes, to catch a broken script before device time is spent
   SMOKE_CAP=400 PRECISION=no STEPS="--steps 2 --warmup 1" TARGET_BLOCKS="tiny:4 tiny:2" GRID_EXTRA="--max-steps 2"
-  BUDGET_S=${BUDGET_S_CPU:-1800}  # a busy 2-core CPU: slow workers, compiling most of all
-  PROFILE_SIZE=tiny:4
+  BUDGET_S=${BUDGET_S_CPU:-1800} COMPILE_CAP=600  # a busy 2-core CPU: slow workers, compiling most of all
+  PROFILE_SIZE=tiny:4 COMPILE_BLOCKS=tiny:2 COMPILE_METHODS=full,learners  # compiling is slow on a CPU
   GRID_TASKS=rte,sst2 GRID_METHODS=full,learners DATA_DIR=${CPU_DATA_DIR:-../shared/glue} MODEL=
 else
   PRECISION=bf16 STEPS="--steps 20 --warmup 5" GRID_EXTRA= GRID_TASKS=sst2,cola,mrpc,stsb,rte
-  TARGET_BLOCKS="minilm-l6:32 distilbert-base:32 bert-base:128"
+  TARGET_BLOCKS="minilm-l6:32 distilbert-base:32 bert-base:128" COMPILE_BLOCKS= COMPILE_METHODS=$METHODS
   GRID_METHODS=full,learners,lora,bitfit PROFILE_SIZE=bert-base:128
 fi
 mkdir -p "$OUT"
@@ -79,8 +79,9 @@ step_block() {  # NAME SIZE:BATCH [more gpu_step_time flags]: one table, saved a
   fi
   if phase 4; then
     say "4. the same step tables compiled ($COMPILE_MODE)"
-    for block in $TARGET_BLOCKS; do
-      CAP=240 step_block "compiled_${block/:/_}" "$block" --methods "$METHODS" --compiled-only --compile-mode "$COMPILE_MODE"
+    for block in ${COMPILE_BLOCKS:-$TARGET_BLOCKS}; do
+      CAP=${COMPILE_CAP:-240} step_block "compiled_${block/:/_}" "$block" --methods "$COMPILE_METHODS" --compiled-only \
+        --compile-mode "$COMPILE_MODE"
     done
   fi
   if phase 5; then

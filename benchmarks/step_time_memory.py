@@ -139,6 +139,7 @@ def worker(args) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from learners.harness.methods import build_method
+    from learners.harness.methods.learners import without_cache_when_compiled
     from learners.harness.precision import cast_frozen_linears, frozen_dtype
     from learners.harness.train import (TrainConfig, enable_gradient_checkpointing, make_optimizer, peak_memory_mb,
                                         trainable_parameters, training_step)
@@ -152,6 +153,8 @@ def worker(args) -> dict:
     forward_only = args.worker == "forward"
     options = method_options(args)
     checkpointing = isinstance(options, dict) and bool(options.pop("activation_checkpointing", False))  # ":ckpt"
+    if args.worker == "learners" and isinstance(options, dict):  # as finetune does with --compile: no cache
+        options = without_cache_when_compiled(options, args.compile)
     method = build_method("full" if forward_only else args.worker, options)
     vocab_size = model.config.vocab_size
     gen = torch.Generator().manual_seed(0)

@@ -138,6 +138,8 @@ CASES = [
     ("ft-max-length-over-model", lambda c: (finetune(c, "--max-length", 100000), c.out), r"longer than this model takes \(64 tokens"),
     ("ft-max-length-zero", lambda c: (finetune(c, "--max-length", 0), c.out), r"--max-length must be positive"),
     ("ft-fp16-on-the-cpu", lambda c: (finetune(c, "--mixed-precision", "fp16"), c.out), r"fp16 needs a GPU.*use bf16"),
+    ("ft-compile-with-the-cache", lambda c: (finetune(c, "--compile", "--frozen-prefix-cache-mb", 100), c.out),
+     r"--compile and --frozen-prefix-cache-mb do not go together"),
     ("ft-pad-multiple-zero", lambda c: (finetune(c, "--pad-to-multiple-of", 0), c.out),
      r"--pad-to-multiple-of must be a positive"),
     ("ft-pad-multiple-over-model", lambda c: (finetune(c, "--pad-to-multiple-of", 48), c.out),

@@ -18,6 +18,7 @@ from .arguments import method_options, priming_flags_given
 from .collate import Collator, check_padding
 from .files import OutputDirInUse, exclusive_output_dir, write_text_atomically
 from .methods import build_method
+from .methods.learners import without_cache_when_compiled
 from .metrics import compute_metrics, primary_metric_name
 from .models import DEFAULT_MODEL, check_max_length, load_model_and_tokenizer, max_sequence_length
 from .task_data import TaskData
@@ -211,7 +212,9 @@ def run_finetune(args: FinetuneArgs) -> dict | None:
 def _finetune(args: FinetuneArgs, out: Path) -> dict | None:
     """run_finetune's work, once OUT is checked (and held by this process, on rank 0)."""
     resume = should_resume(out, args)
-    method = build_method(args.method, args.method_options)
+    options = without_cache_when_compiled(args.method_options, args.compile) if args.method == "learners" else \
+        args.method_options
+    method = build_method(args.method, options)
     method.check_priming_flags(priming_flags_given(args))
     task = load_task(args)
     set_seed(args.seed)  # before the model: a freshly initialised task head is random too

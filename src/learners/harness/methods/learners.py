@@ -61,6 +61,20 @@ PRIMING_OPTIONS = {"priming_steps": "--priming-steps", "priming_fraction": "--pr
 DEFAULT_PREFIX_CACHE_MB = 2048
 
 
+def without_cache_when_compiled(options: dict, compile: bool) -> dict:
+    """Learners options for a compiled run: the frozen-prefix cache off unless asked for (it works per example in
+    Python, hooks and all, so a compiled step would be traced again and again: a tiny model's step took seconds).
+    Asked for by size together with --compile, it is an error."""
+    if not compile:
+        return options
+    if (options.get("frozen_prefix_cache_mb") or 0) > 0:
+        raise UsageError("--compile and --frozen-prefix-cache-mb do not go together: the cache's per-example work "
+                         "would make torch.compile trace the step again and again; drop one of them")
+    if options.get("frozen_prefix_cache_mb") is None:
+        distributed.log("learners: frozen-prefix cache off with --compile (its per-example work defeats compiling)")
+    return {**options, "frozen_prefix_cache_mb": 0}
+
+
 class LearnersMethod(Method):
     name = "learners"
     default_learning_rate = 1e-3
