@@ -257,10 +257,10 @@ def _finetune(args: FinetuneArgs, out: Path) -> dict | None:
     if not distributed.is_main():
         distributed.barrier()  # until rank 0 has written everything
         return None
-    if result.frozen_dtype is not None:
-        result.model = in_full_precision(result.model, method, args, task)
+    # in bf16 the frozen weights were kept in bf16: the merged model is made on the base model's fp32 weights
+    merge_from = in_full_precision(result.model, method, args, task) if result.frozen_dtype is not None else None
     results = save_run(args, out, method, result, task, tokenizer, metric_name, learning_rate, max_length, len(train_set),
-                       precision)
+                       precision, merge_from)
     distributed.barrier()
     return results
 
@@ -284,14 +284,16 @@ def in_full_precision(model, method, args: FinetuneArgs, task: TaskData):
 
 
 def save_run(args: FinetuneArgs, out: Path, method, result, task: TaskData, tokenizer, metric_name: str,
-             learning_rate: float, max_length: int, train_examples: int, precision: str = "no") -> dict:
-    """OUT/model, OUT/learners (or the method's extra files), then OUT/results.json; the checkpoint goes."""
+             learning_rate: float, max_length: int, train_examples: int, precision: str = "no",
+             merge_from=None) -> dict:
+    """OUT/model, OUT/learners (or the method's extra files), then OUT/results.json; the checkpoint goes.
+    `merge_from`: the trained model rebuilt in fp32 (in_full_precision), to merge from instead of the trained one."""
     check_finite(result.model.state_dict().items(), "the trained model", "Lower --learning-rate and run again.")
 
     out.mkdir(parents=True, exist_ok=True)
     counts = method.parameter_counts(result.model)
     extra = method.save_extra(result.model, out)
-    plain = method.plain_model(result.model)
+    plain = method.plain_model(merge_from if merge_from is not None else result.model)
     plain.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
     task_info = json.dumps({"task": task.name, "text_columns": list(task.text_columns), "label_names": task.label_names}, indent=2)
