@@ -61,6 +61,8 @@ VARIANTS = {
     # the CLI's default (every block but the lowest, no dropout in the frozen part and the learner blocks'
     # attention; on a GPU without the frozen-prefix cache, on the CPU with it, in a first epoch: every example misses)
     "learners": ("learners", {"selection": "magnitude"}, False),
+    # the default without the cache anywhere (on a GPU the same as `learners`): what --compile runs
+    "learners-nocache": ("learners", {"selection": "magnitude", "frozen_prefix_cache_mb": 0}, False),
     # the same with the cache asked for: a first epoch (filling it, each example alone) and a later one (all cached)
     "learners-filling": ("learners", {"selection": "magnitude", **CACHE}, False),
     "learners-cached": ("learners", {"selection": "magnitude", **CACHE}, True),

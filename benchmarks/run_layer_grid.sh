@@ -34,6 +34,8 @@ export OMP_NUM_THREADS=1
 # and the learner blocks' attention have dropout: the default turned both off in 5.23, and every run kept before had
 # it wherever the name does not say nofd or noad.
 # (Learning rate 2e-3 at ratio 1/8 is not queued: CoLA seed 0 collapsed, best MCC 0.109; BENCHMARKS.md 5.17.)
+# The default in bf16 (-bf16) and in fp32 (-fp32-fused) were run with the code of BENCHMARKS.md 5.27 (fused AdamW,
+# the learner neurons first in each FFN); every run before it had AdamW's for-loop.
 CONFIGS='all|--learner-layers all --selection priming --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm --frozen-dropout --attention-dropout
 top5|--learner-layers top-5 --selection priming --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm --frozen-dropout --attention-dropout
 top4|--learner-layers top-4 --selection priming --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm --frozen-dropout --attention-dropout
@@ -68,7 +70,9 @@ top4-nofd-noad-cache-random-1-4-b2-ln|--learner-layers top-4 --no-frozen-dropout
 top4-nofd-noapd-cache-random-1-8-b2-ln|--learner-layers top-4 --no-frozen-dropout --no-attention-probs-dropout --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm --attention-dropout
 all-noad-random-1-8-b2-ln|--learner-layers all --no-attention-dropout --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm --frozen-dropout
 top4-nofd-nocache-random-1-8-b2-ln|--learner-layers top-4 --no-frozen-dropout --frozen-prefix-cache-mb 0 --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm --attention-dropout
-top5-nofd-noad-cache-random-1-32-b2-ln|--learner-layers top-5 --no-frozen-dropout --no-attention-dropout --ratio 0.03125 --selection random --train-ffn-output-bias --train-layer-norm'
+top5-nofd-noad-cache-random-1-32-b2-ln|--learner-layers top-5 --no-frozen-dropout --no-attention-dropout --ratio 0.03125 --selection random --train-ffn-output-bias --train-layer-norm
+top5-nofd-noad-cache-random-1-8-b2-ln-bf16|--learner-layers top-5 --no-frozen-dropout --no-attention-dropout --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm --mixed-precision bf16
+top5-nofd-noad-cache-random-1-8-b2-ln-fp32-fused|--learner-layers top-5 --no-frozen-dropout --no-attention-dropout --ratio 0.125 --selection random --train-ffn-output-bias --train-layer-norm --mixed-precision no'
 
 kept() {  # kept NAME TASK METHOD SEED: the run finished in $OUT or is kept in $KEEP, or (baselines and `all`) a csv row
   [ -f "$OUT/$1/runs/$2/$3/seed$4/results.json" ] || [ -f "$KEEP/$1/runs/$2/$3/seed$4/results.json" ] && return 0

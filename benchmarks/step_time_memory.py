@@ -164,8 +164,8 @@ def worker(args) -> dict:
         if args.repeat_batches and len(seen) >= max(args.warmup, 1):
             return seen[len(times) % len(seen)]
         ids = torch.randint(min(1000, vocab_size // 2), vocab_size, (args.batch_size, args.length), generator=gen)
-        new = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
-               "labels": torch.randint(0, 2, (args.batch_size,), generator=gen).to(device)}
+        # no attention mask: nothing is padded, and a run's collator drops a mask that masks nothing
+        new = {"input_ids": ids.to(device), "labels": torch.randint(0, 2, (args.batch_size,), generator=gen).to(device)}
         if args.repeat_batches:
             seen.append(new)
         return new

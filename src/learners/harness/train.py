@@ -159,6 +159,8 @@ def training_step(model, batch, optimizer, scheduler, accelerator: Accelerator, 
     loss = loss.detach()
     if accelerator.scaler is None:
         skip_update_unless_finite(optimizer, loss, norm)
+    if plain_autograd(accelerator):  # accelerate's optimizer wrapper adds only that package search here
+        optimizer = getattr(optimizer, "optimizer", optimizer)
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -166,10 +168,10 @@ def training_step(model, batch, optimizer, scheduler, accelerator: Accelerator, 
 
 
 def plain_autograd(accelerator: Accelerator) -> bool:
-    """Whether accelerate's backward and clipping are plain torch here: no loss scaler, no gradient accumulation,
-    one process or DDP (which all-reduces in backward). Then the step calls torch directly: accelerate's versions
-    look for optional packages on every call (`is_lomo_available`, a file-system search), a fifth of a millisecond
-    per step on the CPU."""
+    """Whether accelerate's backward, clipping and optimizer wrapper are plain torch here: no loss scaler, no gradient
+    accumulation, one process or DDP (which all-reduces in backward). Then the step calls torch directly: accelerate's
+    versions look for an optional package on every call (`is_lomo_available`, a file-system search), a tenth of a
+    millisecond or more per step on the CPU."""
     return (accelerator.scaler is None and accelerator.gradient_accumulation_steps == 1
             and accelerator.distributed_type in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU))
 
