@@ -11,13 +11,15 @@ import step_time_memory  # noqa: E402
 
 
 def in_process_worker(method, batch_size, length, steps, warmup, arch=None, precision="no", compile=False,
-                      options=None, label=None, timeout=None, model=None, repeat_batches=False, profile=None):
+                      options=None, label=None, timeout=None, model=None, repeat_batches=False, profile=None,
+                      compile_mode=None):
     """run_worker without the fresh process (seconds saved per method; peak memory is then not per method)."""
     if label == "lora":
         raise RuntimeError("boom")
     args = argparse.Namespace(worker=method, batch_size=batch_size, length=length, steps=steps, warmup=warmup,
                               arch=arch, precision=precision, compile=compile, options=json.dumps(options),
-                              label=label, model=model, repeat_batches=repeat_batches, profile=profile)
+                              label=label, model=model, repeat_batches=repeat_batches, profile=profile,
+                              compile_mode=compile_mode)
     return step_time_memory.worker(args)
 
 
