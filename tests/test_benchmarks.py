@@ -29,7 +29,7 @@ def test_gpu_step_time_prints_a_row_per_method(monkeypatch, capsys, tmp_path):
                                  "--precision", "no", "--output", str(tmp_path / "steps")])
     out = capsys.readouterr().out
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
-    assert set(rows) == {"method", "full", "bitfit", "lora", "learners", "learners-filling", "learners-cached", "learners-all",
+    assert set(rows) == {"method", "full", "bitfit", "lora", "learners", "learners-nocache", "learners-filling", "learners-cached", "learners-all",
                          "learners-top3-cached", "learners-top4", "learners-top4-cached", "learners-top4-noad-cached",
                          "learners-skip1-noad-cached", "learners-upper-half"}
     # each row is printed as its method finishes (a run stopped at a time limit keeps it)
