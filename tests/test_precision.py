@@ -99,3 +99,27 @@ def test_a_compiled_run_with_length_buckets_trains_as_the_eager_one(tmp_path, ti
     assert "frozen-prefix cache off with --compile" in capsys.readouterr().err
     for key, value in learners["eager"].items():
         torch.testing.assert_close(learners["compiled"][key], value, atol=1e-5, rtol=1e-4, msg=key)
+
+
+@pytest.mark.parametrize("mixed_precision,fused_attention", [("bf16", False), ("no", True)])
+def test_a_training_step_on_the_cpu_in_bf16_runs_the_math_attention_kernel(mixed_precision, fused_attention):
+    """The fused (flash) attention kernel's bf16 backward is slow on the CPU (145 ms against the math kernel's 60):
+    a bf16 step asks for the math kernel; in fp32 torch's own choice (the fused kernel) stays."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        names: list = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    model = build_method("learners", {"selection": "magnitude", "frozen_prefix_cache_mb": 0}).prepare(
+        tiny_model("bert"), iter([tiny_batch()]))
+    accelerator = make_accelerator(TrainConfig(learning_rate=1e-2, mixed_precision=mixed_precision))
+    optimizer, scheduler = make_optimizer(model, TrainConfig(learning_rate=1e-2), 1e-2, 0, 10, 0)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    batch = {k: v for k, v in tiny_batch().items() if k != "attention_mask"}
+    with Ops() as ops:
+        training_step(model.train(), batch, optimizer, scheduler, accelerator, 1.0)
+    assert any(name.startswith("_scaled_dot_product_flash_attention") for name in ops.names) == fused_attention

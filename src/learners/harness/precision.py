@@ -15,12 +15,14 @@ stay as they are. The trained model is saved in fp32 all the same: `finetune` re
 fp32 weights (`finetune.in_full_precision`).
 """
 
+import contextlib
 import platform
 import re
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..errors import UsageError
 from ..learner.layer import _LearnerLinear
@@ -83,3 +85,14 @@ def cast_frozen_linears(model: nn.Module, dtype: torch.dtype) -> int:
 def frozen_dtype(precision: str) -> torch.dtype | None:
     """The dtype frozen linear weights are kept in for a run in `precision` (None: as loaded)."""
     return torch.bfloat16 if precision == "bf16" else None
+
+
+def training_attention(accelerator):
+    """The attention kernels of a training step's forward pass: on a CPU in bf16, torch's math kernel. The fused
+    (flash) kernel that attention without dropout takes there has a slow bf16 backward on the CPU: 145 ms against
+    the math kernel's 60 ms (forward 20 against 41; 32 x 12 heads x 128 x 32, one thread, AMD EPYC). Attention with
+    dropout (full fine-tuning, BitFit, LoRA) takes the math kernel anyway; the learners' blocks, run without attention
+    dropout, gain. Elsewhere (fp32, GPUs, evaluation) torch chooses."""
+    if accelerator.device.type == "cpu" and accelerator.mixed_precision == "bf16":
+        return sdpa_kernel([SDPBackend.MATH])
+    return contextlib.nullcontext()

@@ -34,7 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import checkpoint, distributed
-from .precision import cast_frozen_linears, frozen_dtype
+from .precision import cast_frozen_linears, frozen_dtype, training_attention
 from ..errors import TrainingDiverged, TrainingInterrupted, UsageError
 
 
@@ -146,7 +146,8 @@ def training_step(model, batch, optimizer, scheduler, accelerator: Accelerator, 
     (`skip_update_unless_finite`), and `StepLog.check` raises TrainingDiverged at the next logging point. With
     fp16 the loss scaler skips such steps and adjusts its scale. `params`: the trainable parameters (default:
     the optimizer's)."""
-    loss = model(**batch).loss
+    with training_attention(accelerator):
+        loss = model(**batch).loss
     params = trainable_parameters(optimizer) if params is None else params
     if plain_autograd(accelerator):  # what accelerate would do, without its per-call checks (a package search each)
         loss.backward()

@@ -25,6 +25,7 @@ import warnings
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.utils.rnn import pad_sequence
 
 from ..errors import UsageError
@@ -32,6 +33,8 @@ from ..errors import UsageError
 # Model types whose blocks take only the hidden states and the attention mask, so that a frozen block can run
 # one example alone and give what it gives that example in a batch. MPNet and DeBERTa are not among them: their
 # encoder computes relative-position terms for the whole batch and hands them to every block.
+ANY_ATTENTION_KERNEL = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH,
+                        SDPBackend.CUDNN_ATTENTION]
 SUPPORTED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra", "distilbert")
 
 
@@ -151,7 +154,9 @@ class FrozenPrefixCache:
         """`embedded` (batch x length x hidden) through the frozen blocks, each called with `args` and `kwargs`
         (the mask and the rest, as the lowest learner block got them: every block of the encoder gets the same)."""
         hidden = embedded
-        with torch.no_grad():
+        # no backward runs here: any attention kernel will do, whatever a caller narrowed the choice to for its
+        # training step (the harness asks for the math kernel on a CPU in bf16, whose fused kernel's backward is slow)
+        with torch.no_grad(), sdpa_kernel(ANY_ATTENTION_KERNEL):
             for index in range(len(self.frozen_blocks)):
                 out = self._run_block(index, hidden, *args, **kwargs)
                 hidden = out[0] if isinstance(out, tuple) else out
