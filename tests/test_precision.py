@@ -108,7 +108,9 @@ def test_a_training_step_on_the_cpu_in_bf16_runs_the_math_attention_kernel(mixed
     from torch.utils._python_dispatch import TorchDispatchMode
 
     class Ops(TorchDispatchMode):
-        names: list = []
+        def __init__(self):
+            super().__init__()
+            self.names = []
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             self.names.append(func.__name__)
