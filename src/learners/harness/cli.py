@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from ..errors import UsageError
+from ..errors import UsageError, first_line, is_disk_full
 from .arguments import add_training_arguments, check_flags_fit_method
 
 
@@ -129,8 +129,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"learners: error: the learners command needs the harness extras: pip install 'learners[harness]' "
               f"(no module named {e.name!r})", file=sys.stderr)
         return 1
+    except Exception as e:  # a full disk where no write turned it into DiskFull (a UsageError) already
+        if not is_disk_full(e):
+            raise
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"learners: error: no space left on the device{where}: {first_line(e)}; free some space and run the same "
+              "command again", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as e:
-        print(f"learners: {e or 'interrupted'}", file=sys.stderr)
+        print(f"learners: {str(e) or 'interrupted'}", file=sys.stderr)
         return 130
 
 
