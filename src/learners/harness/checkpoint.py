@@ -232,12 +232,6 @@ def _current(directory: Path) -> Path:
     return directory
 
 
-def remove(directory: Path) -> None:
-    directory = Path(directory)
-    for path in (directory, directory.with_name(directory.name + ".tmp"), directory.with_name(directory.name + ".old")):
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def restore_model(saved: Saved, model, method, batches):
     """The method's model rebuilt as it was when the checkpoint was written, its trainable tensors loaded."""
     model = method.restore(model, batches, saved.facts["method"], saved.prefixed("method."))

@@ -100,7 +100,10 @@ def _lock(path: Path):
                 handle.write(f"process {os.getpid()}\n")
                 handle.flush()
             except OSError:  # no space for the line (a full disk): no run goes on without it
-                handle.close()
+                try:
+                    handle.close()  # (flushes again, and may fail again; the file is closed all the same)
+                except OSError:
+                    pass
                 path.unlink(missing_ok=True)
                 raise
             return handle

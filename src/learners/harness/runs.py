@@ -80,7 +80,8 @@ def check_ours(out: Path, overwrite: bool) -> None:
     if foreign and not overwrite:
         raise UsageError(f"--output-dir {out} holds {listing(foreign)}, which no learners run wrote (it is not a run's "
                          "output directory); choose a new or empty --output-dir, or pass --overwrite to put the run "
-                         f"there (once finished it replaces only what has its names: {RESULTS}, {'/, '.join(OUTPUTS)}/)")
+                         f"there (once finished it replaces only what has its names: {RESULTS}, {'/, '.join(OUTPUTS)}/, "
+                         f"{checkpoint.DIRECTORY}/)")
 
 
 def run_folder(out: Path, overwrite: bool) -> Path:
