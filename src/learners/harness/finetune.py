@@ -285,32 +285,36 @@ def _finetune(args: FinetuneArgs, out: Path, run_dir: Path) -> dict | None:
                       resume=resume, run_args=run_args(args))
     try:
         result = train(model, method, train_loader, evaluate, metric_name, cfg)
-    except TrainingInterrupted as e:  # (its message says to rerun with --resume, which --overwrite does not take)
-        if not args.overwrite:
-            raise
-        kept = f"; the run in {out} stays as it is until this one finishes" if run_dir != out else ""
-        raise TrainingInterrupted(f"{str(e).partition(';')[0]}{kept}: run the same command (with --overwrite) again "
-                                  "to continue") from None
+    except TrainingInterrupted as e:
+        raise (overwrite_interrupted(e, out, run_dir) if args.overwrite else e) from None
     if not distributed.is_main():
         distributed.barrier()  # until rank 0 has written everything
         return None
-    weights = sum(p.numel() * p.element_size() for p in result.model.parameters())  # about model.safetensors
-    results = save_finished_run(run_dir, out, weights, lambda stage: save_run(
+    results = save_finished_run(run_dir, out, result.model, lambda stage: save_run(
         args, stage, method, result, task, tokenizer, metric_name, learning_rate, max_length, len(train_set), out))
     distributed.barrier()
     return results
 
 
-def save_finished_run(run_dir: Path, out: Path, needed: int, write) -> dict:
-    """`write(stage)` the finished run into run_dir/.final, then move it into run_dir (dropping the checkpoint) and,
-    where run_dir is OUT's replacement, into OUT (runs.swap_in). A full disk (or any failure) removes .final and
-    leaves the checkpoint, from which the same command resumes."""
+def overwrite_interrupted(interrupted: TrainingInterrupted, out: Path, run_dir: Path) -> TrainingInterrupted:
+    """The Ctrl-C of an --overwrite run, saying how to go on: its message says to rerun with --resume, which
+    --overwrite does not take."""
+    kept = f"; the run in {out} stays as it is until this one finishes" if run_dir != out else ""
+    return TrainingInterrupted(f"{str(interrupted).partition(';')[0]}{kept}: run the same command (with --overwrite) "
+                               "again to continue")
+
+
+def save_finished_run(run_dir: Path, out: Path, model, write) -> dict:
+    """`write(stage)` the finished run (its `model`) into run_dir/.final, then move it into run_dir (dropping the
+    checkpoint) and, where run_dir is OUT's replacement, into OUT (runs.swap_in). A full disk (or any failure)
+    removes .final and leaves the checkpoint, from which the same command resumes."""
     stage = runs.final_stage(run_dir)
     try:
         results = write(stage)
     except Exception as e:
         shutil.rmtree(stage, ignore_errors=True)
-        raise_if_disk_full(e, out, "the finished run's files", needed,
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())  # about model.safetensors
+        raise_if_disk_full(e, out, "the finished run's files", weights,
                            "free some space and run the same command again: it resumes from the last checkpoint")
         raise
     runs.swap_in(stage, run_dir)
