@@ -288,6 +288,7 @@ def test_an_overwrite_stopped_by_ctrl_c_leaves_the_old_run_and_the_same_command_
         assert main(command(setup, out, "--overwrite")) == 0
         assert "resuming from" in capsys.readouterr().err
         assert_is(out, setup["root"] / "reference", "model", "learners")
+        assert json.loads((out / "results.json").read_text())["learners_dir"] == str(out / "learners")  # not staging's
 
 
 def test_a_full_disk_in_merge_or_predict_is_one_line_and_leaves_nothing(setup, faults, tmp_path, capsys):

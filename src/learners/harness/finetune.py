@@ -17,7 +17,7 @@ from . import checkpoint, distributed, runs
 from ..errors import (TrainingInterrupted, UsageError, check_finite, check_output_path, give_user_permissions,
                       raise_if_disk_full)
 from .arguments import method_options, priming_flags_given
-from .files import OutputDirInUse, check_not_input, exclusive_output_dir, write_text_atomically
+from .files import OutputDirInUse, exclusive_output_dir, write_text_atomically
 from .methods import build_method
 from .metrics import compute_metrics, primary_metric_name
 from .models import DEFAULT_MODEL, check_max_length, load_model_and_tokenizer
@@ -112,9 +112,8 @@ def check_output_dir(args: FinetuneArgs) -> Path:
     """OUT, checked before anything is written: a path that can be written, none of the run's inputs in it, and
     nothing in it that no learners run wrote, unless --overwrite (runs.py)."""
     out = check_output_path(args.output_dir, "--output-dir")
-    check_not_input(out, "--output-dir", {"--model": args.model, "--data-dir": args.data_dir,
+    runs.check_ours(out, args.overwrite, {"--model": args.model, "--data-dir": args.data_dir,
                                           "--train-file": args.train_file, "--validation-file": args.validation_file})
-    runs.check_ours(out, args.overwrite)
     return out
 
 
@@ -291,42 +290,14 @@ def _finetune(args: FinetuneArgs, out: Path, run_dir: Path) -> dict | None:
         distributed.barrier()  # until rank 0 has written everything
         return None
     results = save_finished_run(run_dir, out, result.model, lambda stage: save_run(
-        args, stage, method, result, task, tokenizer, metric_name, learning_rate, max_length, len(train_set), out))
+        args, stage, method, result, task, tokenizer, metric_name, learning_rate, max_length, len(train_set)))
     distributed.barrier()
     return results
 
 
-def overwrite_interrupted(interrupted: TrainingInterrupted, out: Path, run_dir: Path) -> TrainingInterrupted:
-    """The Ctrl-C of an --overwrite run, saying how to go on: its message says to rerun with --resume, which
-    --overwrite does not take."""
-    kept = f"; the run in {out} stays as it is until this one finishes" if run_dir != out else ""
-    return TrainingInterrupted(f"{str(interrupted).partition(';')[0]}{kept}: run the same command (with --overwrite) "
-                               "again to continue")
-
-
-def save_finished_run(run_dir: Path, out: Path, model, write) -> dict:
-    """`write(stage)` the finished run (its `model`) into run_dir/.final, then move it into run_dir (dropping the
-    checkpoint) and, where run_dir is OUT's replacement, into OUT (runs.swap_in). A full disk (or any failure)
-    removes .final and leaves the checkpoint, from which the same command resumes."""
-    stage = runs.final_stage(run_dir)
-    try:
-        results = write(stage)
-    except Exception as e:
-        shutil.rmtree(stage, ignore_errors=True)
-        weights = sum(p.numel() * p.element_size() for p in model.parameters())  # about model.safetensors
-        raise_if_disk_full(e, out, "the finished run's files", weights,
-                           "free some space and run the same command again: it resumes from the last checkpoint")
-        raise
-    runs.swap_in(stage, run_dir)
-    if run_dir != out:
-        runs.swap_in(run_dir, out)
-    return results
-
-
 def save_run(args: FinetuneArgs, out: Path, method, result, task: TaskData, tokenizer, metric_name: str,
-             learning_rate: float, max_length: int, train_examples: int, home: Path | None = None) -> dict:
-    """OUT/model, OUT/learners (or the method's extra files), then OUT/results.json; paths in results.json name
-    `home`, where OUT's files go in the end (save_finished_run; default OUT)."""
+             learning_rate: float, max_length: int, train_examples: int) -> dict:
+    """OUT/model, OUT/learners (or the method's extra files), then OUT/results.json; the checkpoint goes."""
     check_finite(result.model.state_dict().items(), "the trained model", "Lower --learning-rate and run again.")
 
     out.mkdir(parents=True, exist_ok=True)
@@ -358,8 +329,35 @@ def save_run(args: FinetuneArgs, out: Path, method, result, task: TaskData, toke
         "device": "cuda" if torch.cuda.is_available() else "cpu", "torch_threads": torch.get_num_threads(),
         "history": result.history,
         "args": {k: v for k, v in asdict(args).items() if k not in ("progress", "resume")},
-        **runs.relocated(extra, out, home or out),
+        **runs.relocated(extra, out),  # (OUT is a staging folder: save_finished_run)
     }
     give_user_permissions(out)  # safetensors leaves its files 0600
     write_text_atomically(out / "results.json", json.dumps(results, indent=2))
+    return results
+
+
+def overwrite_interrupted(interrupted: TrainingInterrupted, out: Path, run_dir: Path) -> TrainingInterrupted:
+    """The Ctrl-C of an --overwrite run, saying how to go on: its message says to rerun with --resume, which
+    --overwrite does not take."""
+    kept = f"; the run in {out} stays as it is until this one finishes" if run_dir != out else ""
+    return TrainingInterrupted(f"{str(interrupted).partition(';')[0]}{kept}: run the same command (with --overwrite) "
+                               "again to continue")
+
+
+def save_finished_run(run_dir: Path, out: Path, model, write) -> dict:
+    """`write(stage)` the finished run (its `model`) into run_dir/.final, then move it into run_dir (dropping the
+    checkpoint) and, where run_dir is OUT's replacement, into OUT (runs.swap_in). A full disk (or any failure)
+    removes .final and leaves the checkpoint, from which the same command resumes."""
+    stage = runs.final_stage(run_dir)
+    try:
+        results = write(stage)
+    except Exception as e:
+        shutil.rmtree(stage, ignore_errors=True)
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())  # about model.safetensors
+        raise_if_disk_full(e, out, "the finished run's files", weights,
+                           "free some space and run the same command again: it resumes from the last checkpoint")
+        raise
+    runs.swap_in(stage, run_dir)
+    if run_dir != out:
+        runs.swap_in(run_dir, out)
     return results

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from . import checkpoint
 from ..errors import UsageError
-from .files import ATOMIC_TEMPORARY, LOCK_NAME, entry_names, listing
+from .files import ATOMIC_TEMPORARY, LOCK_NAME, check_not_input, entry_names, listing
 
 RESULTS = "results.json"
 OUTPUTS = ("model", "learners", "lora")
@@ -74,8 +74,10 @@ def _is_learners_results(path: Path) -> bool:
     return isinstance(data, dict) and {"task", "method", "metric_name", "history"} <= data.keys()
 
 
-def check_ours(out: Path, overwrite: bool) -> None:
-    """Refuse an OUT that holds anything no learners run wrote, unless --overwrite (nothing is written here)."""
+def check_ours(out: Path, overwrite: bool, inputs: dict[str, str | None]) -> None:
+    """Refuse an OUT that is or holds one of the run's `inputs` ({flag: path}), or that holds anything no learners run
+    wrote unless --overwrite (nothing is written here)."""
+    check_not_input(out, "--output-dir", inputs)
     foreign = foreign_entries(out)
     if foreign and not overwrite:
         raise UsageError(f"--output-dir {out} holds {listing(foreign)}, which no learners run wrote (it is not a run's "
@@ -104,8 +106,12 @@ def final_stage(run_dir: Path) -> Path:
     return stage
 
 
-def relocated(facts: dict, stage: Path, home: Path) -> dict:
-    """`facts` (results.json entries) with paths under `stage` named as they will be once moved into `home`."""
+def relocated(facts: dict, stage: Path) -> dict:
+    """`facts` (results.json entries) with paths under a staging folder (run_dir/.final, OUT/.replacement/.final)
+    named as they will be once moved into OUT; other facts as they are."""
+    home = stage.parent if stage.name == FINAL else stage
+    home = home.parent if home.name == REPLACEMENT else home
+
     def moved(value):
         if isinstance(value, str) and Path(value).is_relative_to(stage):
             return str(Path(home) / Path(value).relative_to(stage))
