@@ -15,7 +15,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from conftest import tiny_model
+from learners import LearnerConfig, LearnerModel, Primer, get_learner_model
+from learners.errors import UsageError
 from learners.harness.cli import main
+from learners.learner.trainer import prime_with_trainer
 
 LEARNERS = "learners_model.safetensors"
 LEARNERS_CONFIG = "learners_config.json"
@@ -130,6 +134,26 @@ def broken_link(c):
     return c.tmp / "link"
 
 
+def folder(c, name, **entries):
+    """c.tmp/name holding files (text) and folders (a path to copy), e.g. folder(c, "d", model=c.model)."""
+    d = c.tmp / name
+    d.mkdir()
+    for entry, content in entries.items():
+        if isinstance(content, Path):
+            shutil.copytree(content, d / entry.replace("_", "."))
+        else:
+            (d / entry.replace("_", ".")).write_text(content)
+    return d
+
+
+def unfinished_overwrite(c):
+    """A finished run with an --overwrite of it stopped halfway (its checkpoint in .replacement)."""
+    d = copy(c, c.data / "learners", "run")
+    (d / ".replacement" / "checkpoint").mkdir(parents=True)
+    (d / ".replacement" / "checkpoint" / "checkpoint.json").write_text("{}")
+    return d
+
+
 # ---- the table -----------------------------------------------------------------------------------
 # (id, build(ctx) -> (argv, output path that must stay untouched), regex the message must match)
 
@@ -189,6 +213,19 @@ CASES = [
     ("ft-warmup-for-full", lambda c: (finetune(c, "--method", "full", "--learner-warmup-steps", 5), c.out),
      r"--learner-warmup-steps \(learners or far\) is an option of another method, not of --method full"),
     ("ft-bad-flag-value", lambda c: (finetune(c, "--batch-size", "abc"), c.out), r"invalid int value: 'abc'"),
+    # an --output-dir that holds what no run wrote, or the run's own input (issue 32)
+    ("ft-output-holds-a-model", lambda c: (finetune(c, out=folder(c, "d", model=c.model)), c.tmp / "d"),
+     r"--output-dir .*d holds model/, which no learners run wrote .*choose a new or empty --output-dir, or pass --overwrite"),
+    ("ft-output-not-a-run", lambda c: (finetune(c, out=folder(c, "d", notes_txt="mine")), c.tmp / "d"),
+     r"holds notes.txt, which no learners run wrote"),
+    ("ft-output-foreign-results", lambda c: (finetune(c, out=folder(c, "d", results_json='{"accuracy": 1}')), c.tmp / "d"),
+     r"holds results.json, which no learners run wrote"),
+    ("ft-output-holds-its-model", lambda c: (finetune(c, "--overwrite", out=folder(c, "d", model=c.model)) + ["--model", str(c.tmp / "d" / "model")], c.tmp / "d"),
+     r"--output-dir .*d holds this command's input --model .*d/model: a command never writes over its input"),
+    ("ft-output-holds-its-data", lambda c: (finetune(c, "--overwrite", train=folder(c, "d", train_csv=(c.data / "train.csv").read_text()) / "train.csv", out=c.tmp / "d"), c.tmp / "d"),
+     r"holds this command's input --train-file"),
+    ("ft-output-unfinished-overwrite", lambda c: (finetune(c, out=unfinished_overwrite(c)), c.tmp / "run"),
+     r"holds an unfinished --overwrite run .*\.replacement.*pass --overwrite to continue it, or remove"),
     # multi-label rows (a JSON list per label) would train a classifier over label combinations
     ("ft-multi-label-jsonl", lambda c: (finetune(c, train=csv_file(c, '{"text": "a b", "label": "x"}\n{"text": "c", "label": ["x", "y"]}\n', "m.jsonl")), c.out),
      r'the label at m\.jsonl line 2 is a JSON list, \["x", "y"\].*multi-label data is not supported'),
@@ -202,7 +239,13 @@ CASES = [
     ("pr-text-list-jsonl", lambda c: (predict(c, None, input=csv_file(c, '{"text": ["a", "b"]}\n', "p.jsonl")), c.out.with_suffix(".csv")),
      r"text column 'text' at p\.jsonl line 1 is a JSON list"),
     ("pr-model-missing", lambda c: (predict(c, c.tmp / "nope"), c.out.with_suffix(".csv")), r"not a model directory"),
-    ("pr-output-is-dir", lambda c: (predict(c, out=c.tmp), None), r"is a directory; pass a file path"),
+    ("pr-output-is-dir", lambda c: (predict(c, out=c.tmp), c.tmp), r"is a directory; pass a file path"),
+    ("pr-output-exists", lambda c: (predict(c, out=c.tmp / "afile.csv"), write(c.tmp / "afile.csv", "keep\n") or c.tmp / "afile.csv"),
+     r"--output .*afile.csv exists; choose another file, or pass --overwrite to replace it"),
+    ("pr-learners-output-exists", lambda c: (predict_learners(c, out=c.tmp / "afile.csv"), write(c.tmp / "afile.csv", "keep\n") or c.tmp / "afile.csv"),
+     r"--output .*afile.csv exists"),
+    ("pr-output-is-input", lambda c: (predict(c, None, "--overwrite", input=csv_file(c, "text\nhi\n", "in.csv"), out=c.tmp / "in.csv"), c.tmp / "in.csv"),
+     r"--output .*in.csv is this command's input --input"),
     ("pr-output-suffix", lambda c: (predict(c, out=c.tmp / "p.xlsx"), c.tmp / "p.xlsx"), r"unsupported file type; use .csv"),
     ("pr-output-under-file", lambda c: (predict(c, out=c.tmp / "afile" / "p.csv"), c.tmp / "afile"), r"is a file, not a directory"),
     ("pr-max-length", lambda c: (predict(c, None, "--max-length", 100000), c.out.with_suffix(".csv")), r"longer than this model takes \(64"),
@@ -267,6 +310,12 @@ CASES = [
     ("mg-output-holds-a-model", lambda c: (merge(c, out=copy(c, c.data / "learners" / "model", "kept-model")), c.tmp / "kept-model"),
      r"--output .*kept-model is not empty \(config.json, .*model.safetensors.*\); choose a new directory, or pass --overwrite"),
     ("mg-output-broken-link", lambda c: (merge(c, out=broken_link(c)), c.tmp / "link"), r"is a broken symbolic link"),
+    ("mg-output-is-learners-run", lambda c: (merge(c, copy(c, c.data / "learners", "run"), "--overwrite", out=c.tmp / "run"), c.tmp / "run"),
+     r"--output .*run is this command's input --learners"),
+    ("mg-output-is-its-learners", lambda c: (merge(c, copy(c, c.data / "learners", "run"), "--overwrite", out=c.tmp / "run" / "learners"), c.tmp / "run"),
+     r"--output .*learners is this command's input --learners"),
+    ("mg-output-is-base", lambda c: (merge(c, None, "--overwrite", out=copy(c, c.model, "base")) + ["--base", str(c.tmp / "base")], c.tmp / "base"),
+     r"--output .*base is this command's input --base"),
     ("mg-learners-missing", lambda c: (merge(c, c.tmp / "nope"), c.out), r"does not exist"),
     ("mg-learners-empty-dir", lambda c: (merge(c, c.tmp), c.out), r"holds no saved learners"),
     ("mg-learners-other-method", lambda c: (merge(c, c.data / "adapter"), c.out),
@@ -287,6 +336,12 @@ CASES = [
     ("bn-max-steps-zero", lambda c: (bench(c, "--tasks", "cola,rte", "--methods", "full,learners", "--max-steps", "0"), c.out),
      r"--max-steps must be positive, got 0"),
     ("bn-warmup-ratio", lambda c: (bench(c, "--tasks", "cola", "--warmup-ratio", "1.5"), c.out), r"--warmup-ratio must be in \[0, 1\)"),
+    ("bn-output-not-a-bench", lambda c: (bench(c, "--tasks", "cola", "--methods", "full", "--seeds", "0", "--data-dir", str(c.tmp),
+                                               out=folder(c, "d", notes_txt="mine")), c.tmp / "d"),
+     r"--output-dir .*d holds notes.txt, which learners bench did not write; choose a new or empty --output-dir"),
+    ("bn-output-holds-its-model", lambda c: (bench(c, "--tasks", "cola", "--seeds", "0", "--data-dir", str(c.tmp), out=folder(c, "d", m=c.model))
+                                             + ["--model", str(c.tmp / "d" / "m")], c.tmp / "d"),
+     r"holds this command's input --model"),
 ]
 
 
@@ -299,9 +354,12 @@ def run_cli(argv, capsys) -> tuple[int, str]:
 
 
 def snapshot(path):
+    """A file's bytes, or every name and file's bytes under a folder."""
     if path is None or not path.exists():
         return None
-    return path.read_bytes() if path.is_file() else sorted(p.name for p in path.iterdir())
+    if path.is_file():
+        return path.read_bytes()
+    return {str(p.relative_to(path)): p.read_bytes() if p.is_file() else None for p in sorted(path.rglob("*"))}
 
 
 @pytest.mark.parametrize("build,message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
@@ -313,11 +371,47 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(build, message, ctx, ca
     assert "Traceback" not in err and err.count("\n") == 1 and err.endswith("\n"), err
     assert re.search(message, err), err
     assert snapshot(out) == before  # nothing created, nothing overwritten
-    if out is not None and out.suffix == ".csv":
-        assert not out.exists()
 
 
 def test_enough_cases():
     assert len(CASES) >= 30 and len({c[0] for c in CASES}) == len(CASES)
     commands = {c[0][:2] for c in CASES}
     assert commands == {"ft", "pr", "mg", "bn"}
+
+
+# ---- the library's public functions: a wrong argument is an error naming it ---------------------------------
+
+def wrapped():
+    return get_learner_model(tiny_model("bert"), LearnerConfig(ratio=0.5, selection="random"))
+
+
+RANDOM = LearnerConfig(ratio=0.5, selection="random")
+LIBRARY_CASES = [
+    ("config-ratio-text", lambda: LearnerConfig(ratio="abc"), r"LearnerConfig: ratio must be a number in \(0, 1\], got 'abc' \(str\)"),
+    ("config-ratio-bool", lambda: LearnerConfig(ratio=True), r"ratio must be a number"),
+    ("config-num-neurons-bool", lambda: LearnerConfig(num_neurons=True), r"num_neurons must be positive integers"),
+    ("config-priming-steps-float", lambda: LearnerConfig(ratio=0.5, priming_steps=2.5), r"priming_steps must be an integer"),
+    ("config-layers-number", lambda: LearnerConfig(ratio=0.5, layers=3), r"layers must be 'all', 'auto', 'top-N'"),
+    ("config-ffn-modules-number", lambda: LearnerConfig(ratio=0.5, ffn_modules=3), r"ffn_modules must be two or three module names"),
+    ("config-dropout-text", lambda: LearnerConfig(ratio=0.5, frozen_dropout="no"), r"frozen_dropout must be True or False"),
+    ("config-seed-text", lambda: LearnerConfig(ratio=0.5, seed="1"), r"seed must be an integer"),
+    ("config-from-pretrained-none", lambda: LearnerConfig.from_pretrained(None), r"from_pretrained: directory must be a path"),
+    ("get-model-none", lambda: get_learner_model(None, RANDOM), r"get_learner_model: model must be a transformers model"),
+    ("get-config-dict", lambda: get_learner_model(tiny_model("bert"), {"ratio": 0.5}), r"config must be a LearnerConfig"),
+    ("get-indices-text", lambda: get_learner_model(tiny_model("bert"), RANDOM, indices="0,1"), r"indices must be a list of integer tensors"),
+    ("model-none", lambda: LearnerModel(None, RANDOM, []), r"LearnerModel: model must be a transformers model"),
+    ("from-pretrained-none", lambda: LearnerModel.from_pretrained(tiny_model("bert"), None), r"from_pretrained: directory must be a path"),
+    ("save-pretrained-none", lambda: wrapped().save_pretrained(None), r"save_pretrained: save_directory must be a path"),
+    ("load-learners-none", lambda: wrapped().load_learners(None, "other"), r"load_learners: directory must be a path"),
+    ("prefix-cache-mb-text", lambda: wrapped().enable_frozen_prefix_cache("big"), r"max_mb must be a number of MB"),
+    ("primer-model-text", lambda: Primer("bert", LearnerConfig(ratio=0.5)), r"Primer: model must be a transformers model"),
+    ("primer-config-none", lambda: Primer(tiny_model("bert"), None), r"Primer: config must be a LearnerConfig"),
+    ("prime-with-trainer-none", lambda: prime_with_trainer(None, LearnerConfig(ratio=0.5)), r"trainer must be a transformers Trainer"),
+]
+
+
+@pytest.mark.parametrize("call,message", [c[1:] for c in LIBRARY_CASES], ids=[c[0] for c in LIBRARY_CASES])
+def test_a_library_function_names_its_wrong_argument(call, message):
+    """A wrong type or value is a UsageError naming the function and the argument, not a Python error from inside."""
+    with pytest.raises(UsageError, match=message):
+        call()

@@ -68,10 +68,10 @@ def test_a_second_run_into_a_held_output_dir_fails_at_once_and_writes_nothing(tm
     """Two runs in one output directory would resume one checkpoint and overwrite each other's files."""
     out = tmp_path / "run"
     out.mkdir()
-    (out / "notes.txt").write_text("mine")
+    (out / "log.txt").write_text("mine")  # (a bench's log of the run)
     with exclusive_output_dir(out):  # another run, live (flock: a second open of the file conflicts, in any process)
         assert finetune_into(tmp_path, tiny_model_dir, out) == 2
-        assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME, "notes.txt"]
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME, "log.txt"]
     err = capsys.readouterr().err
     assert f"{out} is in use by another learners run (process {os.getpid()}); wait for it to finish, or choose " \
            "another --output-dir" in err and "Traceback" not in err
@@ -138,3 +138,28 @@ def test_a_filesystem_that_refuses_locks_runs_unguarded(tmp_path, monkeypatch):
     with exclusive_output_dir(out):
         (out / "results.json").write_text("{}")
     assert sorted(p.name for p in out.iterdir()) == ["results.json"]
+
+
+def test_every_file_a_run_or_a_merge_writes_has_the_users_permissions(tmp_path, tiny_model_dir, monkeypatch):
+    """As any other new file of the process (0o666 less the umask): safetensors writes its files 0600."""
+    def modes(folder):
+        return {p.name: p.stat().st_mode & 0o777 for p in folder.rglob("*") if p.is_file()}
+
+    previous = os.umask(0o027)
+    try:
+        monkeypatch.setenv("LEARNERS_TEST_INTERRUPT_AT_STEP", "1")  # Ctrl-C: a checkpoint stays
+        out = tmp_path / "run"
+        assert finetune_into(tmp_path, tiny_model_dir, out, "--method", "learners", "--ratio", "0.25") == 130
+        monkeypatch.delenv("LEARNERS_TEST_INTERRUPT_AT_STEP")
+        written = modes(out / "checkpoint")
+        assert finetune_into(tmp_path, tiny_model_dir, out, "--method", "learners", "--ratio", "0.25") == 0
+        assert main(["merge", "--learners", str(out), "--output", str(tmp_path / "merged")]) == 0
+        written = [written, modes(out), modes(tmp_path / "merged")]
+    finally:
+        os.umask(previous)
+    assert [sorted(w) for w in written] == [
+        ["checkpoint.json", "checkpoint.safetensors"],
+        ["config.json", "learners_config.json", "learners_model.safetensors", "learners_task.json", "model.safetensors",
+         "results.json", "tokenizer.json", "tokenizer_config.json"],
+        ["config.json", "learners_task.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]]
+    assert [{name: oct(mode) for name, mode in w.items() if mode != 0o640} for w in written] == [{}, {}, {}]

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 import learners
+from learners.harness import checkpoint
 from learners.harness.cli import main
 from conftest import tiny_model
 
@@ -156,6 +157,27 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_130(setup, tmp_path):
     assert last.startswith("learners: interrupted at step 10/20") and "--resume" in last and "Traceback" not in interrupted.stderr
     assert checkpoint_step(out) == 10
     assert main(finetune_args(setup, out, "learners", "--resume")) == 0
+    assert_same_run(ref, out)
+
+
+def test_ctrl_c_twice_stops_at_once_with_a_line_saying_how_to_resume(setup, tmp_path, monkeypatch, capsys):
+    """The second Ctrl-C interrupts at once (no checkpoint of this step): one line, not an empty `learners: `; the
+    same command then resumes from the last checkpoint to the uninterrupted run's result."""
+    ref = reference(setup, "learners")
+    out = tmp_path / "run"
+
+    def twice(step):
+        if step == 10:  # not a checkpoint step: the last one is step 8's
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(checkpoint, "test_hook", twice)
+    assert main(finetune_args(setup, out, "learners")) == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("learners: stopped at once by a second Ctrl-C") and "run the same command again" in last, last
+    assert checkpoint_step(out) == 8
+    monkeypatch.undo()
+    assert main(finetune_args(setup, out, "learners")) == 0
     assert_same_run(ref, out)
 
 

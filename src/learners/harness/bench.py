@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -18,8 +19,12 @@ from pathlib import Path
 
 from ..errors import UsageError, check_output_path
 from .arguments import given_training_flags, method_options, priming_flags_given
-from .files import output_dir_in_use, write_text_atomically
+from .files import ATOMIC_TEMPORARY, check_not_input, entry_names, listing, output_dir_in_use, write_text_atomically
 from .report import build_report, run_dir
+
+# What a bench writes into its OUT (with report.py's plots, curve_TASK.png): a directory holding anything else is
+# someone else's and refused. Logs (*.log) may sit beside (benchmarks/gpu_grid.sh appends its queue's there).
+BENCH_FILES = ("bench.json", "bench.csv", "bench.md", "step_time.png", "peak_memory.png")
 
 
 def _list(text: str | None) -> list[str]:
@@ -89,8 +94,26 @@ def _last_line(path: Path) -> str:
     return lines[-1].strip() if lines else ""
 
 
+def check_bench_dir(out: Path, args: argparse.Namespace) -> None:
+    """Refuse an OUT that holds what no bench wrote, or the bench's inputs (nothing is written here)."""
+    check_not_input(out, "--output-dir", {"--model": args.model, "--data-dir": args.data_dir})
+    foreign = [name for name in entry_names(out) if not _bench_name(name)]
+    if foreign:
+        raise UsageError(f"--output-dir {out} holds {listing(foreign)}, which learners bench did not write; choose a "
+                         "new or empty --output-dir (a bench's holds only bench.json, bench.csv, bench.md, plots, "
+                         "runs/ and logs)")
+
+
+def _bench_name(name: str) -> bool:
+    if name.endswith("/"):
+        return name == "runs/"
+    return (name in BENCH_FILES or name.endswith(".log") or re.fullmatch(r"curve_.+\.png", name) is not None
+            or ATOMIC_TEMPORARY.fullmatch(name) is not None)
+
+
 def run_bench(args: argparse.Namespace) -> int:
     out = check_output_path(args.output_dir, "--output-dir")
+    check_bench_dir(out, args)
     seeds = parse_seeds(args.seeds) if args.seeds else None
     target = parse_target(args.target)
     tasks, methods = _list(args.tasks), _list(args.methods)
@@ -160,7 +183,7 @@ def record_settings(out: Path, tasks: list[str], methods: list[str], seeds: list
 
 def run_one(directory: Path, prefix: str, task: str, method: str, seed: int, flags: list[str], same_options: bool) -> bool:
     """One run of the grid: skip it if done, else run (or resume) its finetune. False: it failed."""
-    from . import checkpoint  # torch, only when runs are launched
+    from . import checkpoint, runs  # torch, only when runs are launched
 
     if (directory / "results.json").exists():
         print(f"{prefix} skip (done)", flush=True)
@@ -170,15 +193,19 @@ def run_one(directory: Path, prefix: str, task: str, method: str, seed: int, fla
         print(f"{prefix} skip (running in {holder})", flush=True)
         return True
     redo = directory.exists()
-    # A killed run resumes from its checkpoint; under other training options it starts afresh.
+    # A killed run resumes from its checkpoint; under other training options it starts afresh. A killed --overwrite of
+    # it (runs.py) goes on with --overwrite: continued under the same options, started afresh under others. A run dir
+    # without either is redone with --overwrite too: it is the bench's, whatever a run left there (or a user kept).
     resume = checkpoint.exists(directory / checkpoint.DIRECTORY)
+    replacing = runs.pending_replacement(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    label = ("resume (checkpoint)" if same_options else "redo (other options)") if resume else \
+    label = "resume (replacement)" if replacing else \
+        ("resume (checkpoint)" if same_options else "redo (other options)") if resume else \
         "redo (no results.json)" if redo else "run"
     print(f"{prefix} {label} ...", flush=True)
     command = [sys.executable, "-m", "learners.cli", "finetune", "--task", task, "--method", method,
                "--seed", str(seed), "--output-dir", str(directory), *flags, "--no-progress"]
-    if resume and not same_options:
+    if replacing or (resume and not same_options) or (redo and not resume):
         command.append("--overwrite")
     started = time.perf_counter()
     status = launch(command, directory / "log.txt")

@@ -14,7 +14,8 @@ A checkpoint is two files, safetensors + JSON (never a pickle):
   and Python's and NumPy's random states.
 
 Written atomically: into `checkpoint.tmp`, then renamed over `checkpoint` (the previous one is
-kept as `checkpoint.old` for the moment between the two renames; `load` falls back to it).
+kept as `checkpoint.old` for the moment between the two renames; `load` falls back to it). A full
+disk removes `checkpoint.tmp` and stops the run with DiskFull; the previous checkpoint stays.
 
 Resuming mid-epoch: the loader's generator is put back to its state at the epoch's start, the
 epoch's batches already trained on are drawn again and skipped, and then the other random
@@ -37,7 +38,8 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from ..errors import UsageError, first_line, read_json_file, read_safetensors
+from ..errors import (TrainingInterrupted, UsageError, first_line, give_user_permissions, raise_if_disk_full,
+                      read_json_file, read_safetensors)
 
 DIRECTORY = "checkpoint"
 TENSORS = "checkpoint.safetensors"
@@ -114,11 +116,19 @@ def save(directory: Path, *, run_args: dict | None, step: int, phase: str, posit
 def _write_atomically(directory: Path, tensors: dict, facts: dict) -> None:
     tmp, old = directory.with_name(directory.name + ".tmp"), directory.with_name(directory.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(tensors, str(tmp / TENSORS), metadata={"format": "pt"})
-    (tmp / FACTS).write_text(json.dumps(facts))
-    for path in (tmp / TENSORS, tmp / FACTS):
-        _fsync(path)
+    try:
+        tmp.mkdir(parents=True)
+        save_file(tensors, str(tmp / TENSORS), metadata={"format": "pt"})
+        give_user_permissions(tmp / TENSORS)
+        (tmp / FACTS).write_text(json.dumps(facts))
+        for path in (tmp / TENSORS, tmp / FACTS):
+            _fsync(path)
+    except Exception as e:  # a full disk: no half-written checkpoint.tmp stays, the previous checkpoint does
+        shutil.rmtree(tmp, ignore_errors=True)
+        resumes = "it resumes from the last checkpoint" if exists(directory) else "it starts afresh (no checkpoint yet)"
+        raise_if_disk_full(e, directory.parent, "a checkpoint", sum(t.nbytes for t in tensors.values()),
+                           f"free some space and run the same command again: {resumes}")
+        raise
     if directory.exists():  # else a kill between the renames left the previous one as `old`: keep it until now
         shutil.rmtree(old, ignore_errors=True)
         os.replace(directory, old)
@@ -222,12 +232,6 @@ def _current(directory: Path) -> Path:
     return directory
 
 
-def remove(directory: Path) -> None:
-    directory = Path(directory)
-    for path in (directory, directory.with_name(directory.name + ".tmp"), directory.with_name(directory.name + ".old")):
-        shutil.rmtree(path, ignore_errors=True)
-
-
 def restore_model(saved: Saved, model, method, batches):
     """The method's model rebuilt as it was when the checkpoint was written, its trainable tensors loaded."""
     model = method.restore(model, batches, saved.facts["method"], saved.prefixed("method."))
@@ -315,7 +319,8 @@ class StopRequest:
 
     def _handle(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
+            raise TrainingInterrupted("stopped at once by a second Ctrl-C, without a checkpoint of this step; run the "
+                                      "same command again to resume from the last checkpoint, if any")
         self.requested = True
         tqdm.write("interrupted: stopping after this step to write a checkpoint (Ctrl-C again to stop at once)",
                    file=sys.stderr)

@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from ..errors import UsageError
+from ..errors import UsageError, first_line, is_disk_full
 from .arguments import add_training_arguments, check_flags_fit_method
 
 
@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="full, head, bitfit, lora, adapter, far, learners (default); see README for what each trains")
     ft.add_argument("--output-dir", required=True)
     ft.add_argument("--seed", type=int, default=0)
-    ft.add_argument("--overwrite", action="store_true", help="replace a finished run (or a checkpoint) in --output-dir")
+    ft.add_argument("--overwrite", action="store_true",
+                    help="replace the run (finished, or its checkpoint) or other files in --output-dir: the new run is "
+                         "built beside them and takes their place only once finished")
     ft.add_argument("--resume", action="store_true",
                     help="continue the run in --output-dir from its checkpoint (a rerun with the same options does too)")
     ft.add_argument("--checkpoint-steps", type=int,
@@ -45,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--base", help="with --learners: the base model they were trained from (default: the one they "
                                    "record, if it is a local directory here; else the embedded model)")
     pr.add_argument("--input", required=True, help="CSV, TSV or JSONL with the model's text columns")
-    pr.add_argument("--output", required=True, help="where to write predictions (.csv, .tsv or .jsonl)")
+    pr.add_argument("--output", required=True, help="where to write predictions (.csv, .tsv or .jsonl): a new file")
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing --output file (never the --input)")
     pr.add_argument("--text-columns", help="override the text columns saved with the model")
     pr.add_argument("--batch-size", type=int, default=64)
     pr.add_argument("--max-length", type=int, help="truncate inputs to this many tokens (default 128, or the model's limit if lower)")
@@ -96,11 +99,12 @@ def run(argv: list[str] | None = None) -> int:
         from .predict import run_predict, run_predict_learners
         if args.learners is not None:
             n = run_predict_learners(args.learners, args.base, args.input, args.output, args.text_columns,
-                                     args.batch_size, args.max_length)
+                                     args.batch_size, args.max_length, args.overwrite)
         else:
             if args.base is not None:
                 raise UsageError("--base goes with --learners; a --model directory is a whole model already")
-            n = run_predict(args.model, args.input, args.output, args.text_columns, args.batch_size, args.max_length)
+            n = run_predict(args.model, args.input, args.output, args.text_columns, args.batch_size, args.max_length,
+                            args.overwrite)
         print(f"wrote {n} predictions to {args.output}")
     elif args.command == "merge":
         from .merge import run_merge
@@ -129,8 +133,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"learners: error: the learners command needs the harness extras: pip install 'learners[harness]' "
               f"(no module named {e.name!r})", file=sys.stderr)
         return 1
+    except Exception as e:  # a full disk where no write turned it into DiskFull (a UsageError) already
+        if not is_disk_full(e):
+            raise
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"learners: error: no space left on the device{where}: {first_line(e)}; free some space and run the same "
+              "command again", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as e:
-        print(f"learners: {e or 'interrupted'}", file=sys.stderr)
+        print(f"learners: {str(e) or 'interrupted'}", file=sys.stderr)
         return 130
 
 

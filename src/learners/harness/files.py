@@ -1,4 +1,5 @@
-"""Files that several processes share: no reader sees one half-written, no two runs write one output dir.
+"""Files that several processes share: no reader sees one half-written, no two runs write one output dir, no
+command writes over its own input.
 
 Several `learners bench` processes may share one output directory (two queues of runs on one machine): one
 rewrites bench.json, bench.csv or a plot while another reads it. Each file is written to a temporary name of
@@ -7,8 +8,14 @@ A fine-tuning holds its output directory for as long as it runs (`exclusive_outp
 from __future__ import annotations
 
 import os
+import re
 from contextlib import contextmanager
 from pathlib import Path
+
+from ..errors import UsageError
+
+# What `replaced_atomically` leaves when a kill comes before its rename: `.NAME.PID.tmp.SUFFIX`, ours to ignore
+ATOMIC_TEMPORARY = re.compile(r"\..+\.\d+\.tmp(\.[^.]+)?")
 
 
 @contextmanager
@@ -50,8 +57,9 @@ def exclusive_output_dir(out: Path):
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK_NAME
-    handle = _lock(path)
-    try:
+    handle = None
+    try:  # the lock file may fail to be written (a full disk): OUT goes again if this created it
+        handle = _lock(path)
         yield
     finally:
         if handle is not None:
@@ -86,10 +94,18 @@ def _lock(path: Path):
         except FileNotFoundError:
             same = False
         if same:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"process {os.getpid()}\n")
-            handle.flush()
+            try:
+                handle.seek(0)
+                handle.truncate()
+                handle.write(f"process {os.getpid()}\n")
+                handle.flush()
+            except OSError:  # no space for the line (a full disk): no run goes on without it
+                try:
+                    handle.close()  # (flushes again, and may fail again; the file is closed all the same)
+                except OSError:
+                    pass
+                path.unlink(missing_ok=True)
+                raise
             return handle
         handle.close()
 
@@ -103,3 +119,30 @@ def output_dir_in_use(out: Path) -> str | None:
             return None
     except OutputDirInUse as e:
         return str(e) or "another process"
+
+
+def listing(names: list[str], shown: int = 4) -> str:
+    """`a, b/, c, d, ...`: the first few of `names`, for a message."""
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
+
+
+def entry_names(folder: Path) -> list[str]:
+    """The names in `folder`, sorted, a directory's with a slash (`model/`); none if it is not a directory."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+
+
+def check_not_input(out: Path, flag: str, inputs: dict[str, str | None]) -> None:
+    """No command writes over its own input: refuse an output path that is one of the command's inputs
+    ({flag: path}; paths that do not exist here, hub names, are skipped) or a directory that holds one."""
+    target = Path(os.path.realpath(Path(out).expanduser()))
+    for input_flag, value in inputs.items():
+        if value is None or not Path(value).expanduser().exists():
+            continue
+        source = Path(os.path.realpath(Path(value).expanduser()))
+        same = source == target or (target.exists() and os.path.samefile(source, target))
+        if same or target in source.parents:
+            raise UsageError(f"{flag} {out} {'is' if same else 'holds'} this command's input {input_flag} {value}: a "
+                             f"command never writes over its input; choose another {flag}")

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import shutil
 import statistics
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -12,8 +13,9 @@ import torch
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
-from . import checkpoint, distributed
-from ..errors import UsageError, check_finite, check_output_path
+from . import checkpoint, distributed, runs
+from ..errors import (TrainingInterrupted, UsageError, check_finite, check_output_path, give_user_permissions,
+                      raise_if_disk_full)
 from .arguments import method_options, priming_flags_given
 from .collate import Collator, check_padding
 from .files import OutputDirInUse, exclusive_output_dir, write_text_atomically
@@ -112,11 +114,37 @@ def load_task(args: FinetuneArgs) -> TaskData:
     return load_glue(args.task, args.data_dir)
 
 
-def check_output_dir(output_dir: str, overwrite: bool) -> Path:
-    out = check_output_path(output_dir, "--output-dir")
-    if (out / "results.json").exists() and not overwrite:
-        raise UsageError(f"{out} already holds a finished run (results.json); pass --overwrite to replace it or choose another --output-dir")
+def check_output_dir(args: FinetuneArgs) -> Path:
+    """OUT, checked before anything is written: a path that can be written, none of the run's inputs in it, and
+    nothing in it that no learners run wrote, unless --overwrite (runs.py)."""
+    out = check_output_path(args.output_dir, "--output-dir")
+    runs.check_ours(out, args.overwrite, {"--model": args.model, "--data-dir": args.data_dir,
+                                          "--train-file": args.train_file, "--validation-file": args.validation_file})
     return out
+
+
+def run_folder(out: Path, args: FinetuneArgs) -> Path:
+    """Where this run trains and writes, once OUT is settled: OUT, or with --overwrite OUT/.replacement
+    (runs.run_folder) unless OUT holds only this very run, unfinished. Without --overwrite a finished run in OUT,
+    or an unfinished --overwrite of it, is refused."""
+    if args.overwrite and not (out / "results.json").exists() and not runs.foreign_entries(out) and \
+            should_resume(out, args):
+        return out  # an --overwrite run into OUT, stopped: continued there
+    if not args.overwrite and runs.pending_replacement(out):
+        raise UsageError(f"{out} holds an unfinished --overwrite run ({out / runs.REPLACEMENT}), which replaces the run "
+                         f"there once it finishes; pass --overwrite to continue it, or remove {out / runs.REPLACEMENT} "
+                         "to keep the run as it is")
+    if (out / "results.json").exists() and not args.overwrite:
+        raise UsageError(f"{out} already holds a finished run (results.json); pass --overwrite to replace it or choose another --output-dir")
+    return runs.run_folder(out, args.overwrite)
+
+
+def finished_here(out: Path, args: FinetuneArgs) -> dict | None:
+    """OUT's results if they are those of a run with this command's options (settle has just moved it in: a kill
+    came while it was being moved), else None."""
+    results = json.loads((out / "results.json").read_text())
+    saved = {k: v for k, v in results.get("args", {}).items() if k not in NOT_COMPARED}
+    return results if saved == run_args(args) else None
 
 
 # Options that do not change what a run computes: a rerun may differ in them and still resume.
@@ -138,11 +166,15 @@ def _by_flag(options: dict) -> dict:
 def should_resume(out: Path, args: FinetuneArgs) -> bool:
     """Whether to continue from OUT/checkpoint: with --resume, or a rerun with the same options.
 
-    With --overwrite the run starts afresh (its first checkpoint replaces the old one); a checkpoint
-    of a run with other options is refused."""
+    With --overwrite (OUT is then a new folder or the replacement, runs.run_folder) a checkpoint of this run
+    is continued, any other replaced by the run's first; without it a checkpoint of a run with other options
+    is refused."""
     directory = out / checkpoint.DIRECTORY
     if args.overwrite:
-        return False
+        try:
+            return checkpoint.saved_run_args(directory) == run_args(args)
+        except UsageError:  # damaged: started afresh
+            return False
     saved = checkpoint.saved_run_args(directory)
     if saved is None:
         if args.resume:
@@ -198,7 +230,7 @@ def run_finetune(args: FinetuneArgs) -> dict | None:
     the other ranks wait for it at a barrier and return None."""
     args.validate()
     distributed.quiet_other_ranks()
-    out = check_output_dir(args.output_dir, args.overwrite)
+    out = check_output_dir(args)
     with ExitStack() as held:
         if distributed.is_main():  # rank 0 alone writes OUT; it holds OUT for the run, so a second run there fails now
             try:
@@ -206,12 +238,21 @@ def run_finetune(args: FinetuneArgs) -> dict | None:
             except OutputDirInUse as e:
                 raise UsageError(f"{out} is in use by another learners run ({e}); wait for it to finish, or choose "
                                  "another --output-dir") from None
-        return _finetune(args, out)
+            if runs.settle(out) and (finished := finished_here(out, args)) is not None:
+                return finished  # this command's run had finished, and was being moved into OUT when it was killed
+        run_dir = run_folder(out, args)
+        try:
+            return _finetune(args, out, run_dir)
+        except Exception:
+            if distributed.is_main():
+                runs.settle(out)  # no half-written folder stays (a replacement stopped before its first checkpoint)
+            raise
 
 
-def _finetune(args: FinetuneArgs, out: Path) -> dict | None:
-    """run_finetune's work, once OUT is checked (and held by this process, on rank 0)."""
-    resume = should_resume(out, args)
+def _finetune(args: FinetuneArgs, out: Path, run_dir: Path) -> dict | None:
+    """run_finetune's work, once OUT is checked (and held by this process, on rank 0); the run trains and writes in
+    `run_dir` (OUT, or OUT/.replacement, moved into OUT once finished)."""
+    resume = should_resume(run_dir, args)
     options = without_cache_when_compiled(args.method_options, args.compile) if args.method == "learners" else \
         args.method_options
     method = build_method(args.method, options)
@@ -251,16 +292,20 @@ def _finetune(args: FinetuneArgs, out: Path) -> dict | None:
                       gradient_checkpointing=args.gradient_checkpointing, compile=args.compile,
                       priming_learning_rate=args.priming_learning_rate or 1e-4, progress=args.progress,
                       learner_warmup_steps=args.learner_warmup_steps,
-                      checkpoint_dir=str(out / checkpoint.DIRECTORY), checkpoint_steps=args.checkpoint_steps,
+                      checkpoint_dir=str(run_dir / checkpoint.DIRECTORY), checkpoint_steps=args.checkpoint_steps,
                       resume=resume, run_args=run_args(args))
-    result = train(model, method, train_loader, evaluate, metric_name, cfg)
+    try:
+        result = train(model, method, train_loader, evaluate, metric_name, cfg)
+    except TrainingInterrupted as e:
+        raise (overwrite_interrupted(e, out, run_dir) if args.overwrite else e) from None
     if not distributed.is_main():
         distributed.barrier()  # until rank 0 has written everything
         return None
     # in bf16 the frozen weights were kept in bf16: the merged model is made on the base model's fp32 weights
     merge_from = in_full_precision(result.model, method, args, task) if result.frozen_dtype is not None else None
-    results = save_run(args, out, method, result, task, tokenizer, metric_name, learning_rate, max_length, len(train_set),
-                       precision, merge_from)
+    results = save_finished_run(run_dir, out, result.model, lambda stage: save_run(
+        args, stage, method, result, task, tokenizer, metric_name, learning_rate, max_length, len(train_set), precision,
+        merge_from))
     distributed.barrier()
     return results
 
@@ -320,8 +365,35 @@ def save_run(args: FinetuneArgs, out: Path, method, result, task: TaskData, toke
         "mixed_precision": precision,
         "history": result.history,
         "args": {k: v for k, v in asdict(args).items() if k not in ("progress", "resume")},
-        **extra,
+        **runs.relocated(extra, out),  # (OUT is a staging folder: save_finished_run)
     }
+    give_user_permissions(out)  # safetensors leaves its files 0600
     write_text_atomically(out / "results.json", json.dumps(results, indent=2))
-    checkpoint.remove(out / checkpoint.DIRECTORY)  # the run is finished: results.json and the model hold it
+    return results
+
+
+def overwrite_interrupted(interrupted: TrainingInterrupted, out: Path, run_dir: Path) -> TrainingInterrupted:
+    """The Ctrl-C of an --overwrite run, saying how to go on: its message says to rerun with --resume, which
+    --overwrite does not take."""
+    kept = f"; the run in {out} stays as it is until this one finishes" if run_dir != out else ""
+    return TrainingInterrupted(f"{str(interrupted).partition(';')[0]}{kept}: run the same command (with --overwrite) "
+                               "again to continue")
+
+
+def save_finished_run(run_dir: Path, out: Path, model, write) -> dict:
+    """`write(stage)` the finished run (its `model`) into run_dir/.final, then move it into run_dir (dropping the
+    checkpoint) and, where run_dir is OUT's replacement, into OUT (runs.swap_in). A full disk (or any failure)
+    removes .final and leaves the checkpoint, from which the same command resumes."""
+    stage = runs.final_stage(run_dir)
+    try:
+        results = write(stage)
+    except Exception as e:
+        shutil.rmtree(stage, ignore_errors=True)
+        weights = sum(p.numel() * p.element_size() for p in model.parameters())  # about model.safetensors
+        raise_if_disk_full(e, out, "the finished run's files", weights,
+                           "free some space and run the same command again: it resumes from the last checkpoint")
+        raise
+    runs.swap_in(stage, run_dir)
+    if run_dir != out:
+        runs.swap_in(run_dir, out)
     return results

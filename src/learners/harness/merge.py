@@ -1,13 +1,21 @@
-"""`learners merge`: saved learners + their base model -> one plain transformers model directory."""
+"""`learners merge`: saved learners + their base model -> one plain transformers model directory.
+
+The merged model is written into OUTPUT/.merging and its files are moved into OUTPUT once all are written: a
+full disk or a failure leaves OUTPUT as it was (and removes it if merge created it)."""
 
 import json
+import os
+import shutil
 from pathlib import Path
 
-from ..errors import UsageError, check_output_path, read_json_file
+from ..errors import UsageError, check_output_path, give_user_permissions, raise_if_disk_full, read_json_file
 from ..learner import LearnerModel
 from .finetune import TASK_FILE
 from .distributed import log
+from .files import check_not_input, entry_names, listing
 from .models import embedded_model_dir, load_model_and_tokenizer
+
+STAGING = ".merging"
 
 
 def learners_directory(path: Path) -> Path:
@@ -62,11 +70,11 @@ def recorded_base(base: str | None, metas: list[dict]) -> str | None:
 
 def run_merge(base: str | None, learners_dir: str, output: str, overwrite: bool = False) -> Path:
     out = check_output_path(output, "--output")
-    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    check_not_input(out, "--output", {"--learners": learners_dir, "--base": base})  # again below, with what they name
+    held = [name for name in entry_names(out) if name.rstrip("/") != STAGING]  # (.merging: a killed merge's)
     if held and not overwrite:  # the merged model's files would replace a model (or a run) kept there
-        shown = ", ".join(held[:4]) + (", ..." if len(held) > 4 else "")
-        raise UsageError(f"--output {out} is not empty ({shown}); choose a new directory, or pass --overwrite to write "
-                         "the merged model over what it holds")
+        raise UsageError(f"--output {out} is not empty ({listing(held)}); choose a new directory, or pass --overwrite "
+                         "to write the merged model over what it holds")
     if not Path(learners_dir).is_dir():
         raise UsageError(f"--learners {learners_dir} does not exist; pass a `learners finetune --method learners` "
                          "run's OUT (or OUT/learners)")
@@ -75,15 +83,36 @@ def run_merge(base: str | None, learners_dir: str, output: str, overwrite: bool 
     num_labels, label_names = head_labels(meta, learners_dir)
     task_file = Path(learners_dir) / TASK_FILE  # text columns and labels, for `learners predict`
     task = read_json_file(task_file, "task file") if task_file.is_file() else None
-    base = recorded_base(base, [meta])
+    given_base, base = base, recorded_base(base, [meta])
+    check_not_input(out, "--output", {"--learners": learners_dir, "--base" if given_base else "base model": base})
     model, tokenizer = load_model_and_tokenizer(base, num_labels, label_names, "--base")
     try:
         learner_model = LearnerModel.from_pretrained(model, learners_dir)
     except UsageError as e:
         raise UsageError(f"{e}; here --base was {base or 'not given: the embedded model'}") from e
-    merged = learner_model.merge_and_unload(safe_merge=True)
-    merged.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    if task is not None:
-        (out / TASK_FILE).write_text(json.dumps(task, indent=2))
+    write_merged(out, learner_model.merge_and_unload(safe_merge=True), tokenizer, task)
     return out
+
+
+def write_merged(out: Path, merged, tokenizer, task: dict | None) -> None:
+    """The merged model, its tokenizer and task file into OUT/.merging, then moved into OUT file by file."""
+    created = not out.exists()
+    stage = out / STAGING
+    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        stage.mkdir(parents=True)
+        merged.save_pretrained(stage)
+        tokenizer.save_pretrained(stage)
+        if task is not None:
+            (stage / TASK_FILE).write_text(json.dumps(task, indent=2))
+        give_user_permissions(stage)  # safetensors leaves its files 0600
+    except Exception as e:
+        shutil.rmtree(stage, ignore_errors=True)
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        weights = sum(p.numel() * p.element_size() for p in merged.parameters())
+        raise_if_disk_full(e, out, "the merged model", weights, "free some space and run the same command again")
+        raise
+    for path in sorted(stage.iterdir()):
+        os.replace(path, out / path.name)
+    stage.rmdir()

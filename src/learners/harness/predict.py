@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import UsageError, check_output_path, first_line, read_json_file
 from ..learner import LearnerModel
-from .files import replaced_atomically
+from .files import check_not_input, replaced_atomically
 from .finetune import TASK_FILE, predict_loader
 from .merge import head_labels, learners_directory, recorded_base
 from .models import check_max_length, load_model_and_tokenizer, quiet_transformers
@@ -59,10 +59,15 @@ def load_finetuned(model_dir: str):
     return model, tokenizer
 
 
-def check_prediction_options(output_file: str, batch_size: int) -> Path:
+def check_prediction_options(output_file: str, batch_size: int, input_file: str, overwrite: bool = False) -> Path:
+    """The --output path, checked before any work: a new file of a type predict writes (an existing one only with
+    --overwrite), never the --input."""
     out = check_output_path(output_file, "--output", directory=False)
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise UsageError(f"--output {out.name}: unsupported file type; use .csv, .tsv or .jsonl")
+    check_not_input(out, "--output", {"--input": input_file})
+    if out.exists() and not overwrite:
+        raise UsageError(f"--output {out} exists; choose another file, or pass --overwrite to replace it")
     if batch_size <= 0:
         raise UsageError(f"--batch-size must be positive, got {batch_size}")
     return out
@@ -105,9 +110,9 @@ def write_rows(out: Path, rows: list[dict]) -> None:
 
 
 def run_predict(model_dir: str, input_file: str, output_file: str, text_columns: str | None = None,
-                batch_size: int = 64, max_length: int | None = None) -> int:
+                batch_size: int = 64, max_length: int | None = None, overwrite: bool = False) -> int:
     """Write `output_file` with the input rows and a `prediction` column; return the number of rows."""
-    out = check_prediction_options(output_file, batch_size)
+    out = check_prediction_options(output_file, batch_size, input_file, overwrite)
     model, tokenizer = load_finetuned(model_dir)
     max_length = check_max_length(max_length, model.config)
     task_file = model_directory(model_dir) / TASK_FILE
@@ -172,9 +177,10 @@ def load_learner_sets(tasks: dict[str, Path], base: str | None):
 
 
 def run_predict_learners(spec: str, base: str | None, input_file: str, output_file: str,
-                         text_columns: str | None = None, batch_size: int = 64, max_length: int | None = None) -> int:
+                         text_columns: str | None = None, batch_size: int = 64, max_length: int | None = None,
+                         overwrite: bool = False) -> int:
     """Write `output_file` with the input rows and a `prediction_NAME` column per task; return the row count."""
-    out = check_prediction_options(output_file, batch_size)
+    out = check_prediction_options(output_file, batch_size, input_file, overwrite)
     tasks = parse_learners_spec(spec)
     table = read_table(input_file, "--input")
     learner_model, tokenizer = load_learner_sets(tasks, base)

@@ -2,14 +2,25 @@
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from ..errors import UsageError, read_json_file
+from ..errors import INTEGER, NUMBER, PATH, UsageError, check_argument, read_json_file
 
 CONFIG_NAME = "learners_config.json"  # beside the learner weights; LearnerModel.save_pretrained adds model facts
 SELECTION_STRATEGIES = ("priming", "gradient", "magnitude", "random")
 PRIMING_SCOPES = ("all", "ffn", "learner-layers")
+# The type each field takes, with the words for it (None passes where the field's default is None); num_neurons,
+# layers and ffn_modules take several forms and are checked by their own code.
+FIELD_TYPES = {
+    "ratio": (NUMBER, "a number in (0, 1]"), "selection": (str, "a string"), "priming_steps": (INTEGER, "an integer"),
+    "priming_fraction": (NUMBER, "a number in (0, 1]"), "reset_after_priming": (bool, "True or False"),
+    "gradient_batches": (INTEGER, "an integer"), "layer_coverage": (NUMBER, "a number in (0, 1]"),
+    "priming_scope": (str, "a string"), "frozen_dropout": (bool, "True or False"),
+    "attention_dropout": (bool, "True or False"), "attention_probs_dropout": (bool, "True or False"),
+    "train_ffn_output_bias": (bool, "True or False"), "train_layer_norm": (bool, "True or False"),
+    "layer_norm_module": (str, "a module name"), "seed": (INTEGER, "an integer"), "extra": (dict, "a dict"),
+}
 
 # FFN module names relative to a transformer block, by `config.model_type`:
 # (first linear W1, second linear W2, the block's output LayerNorm).
@@ -84,6 +95,7 @@ class LearnerConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        self._check_types()
         if self.ffn_modules is not None:
             self._check_ffn_modules()
         if (self.ratio is None) == (self.num_neurons is None):
@@ -91,7 +103,7 @@ class LearnerConfig:
         if self.ratio is not None and not 0 < self.ratio <= 1:
             raise UsageError(f"learner ratio must be in (0, 1], got {self.ratio}; e.g. ratio=0.0625 trains 1/16 of each FFN")
         counts = self.num_neurons if isinstance(self.num_neurons, list) else [self.num_neurons]
-        if self.num_neurons is not None and any(not isinstance(c, int) or c < 1 for c in counts):
+        if self.num_neurons is not None and any(not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in counts):
             raise UsageError(f"num_neurons must be positive integers, got {self.num_neurons}")
         if self.selection not in SELECTION_STRATEGIES:
             raise UsageError(f"unknown selection {self.selection!r}; choose one of {', '.join(SELECTION_STRATEGIES)}")
@@ -110,6 +122,21 @@ class LearnerConfig:
             raise UsageError(f"unknown priming_scope {self.priming_scope!r}; choose one of {', '.join(PRIMING_SCOPES)}")
         if self.gradient_batches < 1:
             raise UsageError(f"gradient_batches must be >= 1, got {self.gradient_batches}")
+
+    def _check_types(self) -> None:
+        """Each field of the type it takes (FIELD_TYPES), so that a wrong one is an error naming it, not a
+        comparison failing deep inside."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in FIELD_TYPES and not (value is None and f.default is None):
+                kinds, words = FIELD_TYPES[f.name]
+                check_argument(value, kinds, f.name, "LearnerConfig", words)
+        if not isinstance(self.layers, (str, list, tuple, type(None))):
+            raise UsageError(f"LearnerConfig: layers must be 'all', 'auto', 'top-N', 'skip-N' or a list of block "
+                             f"numbers, got {self.layers!r} ({type(self.layers).__name__})")
+        if not isinstance(self.ffn_modules, (str, list, tuple, type(None))):
+            raise UsageError(f"LearnerConfig: ffn_modules must be two or three module names, got {self.ffn_modules!r} "
+                             f"({type(self.ffn_modules).__name__})")
 
     def _check_ffn_modules(self) -> None:
         """Two names (W1, W2), or three with the block's output LayerNorm, which then sets layer_norm_module."""
@@ -189,6 +216,7 @@ class LearnerConfig:
     def save_pretrained(self, save_directory: str | Path) -> Path:
         """Write `learners_config.json` (key `learner_config`), keeping any other keys already in that file
         (the labels and base model that LearnerModel.save_pretrained writes)."""
+        check_argument(save_directory, PATH, "save_directory", "LearnerConfig.save_pretrained", "a path")
         out = Path(save_directory)
         out.mkdir(parents=True, exist_ok=True)
         path = out / CONFIG_NAME
@@ -200,6 +228,7 @@ class LearnerConfig:
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "LearnerConfig":
         """The config in `directory/learners_config.json` (as LearnerConfig or LearnerModel.save_pretrained wrote it)."""
+        check_argument(directory, PATH, "directory", "LearnerConfig.from_pretrained", "a path")
         path = Path(directory) / CONFIG_NAME
         if not path.is_file():
             raise UsageError(f"{directory} holds no {CONFIG_NAME}; pass a directory written by save_pretrained")

@@ -21,7 +21,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..errors import UsageError, check_finite, read_json_file, read_safetensors
+from ..errors import (NUMBER, PATH, UsageError, check_argument, check_finite, give_user_permissions, raise_if_disk_full,
+                      read_json_file, read_safetensors)
 from .config import CONFIG_NAME, LearnerConfig, config_from_metadata
 from .ffn import FFNBlock, find_ffn_blocks, has_submodule, head_parameter_names, set_submodule
 from .prefix_cache import FrozenPrefixCache, unsupported_reason
@@ -46,6 +47,7 @@ class LearnerModel(nn.Module):
     _wraps: type | None = None  # the wrapped model's class, in the subclass made for it
 
     def __new__(cls, model: nn.Module, *args, **kwargs):
+        check_argument(model, nn.Module, "model", cls.__name__, "a transformers model (a torch.nn.Module)")
         base = cls.__bases__[0] if cls.__dict__.get("_wraps") is not None else cls
         return super().__new__(_learner_class(base, type(model)))
 
@@ -55,6 +57,7 @@ class LearnerModel(nn.Module):
         return _rebuild_learner_model, (type(self).__bases__[0], self._wraps), self.__dict__
 
     def __init__(self, model: nn.Module, config: LearnerConfig, indices: list[torch.Tensor], name: str = DEFAULT_NAME):
+        check_config_and_indices(config, indices, "LearnerModel")
         if not (config.attention_dropout and config.attention_probs_dropout):  # an error now, before the model changes,
             for attention in block_attention(find_ffn_blocks(model, config)):  # if its blocks have no such modules
                 if not config.attention_probs_dropout:
@@ -147,6 +150,9 @@ class LearnerModel(nn.Module):
         With learners in the upper blocks only, and those frozen blocks deterministic (`frozen_dropout=False`
         in training; always in evaluation), a step on an example seen before skips them. Holds up to `max_mb`
         of values. Stays on across `set_learners` (emptied; off while the set has a learner in the lowest block)."""
+        check_argument(max_mb, NUMBER, "max_mb", "enable_frozen_prefix_cache", "a number of MB")
+        if not max_mb > 0:
+            raise UsageError(f"enable_frozen_prefix_cache: max_mb must be positive, got {max_mb}")
         self.disable_frozen_prefix_cache()
         if self._active is None:
             raise UsageError("no learner set is active: set_learners(name) first, then enable the frozen-prefix cache")
@@ -298,13 +304,11 @@ class LearnerModel(nn.Module):
     def save_pretrained(self, save_directory: str | Path) -> Path:
         """Write the active set's learner state (`learner_state()`: slices, b2 / LayerNorm if trained, head,
         indices) and its config with the labels and the base model's name and fingerprint."""
+        check_argument(save_directory, PATH, "save_directory", "save_pretrained", "a path")
         if self._active is None:
             raise UsageError("no learner set is active, so there is nothing to save; call set_learners(NAME) first")
         tensors = {name: t.detach().contiguous().cpu() for name, t in self.learner_state().items()}
         check_finite(tensors.items(), "the learners", "Retrain them with a lower learning rate.")
-        out = Path(save_directory)
-        out.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
         model_config = getattr(self.base_model, "config", None)
         meta = {
             "learner_config": self.learner_config.to_dict(),
@@ -315,7 +319,15 @@ class LearnerModel(nn.Module):
             "problem_type": getattr(model_config, "problem_type", None),
             "base_fingerprint": _base_fingerprint(self.base_model),
         }
-        (out / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+        out = Path(save_directory)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+            give_user_permissions(out / WEIGHTS_NAME)
+            (out / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+        except Exception as e:  # safetensors writes a temporary file and renames it: a full disk leaves no half file
+            raise_if_disk_full(e, out, "the learners", sum(t.nbytes for t in tensors.values()), "free some space and save again")
+            raise
         return out
 
     @staticmethod
@@ -336,6 +348,8 @@ class LearnerModel(nn.Module):
 
         As in PEFT, `is_trainable=False` loads them for inference: everything frozen, the model in eval mode;
         `is_trainable=True` lets the learners and the head train."""
+        check_argument(model, nn.Module, "model", "from_pretrained", "a transformers model (a torch.nn.Module)")
+        check_argument(directory, PATH, "directory", "from_pretrained", "a path")
         saved = _SavedLearners.read(directory)
         saved.check_base(model)
         try:
@@ -387,6 +401,7 @@ class LearnerModel(nn.Module):
             raise UsageError(f"a learner set needs a non-empty name, got {name!r}")
         if name in self._sets:
             raise UsageError(f"a learner set named {name!r} is already loaded; choose another name or delete_learners it")
+        check_argument(directory, PATH, "directory", "load_learners", "a path")
         saved = _SavedLearners.read(directory)
         saved.check_base(self.base_model)
         previous = self._active
@@ -634,6 +649,8 @@ def _pop_indices(tensors: dict, path: Path) -> list[torch.Tensor]:
 def get_learner_model(model: nn.Module, config: LearnerConfig, indices: list[torch.Tensor] | None = None) -> LearnerModel:
     """Wrap `model` with learners. `magnitude` and `random` select at once; `priming` and
     `gradient` select from training batches, so pass their `indices=` (see learners.learner.selection)."""
+    check_argument(model, nn.Module, "model", "get_learner_model", "a transformers model (a torch.nn.Module)")
+    check_config_and_indices(config, indices, "get_learner_model", indices_optional=True)
     if indices is None:
         if config.selection == "magnitude":
             config, indices = select(model, config, magnitude_scores(model, config))
@@ -647,3 +664,13 @@ def get_learner_model(model: nn.Module, config: LearnerConfig, indices: list[tor
                 "selection.select(model, config, gradient_scores(model, config, batches)), then pass indices="
             )
     return LearnerModel(model, config, indices)
+
+
+def check_config_and_indices(config, indices, where: str, indices_optional: bool = False) -> None:
+    """`config` a LearnerConfig; `indices` a list of integer tensors, one per learner block (or None where allowed)."""
+    check_argument(config, LearnerConfig, "config", where, "a LearnerConfig")
+    if indices is None and indices_optional:
+        return
+    if not isinstance(indices, (list, tuple)) or not all(isinstance(i, torch.Tensor) for i in indices):
+        raise UsageError(f"{where}: indices must be a list of integer tensors (one per learner block), got "
+                         f"{type(indices).__name__}")

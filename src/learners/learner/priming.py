@@ -19,7 +19,7 @@ from itertools import islice
 import torch
 from torch import nn
 
-from ..errors import UsageError
+from ..errors import UsageError, check_argument
 from .config import LearnerConfig
 from .ffn import FFNBlock, find_ffn_blocks, head_parameter_names
 from .model import LearnerModel
@@ -37,6 +37,8 @@ class Primer:
     """
 
     def __init__(self, model: nn.Module, config: LearnerConfig, batches=None):
+        check_argument(model, nn.Module, "model", "Primer", "a transformers model (a torch.nn.Module)")
+        check_argument(config, LearnerConfig, "config", "Primer", "a LearnerConfig")
         if config.selection != "priming":
             raise UsageError(f"Primer selects by priming, but config.selection is {config.selection!r}: use "
                              "LearnerConfig(selection='priming'), or get_learner_model(model, config) for magnitude/random")

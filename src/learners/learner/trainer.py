@@ -17,7 +17,7 @@ the library does not.
 from torch import nn
 from transformers import TrainerCallback
 
-from ..errors import UsageError
+from ..errors import UsageError, check_argument
 from .config import LearnerConfig
 from .model import LearnerModel
 from .priming import Primer
@@ -50,6 +50,9 @@ def prime_with_trainer(trainer, config: LearnerConfig) -> LearnerModel:
     priming_scope="learner-layers" the gradient probe reads the first batches of its training data.
     Returns the LearnerModel (base model + primed learners + primed head) for the learner-phase Trainer.
     """
+    if not all(hasattr(trainer, name) for name in ("model", "state", "train", "get_train_dataloader")):
+        raise UsageError(f"prime_with_trainer: trainer must be a transformers Trainer, got {type(trainer).__name__}")
+    check_argument(config, LearnerConfig, "config", "prime_with_trainer", "a LearnerConfig")
     if trainer.state.global_step > 0:
         raise UsageError("prime_with_trainer needs a Trainer that has not trained yet: priming decides which "
                          "parameters its optimizer holds; make a new Trainer on the pre-trained model")
