@@ -135,17 +135,16 @@ def cuda_syncs(step) -> int | None:
 def worker(args) -> dict:
     """Time `args.worker`'s training step in this (fresh) process; returns one JSON-able row."""
     import torch
-    from accelerate import Accelerator
     from torch.utils.flop_counter import FlopCounterMode
 
     from learners.harness.methods import build_method
     from learners.harness.methods.learners import without_cache_when_compiled
     from learners.harness.precision import cast_frozen_linears, frozen_dtype
-    from learners.harness.train import (TrainConfig, enable_gradient_checkpointing, make_optimizer, peak_memory_mb,
-                                        trainable_parameters, training_step)
+    from learners.harness.train import (TrainConfig, enable_gradient_checkpointing, make_accelerator, make_optimizer,
+                                        peak_memory_mb, trainable_parameters, training_step)
 
     torch.manual_seed(0)
-    accelerator = Accelerator(mixed_precision=args.precision, cpu=not torch.cuda.is_available())
+    accelerator = make_accelerator(TrainConfig(learning_rate=1.0, mixed_precision=args.precision))
     device = accelerator.device
     model = build_model(args, device)
     # "forward": the forward pass alone (train mode, dropout on, no graph): the floor of any method that runs

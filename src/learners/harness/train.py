@@ -146,21 +146,21 @@ def training_step(model, batch, optimizer, scheduler, accelerator: Accelerator, 
     (`skip_update_unless_finite`), and `StepLog.check` raises TrainingDiverged at the next logging point. With
     fp16 the loss scaler skips such steps and adjusts its scale. `params`: the trainable parameters (default:
     the optimizer's)."""
-    with training_attention(accelerator):
+    plain = plain_autograd(accelerator)  # then torch directly: accelerate's calls each search for a package
+    with training_attention(accelerator):  # backward too: activation checkpointing runs the forward again there
         loss = model(**batch).loss
+        loss.backward() if plain else accelerator.backward(loss)
     params = trainable_parameters(optimizer) if params is None else params
-    if plain_autograd(accelerator):  # what accelerate would do, without its per-call checks (a package search each)
-        loss.backward()
-        norm = (torch.nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=True) if max_grad_norm else
-                torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
+    if not max_grad_norm:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    elif plain:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm, foreach=True)
     else:
-        accelerator.backward(loss)
-        norm = (accelerator.clip_grad_norm_(params, max_grad_norm) if max_grad_norm else
-                torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None]))
+        norm = accelerator.clip_grad_norm_(params, max_grad_norm)
     loss = loss.detach()
     if accelerator.scaler is None:
         skip_update_unless_finite(optimizer, loss, norm)
-    if plain_autograd(accelerator):  # accelerate's optimizer wrapper adds only that package search here
+    if plain:  # accelerate's optimizer wrapper adds only that package search here
         optimizer = getattr(optimizer, "optimizer", optimizer)
     optimizer.step()
     scheduler.step()
