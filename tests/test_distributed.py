@@ -32,9 +32,11 @@ def free_port() -> int:
 
 
 def finetune_args(glue_dir, model_dir, out, batch_size, *extra):
+    """In fp32: two processes match one up to the all-reduce's rounding, which bf16 (the default on a CPU that has it)
+    would magnify past the tolerance."""
     return ["finetune", "--task", "stsb", "--data-dir", str(glue_dir), "--model", str(model_dir), "--output-dir", str(out),
             "--max-steps", "6", "--eval-steps", "3", "--max-train-samples", "48", "--batch-size", str(batch_size),
-            "--no-progress", *extra]
+            "--mixed-precision", "no", "--no-progress", *extra]
 
 
 def torchrun(tmp_path, args, module="learners.cli", timeout=120) -> tuple[subprocess.CompletedProcess, Path]:

@@ -51,9 +51,9 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                         "--pad-to-multiple-of it compiles once per length")
     p.add_argument("--eval-steps", type=int, help="evaluate every N steps (default: four times an epoch) and at the end")
     p.add_argument("--max-train-samples", type=int, help="train on a fixed random subset of this many examples")
-    p.add_argument("--mixed-precision", choices=list(PRECISIONS), default="no",
-                   help="bf16: autocast to bf16, the frozen weights kept in bf16 (on CPUs with AVX512-BF16 or AMX, and "
-                        "GPUs); auto: bf16 where the device has it, else no; fp16: GPUs only; no: fp32 (default)")
+    p.add_argument("--mixed-precision", choices=list(PRECISIONS), default="auto",
+                   help="auto (default): bf16 where the device computes it natively (CPUs with AVX512-BF16 or AMX, GPUs), "
+                        "else fp32; bf16: autocast to bf16 with the frozen weights kept in bf16; fp16: GPUs only; no: fp32")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute each block's activations in the backward pass instead of keeping them: less memory, "
                         "a slower step, the same results (a run may resume with it on or off)")

@@ -57,7 +57,7 @@ class FinetuneArgs:
     eval_steps: int | None = None
     max_train_samples: int | None = None
     seed: int = 0
-    mixed_precision: str = "no"  # auto, no, bf16, fp16 (see precision.py)
+    mixed_precision: str = "auto"  # auto, no, bf16, fp16 (see precision.py)
     gradient_checkpointing: bool = False
     overwrite: bool = False
     resume: bool = False
