@@ -20,6 +20,8 @@ POINTS=(
   "lora=$L/baselines-sst2-10k:lora+$L/baselines:lora+$D/cpu/all:lora"
   "bitfit=$L/baselines-sst2-10k:bitfit+$L/baselines:bitfit+$D/cpu/all:bitfit"
   "learners skip-1 (top-5) nofd noad cached, random, r1/8, +b2, LayerNorm (default)=$L/top5-nofd-noad-cache-random-1-8-b2-ln:learners"
+  # the default in bf16 (BENCHMARKS.md 5.27: fused AdamW, learner-first FFNs, frozen linears kept in bf16)
+  "learners, the default, bf16=$L/top5-nofd-noad-cache-random-1-8-b2-ln-bf16:learners"
   "learners skip-1 (top-5) nofd noad cached, random, r1/32, +b2, LayerNorm=$L/top5-nofd-noad-cache-random-1-32-b2-ln:learners"
   "learners all, random, r1/8, +b2, LayerNorm (default to 5.22)=$L/all-random-ratio-1-8-b2-ln:learners"
   "learners all, random, r1/8 (default to 5.18)=$L/all-random-ratio-1-8:learners"
@@ -65,6 +67,6 @@ echo
 # (every other SST-2 run evaluated every 79 steps) and an earlier time to target
 E="$L/sst2-10k-eval40"
 $PYTHON benchmarks/seed_table.py --output $L/sst2_10k_eval40 "full=$E:full" "learners (default)=$E:learners" "lora=$E:lora" \
-  "bitfit=$E:bitfit"
+  "bitfit=$E:bitfit" "learners (default), bf16=$L/sst2-10k-eval40-bf16:learners"
 echo
 $PYTHON benchmarks/frontier.py --step-ratios $L/step_ratios_cache.json --output $L/frontier_4task "${POINTS[@]}"
