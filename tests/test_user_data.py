@@ -137,7 +137,7 @@ def test_regression_validation_targets_all_equal(tmp_path):
 
 def test_unsupported_extension(tmp_path, csv_pair):
     xlsx = write(tmp_path / "train.xlsx", "x")
-    with raises(r"unsupported file type '\.xlsx'; use a \.csv, \.tsv or \.jsonl file"):
+    with raises(r"unsupported file type '\.xlsx'; use a \.csv, \.tsv, \.jsonl, \.json or \.parquet file, or a folder written by datasets' save_to_disk"):
         load_user_data(xlsx, csv_pair[1], None)
 
 
