@@ -30,6 +30,13 @@ def _add_data_arguments(ft: argparse.ArgumentParser) -> None:
     ft.add_argument("--columns", help="with --no-header: a name for each column, in order, e.g. label,text")
 
 
+def _add_input_arguments(pr: argparse.ArgumentParser) -> None:
+    """predict's flags for reading --input beyond its format."""
+    pr.add_argument("--no-header", action="store_true", help="the --input CSV/TSV has no header row: name its columns with --columns")
+    pr.add_argument("--columns", help="with --no-header: a name for each column of the --input, in order, e.g. label,text")
+    pr.add_argument("--split", help="the split of a --input folder written by save_to_disk (default test)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="learners", description="Fine-tune small BERT-family encoders with Learner modules and priming.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -64,13 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
                                           "writes a prediction_NAME column per task (one run's DIR alone is named after its task)")
     pr.add_argument("--base", help="with --learners: the base model they were trained from (default: the one they "
                                    "record, if it is a local directory here; else the embedded model)")
-    pr.add_argument("--input", required=True, help="CSV, TSV or JSONL with the model's text columns")
+    pr.add_argument("--input", required=True, help="CSV, TSV, JSONL, JSON, Parquet or a save_to_disk folder with the model's text columns")
     pr.add_argument("--output", required=True, help="where to write predictions (.csv, .tsv or .jsonl): a new file")
     pr.add_argument("--overwrite", action="store_true", help="replace an existing --output file (never the --input)")
     pr.add_argument("--text-columns", help="override the text columns saved with the model")
-    pr.add_argument("--no-header", action="store_true", help="the --input CSV/TSV has no header row: name its columns with --columns")
-    pr.add_argument("--columns", help="with --no-header: a name for each column of the --input, in order, e.g. label,text")
-    pr.add_argument("--split", help="the split of a --input folder written by save_to_disk (default: test, or its only one)")
+    _add_input_arguments(pr)
     pr.add_argument("--batch-size", type=int, default=64)
     pr.add_argument("--max-length", type=int, help="truncate inputs to this many tokens (default 128, or the model's limit if lower)")
 

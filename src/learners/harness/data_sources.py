@@ -137,6 +137,9 @@ def load_named_dataset(name: str, config: str | None, train_split: str | None,
     set, or a local folder of data files or a save_to_disk folder)."""
     source = name if config is None else f"{name}/{config}"
     path = Path(name).expanduser()
+    if name.startswith((".", "/", "~")) and not path.exists():  # a path, not a hub name
+        raise UsageError(f"--dataset {name} does not exist; check the path (a folder of data files, or one written "
+                         "by save_to_disk), or give a hub name such as stanfordnlp/imdb")
     try:
         loaded = datasets.load_from_disk(str(path)) if is_saved_dataset(path) else datasets.load_dataset(name, config)
     except Exception as e:  # offline, unknown name or config, no access, files it cannot read: one line for all
