@@ -281,6 +281,11 @@ CASES = [
     # predict
     ("pr-input-columns-count", lambda c: (predict(c, None, "--no-header", "--columns", "text", input=csv_file(c, "a,b\n")), c.out.with_suffix(".csv")),
      r"bad\.csv line 1 has 2 fields but --columns names 1 \(text\)"),
+    ("pr-input-headerless", lambda c: (predict(c, None, input=csv_file(c, "1\ta fine and moving film\n0\tbad\n", "s.tsv")), c.out.with_suffix(".csv")),
+     r"--input s\.tsv lacks the model's text column\(s\) text; columns found: 1, a fine and moving film\. s\.tsv's first row "
+     r"looks like data, not column names: if the file has no header row, pass --no-header --columns label,text"),
+    ("pr-split-of-a-file", lambda c: (predict(c, None, "--split", "test"), c.out.with_suffix(".csv")),
+     r"--split picks a split of an --input folder written by save_to_disk; drop it for a file"),
     ("pr-input-split-missing", lambda c: (predict(c, None, input=saved_splits(c)), c.out.with_suffix(".csv")),
      r"saved has no test split \(its splits: train, validation; looked for test\); pass --split"),
     ("pr-text-list-jsonl", lambda c: (predict(c, None, input=csv_file(c, '{"text": ["a", "b"]}\n', "p.jsonl")), c.out.with_suffix(".csv")),

@@ -392,6 +392,9 @@ def test_a_headerless_file_read_with_a_header_suggests_no_header_not_text_column
         load_user_data(pair, pair, None)
     with raises(r"label column 'label' not found in train\.tsv; .*pass --no-header --columns label,text"):
         load_user_data(train, train, "a fine and moving film about love")
+    one_line = write(tmp_path / "one.tsv", "0\tA man is playing a guitar.\n")
+    with raises(r"one\.tsv has no examples \(empty file or header only\); one\.tsv's first row looks like data.*--no-header"):
+        load_user_data(one_line, one_line, None)
     plain = write(tmp_path / "plain.csv", "body,label\na,x\n")  # real names: the --text-columns advice stays
     with raises(r"columns found: body, label\. Pass --text-columns with one or two names from that list, e\.g\."):
         load_user_data(plain, plain, None)

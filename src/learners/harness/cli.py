@@ -118,7 +118,11 @@ def _with_test_file(ft_args) -> tuple:
 
 def _input_options(args) -> tuple:
     """predict's --no-header/--columns and --split, as run_predict takes them."""
+    from pathlib import Path
+
     from .tables import headerless_columns
+    if args.split is not None and not Path(args.input).expanduser().is_dir():
+        raise UsageError("--split picks a split of an --input folder written by save_to_disk; drop it for a file")
     return headerless_columns(args.no_header, args.columns), args.split
 
 

@@ -121,7 +121,9 @@ def read_table(file, flag: str, columns: tuple[str, ...] | None = None, role: st
     except UnicodeDecodeError as e:
         raise UsageError(f"{flag} {path.name} is not UTF-8 text ({e.reason}); save it with UTF-8 encoding.") from e
     if not table.rows:
-        raise UsageError(f"{flag} {table.name} has no examples (empty file or header only); add at least one row.")
+        hint = table.headerless_hint()  # a one-line headerless file reads as a header alone
+        raise UsageError(f"{flag} {table.name} has no examples (empty file or header only); "
+                         + (f"{hint}." if hint else "add at least one row."))
     return table
 
 

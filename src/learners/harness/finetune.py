@@ -124,7 +124,9 @@ def load_task(args: FinetuneArgs) -> TaskData:
     from .user_data import check_test_file, load_user_data
     if args.train_file or args.dataset:
         task = load_user_data(args.train_file, args.validation_file, args.text_columns, args.label_column, args.task_type,
-                              **{name: getattr(args, name) for name in (*DATA_FLAGS[:4], "no_header", "columns")})
+                              no_header=args.no_header, columns=args.columns, dataset=args.dataset,
+                              dataset_config=args.dataset_config, train_split=args.train_split,
+                              validation_split=args.validation_split)
     else:
         from .glue import load_glue
         task = load_glue(args.task, args.data_dir)

@@ -83,7 +83,8 @@ def predict_column(model, tokenizer, table, input_name: str, text_columns: str |
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise UsageError(f"--input {input_name} lacks the model's text column(s) {', '.join(missing)}; "
-                         f"columns found: {', '.join(table.columns)}. Pass --text-columns with names from that list")
+                         f"columns found: {table.found()}. "
+                         f"{table.headerless_hint() or 'Pass --text-columns with names from that list'}")
     for column in columns:
         table.check_plain(column, "text")
     regression = model.config.problem_type == "regression" or model.config.num_labels == 1
