@@ -385,15 +385,15 @@ def test_a_headerless_file_read_with_a_header_suggests_no_header_not_text_column
     message = str(info.value)
     assert message == ("no text column in train.tsv (looked for text, sentence, or sentence1+sentence2); columns "
                        "found: 1, a fine and moving film about love. train.tsv's first row looks like data, not column "
-                       "names: if the file has no header row, pass --no-header --columns label,text (a name for each "
+                       "names: if the file has no header row, pass --columns label,text (a name for each "
                        "column, in order).")
     pair = write(tmp_path / "pair.csv", "0,A man is playing a guitar.,A man plays the guitar loudly.\n1,x,y\n")
-    with raises(r"--no-header --columns label,sentence1,sentence2 "):
+    with raises(r"pass --columns label,sentence1,sentence2 "):
         load_user_data(pair, pair, None)
-    with raises(r"label column 'label' not found in train\.tsv; .*pass --no-header --columns label,text"):
+    with raises(r"label column 'label' not found in train\.tsv; .*pass --columns label,text"):
         load_user_data(train, train, "a fine and moving film about love")
     one_line = write(tmp_path / "one.tsv", "0\tA man is playing a guitar.\n")
-    with raises(r"one\.tsv has no examples \(empty file or header only\); one\.tsv's first row looks like data.*--no-header"):
+    with raises(r"one\.tsv has no examples \(empty file or header only\); one\.tsv's first row looks like data.*--columns label,text"):
         load_user_data(one_line, one_line, None)
     plain = write(tmp_path / "plain.csv", "body,label\na,x\n")  # real names: the --text-columns advice stays
     with raises(r"columns found: body, label\. Pass --text-columns with one or two names from that list, e\.g\."):
@@ -402,7 +402,6 @@ def test_a_headerless_file_read_with_a_header_suggests_no_header_not_text_column
 
 @pytest.mark.parametrize("no_header,columns,message", [
     (True, None, r"--no-header needs --columns, a name for each column of the file in order, e\.g\. --columns label,text"),
-    (False, "label,text", r"--columns names the columns of a file without a header row: add --no-header"),
     (True, "label,label", r"--columns names 'label' twice"),
     (True, "label,,text", r"--columns 'label,,text' has an empty name"),
 ])
@@ -410,6 +409,17 @@ def test_no_header_and_columns_go_together(tmp_path, no_header, columns, message
     train = write(tmp_path / "train.tsv", SENTEVAL)
     with raises(message):
         load_user_data(train, train, None, no_header=no_header, columns=columns)
+
+
+def test_columns_alone_mean_no_header_and_a_header_row_is_not_read_as_data(tmp_path):
+    """One flag: --columns (--no-header optional). A first row holding the names is a header: as data it would be
+    one more example, labelled 'label'."""
+    train = write(tmp_path / "train.tsv", SENTEVAL)
+    assert load_user_data(train, train, None, columns="label,text").train["label"] == [1, 0, 1, 0]
+    header = write(tmp_path / "header.tsv", "Text\tlabel\n" + SENTEVAL)
+    with raises(r"header\.tsv line 1 is a header row \(Text\tlabel\), but --columns says the file has none; drop "
+                r"--columns \(and --no-header\) to read it by its header"):
+        load_user_data(header, train, None, columns="label,text")
 
 
 def test_a_header_naming_a_column_twice_is_refused(tmp_path):
@@ -496,7 +506,7 @@ def test_save_to_disk_folders(tmp_path, capsys):
     with raises(r"--train-file .*plain is a folder, but not one written by datasets' save_to_disk"):
         (tmp_path / "plain").mkdir()
         load_user_data(tmp_path / "plain", tmp_path / "both", None)
-    with raises(r"--no-header and --columns are for CSV and TSV files without a header row; --train-file train_set"):
+    with raises(r"--columns \(and --no-header\) are for CSV and TSV files without a header row; --train-file train_set"):
         load_user_data(tmp_path / "train_set", tmp_path / "both", None, no_header=True, columns="label,text")
 
 
@@ -537,7 +547,7 @@ def senteval_files(d: Path) -> tuple[list[str], list[str]]:
     rows = [f"{i % 2}\tword{i % 7} thing{i % 5} and a longer sentence here" for i in range(12)]
     write(d / "train.tsv", "\n".join(rows) + "\n")
     write(d / "test.tsv", "\n".join(rows[:5]) + "\n")
-    flags = ["--no-header", "--columns", "label,text"]
+    flags = ["--columns", "label,text"]  # one flag
     return ["--train-file", str(d / "train.tsv"), "--validation-file", str(d / "train.tsv"), *flags,
             "--test-file", str(d / "test.tsv")], ["--input", str(d / "test.tsv"), *flags]
 

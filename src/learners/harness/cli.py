@@ -25,15 +25,15 @@ def _add_data_arguments(ft: argparse.ArgumentParser) -> None:
     ft.add_argument("--test-file", help="data to predict with the finished model, into OUT/test_predictions.csv "
                                         "(any --train-file format; it needs the text columns)")
     ft.add_argument("--test-split", help="the split of a --test-file folder written by save_to_disk (default test)")
-    ft.add_argument("--no-header", action="store_true",
-                    help="the CSV/TSV files have no header row (e.g. SentEval's label<TAB>text): name the columns with --columns")
-    ft.add_argument("--columns", help="with --no-header: a name for each column, in order, e.g. label,text")
+    ft.add_argument("--columns", help="the CSV/TSV files have no header row (e.g. SentEval's label<TAB>text): a name for "
+                                      "each column, in order, e.g. --columns label,text")
+    ft.add_argument("--no-header", action="store_true", help="says the same as --columns, which it needs")
 
 
 def _add_input_arguments(pr: argparse.ArgumentParser) -> None:
     """predict's flags for reading --input beyond its format."""
-    pr.add_argument("--no-header", action="store_true", help="the --input CSV/TSV has no header row: name its columns with --columns")
-    pr.add_argument("--columns", help="with --no-header: a name for each column of the --input, in order, e.g. label,text")
+    pr.add_argument("--columns", help="the --input CSV/TSV has no header row: a name for each column, in order, e.g. label,text")
+    pr.add_argument("--no-header", action="store_true", help="says the same as --columns, which it needs")
     pr.add_argument("--split", help="the split of a --input folder written by save_to_disk (default test)")
 
 

@@ -129,7 +129,7 @@ def read_table(file, flag: str, columns: tuple[str, ...] | None = None, role: st
 
 def _no_header_row(columns, flag: str, path: Path) -> None:
     if columns is not None:
-        raise UsageError(f"--no-header and --columns are for CSV and TSV files without a header row; {flag} "
+        raise UsageError(f"--columns (and --no-header) are for CSV and TSV files without a header row; {flag} "
                          f"{path.name} names its columns itself (pick them with --text-columns and --label-column)")
 
 

@@ -1,6 +1,6 @@
 """A user's data file -> a Table of string cells.
 
-CSV, TSV (with a header row, or without one: `--no-header --columns label,text`), JSON lines and JSON are read
+CSV, TSV (with a header row, or without one: `--columns label,text`), JSON lines and JSON are read
 here; Parquet files and `datasets` folders (save_to_disk) in dataset_tables.py. Every cell is a string (numbers
 are parsed later, so errors can name the file, the row and the value). A text file's rows keep their line
 numbers, which is what an editor shows the user; other formats number their rows from 1.
@@ -81,7 +81,7 @@ class Table:
         if not self.header_row or not any(_looks_like_data(c) for c in self.columns):
             return ""
         return (f"{self.name}'s first row looks like data, not column names: if the file has no header row, pass "
-                f"--no-header --columns {','.join(suggested_columns(self.columns))} (a name for each column, in order)")
+                f"--columns {','.join(suggested_columns(self.columns))} (a name for each column, in order)")
 
 
 def listed(columns: list[str]) -> str:
@@ -124,15 +124,13 @@ def suggested_columns(cells: list[str]) -> list[str]:
 
 
 def headerless_columns(no_header: bool, columns: str | None) -> tuple[str, ...] | None:
-    """--no-header and --columns, checked together: the column names of a file without a header row, or None."""
-    if columns is None and not no_header:
-        return None
+    """--columns (with or without --no-header, which says the same): the column names of a file without a header
+    row, or None. --no-header alone cannot name the columns."""
     if columns is None:
-        raise UsageError("--no-header needs --columns, a name for each column of the file in order, "
-                         "e.g. --columns label,text")
-    if not no_header:
-        raise UsageError("--columns names the columns of a file without a header row: add --no-header (a file with a "
-                         "header row is read by its names; pick them with --text-columns and --label-column)")
+        if no_header:
+            raise UsageError("--no-header needs --columns, a name for each column of the file in order, "
+                             "e.g. --columns label,text")
+        return None
     names = tuple(c.strip() for c in columns.split(","))
     if not all(names):
         raise UsageError(f"--columns {columns!r} has an empty name; give a name for each column, e.g. --columns label,text")
@@ -175,7 +173,7 @@ def read_delimited(path: Path, delimiter: str, names: tuple[str, ...] | None = N
     quote at the start of a cell (`"Hi," she said.`) would drop its quotes or swallow the rows up to the next
     quote into one cell. So a TSV that quoting cannot read, or whose quoted cells then hold a tab, is read
     with quotes as text when every row then has the header's fields. `names`: the columns of a file without
-    a header row (--no-header --columns)."""
+    a header row (--columns)."""
     if delimiter != "\t":
         return _parse_delimited(path, delimiter, False, names)
     quoted, quoted_error, tab_row = None, None, None
@@ -219,6 +217,10 @@ def _parse_delimited(path: Path, delimiter: str, quotes_are_text: bool, names: t
             for row in reader:
                 if not any(cell.strip() for cell in row):  # blank line
                     continue
+                if names is not None and not rows and sorted(map(loose_name, row)) == sorted(map(loose_name, names)):
+                    raise UsageError(f"{path.name} line {reader.line_num} is a header row ({delimiter.join(row)}), but "
+                                     "--columns says the file has none; drop --columns (and --no-header) to read it "
+                                     "by its header")
                 if len(row) != len(columns):
                     raise UsageError(
                         f"{path.name} line {reader.line_num} has {len(row)} fields but {expected}; "

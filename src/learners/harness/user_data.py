@@ -175,8 +175,9 @@ def load_user_data(
     for datasets.load_dataset (`dataset_config`: its configuration). `train_split` and `validation_split` pick
     splits by name where the data has several.
 
-    `text_columns` is "col" or "col1,col2"; None picks text, sentence, or sentence1+sentence2. `no_header` with
-    `columns` ("label,text"): CSV and TSV files without a header row, and the names of their columns in order.
+    `text_columns` is "col" or "col1,col2"; None picks text, sentence, or sentence1+sentence2. `columns`
+    ("label,text"): CSV and TSV files without a header row, and the names of their columns in order (`no_header`
+    says the same, and needs `columns`).
     `task_type` None infers it: integer labels with at most 20 distinct values, or any non-numeric label, mean
     classification; otherwise regression.
     """
@@ -186,7 +187,7 @@ def load_user_data(
     if dataset is not None:
         if train_file is not None or validation_file is not None or names is not None:
             raise UsageError("--dataset gives the train and validation data; drop --train-file, --validation-file and "
-                             "--no-header/--columns, or drop --dataset")
+                             "--columns, or drop --dataset")
         train, validation = load_named_dataset(dataset, dataset_config, train_split, validation_split)
     elif train_file is None:
         raise UsageError("no training data given; pass --train-file (with --validation-file) or --dataset NAME")
