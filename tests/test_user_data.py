@@ -527,7 +527,7 @@ def test_dataset_by_local_path(tmp_path, monkeypatch):
         load_user_data(None, None, None, dataset=str(tmp_path / "missing"))
 
 
-def test_a_dataset_that_cannot_be_fetched_is_one_line(monkeypatch):
+def test_a_dataset_that_cannot_be_fetched_is_one_line(monkeypatch, tmp_path, tiny_model_dir, capsys):
     import datasets
     import huggingface_hub
 
@@ -539,6 +539,14 @@ def test_a_dataset_that_cannot_be_fetched_is_one_line(monkeypatch):
     assert message.startswith("--dataset no-such-user/no-such-set/x cannot be loaded (offline: HF_HUB_OFFLINE is set): ")
     assert "check the name (and --dataset-config), and that the Hugging Face hub is reachable" in message
     assert "\n" not in message
+    from learners.harness.cli import main
+
+    code = main(["finetune", "--dataset", "no-such-user/no-such-set", "--output-dir", str(tmp_path / "out"),
+                 "--model", str(tiny_model_dir), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("learners: error: --dataset no-such-user/no-such-set cannot be loaded (offline: HF_HUB_OFFLINE is set)")
+    assert not (tmp_path / "out").exists()
 
 
 # ---- end to end: each form fine-tunes and predicts from the command line ----

@@ -127,7 +127,8 @@ def swap_in(stage: Path, home: Path) -> None:
     A move a kill left half done is finished by calling this again (as `settle` does)."""
     moving = stage.with_name(stage.name + MOVING)
     if stage.is_dir():
-        for name in (RESULTS, *OUTPUTS, *OUTPUT_FILES, *CHECKPOINTS):  # results.json first: home then holds no finished run but this
+        # results.json first: home then holds no finished run but this
+        for name in (RESULTS, *OUTPUTS, *OUTPUT_FILES, *CHECKPOINTS):
             _remove(home / name)
         os.replace(stage, moving)
     for name in (*OUTPUTS, *OUTPUT_FILES, RESULTS):

@@ -19,6 +19,6 @@ def write_test_predictions(args: FinetuneArgs, folder: Path) -> dict:
     """Predict args.test_file with the model saved in `folder`/model; the facts for results.json."""
     out = Path(folder) / TEST_PREDICTIONS
     count = run_predict(str(Path(folder) / "model"), args.test_file, str(out), args.text_columns,
-                        max_length=args.max_length, columns=headerless_columns(args.no_header, args.columns),
+                        max_length=args.max_length, input_columns=headerless_columns(args.no_header, args.columns),
                         split=args.test_split)
     return {"test_predictions": str(out), "test_examples": count}
