@@ -456,6 +456,9 @@ def test_a_json_file_numbers_its_records_as_rows(tmp_path):
                                                       indent=2))
     with raises(r"empty label at train\.json row 2 \(column 'label'\)"):
         load_user_data(train, train, None)
+    splits = write(tmp_path / "splits.json", json.dumps({"train": [{"text": "a"}], "test": [{"text": "b"}]}))
+    with raises(r"splits\.json holds several lists of records \(train, test\); put each in a file of its own"):
+        load_user_data(splits, splits, None)
     scalar = write(tmp_path / "n.json", "3")
     with raises(r"n\.json holds a JSON int, not records; write a list of objects"):
         load_user_data(scalar, scalar, None)
@@ -472,6 +475,8 @@ def test_parquet_files(tmp_path):
     pd.DataFrame({"sentence": ["a", "b"], "label": ["x", None]}).to_parquet(tmp_path / "holes.parquet")
     with raises(r"empty label at holes\.parquet row 2 \(column 'label'\)"):
         load_user_data(tmp_path / "holes.parquet", tmp_path / "dev.parquet", None)
+    class_label_dataset(["good", "bad"], [1, 0]).to_parquet(tmp_path / "classes.parquet")  # datasets keeps ClassLabel
+    assert load_user_data(tmp_path / "classes.parquet", tmp_path / "classes.parquet", None).label_names == ["neg", "pos"]
     write(tmp_path / "broken.parquet", "not parquet")
     with raises(r"broken\.parquet cannot be read as Parquet \(.*\); write it again"):
         load_user_data(tmp_path / "broken.parquet", tmp_path / "dev.parquet", None)

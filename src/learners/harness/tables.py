@@ -260,6 +260,9 @@ def _json_layout(data, path: Path) -> list:
     records = [k for k, v in lists.items() if v and all(isinstance(item, dict) for item in v)]
     if "data" in records or len(records) == 1:
         return data["data" if "data" in records else records[0]]
+    if records:
+        raise UsageError(f"{path.name} holds several lists of records ({', '.join(records)}); put each in a file of its "
+                         "own (e.g. train.json, dev.json), or name the one to read \"data\"")
     if lists and len(lists) == len(data) and len({len(v) for v in lists.values()}) == 1:
         return [dict(zip(lists, values)) for values in zip(*lists.values())]
     return [data]
