@@ -83,7 +83,8 @@ def predict_column(model, tokenizer, table, input_name: str, text_columns: str |
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise UsageError(f"--input {input_name} lacks the model's text column(s) {', '.join(missing)}; "
-                         f"columns found: {', '.join(table.columns)}. Pass --text-columns with names from that list")
+                         f"columns found: {table.found()}. "
+                         f"{table.headerless_hint() or 'Pass --text-columns with names from that list'}")
     for column in columns:
         table.check_plain(column, "text")
     regression = model.config.problem_type == "regression" or model.config.num_labels == 1
@@ -110,14 +111,16 @@ def write_rows(out: Path, rows: list[dict]) -> None:
 
 
 def run_predict(model_dir: str, input_file: str, output_file: str, text_columns: str | None = None,
-                batch_size: int = 64, max_length: int | None = None, overwrite: bool = False) -> int:
-    """Write `output_file` with the input rows and a `prediction` column; return the number of rows."""
+                batch_size: int = 64, max_length: int | None = None, overwrite: bool = False,
+                input_columns: tuple[str, ...] | None = None, split: str | None = None) -> int:
+    """Write `output_file` with the input rows and a `prediction` column; return the number of rows. `input_columns`:
+    the column names of a CSV/TSV input without a header row; `split`: the split of a save_to_disk folder."""
     out = check_prediction_options(output_file, batch_size, input_file, overwrite)
     model, tokenizer = load_finetuned(model_dir)
     max_length = check_max_length(max_length, model.config)
     task_file = model_directory(model_dir) / TASK_FILE
     saved = read_json_file(task_file, "task file") if task_file.is_file() else {}
-    table = read_table(input_file, "--input")
+    table = read_table(input_file, "--input", input_columns, "test", split)
     values = predict_column(model, tokenizer, table, Path(input_file).name, text_columns, saved, batch_size, max_length)
     write_rows(out, [{**row, "prediction": value} for row, value in zip(table.rows, values)])
     return len(values)
@@ -178,11 +181,12 @@ def load_learner_sets(tasks: dict[str, Path], base: str | None):
 
 def run_predict_learners(spec: str, base: str | None, input_file: str, output_file: str,
                          text_columns: str | None = None, batch_size: int = 64, max_length: int | None = None,
-                         overwrite: bool = False) -> int:
+                         overwrite: bool = False, input_columns: tuple[str, ...] | None = None,
+                         split: str | None = None) -> int:
     """Write `output_file` with the input rows and a `prediction_NAME` column per task; return the row count."""
     out = check_prediction_options(output_file, batch_size, input_file, overwrite)
     tasks = parse_learners_spec(spec)
-    table = read_table(input_file, "--input")
+    table = read_table(input_file, "--input", input_columns, "test", split)
     learner_model, tokenizer = load_learner_sets(tasks, base)
     max_length = check_max_length(max_length, learner_model.config)
     columns = {}

@@ -5,6 +5,7 @@ What a run writes into OUT, and nothing else:
 
     results.json                   the finished run, written last (OUT without it holds no finished run)
     model/, learners/, lora/       the finished run's model and the method's own files
+    test_predictions.csv           finetune --test-file: the finished model's predictions of the test data
     checkpoint/ (.tmp, .old)       the training state while the run is unfinished (checkpoint.py)
     .learners.lock                 held while the run runs (files.exclusive_output_dir)
     log.txt                        `learners bench`'s log of the run
@@ -38,6 +39,8 @@ from .files import ATOMIC_TEMPORARY, LOCK_NAME, check_not_input, entry_names, li
 
 RESULTS = "results.json"
 OUTPUTS = ("model", "learners", "lora")
+TEST_PREDICTIONS = "test_predictions.csv"
+OUTPUT_FILES = (TEST_PREDICTIONS,)  # written with the finished run, like OUTPUTS
 CHECKPOINTS = (checkpoint.DIRECTORY, f"{checkpoint.DIRECTORY}.tmp", f"{checkpoint.DIRECTORY}.old")
 FINAL, REPLACEMENT, MOVING = ".final", ".replacement", ".moving"
 BESIDE = (LOCK_NAME, "log.txt")  # a run's own files that are not part of the run
@@ -56,7 +59,7 @@ def foreign_entries(out: Path) -> list[str]:
         name = name.rstrip("/")
         if name == RESULTS:
             return results
-        if name in OUTPUTS:
+        if name in OUTPUTS or name in OUTPUT_FILES:
             return evidence
         if name in CHECKPOINTS:  # a folder of that name holds checkpoint files or nothing
             path = out / name
@@ -124,10 +127,11 @@ def swap_in(stage: Path, home: Path) -> None:
     A move a kill left half done is finished by calling this again (as `settle` does)."""
     moving = stage.with_name(stage.name + MOVING)
     if stage.is_dir():
-        for name in (RESULTS, *OUTPUTS, *CHECKPOINTS):  # results.json first: home then holds no finished run but this
+        # results.json first: home then holds no finished run but this
+        for name in (RESULTS, *OUTPUTS, *OUTPUT_FILES, *CHECKPOINTS):
             _remove(home / name)
         os.replace(stage, moving)
-    for name in (*OUTPUTS, RESULTS):
+    for name in (*OUTPUTS, *OUTPUT_FILES, RESULTS):
         if (moving / name).exists():
             os.replace(moving / name, home / name)
     shutil.rmtree(moving)
