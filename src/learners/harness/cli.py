@@ -36,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--text-columns", help="one text column or a pair, e.g. sentence1,sentence2")
     ft.add_argument("--label-column", default="label")
     ft.add_argument("--task-type", choices=["classification", "regression"], help="default: inferred from the labels")
+    ft.add_argument("--push-to-hub", metavar="REPO", help="after training, upload OUT/learners (the learners, their config "
+                                                          "and model card; never the base model) to this hub repository")
+    ft.add_argument("--hub-token", help="with --push-to-hub: a hub token (default: HF_TOKEN or the `hf auth login` one)")
+    ft.add_argument("--hub-private", action="store_true", help="with --push-to-hub: create the repository private")
     add_training_arguments(ft)
 
     pr = sub.add_parser("predict", help="predict with a fine-tuned model directory, or several tasks' learners on one base")
@@ -50,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--output", required=True, help="where to write predictions (.csv, .tsv or .jsonl): a new file")
     pr.add_argument("--overwrite", action="store_true", help="replace an existing --output file (never the --input)")
     pr.add_argument("--text-columns", help="override the text columns saved with the model")
-    pr.add_argument("--batch-size", type=int, default=64)
+    pr.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
+    pr.add_argument("--scores", action="store_true", help="also write each class's probability (softmax) as a column "
+                                                          "score_LABEL (score_NAME_LABEL with --learners); regression: score")
+    pr.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda where a GPU is there, else cpu)")
     pr.add_argument("--max-length", type=int, help="truncate inputs to this many tokens (default 128, or the model's limit if lower)")
 
     mg = sub.add_parser("merge", help="merge saved learners into their base model; write a plain HF model")
@@ -86,7 +93,9 @@ def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "finetune":
         from .finetune import finetune_args, run_finetune
+        from .share import check_push_options, push_run
         check_flags_fit_method(args)
+        check_push_options(args.push_to_hub, args.method, args.hub_token, args.hub_private)
         if args.no_progress:
             quiet_library_progress_bars()
         results = run_finetune(finetune_args(args))
@@ -95,16 +104,19 @@ def run(argv: list[str] | None = None) -> int:
         print(f"{results['task']} {results['method']}: {results['metric_name']} {results['metric']:.4f} "
               f"(best {results['best_metric']:.4f}), {results['trainable_params']:,} trainable params, "
               f"{results['train_seconds']:.1f}s training -> {args.output_dir}/results.json")
+        if args.push_to_hub:
+            url = push_run(args.output_dir, args.push_to_hub, args.hub_token, args.hub_private)
+            print(f"pushed {args.output_dir}/learners to {url}")
     elif args.command == "predict":
         from .predict import run_predict, run_predict_learners
         if args.learners is not None:
             n = run_predict_learners(args.learners, args.base, args.input, args.output, args.text_columns,
-                                     args.batch_size, args.max_length, args.overwrite)
+                                     args.batch_size, args.max_length, args.overwrite, args.scores, args.device)
         else:
             if args.base is not None:
                 raise UsageError("--base goes with --learners; a --model directory is a whole model already")
             n = run_predict(args.model, args.input, args.output, args.text_columns, args.batch_size, args.max_length,
-                            args.overwrite)
+                            args.overwrite, args.scores, args.device)
         print(f"wrote {n} predictions to {args.output}")
     elif args.command == "merge":
         from .merge import run_merge
