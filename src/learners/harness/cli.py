@@ -36,10 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--text-columns", help="one text column or a pair, e.g. sentence1,sentence2")
     ft.add_argument("--label-column", default="label")
     ft.add_argument("--task-type", choices=["classification", "regression"], help="default: inferred from the labels")
-    ft.add_argument("--push-to-hub", metavar="REPO", help="after training, upload OUT/learners (the learners, their config "
-                                                          "and model card; never the base model) to this hub repository")
-    ft.add_argument("--hub-token", help="with --push-to-hub: a hub token (default: HF_TOKEN or the `hf auth login` one)")
-    ft.add_argument("--hub-private", action="store_true", help="with --push-to-hub: create the repository private")
+    add_push_arguments(ft)
     add_training_arguments(ft)
 
     pr = sub.add_parser("predict", help="predict with a fine-tuned model directory, or several tasks' learners on one base")
@@ -55,9 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--overwrite", action="store_true", help="replace an existing --output file (never the --input)")
     pr.add_argument("--text-columns", help="override the text columns saved with the model")
     pr.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
-    pr.add_argument("--scores", action="store_true", help="also write each class's probability (softmax) as a column "
-                                                          "score_LABEL (score_NAME_LABEL with --learners); regression: score")
-    pr.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda where a GPU is there, else cpu)")
+    add_scores_and_device_arguments(pr)
     pr.add_argument("--max-length", type=int, help="truncate inputs to this many tokens (default 128, or the model's limit if lower)")
 
     mg = sub.add_parser("merge", help="merge saved learners into their base model; write a plain HF model")
@@ -78,6 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--report-only", action="store_true", help="only rebuild bench.csv, bench.md and the plots from OUT/runs")
     add_training_arguments(bn)
     return parser
+
+
+def add_push_arguments(ft: argparse.ArgumentParser) -> None:
+    ft.add_argument("--push-to-hub", metavar="REPO", help="after training, upload OUT/learners (the learners, their config "
+                                                          "and model card; never the base model) to this hub repository")
+    ft.add_argument("--hub-token", help="with --push-to-hub: a hub token (default: HF_TOKEN or the `hf auth login` one)")
+    ft.add_argument("--hub-private", action="store_true", help="with --push-to-hub: create the repository private")
+
+
+def add_scores_and_device_arguments(pr: argparse.ArgumentParser) -> None:
+    pr.add_argument("--scores", action="store_true", help="also write each class's probability (softmax) as a column "
+                                                          "score_LABEL (score_NAME_LABEL with --learners); regression: score")
+    pr.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda where a GPU is there, else cpu)")
 
 
 def quiet_library_progress_bars() -> None:

@@ -121,8 +121,9 @@ def resolve_device(device: str | None) -> "torch.device":
         chosen = torch.device(device)
     except RuntimeError as e:
         raise UsageError(f"--device {device}: not a device; pass cpu, cuda or cuda:N") from e
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: no GPU is available here; pass --device cpu or leave it out")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if chosen.type == "cuda" and (chosen.index or 0) >= count:
+        raise UsageError(f"--device {device}: no such GPU here ({count} found); pass --device cpu or leave it out")
     if chosen.type not in ("cpu", "cuda"):
         raise UsageError(f"--device {device}: predict runs on cpu or cuda")
     return chosen
