@@ -205,6 +205,9 @@ def test_predict_scores_are_probabilities_beside_each_label(runs, tmp_path):
     assert main(["predict", "--model", str(d / "cls"), "--input", str(d / "dev.csv"), "--output", str(plain)]) == 0
     assert [r["prediction"] for r in read_csv(plain)] == [r["prediction"] for r in rows]  # batch size changes nothing
     assert list(read_csv(plain)[0]) == ["text", "label", "prediction"]
+    before = out.read_bytes()  # an existing --output is refused without --overwrite, and stays as it was
+    assert main(["predict", "--model", str(d / "cls"), "--input", str(d / "dev.csv"), "--output", str(out), "--scores"]) == 2
+    assert out.read_bytes() == before
 
 
 def test_predict_scores_of_a_regression_and_of_several_tasks(runs, tmp_path, tiny_model_dir):
