@@ -85,7 +85,28 @@ def test_push_to_hub_uploads_only_the_learners_their_config_and_the_card(monkeyp
     assert len(upload["files"]["learners_model.safetensors"]) < 0.25 * sum(
         p.numel() * 4 for p in model.base_model.parameters())
     assert set(tensors) == {k for k in model.state_dict() if k != "learners_config"}
-    assert 'snapshot_download("someone/cola-learners")' in upload["files"]["README.md"].decode()
+    assert 'LearnerModel.from_pretrained(base, "someone/cola-learners")' in upload["files"]["README.md"].decode()
+
+
+def test_from_pretrained_takes_a_hub_repository_id_and_downloads_only_the_learners(monkeypatch, tmp_path):
+    import huggingface_hub
+
+    model = trained_learners()
+    folder = model.save_pretrained(tmp_path / "downloaded")
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download",
+                        lambda repo_id, allow_patterns: calls.append((repo_id, allow_patterns)) or str(folder))
+    restored = LearnerModel.from_pretrained(tiny_model("bert"), "someone/cola-learners")
+    assert calls == [("someone/cola-learners", ["learners_model.safetensors", "learners_config.json", "README.md"])]
+    assert torch.equal(logits(restored), logits(model))
+
+    def offline(repo_id, allow_patterns):
+        raise ConnectionError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(UsageError, match=r"someone/other is no folder here, and fetching it as a hub repository failed "
+                                         r"\(ConnectionError: \[Errno -2\] Name or service not known\)"):
+        LearnerModel.from_pretrained(tiny_model("bert"), "someone/other")
 
 
 def test_push_to_hub_offline_is_one_clear_error(monkeypatch):

@@ -1,6 +1,7 @@
 """Sharing learners on the Hugging Face hub, the PEFT way: only the learners, their config and their model card
 go up (a few MB), never the base model's weights. `huggingface_hub` comes with transformers."""
 
+import re
 from pathlib import Path
 
 from ..errors import UsageError, check_argument, first_line
@@ -23,3 +24,22 @@ def push_folder(folder: str | Path, repo_id: str, token: str | None = None, priv
                          f"{first_line(e)}); log in (`hf auth login`, or pass a token) and check the network, then "
                          "push again") from e
     return str(getattr(commit, "commit_url", commit))
+
+
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def local_or_from_hub(directory: str | Path, files: list[str]) -> Path:
+    """`directory` where it exists here; a hub repository id ("user/name") that is not a local path is downloaded
+    (`files` only: the learners, never a base model) into the hub's cache, and that folder is returned."""
+    path = Path(directory)
+    if path.exists() or not isinstance(directory, str) or not REPO_ID.fullmatch(directory):
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(directory, allow_patterns=files))
+    except Exception as e:  # offline, no such repository, no access: one line
+        raise UsageError(f"{directory} is no folder here, and fetching it as a hub repository failed "
+                         f"({type(e).__name__}: {first_line(e)}); pass the folder save_pretrained wrote, or a hub "
+                         "repository id reachable from here") from e

@@ -26,6 +26,7 @@ from ..errors import (NUMBER, PATH, UsageError, check_argument, check_finite, gi
 from .config import CONFIG_NAME, LearnerConfig, config_from_metadata
 from .ffn import FFNBlock, find_ffn_blocks, has_submodule, head_parameter_names, set_submodule
 from .forwarding import FORWARDED, not_forwarded
+from .hub import local_or_from_hub, push_folder
 from .model_card import CARD_NAME, model_card
 from .prefix_cache import FrozenPrefixCache, unsupported_reason
 from .selection import magnitude_scores, select, select_at_random
@@ -33,6 +34,7 @@ from .sets import LearnerSet, apply_labels, build_set, head_module_paths, join, 
 
 WEIGHTS_NAME = "learners_model.safetensors"
 TRAINER_WEIGHTS_NAME = "model.safetensors"  # what transformers.Trainer writes (save_model, checkpoints): state_dict()
+SAVED_FILES = [WEIGHTS_NAME, CONFIG_NAME, CARD_NAME]  # what save_pretrained writes (and push_to_hub uploads)
 CONFIG_KEY = "learners_config"  # in state_dict(): the metadata of learners_config.json, as UTF-8 JSON bytes (uint8)
 DEFAULT_NAME = "default"
 FINGERPRINT_SIZE = 16
@@ -341,8 +343,6 @@ class LearnerModel(nn.Module):
         model's weights) to the hub repository `repo_id`, created if needed; return the commit's URL."""
         import tempfile
 
-        from .hub import push_folder
-
         with tempfile.TemporaryDirectory() as folder:
             self.save_pretrained(folder, task, metrics, base_model)
             (Path(folder) / CARD_NAME).write_text(model_card(self._metadata(), task, metrics, base_model, repo_id),
@@ -385,10 +385,11 @@ class LearnerModel(nn.Module):
         """Restore saved learners (and head, and its labels) onto `model`, the base model they were trained from.
 
         As in PEFT, `is_trainable=False` loads them for inference: everything frozen, the model in eval mode;
-        `is_trainable=True` lets the learners and the head train."""
+        `is_trainable=True` lets the learners and the head train. `directory` may be a hub repository id
+        ("user/name", what push_to_hub wrote) that is no local path: its learners are downloaded."""
         check_argument(model, nn.Module, "model", "from_pretrained", "a transformers model (a torch.nn.Module)")
         check_argument(directory, PATH, "directory", "from_pretrained", "a path")
-        saved = _SavedLearners.read(directory)
+        saved = _SavedLearners.read(local_or_from_hub(directory, SAVED_FILES))
         saved.check_base(model)
         try:
             learner_model = cls(model, saved.config, saved.indices, name)
@@ -440,7 +441,7 @@ class LearnerModel(nn.Module):
         if name in self._sets:
             raise UsageError(f"a learner set named {name!r} is already loaded; choose another name or delete_learners it")
         check_argument(directory, PATH, "directory", "load_learners", "a path")
-        saved = _SavedLearners.read(directory)
+        saved = _SavedLearners.read(local_or_from_hub(directory, SAVED_FILES))
         saved.check_base(self.base_model)
         previous = self._active
         self._switch(None)  # new layers record the base values under their indices

@@ -76,9 +76,8 @@ def _metrics_section(metrics: dict | None) -> list[str]:
 
 
 def _usage_section(base: str, repo_id: str | None) -> list[str]:
-    where = (f'snapshot_download("{repo_id}")' if repo_id else '"path/to/this/folder"')
-    download = ["from huggingface_hub import snapshot_download", ""] if repo_id else []
-    return ["## How to use", "", "```python", *download,
+    where = f'"{repo_id}"' if repo_id else '"path/to/this/folder"'
+    return ["## How to use", "", "```python",
             "from transformers import AutoModelForSequenceClassification",
             "from learners import LearnerModel", "",
             f'base = AutoModelForSequenceClassification.from_pretrained("{base}")',
