@@ -1,5 +1,6 @@
 """`learners finetune --push-to-hub REPO`: the finished run's learners and model card go to the hub."""
 
+import re
 from pathlib import Path
 
 from ..errors import UsageError
@@ -13,8 +14,9 @@ def check_push_options(repo_id: str | None, method: str, token: str | None = Non
     if repo_id is not None and method != "learners":
         raise UsageError(f"--push-to-hub shares a learners run's OUT/learners; --method {method} writes none: "
                          "drop --push-to-hub, or push OUT/model yourself (hf upload REPO OUT/model)")
-    if repo_id is not None and (not repo_id.strip() or repo_id.count("/") > 1):
-        raise UsageError(f"--push-to-hub {repo_id!r} is not a hub repository id; pass NAME or USER/NAME")
+    if repo_id is not None and not re.fullmatch(r"([A-Za-z0-9][\w.-]*/)?[\w.-]+", repo_id):
+        raise UsageError(f"--push-to-hub {repo_id!r} is not a hub repository id; pass NAME or USER/NAME (letters, "
+                         "digits, - _ .)")
 
 
 def push_run(output_dir: str, repo_id: str, token: str | None = None, private: bool = False) -> str:
