@@ -14,7 +14,8 @@ FORWARDED = frozenset({
     "generation_config", "can_generate", "get_input_embeddings", "get_output_embeddings", "num_parameters",
     "warnings_issued", "model_tags",
     # what transformers.Trainer and accelerate read (gradient checkpointing, loss, device maps, quantization, TP)
-    "supports_gradient_checkpointing", "is_gradient_checkpointing", "gradient_checkpointing_disable",
+    "supports_gradient_checkpointing", "is_gradient_checkpointing", "is_activation_checkpointing",
+    "gradient_checkpointing_disable",
     "activation_checkpointing_disable", "enable_input_require_grads", "disable_input_require_grads",
     "accepts_loss_kwargs", "loss_type", "loss_function", "floating_point_ops", "estimate_tokens",
     "hf_device_map", "hf_quantizer", "is_quantized", "quantization_method", "is_loaded_in_8bit", "is_loaded_in_4bit",
