@@ -37,6 +37,26 @@ def _add_input_arguments(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--split", help="the split of a --input folder written by save_to_disk (default test)")
 
 
+def _add_predict_parser(sub) -> None:
+    """`learners predict` and its flags."""
+    pr = sub.add_parser("predict", help="predict with a fine-tuned model directory, or several tasks' learners on one base")
+    which = pr.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="a model directory written by finetune (OUT, or OUT/model) or merge")
+    which.add_argument("--learners", help="several tasks on one loaded base model: NAME=DIR pairs, e.g. "
+                                          "cola=runs/cola,sst2=runs/sst2 (DIR: a learners finetune's OUT or OUT/learners); "
+                                          "writes a prediction_NAME column per task (one run's DIR alone is named after its task)")
+    pr.add_argument("--base", help="with --learners: the base model they were trained from (default: the one they "
+                                   "record, if it is a local directory here; else the embedded model)")
+    pr.add_argument("--input", required=True, help="CSV, TSV, JSONL, JSON, Parquet or a save_to_disk folder with the model's text columns")
+    pr.add_argument("--output", required=True, help="where to write predictions (.csv, .tsv or .jsonl): a new file")
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing --output file (never the --input)")
+    pr.add_argument("--text-columns", help="override the text columns saved with the model")
+    _add_input_arguments(pr)
+    pr.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
+    add_scores_and_device_arguments(pr)
+    pr.add_argument("--max-length", type=int, help="truncate inputs to this many tokens (default 128, or the model's limit if lower)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="learners", description="Fine-tune small BERT-family encoders with Learner modules and priming.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -61,23 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--label-column", default="label")
     ft.add_argument("--task-type", choices=["classification", "regression"], help="default: inferred from the labels")
     _add_data_arguments(ft)
+    add_push_arguments(ft)
     add_training_arguments(ft)
 
-    pr = sub.add_parser("predict", help="predict with a fine-tuned model directory, or several tasks' learners on one base")
-    which = pr.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model", help="a model directory written by finetune (OUT, or OUT/model) or merge")
-    which.add_argument("--learners", help="several tasks on one loaded base model: NAME=DIR pairs, e.g. "
-                                          "cola=runs/cola,sst2=runs/sst2 (DIR: a learners finetune's OUT or OUT/learners); "
-                                          "writes a prediction_NAME column per task (one run's DIR alone is named after its task)")
-    pr.add_argument("--base", help="with --learners: the base model they were trained from (default: the one they "
-                                   "record, if it is a local directory here; else the embedded model)")
-    pr.add_argument("--input", required=True, help="CSV, TSV, JSONL, JSON, Parquet or a save_to_disk folder with the model's text columns")
-    pr.add_argument("--output", required=True, help="where to write predictions (.csv, .tsv or .jsonl): a new file")
-    pr.add_argument("--overwrite", action="store_true", help="replace an existing --output file (never the --input)")
-    pr.add_argument("--text-columns", help="override the text columns saved with the model")
-    _add_input_arguments(pr)
-    pr.add_argument("--batch-size", type=int, default=64)
-    pr.add_argument("--max-length", type=int, help="truncate inputs to this many tokens (default 128, or the model's limit if lower)")
+    _add_predict_parser(sub)
 
     mg = sub.add_parser("merge", help="merge saved learners into their base model; write a plain HF model")
     mg.add_argument("--base", help="the base model the learners were trained from (default: the one they record, "
@@ -97,6 +104,19 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--report-only", action="store_true", help="only rebuild bench.csv, bench.md and the plots from OUT/runs")
     add_training_arguments(bn)
     return parser
+
+
+def add_push_arguments(ft: argparse.ArgumentParser) -> None:
+    ft.add_argument("--push-to-hub", metavar="REPO", help="after training, upload OUT/learners (the learners, their config "
+                                                          "and model card; never the base model) to this hub repository")
+    ft.add_argument("--hub-token", help="with --push-to-hub: a hub token (default: HF_TOKEN or the `hf auth login` one)")
+    ft.add_argument("--hub-private", action="store_true", help="with --push-to-hub: create the repository private")
+
+
+def add_scores_and_device_arguments(pr: argparse.ArgumentParser) -> None:
+    pr.add_argument("--scores", action="store_true", help="also write each class's probability (softmax) as a column "
+                                                          "score_LABEL (score_NAME_LABEL with --learners); regression: score")
+    pr.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda where a GPU is there, else cpu)")
 
 
 def quiet_library_progress_bars() -> None:
@@ -130,7 +150,9 @@ def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "finetune":
         from .finetune import finetune_args, run_finetune
+        from .share import check_push_options, push_run
         check_flags_fit_method(args)
+        check_push_options(args.push_to_hub, args.method, args.hub_token, args.hub_private)
         if args.no_progress:
             quiet_library_progress_bars()
         results = run_finetune(*_with_test_file(finetune_args(args)))
@@ -141,16 +163,20 @@ def run(argv: list[str] | None = None) -> int:
               f"{results['train_seconds']:.1f}s training -> {args.output_dir}/results.json")
         if "test_predictions" in results:
             print(f"wrote {results['test_examples']} test predictions to {results['test_predictions']}")
+        if args.push_to_hub:
+            url = push_run(args.output_dir, args.push_to_hub, args.hub_token, args.hub_private)
+            print(f"pushed {args.output_dir}/learners to {url}")
     elif args.command == "predict":
         from .predict import run_predict, run_predict_learners
         if args.learners is not None:
             n = run_predict_learners(args.learners, args.base, args.input, args.output, args.text_columns,
-                                     args.batch_size, args.max_length, args.overwrite, *_input_options(args))
+                                     args.batch_size, args.max_length, args.overwrite, *_input_options(args),
+                                     args.scores, args.device)
         else:
             if args.base is not None:
                 raise UsageError("--base goes with --learners; a --model directory is a whole model already")
             n = run_predict(args.model, args.input, args.output, args.text_columns, args.batch_size, args.max_length,
-                            args.overwrite, *_input_options(args))
+                            args.overwrite, *_input_options(args), args.scores, args.device)
         print(f"wrote {n} predictions to {args.output}")
     elif args.command == "merge":
         from .merge import run_merge

@@ -16,13 +16,16 @@ from torch.utils.data import DataLoader
 from . import checkpoint, distributed, runs
 from ..errors import (TrainingInterrupted, UsageError, check_finite, check_output_path, give_user_permissions,
                       raise_if_disk_full)
+from ..learner.config import CONFIG_NAME
+from ..learner.model_card import write_model_card
 from .arguments import method_options, priming_flags_given
 from .collate import Collator, check_padding
 from .files import OutputDirInUse, exclusive_output_dir, write_text_atomically
 from .methods import build_method
 from .methods.learners import without_cache_when_compiled
 from .metrics import compute_metrics, primary_metric_name
-from .models import DEFAULT_MODEL, check_max_length, load_model_and_tokenizer, max_sequence_length
+from .models import (DEFAULT_ALIASES, DEFAULT_HUB_ID, DEFAULT_MODEL, check_max_length, load_model_and_tokenizer,
+                     max_sequence_length)
 from .task_data import TaskData
 from .precision import resolve_precision
 from .train import TrainConfig, train
@@ -394,9 +397,17 @@ def save_run(args: FinetuneArgs, out: Path, method, result, task: TaskData, toke
         "args": {k: v for k, v in asdict(args).items() if k not in ("progress", "resume")},
         **runs.relocated(extra, out),  # (OUT is a staging folder: save_finished_run)
     }
+    if (out / "learners" / CONFIG_NAME).is_file():  # its model card, now with the task and the kept model's metrics
+        write_model_card(out / "learners", task.name, best.get("metrics") or {metric_name: best["metric"]},
+                         card_base_model(args.model))
     give_user_permissions(out)  # safetensors leaves its files 0600
     write_text_atomically(out / "results.json", json.dumps(results, indent=2))
     return results
+
+
+def card_base_model(model: str | None) -> str:
+    """The base model as a model card names it: the embedded default by its hub id, else --model as given."""
+    return DEFAULT_HUB_ID if model in DEFAULT_ALIASES else model
 
 
 def overwrite_interrupted(interrupted: TrainingInterrupted, out: Path, run_dir: Path) -> TrainingInterrupted:
