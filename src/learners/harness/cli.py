@@ -19,8 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="learners", description="Fine-tune small BERT-family encoders with Learner modules and priming.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    ft = sub.add_parser("finetune", help="fine-tune a model on a GLUE task or your own data",
-                        epilog=config_file.ALIASES_HELP)
+    ft = sub.add_parser("finetune", help="fine-tune a model on a GLUE task or your own data")
     ft.add_argument("--task", help="GLUE task: cola sst2 mrpc stsb qqp mnli qnli rte wnli")
     ft.add_argument("--method", default="learners",
                     help="full, head, bitfit, lora, adapter, far, learners (default); see README for what each trains")
@@ -64,8 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     mg.add_argument("--overwrite", action="store_true", help="write into a --output directory that is not empty, "
                                                               "replacing the model files it holds")
 
-    bn = sub.add_parser("bench", help="run finetune over tasks x methods x seeds; write bench.csv, bench.md and plots",
-                        epilog=config_file.ALIASES_HELP)
+    bn = sub.add_parser("bench", help="run finetune over tasks x methods x seeds; write bench.csv, bench.md and plots")
     bn.add_argument("--tasks", help="GLUE tasks, comma-separated, e.g. cola,mrpc")
     bn.add_argument("--methods", help="methods, comma-separated (default full,learners; with --report-only: every method found)")
     bn.add_argument("--seeds", help="seeds, comma-separated (default 0,1,2)")

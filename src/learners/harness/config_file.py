@@ -27,6 +27,8 @@ ALIASES_HELP = ("transformers' spellings work too: --learning_rate, --per_device
 
 
 def add_config_argument(p: argparse.ArgumentParser) -> None:
+    """--config, and the one line of --help on transformers' spellings."""
+    p.epilog = ALIASES_HELP
     p.add_argument("--config", metavar="FILE",
                    help="a JSON or YAML file whose keys are this command's flags, e.g. {\"learning_rate\": 3e-4, "
                         "\"early_stopping_patience\": 3}; flags on the command line win over it")

@@ -282,12 +282,7 @@ def _finetune(args: FinetuneArgs, out: Path, run_dir: Path) -> dict | None:
         train_set = train_set.shuffle(seed=0).select(range(args.max_train_samples))
     train_loader = make_loader(encode(train_set, task, tokenizer, max_length), tokenizer, args.batch_size, True, args.seed,
                                args.pad_to_multiple_of)
-    dev_sets = eval_subsets({"": task.validation, **{f"{k}_": v for k, v in task.extra_validation.items()}},
-                            args.max_eval_samples)
-    eval_batch_size = args.eval_batch_size or max(128, args.batch_size)
-    dev_loaders = {prefix: make_loader(encode(ds, task, tokenizer, max_length), tokenizer, eval_batch_size, False,
-                                       pad_to_multiple_of=args.pad_to_multiple_of)
-                   for prefix, ds in dev_sets.items()}
+    dev_loaders, evaluation = make_dev_loaders(args, task, tokenizer, max_length)
     metric_name = primary_metric_name(task.metric_kind)
 
     def evaluate(m) -> dict:
@@ -322,7 +317,7 @@ def _finetune(args: FinetuneArgs, out: Path, run_dir: Path) -> dict | None:
     merge_from = in_full_precision(result.model, method, args, task) if result.frozen_dtype is not None else None
     results = save_finished_run(run_dir, out, result.model, lambda stage: save_run(
         args, stage, method, result, task, tokenizer, metric_name, learning_rate, max_length, len(train_set), precision,
-        merge_from, {"eval_examples": len(dev_sets[""]), "eval_batch_size": eval_batch_size}))
+        merge_from, evaluation))
     distributed.barrier()
     return results
 
@@ -388,6 +383,18 @@ def save_run(args: FinetuneArgs, out: Path, method, result, task: TaskData, toke
     give_user_permissions(out)  # safetensors leaves its files 0600
     write_text_atomically(out / "results.json", json.dumps(results, indent=2))
     return results
+
+
+def make_dev_loaders(args: FinetuneArgs, task: TaskData, tokenizer, max_length: int) -> tuple[dict, dict]:
+    """The dev sets' loaders by metric prefix ("" for the dev set, "NAME_" for a task's other ones: MNLI's), and what
+    results.json records of them."""
+    dev_sets = eval_subsets({"": task.validation, **{f"{k}_": v for k, v in task.extra_validation.items()}},
+                            args.max_eval_samples)
+    eval_batch_size = args.eval_batch_size or max(128, args.batch_size)
+    loaders = {prefix: make_loader(encode(ds, task, tokenizer, max_length), tokenizer, eval_batch_size, False,
+                                   pad_to_multiple_of=args.pad_to_multiple_of)
+               for prefix, ds in dev_sets.items()}
+    return loaders, {"eval_examples": len(dev_sets[""]), "eval_batch_size": eval_batch_size}
 
 
 def eval_subsets(dev_sets: dict, max_eval_samples: int | None) -> dict:
