@@ -427,8 +427,8 @@ class _Run:
         uninterrupted one does) by rank 0, which alone evaluates, and told to every rank."""
         if self.cfg.early_stopping_patience is None or self.result.early_stopping_step is not None:
             return self.result.early_stopping_step is not None
-        if self.step != self.evaluated_step:
-            return False  # only an evaluation changes the answer: no collective between them
+        if self.step != self.evaluated_step or self.step >= self.total:
+            return False  # only an evaluation changes the answer (no collective between them); the last ends the run
         exhausted = early_stopping.patience_exhausted(self.result.history, self.cfg.early_stopping_patience,
                                                       self.cfg.early_stopping_threshold)
         if not distributed.all_true(not exhausted):
