@@ -227,3 +227,20 @@ def test_transformers_spellings_are_aliases():
            (3, 5, "constant", 64, "fp16")
     bench = parse(["bench", "--output_dir", "b", "--early_stopping_patience", "3", "--bf16"])
     assert (bench.output_dir, bench.early_stopping_patience, bench.mixed_precision) == ("b", 3, "bf16")
+
+
+def test_a_checkpoint_from_before_these_options_resumes(data, tmp_path, monkeypatch):
+    """A checkpoint whose saved options predate early stopping, accumulation and the eval options continues under
+    the same command (they are taken at their defaults), instead of being refused as another run's."""
+    command = finetune(data, tmp_path / "run", "--batch-size", 8, "--max-steps", 4, "--eval-steps", 2, "--no-progress")
+    monkeypatch.setenv("LEARNERS_TEST_INTERRUPT_AT_STEP", "2")
+    assert main(command) == 130  # Ctrl-C at step 2: a checkpoint and exit
+    monkeypatch.delenv("LEARNERS_TEST_INTERRUPT_AT_STEP")
+    facts_file = tmp_path / "run" / "checkpoint" / "checkpoint.json"
+    facts = json.loads(facts_file.read_text())
+    for name in ("early_stopping_patience", "early_stopping_threshold", "gradient_accumulation_steps",
+                 "eval_batch_size", "max_eval_samples"):
+        del facts["run_args"][name]
+    facts_file.write_text(json.dumps(facts))
+    assert main(command) == 0
+    assert results(tmp_path / "run")["steps"] == 4

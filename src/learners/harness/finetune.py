@@ -170,6 +170,19 @@ def run_args(args: FinetuneArgs) -> dict:
     return json.loads(json.dumps({k: v for k, v in asdict(args).items() if k not in NOT_COMPARED}))
 
 
+STEERING_OPTIONS = ("early_stopping_patience", "early_stopping_threshold", "gradient_accumulation_steps",
+                    "eval_batch_size", "max_eval_samples")
+
+
+def with_steering_defaults(saved: dict | None) -> dict | None:
+    """A checkpoint's options with those it predates (STEERING_OPTIONS) at their defaults: a run checkpointed before
+    they existed resumes under a command that leaves them out."""
+    if saved is None:
+        return None
+    defaults = {name: getattr(FinetuneArgs, name) for name in STEERING_OPTIONS}
+    return {**defaults, **saved}
+
+
 def _by_flag(options: dict) -> dict:
     """`run_args` keyed as a user knows them: `--learning-rate`, `method option ratio`."""
     named = {f"--{k.replace('_', '-')}": v for k, v in options.items() if k != "method_options"}
@@ -185,10 +198,10 @@ def should_resume(out: Path, args: FinetuneArgs) -> bool:
     directory = out / checkpoint.DIRECTORY
     if args.overwrite:
         try:
-            return checkpoint.saved_run_args(directory) == run_args(args)
+            return with_steering_defaults(checkpoint.saved_run_args(directory)) == run_args(args)
         except UsageError:  # damaged: started afresh
             return False
-    saved = checkpoint.saved_run_args(directory)
+    saved = with_steering_defaults(checkpoint.saved_run_args(directory))
     if saved is None:
         if args.resume:
             raise UsageError(f"--resume: {out} holds no checkpoint ({directory}); run without --resume to start")
