@@ -95,6 +95,12 @@ def csv_file(c, text, name="bad.csv"):
     return c.tmp / name
 
 
+def config(c, name, text):
+    """A --config file in c.tmp."""
+    (c.tmp / name).write_text(text)
+    return c.tmp / name
+
+
 def copy(c, src, name="copy"):
     return Path(shutil.copytree(src, c.tmp / name))
 
@@ -390,6 +396,38 @@ CASES = [
     ("bn-task", lambda c: (bench(c, "--tasks", "colaa"), c.out), r"unknown GLUE task 'colaa'"),
     ("bn-output-is-file", lambda c: (bench(c, "--tasks", "cola", out=c.tmp / "afile"), c.tmp / "afile"), r"is a file; pass a directory"),
     ("bn-target", lambda c: (bench(c, "--tasks", "cola", "--target", "abc"), c.out), r"--target takes a number"),
+    # steering: early stopping, gradient accumulation, the evaluation's size, the config file
+    ("ft-early-stopping-patience-zero", lambda c: (finetune(c, "--early-stopping-patience", 0), c.out),
+     r"--early-stopping-patience must be positive, got 0"),
+    ("ft-early-stopping-patience-negative", lambda c: (finetune(c, "--early-stopping-patience", -2), c.out),
+     r"--early-stopping-patience must be positive, got -2"),
+    ("ft-early-stopping-threshold-negative", lambda c: (finetune(c, "--early-stopping-patience", 2, "--early-stopping-threshold", -0.1), c.out),
+     r"--early-stopping-threshold must be 0 or more, got -0.1"),
+    ("ft-early-stopping-threshold-alone", lambda c: (finetune(c, "--early-stopping-threshold", 0.01), c.out),
+     r"--early-stopping-threshold goes with --early-stopping-patience N"),
+    ("ft-gradient-accumulation-zero", lambda c: (finetune(c, "--gradient-accumulation-steps", 0), c.out),
+     r"--gradient-accumulation-steps must be positive, got 0"),
+    ("ft-eval-batch-size-zero", lambda c: (finetune(c, "--eval-batch-size", 0), c.out), r"--eval-batch-size must be positive, got 0"),
+    ("ft-max-eval-samples-zero", lambda c: (finetune(c, "--max-eval-samples", 0), c.out), r"--max-eval-samples must be positive, got 0"),
+    ("ft-config-unknown-key", lambda c: (finetune(c, "--config", config(c, "run.json", '{"lerning_rate": 1e-4}')), c.out),
+     r"--config .*run.json: unknown key 'lerning_rate' \(did you mean --learning-rate\?\)"),
+    ("ft-config-missing", lambda c: (finetune(c, "--config", c.tmp / "nope.yaml"), c.out), r"--config .*nope.yaml: no such file"),
+    ("ft-config-bad-json", lambda c: (finetune(c, "--config", config(c, "run.json", '{"learning_rate": 1e-4,}')), c.out),
+     r"--config .*run.json: not valid JSON \(.*line 1 column 24"),
+    ("ft-config-bad-yaml", lambda c: (finetune(c, "--config", config(c, "run.yaml", "learning_rate: [1\nseed: 2\n")), c.out),
+     r"--config .*run.yaml: not valid YAML at line \d+, column \d+"),
+    ("ft-config-not-a-mapping", lambda c: (finetune(c, "--config", config(c, "run.yml", "- learning_rate\n")), c.out),
+     r"--config .*run.yml: must hold keys and values \(learning_rate: 3e-4\), not a list"),
+    ("ft-config-other-format", lambda c: (finetune(c, "--config", config(c, "run.toml", "seed = 1\n")), c.out),
+     r"--config .*run.toml: a config file is .json, .yaml or .yml"),
+    ("ft-config-switch-not-bool", lambda c: (finetune(c, "--config", config(c, "run.json", '{"compile": "yes"}')), c.out),
+     r"key 'compile' is a switch: give true or false, not 'yes'"),
+    ("ft-config-bad-value", lambda c: (finetune(c, "--config", config(c, "run.json", '{"learning_rate": "fast"}')), c.out),
+     r"argument --learning-rate: invalid float value: 'fast'"),
+    ("bn-config-unknown-key", lambda c: (bench(c, "--tasks", "cola", "--config", str(config(c, "b.yaml", "per_device_batch_size: 8\n"))), c.out),
+     r"unknown key 'per_device_batch_size' \(did you mean"),
+    ("bn-early-stopping-patience-zero", lambda c: (bench(c, "--tasks", "cola", "--methods", "learners", "--early_stopping_patience", "0"), c.out),
+     r"--early-stopping-patience must be positive, got 0"),
     ("bn-priming-lr-without-priming", lambda c: (bench(c, "--tasks", "cola", "--methods", "full,learners", "--priming-learning-rate", "1e-4"), c.out),
      r"--priming-learning-rate shapes the priming phase, but --selection is 'random', which has none.*: add --selection priming"),
     ("bn-learner-options-bad", lambda c: (bench(c, "--tasks", "cola", "--methods", "full,learners", "--ratio", "7"), c.out),

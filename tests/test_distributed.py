@@ -102,6 +102,24 @@ def test_full_finetune_on_two_processes_matches_one(tmp_path, tiny_model_dir, gl
     compare_with_one_process(tmp_path, tiny_model_dir, glue_dir, "--method", "full", module="learners")
 
 
+def test_accumulation_and_early_stopping_on_two_processes_match_one(tmp_path, tiny_model_dir, glue_dir):
+    """Two processes x batch 2 x 2 accumulated micro-batches train on the same 8 examples a step as one process x
+    batch 8 (DDP all-reduces in the last backward only); early stopping's decision, taken on rank 0, which alone
+    evaluates, reaches rank 1 at every evaluation (a rank going on alone would hang the run)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = ["--method", "full", "--eval-steps", "1", "--early-stopping-patience", "1"]
+    assert main(finetune_args(glue_dir, tiny_model_dir, one, 8, *common)) == 0
+    done, logs = torchrun(tmp_path, finetune_args(glue_dir, tiny_model_dir, two, 2, "--gradient-accumulation-steps", "2",
+                                                  *common))
+    assert done.returncode == 0, rank_log(logs, 0, "stderr") + rank_log(logs, 1, "stderr") + done.stderr
+    r1, r2 = (json.loads((d / "results.json").read_text()) for d in (one, two))
+    assert (r2["world_size"], r2["effective_batch_size"], r1["effective_batch_size"]) == (2, 8, 8)
+    assert r1["stopped_early"] and (r2["steps"], r2["early_stopping_step"]) == (r1["steps"], r1["early_stopping_step"]) < (6, 6)
+    for h1, h2 in zip(r1["history"], r2["history"], strict=True):
+        assert h2["metric"] == pytest.approx(h1["metric"], abs=METRIC_TOLERANCE)
+    assert max_difference(one / "model" / "model.safetensors", two / "model" / "model.safetensors") < WEIGHT_TOLERANCE
+
+
 def test_bad_input_fails_on_every_rank_without_hanging(tmp_path, tiny_model_dir, glue_dir):
     (tmp_path / "file").write_text("in the way")
     done, logs = torchrun(tmp_path, finetune_args(glue_dir, tiny_model_dir, tmp_path / "file", 4), timeout=60)

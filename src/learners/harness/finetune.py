@@ -77,16 +77,26 @@ class FinetuneArgs:
     checkpoint_steps: int | None = None  # None: a checkpoint at every evaluation
     progress: bool = True
     method_options: dict = field(default_factory=dict)
+    early_stopping_patience: int | None = None  # None: no early stopping
+    early_stopping_threshold: float = 0.0
+    gradient_accumulation_steps: int = 1
+    eval_batch_size: int | None = None  # None: 128, or the training batch size if larger
+    max_eval_samples: int | None = None  # None: the whole dev set
 
     def validate(self) -> None:
         for name in ("batch_size", "epochs"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         for name in ("learning_rate", "priming_learning_rate", "max_steps", "eval_steps", "max_train_samples", "max_length",
-                     "checkpoint_steps"):
+                     "checkpoint_steps", "early_stopping_patience", "gradient_accumulation_steps", "eval_batch_size",
+                     "max_eval_samples"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.early_stopping_threshold < 0:
+            raise UsageError(f"--early-stopping-threshold must be 0 or more, got {self.early_stopping_threshold}")
+        if self.early_stopping_threshold and self.early_stopping_patience is None:
+            raise UsageError("--early-stopping-threshold goes with --early-stopping-patience N; add it, or drop the threshold")
         if self.learner_warmup_steps < 0:
             raise UsageError(f"--learner-warmup-steps must be 0 or more, got {self.learner_warmup_steps}")
         if not 0 <= self.warmup_ratio < 1:
@@ -120,7 +130,10 @@ def finetune_args(args: argparse.Namespace) -> FinetuneArgs:
         seed=args.seed, mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
         overwrite=given.get("overwrite", False),
         resume=given.get("resume", False), checkpoint_steps=given.get("checkpoint_steps"),
-        progress=not args.no_progress, method_options=method_options(args))
+        progress=not args.no_progress, method_options=method_options(args),
+        early_stopping_patience=args.early_stopping_patience, early_stopping_threshold=args.early_stopping_threshold,
+        gradient_accumulation_steps=args.gradient_accumulation_steps, eval_batch_size=args.eval_batch_size,
+        max_eval_samples=args.max_eval_samples)
 
 
 def load_task(args: FinetuneArgs) -> TaskData:
@@ -183,6 +196,19 @@ def run_args(args: FinetuneArgs) -> dict:
     return json.loads(json.dumps({k: v for k, v in asdict(args).items() if k not in NOT_COMPARED}))
 
 
+STEERING_OPTIONS = ("early_stopping_patience", "early_stopping_threshold", "gradient_accumulation_steps",
+                    "eval_batch_size", "max_eval_samples")
+
+
+def with_steering_defaults(saved: dict | None) -> dict | None:
+    """A checkpoint's options with those it predates (STEERING_OPTIONS) at their defaults: a run checkpointed before
+    they existed resumes under a command that leaves them out."""
+    if saved is None:
+        return None
+    defaults = {name: getattr(FinetuneArgs, name) for name in STEERING_OPTIONS}
+    return {**defaults, **saved}
+
+
 def _by_flag(options: dict) -> dict:
     """`run_args` keyed as a user knows them: `--learning-rate`, `method option ratio`."""
     named = {f"--{k.replace('_', '-')}": v for k, v in options.items() if k != "method_options"}
@@ -198,10 +224,10 @@ def should_resume(out: Path, args: FinetuneArgs) -> bool:
     directory = out / checkpoint.DIRECTORY
     if args.overwrite:
         try:
-            return checkpoint.saved_run_args(directory) == run_args(args)
+            return with_steering_defaults(checkpoint.saved_run_args(directory)) == run_args(args)
         except UsageError:  # damaged: started afresh
             return False
-    saved = checkpoint.saved_run_args(directory)
+    saved = with_steering_defaults(checkpoint.saved_run_args(directory))
     if saved is None:
         if args.resume:
             raise UsageError(f"--resume: {out} holds no checkpoint ({directory}); run without --resume to start")
@@ -297,10 +323,7 @@ def _finetune(args: FinetuneArgs, out: Path, run_dir: Path, after_save=None) -> 
         train_set = train_set.shuffle(seed=0).select(range(args.max_train_samples))
     train_loader = make_loader(encode(train_set, task, tokenizer, max_length), tokenizer, args.batch_size, True, args.seed,
                                args.pad_to_multiple_of)
-    dev_sets = {"": task.validation, **{f"{k}_": v for k, v in task.extra_validation.items()}}
-    dev_loaders = {prefix: make_loader(encode(ds, task, tokenizer, max_length), tokenizer, 128, False,
-                                       pad_to_multiple_of=args.pad_to_multiple_of)
-                   for prefix, ds in dev_sets.items()}
+    dev_loaders, evaluation = make_dev_loaders(args, task, tokenizer, max_length)
     metric_name = primary_metric_name(task.metric_kind)
 
     def evaluate(m) -> dict:
@@ -321,7 +344,9 @@ def _finetune(args: FinetuneArgs, out: Path, run_dir: Path, after_save=None) -> 
                       priming_learning_rate=args.priming_learning_rate or 1e-4, progress=args.progress,
                       learner_warmup_steps=args.learner_warmup_steps,
                       checkpoint_dir=str(run_dir / checkpoint.DIRECTORY), checkpoint_steps=args.checkpoint_steps,
-                      resume=resume, run_args=run_args(args))
+                      resume=resume, run_args=run_args(args), early_stopping_patience=args.early_stopping_patience,
+                      early_stopping_threshold=args.early_stopping_threshold,
+                      gradient_accumulation_steps=args.gradient_accumulation_steps)
     try:
         result = train(model, method, train_loader, evaluate, metric_name, cfg)
     except TrainingInterrupted as e:
@@ -333,7 +358,7 @@ def _finetune(args: FinetuneArgs, out: Path, run_dir: Path, after_save=None) -> 
     merge_from = in_full_precision(result.model, method, args, task) if result.frozen_dtype is not None else None
     results = save_finished_run(run_dir, out, result.model, lambda stage: save_run(
         args, stage, method, result, task, tokenizer, metric_name, learning_rate, max_length, len(train_set), precision,
-        merge_from, after_save))
+        merge_from, after_save, evaluation))
     distributed.barrier()
     return results
 
@@ -358,7 +383,7 @@ def in_full_precision(model, method, args: FinetuneArgs, task: TaskData):
 
 def save_run(args: FinetuneArgs, out: Path, method, result, task: TaskData, tokenizer, metric_name: str,
              learning_rate: float, max_length: int, train_examples: int, precision: str = "no",
-             merge_from=None, after_save=None) -> dict:
+             merge_from=None, after_save=None, evaluation: dict | None = None) -> dict:
     """OUT/model, OUT/learners (or the method's extra files), then OUT/results.json; the checkpoint goes.
     `merge_from`: the trained model rebuilt in fp32 (in_full_precision), to merge from instead of the trained one."""
     check_finite(result.model.state_dict().items(), "the trained model", "Lower --learning-rate and run again.")
@@ -393,6 +418,7 @@ def save_run(args: FinetuneArgs, out: Path, method, result, task: TaskData, toke
         "learning_rate": learning_rate, "max_length": max_length, "train_examples": train_examples,
         "device": "cuda" if torch.cuda.is_available() else "cpu", "torch_threads": torch.get_num_threads(),
         "mixed_precision": precision,
+        **steering_facts(args, result), **(evaluation or {}),
         "history": result.history,
         "args": {k: v for k, v in asdict(args).items() if k not in ("progress", "resume")},
         **runs.relocated(extra, out),  # (OUT is a staging folder: save_finished_run)
@@ -408,6 +434,35 @@ def save_run(args: FinetuneArgs, out: Path, method, result, task: TaskData, toke
 def card_base_model(model: str | None) -> str:
     """The base model as a model card names it: the embedded default by its hub id, else --model as given."""
     return DEFAULT_HUB_ID if model in DEFAULT_ALIASES else model
+
+
+def make_dev_loaders(args: FinetuneArgs, task: TaskData, tokenizer, max_length: int) -> tuple[dict, dict]:
+    """The dev sets' loaders by metric prefix ("" for the dev set, "NAME_" for a task's other ones: MNLI's), and what
+    results.json records of them."""
+    dev_sets = eval_subsets({"": task.validation, **{f"{k}_": v for k, v in task.extra_validation.items()}},
+                            args.max_eval_samples)
+    eval_batch_size = args.eval_batch_size or max(128, args.batch_size)
+    loaders = {prefix: make_loader(encode(ds, task, tokenizer, max_length), tokenizer, eval_batch_size, False,
+                                   pad_to_multiple_of=args.pad_to_multiple_of)
+               for prefix, ds in dev_sets.items()}
+    return loaders, {"eval_examples": len(dev_sets[""]), "eval_batch_size": eval_batch_size}
+
+
+def eval_subsets(dev_sets: dict, max_eval_samples: int | None) -> dict:
+    """--max-eval-samples N: a fixed random subset of N examples of each dev set (seed 0, as --max-train-samples:
+    the same subset for every run and seed)."""
+    if not max_eval_samples:
+        return dev_sets
+    return {prefix: ds.shuffle(seed=0).select(range(max_eval_samples)) if max_eval_samples < len(ds) else ds
+            for prefix, ds in dev_sets.items()}
+
+
+def steering_facts(args: FinetuneArgs, result) -> dict:
+    """results.json's record of early stopping and gradient accumulation."""
+    return {"stopped_early": result.early_stopping_step is not None, "early_stopping_step": result.early_stopping_step,
+            "early_stopping_patience": args.early_stopping_patience,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "effective_batch_size": distributed.world_size() * args.batch_size * args.gradient_accumulation_steps}
 
 
 def overwrite_interrupted(interrupted: TrainingInterrupted, out: Path, run_dir: Path) -> TrainingInterrupted:

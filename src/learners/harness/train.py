@@ -33,7 +33,7 @@ from accelerate.utils import DistributedDataParallelKwargs, DistributedType, Ini
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import checkpoint, distributed
+from . import checkpoint, distributed, early_stopping
 from .precision import cast_frozen_linears, frozen_dtype, training_attention
 from ..errors import TrainingDiverged, TrainingInterrupted, UsageError
 
@@ -61,6 +61,9 @@ class TrainConfig:
     checkpoint_steps: int | None = None  # None: at every evaluation; always after priming's reconfiguration and at the end
     resume: bool = False  # continue from the checkpoint in checkpoint_dir
     run_args: dict | None = None  # the run's options, saved with each checkpoint
+    early_stopping_patience: int | None = None  # stop after this many evaluations without improvement (early_stopping.py)
+    early_stopping_threshold: float = 0.0  # an improvement must exceed this to reset the patience
+    gradient_accumulation_steps: int = 1  # micro-batches per optimizer step (a step is an optimizer step)
 
 
 @dataclass
@@ -74,6 +77,7 @@ class TrainResult:
     priming_steps: int = 0
     best: dict | None = None
     frozen_dtype: torch.dtype | None = None  # the dtype the frozen linear weights were kept in (precision.py)
+    early_stopping_step: int | None = None  # the step at which early stopping ended the run (None: it ran to the end)
 
 
 def lr_multiplier(step: int, total: int, warmup: int, kind: str) -> float:
@@ -147,9 +151,7 @@ def training_step(model, batch, optimizer, scheduler, accelerator: Accelerator, 
     fp16 the loss scaler skips such steps and adjusts its scale. `params`: the trainable parameters (default:
     the optimizer's)."""
     plain = plain_autograd(accelerator)  # then torch directly: accelerate's calls each search for a package
-    with training_attention(accelerator):  # backward too: activation checkpointing runs the forward again there
-        loss = model(**batch).loss
-        loss.backward() if plain else accelerator.backward(loss)
+    loss = forward_backward(model, batch, accelerator, plain)
     params = trainable_parameters(optimizer) if params is None else params
     if not max_grad_norm:
         norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
@@ -166,6 +168,42 @@ def training_step(model, batch, optimizer, scheduler, accelerator: Accelerator, 
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return loss, norm
+
+
+def forward_backward(model, batch, accelerator: Accelerator, plain: bool) -> torch.Tensor:
+    """The step's forward and backward passes. `batch`: one batch, or a list of micro-batches (gradient
+    accumulation): each one's mean loss is weighted by its share of the step's examples, so the summed gradients
+    are those of the one big batch; data-parallel ranks all-reduce only in the last backward. Returns the loss."""
+    if not isinstance(batch, list):
+        with training_attention(accelerator):  # backward too: activation checkpointing runs the forward again there
+            loss = model(**batch).loss
+            loss.backward() if plain else accelerator.backward(loss)
+        return loss
+    sizes = [len(micro["labels"]) for micro in batch]  # shapes: known on the host, no synchronisation
+    total = None
+    for i, (micro, size) in enumerate(zip(batch, sizes)):
+        last = i == len(batch) - 1
+        with (nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()), training_attention(accelerator):
+            loss = model(**micro).loss * (size / sum(sizes))
+            loss.backward() if plain else accelerator.backward(loss)
+        total = loss.detach() if total is None else total + loss.detach()
+    return total
+
+
+def micro_batch_groups(batches, size: int):
+    """The epoch's batches, one per optimizer step; with gradient accumulation (`size` > 1) lists of `size`
+    micro-batches (the epoch's last list may be shorter)."""
+    if size == 1:
+        yield from batches
+        return
+    group = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 def plain_autograd(accelerator: Accelerator) -> bool:
@@ -310,7 +348,7 @@ class _Run:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self.loader = self.accelerator.prepare(train_loader)  # sharded per rank: each rank gets every world_size-th batch
-        self.steps_per_epoch = len(self.loader)
+        self.steps_per_epoch = math.ceil(len(self.loader) / cfg.gradient_accumulation_steps)  # optimizer steps
         self.total = cfg.max_steps if cfg.max_steps else math.ceil(cfg.epochs * self.steps_per_epoch)
         self.warmup = math.floor(cfg.warmup_ratio * self.total)
         self.eval_steps = cfg.eval_steps or max(1, math.ceil(self.steps_per_epoch / 4))
@@ -359,6 +397,7 @@ class _Run:
         self.steps = StepLog()
         self.generator = getattr(getattr(self.train_loader, "sampler", None), "generator", None)  # the loader's shuffling
         self.step, self.position = (saved.step, saved.position) if saved else (0, checkpoint.EpochPosition())
+        self.evaluated_step = self.step if saved and self.result.history else None  # a resumed run checks its history
 
     def loop(self) -> None:
         cfg = self.cfg
@@ -366,10 +405,10 @@ class _Run:
                         desc="training", dynamic_ncols=True)
         self.model.train()
         with checkpoint.StopRequest() if cfg.checkpoint_dir else nullcontext() as stop:
-            while self.step < self.total:
+            while self.step < self.total and not self.stopped_early():
                 epoch = checkpoint.epoch_batches(self.loader, self.generator, self.position, self.saved)
                 self.saved = None  # its random states are restored once, in the resumed epoch
-                for batch in epoch:
+                for batch in micro_batch_groups(epoch, cfg.gradient_accumulation_steps):
                     self.train_step(batch)
                     if self.step == self.priming_steps:
                         self.end_priming()
@@ -377,11 +416,26 @@ class _Run:
                         self.run_eval()
                     if cfg.checkpoint_dir:
                         self.checkpoint_or_stop(stop)
-                    if self.step >= self.total:
+                    if self.step >= self.total or self.stopped_early():
                         break
                 else:
                     self.position.next_epoch()
         self.bar.close()
+
+    def stopped_early(self) -> bool:
+        """Whether early stopping ends the run here: decided from the history (so a resumed run stops where an
+        uninterrupted one does) by rank 0, which alone evaluates, and told to every rank."""
+        if self.cfg.early_stopping_patience is None or self.result.early_stopping_step is not None:
+            return self.result.early_stopping_step is not None
+        if self.step != self.evaluated_step or self.step >= self.total:
+            return False  # only an evaluation changes the answer (no collective between them); the last ends the run
+        exhausted = early_stopping.patience_exhausted(self.result.history, self.cfg.early_stopping_patience,
+                                                      self.cfg.early_stopping_threshold)
+        if not distributed.all_true(not exhausted):
+            self.result.early_stopping_step = self.step
+            distributed.log(f"early stopping at step {self.step}/{self.total}: {self.cfg.early_stopping_patience} "
+                            f"evaluation(s) without improvement of {self.metric_name}")
+        return self.result.early_stopping_step is not None
 
     def train_step(self, batch) -> None:
         t0 = time.perf_counter()
@@ -394,7 +448,7 @@ class _Run:
         self.result.step_seconds.append((self.phase, elapsed))
         self.result.train_seconds += elapsed
         self.step += 1
-        self.position.batch += 1
+        self.position.batch += len(batch) if isinstance(batch, list) else 1
         self.steps.add(self.step, loss, norm)
         self.bar.update(1)
         if self.step % self.cfg.logging_steps == 0:
@@ -438,6 +492,7 @@ class _Run:
     def run_eval(self) -> None:
         """Rank 0 evaluates (the others go on to the next step); the learner phase's best weights are kept."""
         self.check_steps()
+        self.evaluated_step = self.step  # every rank: early stopping's decision is taken together after it
         if not self.accelerator.is_main_process:
             return
         result, model = self.result, self.model
