@@ -58,6 +58,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="recompute each block's activations in the backward pass instead of keeping them: less memory, "
                         "a slower step, the same results (a run may resume with it on or off)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (training, tokenizing, saving)")
+    _add_logging_arguments(p)
     g = _method_group(p, "priming options (--method learners --selection priming, --method far)", ("learners", "far"))
     g.add_argument("--priming-learning-rate", type=float, help="peak learning rate of the priming phase (default 1e-4)")
     g.add_argument("--learner-warmup-steps", type=int, default=0,
@@ -74,6 +75,16 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     g = _method_group(p, "FAR options (--method far)", ("far",))
     g.add_argument("--far-ratio", type=float, help="trained output units as a fraction of each FFN linear's (default 1/8)")
     g.add_argument("--far-priming-fraction", type=float, help="priming budget as a fraction of the first epoch (default 0.25)")
+
+
+def _add_logging_arguments(p: argparse.ArgumentParser) -> None:
+    """Watching a run: the training log's interval and where it is reported (harness/run_log.py)."""
+    p.add_argument("--logging-steps", type=int, default=10,
+                   help="log the training loss, learning rate, gradient norm and throughput every N steps (default 10) "
+                        "and at each evaluation: OUT/history.jsonl, results.json's log_history, stderr with --no-progress")
+    p.add_argument("--report-to", default="none",
+                   help="also report the training log to tensorboard (OUT/tensorboard), wandb (offline, OUT/wandb) or "
+                        "none (default); a comma-separated list for more than one")
 
 
 def _add_learners_arguments(p: argparse.ArgumentParser) -> None:

@@ -25,6 +25,8 @@ from .metrics import compute_metrics, primary_metric_name
 from .models import DEFAULT_MODEL, check_max_length, load_model_and_tokenizer, max_sequence_length
 from .task_data import TaskData
 from .precision import resolve_precision
+from .report import plot_run
+from .run_log import parse_report_to
 from .train import TrainConfig, train
 
 TASK_FILE = "learners_task.json"
@@ -63,6 +65,8 @@ class FinetuneArgs:
     resume: bool = False
     checkpoint_steps: int | None = None  # None: a checkpoint at every evaluation
     progress: bool = True
+    logging_steps: int = 10  # the training log's interval (run_log.py)
+    report_to: str = "none"  # tensorboard, wandb, none, or a comma list
     method_options: dict = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -70,10 +74,11 @@ class FinetuneArgs:
             if getattr(self, name) <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         for name in ("learning_rate", "priming_learning_rate", "max_steps", "eval_steps", "max_train_samples", "max_length",
-                     "checkpoint_steps"):
+                     "checkpoint_steps", "logging_steps"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        parse_report_to(self.report_to)
         if self.learner_warmup_steps < 0:
             raise UsageError(f"--learner-warmup-steps must be 0 or more, got {self.learner_warmup_steps}")
         if not 0 <= self.warmup_ratio < 1:
@@ -103,7 +108,8 @@ def finetune_args(args: argparse.Namespace) -> FinetuneArgs:
         seed=args.seed, mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
         overwrite=given.get("overwrite", False),
         resume=given.get("resume", False), checkpoint_steps=given.get("checkpoint_steps"),
-        progress=not args.no_progress, method_options=method_options(args))
+        progress=not args.no_progress, logging_steps=args.logging_steps, report_to=args.report_to,
+        method_options=method_options(args))
 
 
 def load_task(args: FinetuneArgs) -> TaskData:
@@ -149,7 +155,8 @@ def finished_here(out: Path, args: FinetuneArgs) -> dict | None:
 
 # Options that do not change what a run computes: a rerun may differ in them and still resume.
 # gradient_checkpointing changes memory and time, not results: a run may resume with it turned on or off
-NOT_COMPARED = ("output_dir", "overwrite", "resume", "checkpoint_steps", "progress", "gradient_checkpointing")
+NOT_COMPARED = ("output_dir", "overwrite", "resume", "checkpoint_steps", "progress", "gradient_checkpointing",
+                "logging_steps", "report_to")
 
 
 def run_args(args: FinetuneArgs) -> dict:
@@ -293,7 +300,8 @@ def _finetune(args: FinetuneArgs, out: Path, run_dir: Path) -> dict | None:
                       priming_learning_rate=args.priming_learning_rate or 1e-4, progress=args.progress,
                       learner_warmup_steps=args.learner_warmup_steps,
                       checkpoint_dir=str(run_dir / checkpoint.DIRECTORY), checkpoint_steps=args.checkpoint_steps,
-                      resume=resume, run_args=run_args(args))
+                      resume=resume, run_args=run_args(args), logging_steps=args.logging_steps, log_dir=str(run_dir),
+                      report_to=parse_report_to(args.report_to))
     try:
         result = train(model, method, train_loader, evaluate, metric_name, cfg)
     except TrainingInterrupted as e:
@@ -364,9 +372,11 @@ def save_run(args: FinetuneArgs, out: Path, method, result, task: TaskData, toke
         "device": "cuda" if torch.cuda.is_available() else "cpu", "torch_threads": torch.get_num_threads(),
         "mixed_precision": precision,
         "history": result.history,
+        "log_history": result.log_history,
         "args": {k: v for k, v in asdict(args).items() if k not in ("progress", "resume")},
         **runs.relocated(extra, out),  # (OUT is a staging folder: save_finished_run)
     }
+    plot_run(results, out / "curves.png")
     give_user_permissions(out)  # safetensors leaves its files 0600
     write_text_atomically(out / "results.json", json.dumps(results, indent=2))
     return results

@@ -8,6 +8,8 @@ What a run writes into OUT, and nothing else:
     checkpoint/ (.tmp, .old)       the training state while the run is unfinished (checkpoint.py)
     .learners.lock                 held while the run runs (files.exclusive_output_dir)
     log.txt                        `learners bench`'s log of the run
+    history.jsonl, tensorboard/, wandb/   the training log, written as the run goes (run_log.py)
+    curves.png                     the finished run's dev metric and training loss (report.plot_run)
     .final/                        the finished run's files while they are written; moved into OUT once whole
     .replacement/                  with --overwrite over anything OUT holds: the new run, trained and written
                                    here (a run folder of its own) and moved into OUT once finished
@@ -38,10 +40,12 @@ from .files import ATOMIC_TEMPORARY, LOCK_NAME, check_not_input, entry_names, li
 
 RESULTS = "results.json"
 OUTPUTS = ("model", "learners", "lora")
+CURVES = "curves.png"
+LOGS = ("history.jsonl", "tensorboard", "wandb")  # run_log.py: written in the run folder while it trains
 CHECKPOINTS = (checkpoint.DIRECTORY, f"{checkpoint.DIRECTORY}.tmp", f"{checkpoint.DIRECTORY}.old")
 FINAL, REPLACEMENT, MOVING = ".final", ".replacement", ".moving"
 BESIDE = (LOCK_NAME, "log.txt")  # a run's own files that are not part of the run
-RUN_NAMES = {RESULTS, *OUTPUTS, *CHECKPOINTS, *BESIDE, FINAL, REPLACEMENT, FINAL + MOVING, REPLACEMENT + MOVING}
+RUN_NAMES = {RESULTS, *OUTPUTS, CURVES, *LOGS, *CHECKPOINTS, *BESIDE, FINAL, REPLACEMENT, FINAL + MOVING, REPLACEMENT + MOVING}
 
 
 def foreign_entries(out: Path) -> list[str]:
@@ -83,7 +87,7 @@ def check_ours(out: Path, overwrite: bool, inputs: dict[str, str | None]) -> Non
         raise UsageError(f"--output-dir {out} holds {listing(foreign)}, which no learners run wrote (it is not a run's "
                          "output directory); choose a new or empty --output-dir, or pass --overwrite to put the run "
                          f"there (once finished it replaces only what has its names: {RESULTS}, {'/, '.join(OUTPUTS)}/, "
-                         f"{checkpoint.DIRECTORY}/)")
+                         f"{checkpoint.DIRECTORY}/, {CURVES}, {LOGS[0]}, {'/, '.join(LOGS[1:])}/)")
 
 
 def run_folder(out: Path, overwrite: bool) -> Path:
@@ -124,10 +128,11 @@ def swap_in(stage: Path, home: Path) -> None:
     A move a kill left half done is finished by calling this again (as `settle` does)."""
     moving = stage.with_name(stage.name + MOVING)
     if stage.is_dir():
-        for name in (RESULTS, *OUTPUTS, *CHECKPOINTS):  # results.json first: home then holds no finished run but this
-            _remove(home / name)
+        logs = LOGS if stage.name == REPLACEMENT else ()  # a run's logs are in its run folder, not in .final
+        for name in (RESULTS, *OUTPUTS, CURVES, *logs, *CHECKPOINTS):  # results.json first: home then holds no
+            _remove(home / name)                                       # finished run but this
         os.replace(stage, moving)
-    for name in (*OUTPUTS, RESULTS):
+    for name in (*OUTPUTS, CURVES, *LOGS, RESULTS):
         if (moving / name).exists():
             os.replace(moving / name, home / name)
     shutil.rmtree(moving)
