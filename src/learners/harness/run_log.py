@@ -32,7 +32,6 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..errors import UsageError
-from .files import write_text_atomically
 
 HISTORY_FILE = "history.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -145,14 +144,16 @@ class RunLog:
                  config: dict | None = None):
         self.entries, self.main, self.echo, self.total, self.world_size = entries, main, echo, total, world_size
         self.examples = self.tokens = 0
-        self.path = Path(directory) / HISTORY_FILE if directory and main else None
-        self.reporters = []
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomically(self.path, "".join(json.dumps(entry) + "\n" for entry in entries))
+        self.file, self.reporters = None, []
+        if directory and main:
+            directory = Path(directory)
+            directory.mkdir(parents=True, exist_ok=True)
+            self.file = open(directory / HISTORY_FILE, "w")  # a resumed run's log up to its checkpoint, then appended
+            self.file.writelines(json.dumps(entry) + "\n" for entry in entries)
+            self.file.flush()
             for name in report_to:
-                self.reporters.append(TensorBoard(self.path.parent, start_step) if name == "tensorboard" else
-                                      WandB(self.path.parent, config))
+                self.reporters.append(TensorBoard(directory, start_step) if name == "tensorboard" else
+                                      WandB(directory, config))
 
     def count(self, batch) -> None:
         """A training step's examples and tokens (shapes only: nothing is read from the device)."""
@@ -183,9 +184,9 @@ class RunLog:
 
     def _add(self, entry: dict) -> None:
         self.entries.append(entry)
-        if self.path is not None:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(entry) + "\n")
+        if self.file is not None:
+            self.file.write(json.dumps(entry) + "\n")
+            self.file.flush()
         values = {tag: value for tag, value in scalars(entry).items() if math.isfinite(value)}
         for reporter in self.reporters:
             reporter.log(values, entry["step"])
@@ -193,4 +194,6 @@ class RunLog:
     def close(self) -> None:
         for reporter in self.reporters:
             reporter.close()
-        self.reporters = []
+        if self.file is not None:
+            self.file.close()
+        self.file, self.reporters = None, []
