@@ -9,7 +9,8 @@ training engine reads the steps' losses on the host anyway, train.StepLog) one t
 `loss` and `grad_norm` are the means over the steps since the previous entry (as transformers' Trainer logs the
 loss), `learning_rate` the scheduler's rate after the entry's step, `seconds` the run's training seconds so far
 (evaluation excluded, as in `history`); the throughputs count the examples and tokens (padding included) of those
-steps over their training time, over every data-parallel rank. At each evaluation one entry
+steps over their training time. In a data-parallel run the loss is the mean over the ranks (a collective at each
+logging point, which every rank reaches in step), and the throughputs count every rank's examples. At each evaluation one entry
 `{"step", "epoch", "seconds", "phase", "eval_<metric>": value, ...}`.
 
 The entries go, on the main process only, to:
@@ -31,6 +32,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from . import distributed
 from ..errors import UsageError
 
 HISTORY_FILE = "history.jsonl"
@@ -169,6 +171,9 @@ class RunLog:
         training_entry. Returns the entry (None off the main process)."""
         examples, tokens = self.examples * self.world_size, self.tokens * self.world_size
         self.examples = self.tokens = 0
+        if self.world_size > 1:  # each rank's loss is its own share of the batch: log their mean, as one process
+            losses = distributed.mean([loss for _, loss, _ in rows])  # would (the gradient norm is the global one)
+            rows = [(step, loss, norm) for (step, _, norm), loss in zip(rows, losses)]
         if not self.main or not rows:
             return None
         entry = training_entry(rows, seconds, examples, tokens, **where)
