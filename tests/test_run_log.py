@@ -179,3 +179,14 @@ def test_a_reporter_whose_package_is_missing_is_one_line_naming_the_install(pack
     err = capsys.readouterr().err
     assert err == f"learners: error: --report-to {package} needs the {package} package, which is not installed: " \
                   f"pip install {package}\n" and not out.exists()
+
+
+def test_the_progress_bar_shows_the_last_entry(data, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(finetune(data, tiny_model_dir, out)) == 0
+    last = training(results(out)["log_history"])[-1]
+    err = capsys.readouterr().err
+    bar = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("training:")]
+    assert bar[-1].endswith(f"loss={last['loss']:.4f}, lr=0.00e+00, grad={last['grad_norm']:.3g}, "
+                            f"ex/s={last['examples_per_second']:.1f}]")
+    assert ": loss " not in err  # no log lines: the bar has it
