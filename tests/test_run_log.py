@@ -190,3 +190,13 @@ def test_the_progress_bar_shows_the_last_entry(data, tiny_model_dir, tmp_path, c
     assert bar[-1].endswith(f"loss={last['loss']:.4f}, lr=0.00e+00, grad={last['grad_norm']:.3g}, "
                             f"ex/s={last['examples_per_second']:.1f}]")
     assert ": loss " not in err  # no log lines: the bar has it
+
+
+def test_report_to_wandb_writes_an_offline_run(data, tiny_model_dir, tmp_path):
+    """Only where the wandb package is installed (it is not a test dependency): an offline run, nothing uploaded."""
+    pytest.importorskip("wandb")
+    out = tmp_path / "run"
+    assert main(finetune(data, tiny_model_dir, out, "--report-to", "wandb", "--no-progress")) == 0
+    run_id = (out / "wandb" / "learners_run_id").read_text().strip()
+    [record] = list((out / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
+    assert record.stat().st_size > 0

@@ -28,6 +28,7 @@ import importlib.util
 import json
 import math
 import sys
+import uuid
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -122,13 +123,18 @@ class TensorBoard:
 
 
 class WandB:
-    """Metrics into an offline W&B run under OUT/wandb (`wandb sync OUT/wandb/offline-run-*` uploads it)."""
+    """Metrics into an offline W&B run under OUT/wandb (`wandb sync OUT/wandb/offline-run-*` uploads it). A resumed
+    run goes on under the same run id (kept in OUT/wandb/learners_run_id): a new offline folder, one run once synced."""
 
-    def __init__(self, directory: Path, config: dict | None):
+    def __init__(self, directory: Path, config: dict | None, resumed: bool):
         import wandb
 
-        (directory / WANDB_DIR).mkdir(parents=True, exist_ok=True)
-        self.run = wandb.init(mode="offline", dir=str(directory), config=config or {})
+        folder = directory / WANDB_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        id_file = folder / "learners_run_id"
+        run_id = id_file.read_text().strip() if resumed and id_file.is_file() else uuid.uuid4().hex[:8]
+        id_file.write_text(run_id + "\n")
+        self.run = wandb.init(mode="offline", dir=str(directory), config=config or {}, id=run_id, resume="allow")
 
     def log(self, values: dict, step: int) -> None:
         self.run.log(values, step=step)
@@ -155,7 +161,7 @@ class RunLog:
             self.file.flush()
             for name in report_to:
                 self.reporters.append(TensorBoard(directory, start_step) if name == "tensorboard" else
-                                      WandB(directory, config))
+                                      WandB(directory, config, resumed=start_step > 0))
 
     def count(self, batch) -> None:
         """A training step's examples and tokens (shapes only: nothing is read from the device)."""
