@@ -145,23 +145,26 @@ class WandB:
 
 class RunLog:
     """The training log of one run (see the module's docstring). `entries` is the run's `log_history`, continued in
-    place (a resumed run's holds the entries up to its checkpoint). Off the main process it only counts."""
+    place (a resumed run's holds the entries up to its checkpoint). Off the main process it only counts. Its files
+    are made at the first entry: a run that fails before it leaves nothing behind."""
 
     def __init__(self, entries: list[dict], directory: str | None, report_to: tuple[str, ...] = (), *,
                  start_step: int = 0, total: int = 0, main: bool = True, echo: bool = False, world_size: int = 1,
                  config: dict | None = None):
         self.entries, self.main, self.echo, self.total, self.world_size = entries, main, echo, total, world_size
         self.examples = self.tokens = 0
+        self.directory = Path(directory) if directory and main else None
+        self.report_to, self.start_step, self.config = report_to, start_step, config
         self.file, self.reporters = None, []
-        if directory and main:
-            directory = Path(directory)
-            directory.mkdir(parents=True, exist_ok=True)
-            self.file = open(directory / HISTORY_FILE, "w")  # a resumed run's log up to its checkpoint, then appended
-            self.file.writelines(json.dumps(entry) + "\n" for entry in entries)
-            self.file.flush()
-            for name in report_to:
-                self.reporters.append(TensorBoard(directory, start_step) if name == "tensorboard" else
-                                      WandB(directory, config, resumed=start_step > 0))
+
+    def _open(self) -> None:
+        """history.jsonl, holding the entries so far (a resumed run's, up to its checkpoint), and the reporters."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.file = open(self.directory / HISTORY_FILE, "w")
+        self.file.writelines(json.dumps(entry) + "\n" for entry in self.entries)
+        for name in self.report_to:
+            self.reporters.append(TensorBoard(self.directory, self.start_step) if name == "tensorboard" else
+                                  WandB(self.directory, self.config, resumed=self.start_step > 0))
 
     def count(self, batch) -> None:
         """A training step's examples and tokens (shapes only: nothing is read from the device)."""
@@ -194,6 +197,8 @@ class RunLog:
             self._add(evaluation_entry(evaluation))
 
     def _add(self, entry: dict) -> None:
+        if self.file is None and self.directory is not None:
+            self._open()
         self.entries.append(entry)
         if self.file is not None:
             self.file.write(json.dumps(entry) + "\n")
