@@ -166,8 +166,17 @@ def test_an_overwrite_replaces_the_old_runs_logs(data, tiny_model_dir, tmp_path)
 def test_report_to_names():
     assert parse_report_to("none") == () and parse_report_to(None) == ()
     assert parse_report_to("TensorBoard, tensorboard") == ("tensorboard",)
-    with pytest.raises(UsageError, match=r"--report-to 'comet' is not one of tensorboard, wandb, none"):
+    with pytest.raises(UsageError, match=r"--report-to 'comet' is not one of tensorboard, wandb, all, none"):
         parse_report_to("comet")
+    with pytest.raises(UsageError, match=r"'none' and 'all' stand alone"):
+        parse_report_to("all,wandb")
+
+
+def test_report_to_all_is_every_reporter_installed(monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
+    assert parse_report_to("all") == ("tensorboard",)
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    assert parse_report_to("all") == ()
 
 
 @pytest.mark.parametrize("package", ["wandb", "tensorboard"])

@@ -84,7 +84,7 @@ def _add_logging_arguments(p: argparse.ArgumentParser) -> None:
                         "and at each evaluation: OUT/history.jsonl, results.json's log_history, stderr with --no-progress")
     p.add_argument("--report-to", default="none",
                    help="also report the training log to tensorboard (OUT/tensorboard), wandb (offline, OUT/wandb) or "
-                        "none (default); a comma-separated list for more than one")
+                        "none (default); a comma-separated list for more than one; all: every one installed")
 
 
 def _add_learners_arguments(p: argparse.ArgumentParser) -> None:

@@ -10,8 +10,8 @@ training engine reads the steps' losses on the host anyway, train.StepLog) one t
 loss), `learning_rate` the scheduler's rate after the entry's step, `seconds` the run's training seconds so far
 (evaluation excluded, as in `history`); the throughputs count the examples and tokens (padding included) of those
 steps over their training time. In a data-parallel run the loss is the mean over the ranks (a collective at each
-logging point, which every rank reaches in step), and the throughputs count every rank's examples. At each evaluation one entry
-`{"step", "epoch", "seconds", "phase", "eval_<metric>": value, ...}`.
+logging point, which every rank reaches in step), and the throughputs count every rank's examples. At each
+evaluation one entry `{"step", "epoch", "seconds", "phase", "eval_<metric>": value, ...}`.
 
 The entries go, on the main process only, to:
 
@@ -43,14 +43,17 @@ REPORTERS = ("tensorboard", "wandb")  # --report-to names (transformers'), each 
 
 
 def parse_report_to(text: str | None) -> tuple[str, ...]:
-    """The reporters a `--report-to` value names (comma-separated; `none`: none), each checked to be installed."""
+    """The reporters a `--report-to` value names (comma-separated; `none`: none; `all`: those installed), each
+    checked to be installed."""
     names = [name.strip().lower() for name in (text or "none").split(",") if name.strip()]
-    unknown = [name for name in names if name not in (*REPORTERS, "none")]
+    unknown = [name for name in names if name not in (*REPORTERS, "none", "all")]
     if unknown:
-        raise UsageError(f"--report-to {unknown[0]!r} is not one of {', '.join(REPORTERS)}, none (or a comma-separated "
-                         "list of them)")
-    if "none" in names and len(names) > 1:
-        raise UsageError(f"--report-to {text}: 'none' means no reporting; drop it or the others")
+        raise UsageError(f"--report-to {unknown[0]!r} is not one of {', '.join(REPORTERS)}, all, none (or a "
+                         "comma-separated list of them)")
+    if ("none" in names or "all" in names) and len(names) > 1:
+        raise UsageError(f"--report-to {text}: 'none' and 'all' stand alone; drop the others")
+    if names == ["all"]:
+        return tuple(name for name in REPORTERS if importlib.util.find_spec(name) is not None)
     names = tuple(dict.fromkeys(name for name in names if name != "none"))
     for name in names:
         if importlib.util.find_spec(name) is None:
