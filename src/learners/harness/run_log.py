@@ -82,7 +82,8 @@ def scalars(entry: dict) -> dict:
     """An entry's numbers under TensorBoard's and W&B's tags (`train/loss`, `eval/mcc`), as transformers names them."""
     values = {}
     for key, value in entry.items():
-        if key in ("step", "epoch", "seconds", "phase") or not isinstance(value, (int, float)) or isinstance(value, bool):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)  # (None: a throughput not measured)
+        if key in ("step", "epoch", "seconds", "phase") or not number:
             continue
         values[f"eval/{key[len('eval_'):]}" if key.startswith("eval_") else f"train/{key}"] = float(value)
     return values

@@ -45,7 +45,8 @@ LOGS = ("history.jsonl", "tensorboard", "wandb")  # run_log.py: written in the r
 CHECKPOINTS = (checkpoint.DIRECTORY, f"{checkpoint.DIRECTORY}.tmp", f"{checkpoint.DIRECTORY}.old")
 FINAL, REPLACEMENT, MOVING = ".final", ".replacement", ".moving"
 BESIDE = (LOCK_NAME, "log.txt")  # a run's own files that are not part of the run
-RUN_NAMES = {RESULTS, *OUTPUTS, CURVES, *LOGS, *CHECKPOINTS, *BESIDE, FINAL, REPLACEMENT, FINAL + MOVING, REPLACEMENT + MOVING}
+RUN_NAMES = {RESULTS, *OUTPUTS, CURVES, *LOGS, *CHECKPOINTS, *BESIDE, FINAL, REPLACEMENT, FINAL + MOVING,
+             REPLACEMENT + MOVING}
 
 
 def foreign_entries(out: Path) -> list[str]:
