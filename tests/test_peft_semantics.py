@@ -47,7 +47,7 @@ def test_saved_keys_are_the_learner_slices_the_trained_options_the_head_and_the_
     lm = get_learner_model(tiny_model("bert"), LearnerConfig(ratio=0.25, selection="random", **options))
     lm.save_pretrained(tmp_path)
     keys = set(load_file(str(tmp_path / "learners_model.safetensors")))
-    assert keys == set(lm.state_dict())
+    assert keys | {"learners_config"} == set(lm.state_dict())  # the state dict also carries learners_config.json
     trainable = {n for n, p in lm.base_model.named_parameters() if p.requires_grad}
     assert keys == trainable | {f"learner_indices.{i}" for i in range(len(lm.indices))}
     assert ("bert.encoder.layer.1.output.dense.bias" in keys) == bool(options)
@@ -63,7 +63,7 @@ def test_from_pretrained_is_frozen_and_in_eval_mode_unless_trainable(tmp_path):
     trainable = LearnerModel.from_pretrained(tiny_model("bert").train(), tmp_path, is_trainable=True)
     assert trainable.training
     names = {n for n, p in trainable.base_model.named_parameters() if p.requires_grad}
-    assert names == {k for k in trainable.state_dict() if not k.startswith("learner_indices.")}
+    assert names == {k for k in trainable.state_dict() if not k.startswith("learner_indices.")} - {"learners_config"}
     assert trainable.parameter_counts() == lm.parameter_counts()
 
 
@@ -164,9 +164,10 @@ def test_the_frozen_full_weight_is_a_parameter_at_nn_linears_key_and_nothing_cou
 def test_state_dict_is_the_learner_state_with_nn_modules_signature():
     lm = trained()
     state = lm.state_dict()
-    assert set(state) == set(lm.learner_state()) and "learner_indices.1" in state
+    assert set(state) == set(lm.learner_state()) | {"learners_config"} and "learner_indices.1" in state
     assert all(not t.requires_grad for t in state.values())
-    assert all(isinstance(t, nn.Parameter) for k, t in lm.state_dict(keep_vars=True).items() if "indices" not in k)
+    assert all(isinstance(t, nn.Parameter) for k, t in lm.state_dict(keep_vars=True).items()
+               if "indices" not in k and k != "learners_config")
     assert set(lm.state_dict(prefix="x.")) == {f"x.{k}" for k in state}
 
     wrapper = nn.ModuleDict({"module": lm})  # as DDP or accelerate hold it: keys under "module."

@@ -9,7 +9,8 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "learners"
 MAX_FUNCTION_LINES = 60
-LIBRARY_DEPENDENCIES = {"torch", "transformers", "safetensors"}
+# huggingface_hub: transformers requires it, so the library's push_to_hub (learner/hub.py) adds nothing to install.
+LIBRARY_DEPENDENCIES = {"torch", "transformers", "safetensors", "huggingface_hub"}
 
 
 def module_name(path: Path) -> str:

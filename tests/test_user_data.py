@@ -137,7 +137,7 @@ def test_regression_validation_targets_all_equal(tmp_path):
 
 def test_unsupported_extension(tmp_path, csv_pair):
     xlsx = write(tmp_path / "train.xlsx", "x")
-    with raises(r"unsupported file type '\.xlsx'; use a \.csv, \.tsv or \.jsonl file"):
+    with raises(r"unsupported file type '\.xlsx'; use a \.csv, \.tsv, \.jsonl, \.json or \.parquet file, or a folder written by datasets' save_to_disk"):
         load_user_data(xlsx, csv_pair[1], None)
 
 
@@ -360,3 +360,248 @@ def test_a_csv_with_a_broken_quote_names_the_line_and_the_rule(tmp_path, csv_pai
                 r'cell opens a quoted cell, which must close with a double quote right before the comma or the '
                 r'line\'s end; inside a quoted cell write a double quote as two \(""\)\.'):
         load_user_data(train, csv_pair[1], text_columns=None)
+
+
+# ---- data in every form (issue 31): headerless files, JSON layouts, Parquet, datasets folders, --dataset ----
+
+SENTEVAL = "1\ta fine and moving film about love\n0\ta dull , lifeless mess of a movie\n1\tgreat fun\n0\tbad\n"
+
+
+def test_a_headerless_senteval_file_reads_with_no_header_and_columns(tmp_path):
+    train = write(tmp_path / "train.tsv", SENTEVAL)
+    data = load_user_data(train, train, None, no_header=True, columns="label,text")
+    assert data.text_columns == ("text",) and data.label_names == ["0", "1"]
+    assert data.train.to_dict() == {"text": ["a fine and moving film about love", "a dull , lifeless mess of a movie",
+                                             "great fun", "bad"], "label": [1, 0, 1, 0]}
+    with raises(r"bad\.tsv line 2 has 3 fields but --columns names 2 \(label,text\)"):
+        load_user_data(write(tmp_path / "bad.tsv", "1\tok\n0\tnot\tok\n"), train, None, no_header=True, columns="label,text")
+
+
+def test_a_headerless_file_read_with_a_header_suggests_no_header_not_text_columns(tmp_path):
+    """Its first sentence became a column name; the error suggested --text-columns question,passage."""
+    train = write(tmp_path / "train.tsv", SENTEVAL)
+    with pytest.raises(UsageError) as info:
+        load_user_data(train, train, None)
+    message = str(info.value)
+    assert message == ("no text column in train.tsv (looked for text, sentence, or sentence1+sentence2); columns "
+                       "found: 1, a fine and moving film about love. train.tsv's first row looks like data, not column "
+                       "names: if the file has no header row, pass --columns label,text (a name for each "
+                       "column, in order).")
+    pair = write(tmp_path / "pair.csv", "0,A man is playing a guitar.,A man plays the guitar loudly.\n1,x,y\n")
+    with raises(r"pass --columns label,sentence1,sentence2 "):
+        load_user_data(pair, pair, None)
+    with raises(r"label column 'label' not found in train\.tsv; .*pass --columns label,text"):
+        load_user_data(train, train, "a fine and moving film about love")
+    one_line = write(tmp_path / "one.tsv", "0\tA man is playing a guitar.\n")
+    with raises(r"one\.tsv has no examples \(empty file or header only\); one\.tsv's first row looks like data.*--columns label,text"):
+        load_user_data(one_line, one_line, None)
+    plain = write(tmp_path / "plain.csv", "body,label\na,x\n")  # real names: the --text-columns advice stays
+    with raises(r"columns found: body, label\. Pass --text-columns with one or two names from that list, e\.g\."):
+        load_user_data(plain, plain, None)
+
+
+@pytest.mark.parametrize("no_header,columns,message", [
+    (True, None, r"--no-header needs --columns, a name for each column of the file in order, e\.g\. --columns label,text"),
+    (True, "label,label", r"--columns names 'label' twice"),
+    (True, "label,,text", r"--columns 'label,,text' has an empty name"),
+])
+def test_no_header_and_columns_go_together(tmp_path, no_header, columns, message):
+    train = write(tmp_path / "train.tsv", SENTEVAL)
+    with raises(message):
+        load_user_data(train, train, None, no_header=no_header, columns=columns)
+
+
+def test_columns_alone_mean_no_header_and_a_header_row_is_not_read_as_data(tmp_path):
+    """One flag: --columns (--no-header optional). A first row holding the names is a header: as data it would be
+    one more example, labelled 'label'."""
+    train = write(tmp_path / "train.tsv", SENTEVAL)
+    assert load_user_data(train, train, None, columns="label,text").train["label"] == [1, 0, 1, 0]
+    header = write(tmp_path / "header.tsv", "Text\tlabel\n" + SENTEVAL)
+    with raises(r"header\.tsv line 1 is a header row \(Text\tlabel\), but --columns says the file has none; drop "
+                r"--columns \(and --no-header\) to read it by its header"):
+        load_user_data(header, train, None, columns="label,text")
+
+
+def test_a_header_naming_a_column_twice_is_refused(tmp_path):
+    """The last column of the name silently won before."""
+    train = write(tmp_path / "train.csv", "text,label,text\na,x,b\nc,y,d\n")
+    with raises(r"train\.csv's header names the column 'text' twice \(columns 1 and 3\); rename one of them"):
+        load_user_data(train, train, None)
+
+
+def test_a_field_longer_than_the_csv_module_limit_is_read(tmp_path):
+    """Python's csv refuses fields over 128 KB by default; the error blamed quoting."""
+    long_text = "word " * 60_000  # 300 KB
+    train = write(tmp_path / "train.csv", f'text,label\n"{long_text}",pos\nshort,neg\n')
+    assert load_user_data(train, train, None).train["text"][0] == long_text
+    tsv = write(tmp_path / "train.tsv", f"text\tlabel\n{long_text}\tpos\nshort\tneg\n")
+    assert load_user_data(tsv, tsv, None).train["text"][0] == long_text
+
+
+@pytest.mark.parametrize("layout", [
+    [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}],
+    {"version": 2, "data": [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]},
+    {"rows": [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]},
+    {"columns": ["text", "label"], "index": [0, 1], "data": [["a", "x"], ["b", "y"]]},  # pandas orient="split"
+    {"text": ["a", "b"], "label": ["x", "y"]},  # columns
+])
+def test_json_layouts(tmp_path, layout):
+    train = write(tmp_path / "train.json", json.dumps(layout, indent=1))
+    data = load_user_data(train, train, None)
+    assert data.train.to_dict() == {"text": ["a", "b"], "label": [0, 1]} and data.label_names == ["x", "y"]
+
+
+def test_a_json_file_numbers_its_records_as_rows(tmp_path):
+    train = write(tmp_path / "train.json", json.dumps({"data": [{"text": "a", "label": "x"}, {"text": "b", "label": ""}]},
+                                                      indent=2))
+    with raises(r"empty label at train\.json row 2 \(column 'label'\)"):
+        load_user_data(train, train, None)
+    splits = write(tmp_path / "splits.json", json.dumps({"train": [{"text": "a"}], "test": [{"text": "b"}]}))
+    with raises(r"splits\.json holds several lists of records \(train, test\); put each in a file of its own"):
+        load_user_data(splits, splits, None)
+    scalar = write(tmp_path / "n.json", "3")
+    with raises(r"n\.json holds a JSON int, not records; write a list of objects"):
+        load_user_data(scalar, scalar, None)
+
+
+def test_parquet_files(tmp_path):
+    import pandas as pd
+
+    pd.DataFrame({"sentence": ["a", "b", "c"], "label": [0.5, 2.0, 3.5]}).to_parquet(tmp_path / "train.parquet")
+    pd.DataFrame({"sentence": ["d", "e"], "label": [1.0, 2.5]}).to_parquet(tmp_path / "dev.parquet")
+    data = load_user_data(tmp_path / "train.parquet", tmp_path / "dev.parquet", None)
+    assert data.is_regression and data.train["label"] == pytest.approx([0.5, 2.0, 3.5])
+    assert data.validation["sentence"] == ["d", "e"]
+    pd.DataFrame({"sentence": ["a", "b"], "label": ["x", None]}).to_parquet(tmp_path / "holes.parquet")
+    with raises(r"empty label at holes\.parquet row 2 \(column 'label'\)"):
+        load_user_data(tmp_path / "holes.parquet", tmp_path / "dev.parquet", None)
+    class_label_dataset(["good", "bad"], [1, 0]).to_parquet(tmp_path / "classes.parquet")  # datasets keeps ClassLabel
+    assert load_user_data(tmp_path / "classes.parquet", tmp_path / "classes.parquet", None).label_names == ["neg", "pos"]
+    write(tmp_path / "broken.parquet", "not parquet")
+    with raises(r"broken\.parquet cannot be read as Parquet \(.*\); write it again"):
+        load_user_data(tmp_path / "broken.parquet", tmp_path / "dev.parquet", None)
+
+
+def class_label_dataset(texts, labels):
+    import datasets
+
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
+    return datasets.Dataset.from_dict({"text": texts, "label": labels}, features=features)
+
+
+def test_save_to_disk_folders(tmp_path, capsys):
+    """A Dataset folder is one file's worth; a DatasetDict folder gives train and validation (a ClassLabel reads as
+    its names)."""
+    import datasets
+
+    train = class_label_dataset(["good", "bad", "fine"], [1, 0, 1])
+    train.save_to_disk(tmp_path / "train_set")
+    datasets.DatasetDict(train=train, dev=class_label_dataset(["meh"], [0])).save_to_disk(tmp_path / "both")
+    data = load_user_data(tmp_path / "train_set", tmp_path / "both", None)
+    assert data.label_names == ["neg", "pos"] and data.train["label"] == [1, 0, 1]
+    assert "note: both: split 'dev' is the validation data (--validation-split picks another)" in capsys.readouterr().err
+    data = load_user_data(tmp_path / "both", None, None)
+    assert data.train["text"] == ["good", "bad", "fine"] and data.validation["text"] == ["meh"]
+    assert load_user_data(tmp_path / "both", None, None, validation_split="train").validation["text"] == ["good", "bad", "fine"]
+    with raises(r"both has no split 'nope' \(its splits: train, dev\); pass --train-split with one of them"):
+        load_user_data(tmp_path / "both", None, None, train_split="nope")
+    with raises(r"empty label at holes\[train\] row 2"):
+        datasets.DatasetDict(train=class_label_dataset(["a", "b"], [1, -1]), validation=train).save_to_disk(tmp_path / "holes")
+        load_user_data(tmp_path / "holes", None, None)
+    with raises(r"--train-file .*plain is a folder, but not one written by datasets' save_to_disk"):
+        (tmp_path / "plain").mkdir()
+        load_user_data(tmp_path / "plain", tmp_path / "both", None)
+    with raises(r"--columns \(and --no-header\) are for CSV and TSV files without a header row; --train-file train_set"):
+        load_user_data(tmp_path / "train_set", tmp_path / "both", None, no_header=True, columns="label,text")
+
+
+def test_dataset_by_local_path(tmp_path, monkeypatch):
+    """--dataset goes through datasets.load_dataset: a local folder of data files works offline."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    folder = tmp_path / "my_set"
+    folder.mkdir()
+    write(folder / "train.csv", "text,label\ngood,pos\nbad,neg\nfine,pos\n")
+    write(folder / "test.csv", "text,label\nmeh,neg\n")
+    data = load_user_data(None, None, None, dataset=str(folder))
+    assert data.train["text"] == ["good", "bad", "fine"] and data.validation.to_dict() == {"text": ["meh"], "label": [0]}
+    with raises(r"--dataset gives the train and validation data; drop --train-file"):
+        load_user_data(folder / "train.csv", None, None, dataset=str(folder))
+    with raises(r"--dataset .*missing does not exist; check the path"):
+        load_user_data(None, None, None, dataset=str(tmp_path / "missing"))
+
+
+def test_a_dataset_that_cannot_be_fetched_is_one_line(monkeypatch, tmp_path, tiny_model_dir, capsys):
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    with pytest.raises(UsageError) as info:
+        load_user_data(None, None, None, dataset="no-such-user/no-such-set", dataset_config="x")
+    message = str(info.value)
+    assert message.startswith("--dataset no-such-user/no-such-set/x cannot be loaded (offline: HF_HUB_OFFLINE is set): ")
+    assert "check the name (and --dataset-config), and that the Hugging Face hub is reachable" in message
+    assert "\n" not in message
+    from learners.harness.cli import main
+
+    code = main(["finetune", "--dataset", "no-such-user/no-such-set", "--output-dir", str(tmp_path / "out"),
+                 "--model", str(tiny_model_dir), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("learners: error: --dataset no-such-user/no-such-set cannot be loaded (offline: HF_HUB_OFFLINE is set)")
+    assert not (tmp_path / "out").exists()
+
+
+# ---- end to end: each form fine-tunes and predicts from the command line ----
+
+def senteval_files(d: Path) -> tuple[list[str], list[str]]:
+    rows = [f"{i % 2}\tword{i % 7} thing{i % 5} and a longer sentence here" for i in range(12)]
+    write(d / "train.tsv", "\n".join(rows) + "\n")
+    write(d / "test.tsv", "\n".join(rows[:5]) + "\n")
+    flags = ["--columns", "label,text"]  # one flag
+    return ["--train-file", str(d / "train.tsv"), "--validation-file", str(d / "train.tsv"), *flags,
+            "--test-file", str(d / "test.tsv")], ["--input", str(d / "test.tsv"), *flags]
+
+
+def parquet_files(d: Path) -> tuple[list[str], list[str]]:
+    import pandas as pd
+
+    frame = pd.DataFrame({"text": [f"word{i % 7} thing{i % 5}" for i in range(12)], "label": ["neg", "pos"] * 6})
+    frame.to_parquet(d / "train.parquet")
+    frame[:5].drop(columns="label").to_parquet(d / "test.parquet")
+    return ["--train-file", str(d / "train.parquet"), "--validation-file", str(d / "train.parquet"),
+            "--test-file", str(d / "test.parquet")], ["--input", str(d / "test.parquet")]
+
+
+def saved_dataset_folder(d: Path) -> tuple[list[str], list[str]]:
+    import datasets
+
+    train = class_label_dataset([f"word{i % 7} thing{i % 5}" for i in range(12)], [0, 1] * 6)
+    datasets.DatasetDict(train=train, validation=train, test=train.select(range(5))).save_to_disk(d / "saved")
+    return ["--train-file", str(d / "saved"), "--test-file", str(d / "saved")], ["--input", str(d / "saved")]
+
+
+@pytest.mark.parametrize("make", [senteval_files, parquet_files, saved_dataset_folder])
+def test_each_form_fine_tunes_and_predicts(tmp_path, tiny_model_dir, make, capsys):
+    """A headerless SentEval file, a Parquet file and a save_to_disk folder: finetune, with --test-file predicted into
+    the run, then `learners predict` with the same one flag or none, giving the same predictions."""
+    import csv
+
+    from learners.harness.cli import main
+
+    finetune_flags, predict_flags = make(tmp_path)
+    out = tmp_path / "run"
+    assert main(["finetune", *finetune_flags, "--model", str(tiny_model_dir), "--output-dir", str(out),
+                 "--max-steps", "2", "--batch-size", "4", "--no-progress"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["task"] == "custom" and results["train_examples"] == 12
+    assert results["test_examples"] == 5 and results["test_predictions"] == str(out / "test_predictions.csv")
+    assert f"wrote 5 test predictions to {out / 'test_predictions.csv'}" in capsys.readouterr().out
+    with open(out / "test_predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    label_names = json.loads((out / "model" / "learners_task.json").read_text())["label_names"]
+    assert len(rows) == 5 and len(label_names) == 2 and {row["prediction"] for row in rows} <= set(label_names)
+    assert main(["predict", "--model", str(out), *predict_flags, "--output", str(tmp_path / "p.csv")]) == 0
+    assert (tmp_path / "p.csv").read_text() == (out / "test_predictions.csv").read_text()

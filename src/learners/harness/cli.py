@@ -14,6 +14,49 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def _add_data_arguments(ft: argparse.ArgumentParser) -> None:
+    """finetune's data flags beyond --train-file and --validation-file (user_data.py, data_sources.py)."""
+    ft.add_argument("--dataset", help="a datasets set by name (the Hugging Face hub) or local path, read with "
+                                      "datasets.load_dataset: its train and validation splits, instead of --train-file")
+    ft.add_argument("--dataset-config", help="the configuration of --dataset, e.g. --dataset nyu-mll/glue --dataset-config sst2")
+    ft.add_argument("--train-split", help="the training split of --dataset or a save_to_disk folder (default train)")
+    ft.add_argument("--validation-split",
+                    help="its validation split (default: the first of validation, dev, valid, val, test there is)")
+    ft.add_argument("--test-file", help="data to predict with the finished model, into OUT/test_predictions.csv "
+                                        "(any --train-file format; it needs the text columns)")
+    ft.add_argument("--test-split", help="the split of a --test-file folder written by save_to_disk (default test)")
+    ft.add_argument("--columns", help="the CSV/TSV files have no header row (e.g. SentEval's label<TAB>text): a name for "
+                                      "each column, in order, e.g. --columns label,text")
+    ft.add_argument("--no-header", action="store_true", help="says the same as --columns, which it needs")
+
+
+def _add_input_arguments(pr: argparse.ArgumentParser) -> None:
+    """predict's flags for reading --input beyond its format."""
+    pr.add_argument("--columns", help="the --input CSV/TSV has no header row: a name for each column, in order, e.g. label,text")
+    pr.add_argument("--no-header", action="store_true", help="says the same as --columns, which it needs")
+    pr.add_argument("--split", help="the split of a --input folder written by save_to_disk (default test)")
+
+
+def _add_predict_parser(sub) -> None:
+    """`learners predict` and its flags."""
+    pr = sub.add_parser("predict", help="predict with a fine-tuned model directory, or several tasks' learners on one base")
+    which = pr.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", help="a model directory written by finetune (OUT, or OUT/model) or merge")
+    which.add_argument("--learners", help="several tasks on one loaded base model: NAME=DIR pairs, e.g. "
+                                          "cola=runs/cola,sst2=runs/sst2 (DIR: a learners finetune's OUT or OUT/learners); "
+                                          "writes a prediction_NAME column per task (one run's DIR alone is named after its task)")
+    pr.add_argument("--base", help="with --learners: the base model they were trained from (default: the one they "
+                                   "record, if it is a local directory here; else the embedded model)")
+    pr.add_argument("--input", required=True, help="CSV, TSV, JSONL, JSON, Parquet or a save_to_disk folder with the model's text columns")
+    pr.add_argument("--output", required=True, help="where to write predictions (.csv, .tsv or .jsonl): a new file")
+    pr.add_argument("--overwrite", action="store_true", help="replace an existing --output file (never the --input)")
+    pr.add_argument("--text-columns", help="override the text columns saved with the model")
+    _add_input_arguments(pr)
+    pr.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
+    add_scores_and_device_arguments(pr)
+    pr.add_argument("--max-length", type=int, help="truncate inputs to this many tokens (default 128, or the model's limit if lower)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="learners", description="Fine-tune small BERT-family encoders with Learner modules and priming.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -31,27 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="continue the run in --output-dir from its checkpoint (a rerun with the same options does too)")
     ft.add_argument("--checkpoint-steps", type=int,
                     help="write a checkpoint every N steps (default: at every evaluation) into OUTPUT_DIR/checkpoint")
-    ft.add_argument("--train-file", help="your training data: CSV, TSV or JSONL")
+    ft.add_argument("--train-file", help="your training data: CSV, TSV, JSONL, JSON, Parquet, or a folder written by "
+                                         "datasets' save_to_disk (a DatasetDict folder gives the validation split too)")
     ft.add_argument("--validation-file", help="your dev data, same columns")
     ft.add_argument("--text-columns", help="one text column or a pair, e.g. sentence1,sentence2")
     ft.add_argument("--label-column", default="label")
     ft.add_argument("--task-type", choices=["classification", "regression"], help="default: inferred from the labels")
+    _add_data_arguments(ft)
+    add_push_arguments(ft)
     add_training_arguments(ft)
 
-    pr = sub.add_parser("predict", help="predict with a fine-tuned model directory, or several tasks' learners on one base")
-    which = pr.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model", help="a model directory written by finetune (OUT, or OUT/model) or merge")
-    which.add_argument("--learners", help="several tasks on one loaded base model: NAME=DIR pairs, e.g. "
-                                          "cola=runs/cola,sst2=runs/sst2 (DIR: a learners finetune's OUT or OUT/learners); "
-                                          "writes a prediction_NAME column per task (one run's DIR alone is named after its task)")
-    pr.add_argument("--base", help="with --learners: the base model they were trained from (default: the one they "
-                                   "record, if it is a local directory here; else the embedded model)")
-    pr.add_argument("--input", required=True, help="CSV, TSV or JSONL with the model's text columns")
-    pr.add_argument("--output", required=True, help="where to write predictions (.csv, .tsv or .jsonl): a new file")
-    pr.add_argument("--overwrite", action="store_true", help="replace an existing --output file (never the --input)")
-    pr.add_argument("--text-columns", help="override the text columns saved with the model")
-    pr.add_argument("--batch-size", type=int, default=64)
-    pr.add_argument("--max-length", type=int, help="truncate inputs to this many tokens (default 128, or the model's limit if lower)")
+    _add_predict_parser(sub)
 
     mg = sub.add_parser("merge", help="merge saved learners into their base model; write a plain HF model")
     mg.add_argument("--base", help="the base model the learners were trained from (default: the one they record, "
@@ -73,6 +106,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_push_arguments(ft: argparse.ArgumentParser) -> None:
+    ft.add_argument("--push-to-hub", metavar="REPO", help="after training, upload OUT/learners (the learners, their config "
+                                                          "and model card; never the base model) to this hub repository")
+    ft.add_argument("--hub-token", help="with --push-to-hub: a hub token (default: HF_TOKEN or the `hf auth login` one)")
+    ft.add_argument("--hub-private", action="store_true", help="with --push-to-hub: create the repository private")
+
+
+def add_scores_and_device_arguments(pr: argparse.ArgumentParser) -> None:
+    pr.add_argument("--scores", action="store_true", help="also write each class's probability (softmax) as a column "
+                                                          "score_LABEL (score_NAME_LABEL with --learners); regression: score")
+    pr.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda where a GPU is there, else cpu)")
+
+
 def quiet_library_progress_bars() -> None:
     """--no-progress: no bars from datasets (tokenizing) or transformers (saving) either, so logs stay lines."""
     import datasets
@@ -82,29 +128,55 @@ def quiet_library_progress_bars() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def _with_test_file(ft_args) -> tuple:
+    """run_finetune's arguments: with --test-file, the writer of the test predictions (test_predictions.py)."""
+    if ft_args.test_file is None:
+        return (ft_args,)
+    from .test_predictions import write_test_predictions
+    return ft_args, lambda folder: write_test_predictions(ft_args, folder)
+
+
+def _input_options(args) -> tuple:
+    """predict's --no-header/--columns and --split, as run_predict takes them."""
+    from pathlib import Path
+
+    from .tables import headerless_columns
+    if args.split is not None and not Path(args.input).expanduser().is_dir():
+        raise UsageError("--split picks a split of an --input folder written by save_to_disk; drop it for a file")
+    return headerless_columns(args.no_header, args.columns), args.split
+
+
 def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "finetune":
         from .finetune import finetune_args, run_finetune
+        from .share import check_push_options, push_run
         check_flags_fit_method(args)
+        check_push_options(args.push_to_hub, args.method, args.hub_token, args.hub_private)
         if args.no_progress:
             quiet_library_progress_bars()
-        results = run_finetune(finetune_args(args))
+        results = run_finetune(*_with_test_file(finetune_args(args)))
         if results is None:  # a data-parallel rank other than 0: rank 0 reports
             return 0
         print(f"{results['task']} {results['method']}: {results['metric_name']} {results['metric']:.4f} "
               f"(best {results['best_metric']:.4f}), {results['trainable_params']:,} trainable params, "
               f"{results['train_seconds']:.1f}s training -> {args.output_dir}/results.json")
+        if "test_predictions" in results:
+            print(f"wrote {results['test_examples']} test predictions to {results['test_predictions']}")
+        if args.push_to_hub:
+            url = push_run(args.output_dir, args.push_to_hub, args.hub_token, args.hub_private)
+            print(f"pushed {args.output_dir}/learners to {url}")
     elif args.command == "predict":
         from .predict import run_predict, run_predict_learners
         if args.learners is not None:
             n = run_predict_learners(args.learners, args.base, args.input, args.output, args.text_columns,
-                                     args.batch_size, args.max_length, args.overwrite)
+                                     args.batch_size, args.max_length, args.overwrite, *_input_options(args),
+                                     args.scores, args.device)
         else:
             if args.base is not None:
                 raise UsageError("--base goes with --learners; a --model directory is a whole model already")
             n = run_predict(args.model, args.input, args.output, args.text_columns, args.batch_size, args.max_length,
-                            args.overwrite)
+                            args.overwrite, *_input_options(args), args.scores, args.device)
         print(f"wrote {n} predictions to {args.output}")
     elif args.command == "merge":
         from .merge import run_merge

@@ -16,13 +16,16 @@ from torch.utils.data import DataLoader
 from . import checkpoint, distributed, runs
 from ..errors import (TrainingInterrupted, UsageError, check_finite, check_output_path, give_user_permissions,
                       raise_if_disk_full)
+from ..learner.config import CONFIG_NAME
+from ..learner.model_card import write_model_card
 from .arguments import method_options, priming_flags_given
 from .collate import Collator, check_padding
 from .files import OutputDirInUse, exclusive_output_dir, write_text_atomically
 from .methods import build_method
 from .methods.learners import without_cache_when_compiled
 from .metrics import compute_metrics, primary_metric_name
-from .models import DEFAULT_MODEL, check_max_length, load_model_and_tokenizer, max_sequence_length
+from .models import (DEFAULT_ALIASES, DEFAULT_HUB_ID, DEFAULT_MODEL, check_max_length, load_model_and_tokenizer,
+                     max_sequence_length)
 from .task_data import TaskData
 from .precision import resolve_precision
 from .report import plot_run
@@ -30,6 +33,8 @@ from .run_log import parse_report_to
 from .train import TrainConfig, train
 
 TASK_FILE = "learners_task.json"
+# The data flags of finetune that FinetuneArgs takes as they are (see user_data.load_user_data and check_test_file)
+DATA_FLAGS = ("dataset", "dataset_config", "train_split", "validation_split", "test_file", "test_split", "columns")
 
 
 @dataclass
@@ -44,6 +49,14 @@ class FinetuneArgs:
     text_columns: str | None = None
     label_column: str = "label"
     task_type: str | None = None
+    dataset: str | None = None  # a name or local path for datasets.load_dataset, instead of --train-file
+    dataset_config: str | None = None
+    train_split: str | None = None  # splits of a --dataset or a save_to_disk folder (None: train, validation, ...)
+    validation_split: str | None = None
+    test_file: str | None = None  # predicted with the finished model into OUT/test_predictions.csv
+    test_split: str | None = None
+    no_header: bool = False  # CSV/TSV files without a header row, their columns named by `columns` ("label,text")
+    columns: str | None = None
     epochs: float = 3.0
     max_steps: int | None = None
     batch_size: int = 32
@@ -85,10 +98,13 @@ class FinetuneArgs:
             raise UsageError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.resume and self.overwrite:
             raise UsageError("--resume continues the run in --output-dir and --overwrite starts it afresh; pass one of them")
-        if self.task is None and self.train_file is None:
-            raise UsageError("say what to train on: --task NAME for a GLUE task, or --train-file and --validation-file for your data")
-        if self.train_file and not self.validation_file:
-            raise UsageError("--train-file needs --validation-file too (a CSV, TSV or JSONL with the same columns)")
+        if self.task is None and self.train_file is None and self.dataset is None:
+            raise UsageError("say what to train on: --task NAME for a GLUE task, --train-file and --validation-file for "
+                             "your data, or --dataset NAME for a datasets hub set")
+        if self.train_file and not self.validation_file and not Path(self.train_file).expanduser().is_dir():
+            raise UsageError("--train-file needs --validation-file too (a file of the same kind with the same columns)")
+        from .user_data import check_data_flags
+        check_data_flags(self)
 
 
 def finetune_args(args: argparse.Namespace) -> FinetuneArgs:
@@ -99,7 +115,8 @@ def finetune_args(args: argparse.Namespace) -> FinetuneArgs:
         output_dir=args.output_dir, task=given.get("task"), method=args.method, model=args.model, data_dir=args.data_dir,
         train_file=given.get("train_file"), validation_file=given.get("validation_file"),
         text_columns=given.get("text_columns"), label_column=given.get("label_column", "label"),
-        task_type=given.get("task_type"), epochs=args.epochs, max_steps=args.max_steps,
+        task_type=given.get("task_type"), **{name: given.get(name) for name in DATA_FLAGS},
+        no_header=given.get("no_header", False), epochs=args.epochs, max_steps=args.max_steps,
         batch_size=args.batch_size, learning_rate=args.learning_rate, priming_learning_rate=args.priming_learning_rate,
         learner_warmup_steps=args.learner_warmup_steps,
         warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, lr_scheduler=args.lr_scheduler,
@@ -113,11 +130,18 @@ def finetune_args(args: argparse.Namespace) -> FinetuneArgs:
 
 
 def load_task(args: FinetuneArgs) -> TaskData:
-    if args.train_file:
-        from .user_data import load_user_data
-        return load_user_data(args.train_file, args.validation_file, args.text_columns, args.label_column, args.task_type)
-    from .glue import load_glue
-    return load_glue(args.task, args.data_dir)
+    from .user_data import check_test_file, load_user_data
+    if args.train_file or args.dataset:
+        task = load_user_data(args.train_file, args.validation_file, args.text_columns, args.label_column, args.task_type,
+                              no_header=args.no_header, columns=args.columns, dataset=args.dataset,
+                              dataset_config=args.dataset_config, train_split=args.train_split,
+                              validation_split=args.validation_split)
+    else:
+        from .glue import load_glue
+        task = load_glue(args.task, args.data_dir)
+    if args.test_file:  # read now: a bad one stops the run before it trains
+        check_test_file(args.test_file, task, args.text_columns, args.no_header, args.columns, args.test_split)
+    return task
 
 
 def check_output_dir(args: FinetuneArgs) -> Path:
@@ -125,7 +149,8 @@ def check_output_dir(args: FinetuneArgs) -> Path:
     nothing in it that no learners run wrote, unless --overwrite (runs.py)."""
     out = check_output_path(args.output_dir, "--output-dir")
     runs.check_ours(out, args.overwrite, {"--model": args.model, "--data-dir": args.data_dir,
-                                          "--train-file": args.train_file, "--validation-file": args.validation_file})
+                                          "--train-file": args.train_file, "--validation-file": args.validation_file,
+                                          "--test-file": args.test_file, "--dataset": args.dataset})
     return out
 
 
@@ -156,7 +181,7 @@ def finished_here(out: Path, args: FinetuneArgs) -> dict | None:
 # Options that do not change what a run computes: a rerun may differ in them and still resume.
 # gradient_checkpointing changes memory and time, not results: a run may resume with it turned on or off
 NOT_COMPARED = ("output_dir", "overwrite", "resume", "checkpoint_steps", "progress", "gradient_checkpointing",
-                "logging_steps", "report_to")
+                "logging_steps", "report_to", "test_file", "test_split")
 
 
 def run_args(args: FinetuneArgs) -> dict:
@@ -229,8 +254,10 @@ def predict_loader(model, loader, is_regression: bool) -> tuple[np.ndarray, np.n
     return np.concatenate(predictions), (np.concatenate(labels) if labels else np.array([]))
 
 
-def run_finetune(args: FinetuneArgs) -> dict | None:
-    """Fine-tune as `args` says; write OUT/results.json and OUT/model; return the results.
+def run_finetune(args: FinetuneArgs, after_save=None) -> dict | None:
+    """Fine-tune as `args` says; write OUT/results.json and OUT/model; return the results. `after_save(folder)`,
+    if given, writes more of the finished run into its folder once the model is saved there (before results.json)
+    and returns facts for results.json (the CLI's --test-file predictions: test_predictions.py).
 
     Data-parallel (torchrun): every rank checks the options and paths before training starts (so a bad
     input fails on all ranks alike, before any collective); rank 0 alone writes, and returns the results;
@@ -249,14 +276,14 @@ def run_finetune(args: FinetuneArgs) -> dict | None:
                 return finished  # this command's run had finished, and was being moved into OUT when it was killed
         run_dir = run_folder(out, args)
         try:
-            return _finetune(args, out, run_dir)
+            return _finetune(args, out, run_dir, after_save)
         except Exception:
             if distributed.is_main():
                 runs.settle(out)  # no half-written folder stays (a replacement stopped before its first checkpoint)
             raise
 
 
-def _finetune(args: FinetuneArgs, out: Path, run_dir: Path) -> dict | None:
+def _finetune(args: FinetuneArgs, out: Path, run_dir: Path, after_save=None) -> dict | None:
     """run_finetune's work, once OUT is checked (and held by this process, on rank 0); the run trains and writes in
     `run_dir` (OUT, or OUT/.replacement, moved into OUT once finished)."""
     resume = should_resume(run_dir, args)
@@ -313,7 +340,7 @@ def _finetune(args: FinetuneArgs, out: Path, run_dir: Path) -> dict | None:
     merge_from = in_full_precision(result.model, method, args, task) if result.frozen_dtype is not None else None
     results = save_finished_run(run_dir, out, result.model, lambda stage: save_run(
         args, stage, method, result, task, tokenizer, metric_name, learning_rate, max_length, len(train_set), precision,
-        merge_from))
+        merge_from, after_save))
     distributed.barrier()
     return results
 
@@ -338,7 +365,7 @@ def in_full_precision(model, method, args: FinetuneArgs, task: TaskData):
 
 def save_run(args: FinetuneArgs, out: Path, method, result, task: TaskData, tokenizer, metric_name: str,
              learning_rate: float, max_length: int, train_examples: int, precision: str = "no",
-             merge_from=None) -> dict:
+             merge_from=None, after_save=None) -> dict:
     """OUT/model, OUT/learners (or the method's extra files), then OUT/results.json; the checkpoint goes.
     `merge_from`: the trained model rebuilt in fp32 (in_full_precision), to merge from instead of the trained one."""
     check_finite(result.model.state_dict().items(), "the trained model", "Lower --learning-rate and run again.")
@@ -354,6 +381,8 @@ def save_run(args: FinetuneArgs, out: Path, method, result, task: TaskData, toke
         if directory.is_dir():
             (directory / TASK_FILE).write_text(task_info)
 
+    if after_save is not None:
+        extra = {**extra, **after_save(out)}
     final_phase = [s for phase, s in result.step_seconds if phase != "priming"] or [s for _, s in result.step_seconds]
     best = result.best or result.history[-1]
     results = {
@@ -376,10 +405,18 @@ def save_run(args: FinetuneArgs, out: Path, method, result, task: TaskData, toke
         "args": {k: v for k, v in asdict(args).items() if k not in ("progress", "resume")},
         **runs.relocated(extra, out),  # (OUT is a staging folder: save_finished_run)
     }
+    if (out / "learners" / CONFIG_NAME).is_file():  # its model card, now with the task and the kept model's metrics
+        write_model_card(out / "learners", task.name, best.get("metrics") or {metric_name: best["metric"]},
+                         card_base_model(args.model))
     plot_run(results, out / "curves.png")
     give_user_permissions(out)  # safetensors leaves its files 0600
     write_text_atomically(out / "results.json", json.dumps(results, indent=2))
     return results
+
+
+def card_base_model(model: str | None) -> str:
+    """The base model as a model card names it: the embedded default by its hub id, else --model as given."""
+    return DEFAULT_HUB_ID if model in DEFAULT_ALIASES else model
 
 
 def overwrite_interrupted(interrupted: TrainingInterrupted, out: Path, run_dir: Path) -> TrainingInterrupted:

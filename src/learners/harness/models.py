@@ -9,7 +9,8 @@ from ..errors import UsageError, first_line
 DEFAULT_MODEL = "all-MiniLM-L6-v2 (embedded)"
 # The official all-MiniLM-L6-v2 model.safetensors, as pinned by the model's own hub page.
 DEFAULT_MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
-DEFAULT_ALIASES = {None, "", "default", DEFAULT_MODEL, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
+DEFAULT_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # where the embedded weights come from (model cards name it)
+DEFAULT_ALIASES = {None, "", "default", DEFAULT_MODEL, "all-MiniLM-L6-v2", DEFAULT_HUB_ID}
 
 
 def embedded_model_dir() -> Path:

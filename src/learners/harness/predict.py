@@ -12,10 +12,12 @@ import json
 import re
 from pathlib import Path
 
+import torch
+
 from ..errors import UsageError, check_output_path, first_line, read_json_file
 from ..learner import LearnerModel
 from .files import check_not_input, replaced_atomically
-from .finetune import TASK_FILE, predict_loader
+from .finetune import TASK_FILE
 from .merge import head_labels, learners_directory, recorded_base
 from .models import check_max_length, load_model_and_tokenizer, quiet_transformers
 from .user_data import pick_text_columns, read_table
@@ -73,9 +75,10 @@ def check_prediction_options(output_file: str, batch_size: int, input_file: str,
     return out
 
 
-def predict_column(model, tokenizer, table, input_name: str, text_columns: str | None, saved: dict,
-                   batch_size: int, max_length: int) -> list:
-    """One prediction per row of `table`: a label name, or a number for regression."""
+def predict_columns(model, tokenizer, table, input_name: str, text_columns: str | None, saved: dict,
+                    batch_size: int, max_length: int, scores: bool = False) -> dict[str, list]:
+    """`prediction`: one per row of `table`, a label name, or a number for regression. With `scores` also the class
+    probabilities (softmax of the logits), a `score_LABEL` column per class, or `score` (the value) for regression."""
     if text_columns is None and saved.get("text_columns"):
         text_columns = ",".join(saved["text_columns"])
     columns = pick_text_columns(text_columns, table.columns, input_name)
@@ -83,7 +86,8 @@ def predict_column(model, tokenizer, table, input_name: str, text_columns: str |
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise UsageError(f"--input {input_name} lacks the model's text column(s) {', '.join(missing)}; "
-                         f"columns found: {', '.join(table.columns)}. Pass --text-columns with names from that list")
+                         f"columns found: {table.found()}. "
+                         f"{table.headerless_hint() or 'Pass --text-columns with names from that list'}")
     for column in columns:
         table.check_plain(column, "text")
     regression = model.config.problem_type == "regression" or model.config.num_labels == 1
@@ -91,10 +95,39 @@ def predict_column(model, tokenizer, table, input_name: str, text_columns: str |
     encodings = [tokenizer(*[[row[c] for row in table.rows[i:i + batch_size]] for c in columns], truncation=True,
                            max_length=max_length, padding=True, return_tensors="pt")
                  for i in range(0, len(table.rows), batch_size)]
-    predictions, _ = predict_loader(model, [dict(e) for e in encodings], regression)
+    logits = all_logits(model, [dict(e) for e in encodings])
     if regression:
-        return [float(p) for p in predictions]
-    return [model.config.id2label[int(p)] for p in predictions]
+        values = [float(v) for v in logits[:, 0]]
+        return {"prediction": values, **({"score": values} if scores else {})}
+    columns = {"prediction": [model.config.id2label[int(p)] for p in logits.argmax(-1)]}
+    if scores:
+        probabilities = torch.softmax(logits.double(), dim=-1)
+        for i in range(probabilities.shape[1]):
+            columns[f"score_{model.config.id2label[i]}"] = [float(p) for p in probabilities[:, i]]
+    return columns
+
+
+@torch.no_grad()
+def all_logits(model, batches: list[dict]) -> torch.Tensor:
+    """The model's logits for every batch, on the CPU in fp32, in order (the model runs where it is)."""
+    device = next(model.parameters()).device
+    return torch.cat([model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu() for batch in batches])
+
+
+def resolve_device(device: str | None) -> "torch.device":
+    """--device: cuda (the first GPU) where one is there, else the CPU; `cpu`, `cuda` or `cuda:N` as asked."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError as e:
+        raise UsageError(f"--device {device}: not a device; pass cpu, cuda or cuda:N") from e
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if chosen.type == "cuda" and (chosen.index or 0) >= count:
+        raise UsageError(f"--device {device}: no such GPU here ({count} found); pass --device cpu or leave it out")
+    if chosen.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {device}: predict runs on cpu or cuda")
+    return chosen
 
 
 def write_rows(out: Path, rows: list[dict]) -> None:
@@ -110,17 +143,24 @@ def write_rows(out: Path, rows: list[dict]) -> None:
 
 
 def run_predict(model_dir: str, input_file: str, output_file: str, text_columns: str | None = None,
-                batch_size: int = 64, max_length: int | None = None, overwrite: bool = False) -> int:
-    """Write `output_file` with the input rows and a `prediction` column; return the number of rows."""
+                batch_size: int = 64, max_length: int | None = None, overwrite: bool = False,
+                input_columns: tuple[str, ...] | None = None, split: str | None = None, scores: bool = False,
+                device: str | None = None) -> int:
+    """Write `output_file` with the input rows and a `prediction` column (and with `scores` the scores); return the
+    number of rows. `input_columns`: the column names of a CSV/TSV input without a header row; `split`: the split of
+    a save_to_disk folder."""
     out = check_prediction_options(output_file, batch_size, input_file, overwrite)
+    where = resolve_device(device)
     model, tokenizer = load_finetuned(model_dir)
+    model.to(where)
     max_length = check_max_length(max_length, model.config)
     task_file = model_directory(model_dir) / TASK_FILE
     saved = read_json_file(task_file, "task file") if task_file.is_file() else {}
-    table = read_table(input_file, "--input")
-    values = predict_column(model, tokenizer, table, Path(input_file).name, text_columns, saved, batch_size, max_length)
-    write_rows(out, [{**row, "prediction": value} for row, value in zip(table.rows, values)])
-    return len(values)
+    table = read_table(input_file, "--input", input_columns, "test", split)
+    columns = predict_columns(model, tokenizer, table, Path(input_file).name, text_columns, saved, batch_size, max_length,
+                              scores)
+    write_rows(out, [{**row, **{c: values[i] for c, values in columns.items()}} for i, row in enumerate(table.rows)])
+    return len(table.rows)
 
 
 # ---- several tasks on one backbone ----------------------------------------------------------
@@ -178,20 +218,31 @@ def load_learner_sets(tasks: dict[str, Path], base: str | None):
 
 def run_predict_learners(spec: str, base: str | None, input_file: str, output_file: str,
                          text_columns: str | None = None, batch_size: int = 64, max_length: int | None = None,
-                         overwrite: bool = False) -> int:
-    """Write `output_file` with the input rows and a `prediction_NAME` column per task; return the row count."""
+                         overwrite: bool = False, input_columns: tuple[str, ...] | None = None,
+                         split: str | None = None, scores: bool = False, device: str | None = None) -> int:
+    """Write `output_file` with the input rows and a `prediction_NAME` column per task (with `scores`, its
+    `score_NAME_LABEL` columns); return the row count."""
     out = check_prediction_options(output_file, batch_size, input_file, overwrite)
+    where = resolve_device(device)
     tasks = parse_learners_spec(spec)
-    table = read_table(input_file, "--input")
+    table = read_table(input_file, "--input", input_columns, "test", split)
     learner_model, tokenizer = load_learner_sets(tasks, base)
+    learner_model.to(where)
     max_length = check_max_length(max_length, learner_model.config)
     columns = {}
     for name, directory in tasks.items():
         task_file = directory / TASK_FILE
         saved = read_json_file(task_file, "task file") if task_file.is_file() else {}
         learner_model.set_learners(name)
-        columns[f"prediction_{name}"] = predict_column(learner_model, tokenizer, table, Path(input_file).name,
-                                                       text_columns, saved, batch_size, max_length)
+        task_columns = predict_columns(learner_model, tokenizer, table, Path(input_file).name, text_columns, saved,
+                                       batch_size, max_length, scores)
+        columns.update({task_column(column, name): values for column, values in task_columns.items()})
     rows = [{**row, **{c: values[i] for c, values in columns.items()}} for i, row in enumerate(table.rows)]
     write_rows(out, rows)
     return len(rows)
+
+
+def task_column(column: str, task: str) -> str:
+    """A column of one task's predictions, named for its task: prediction_TASK, score_TASK, score_TASK_LABEL."""
+    kind, _, label = column.partition("_")
+    return f"{kind}_{task}_{label}" if label else f"{kind}_{task}"

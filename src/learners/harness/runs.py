@@ -5,6 +5,7 @@ What a run writes into OUT, and nothing else:
 
     results.json                   the finished run, written last (OUT without it holds no finished run)
     model/, learners/, lora/       the finished run's model and the method's own files
+    test_predictions.csv           finetune --test-file: the finished model's predictions of the test data
     checkpoint/ (.tmp, .old)       the training state while the run is unfinished (checkpoint.py)
     .learners.lock                 held while the run runs (files.exclusive_output_dir)
     log.txt                        `learners bench`'s log of the run
@@ -40,12 +41,14 @@ from .files import ATOMIC_TEMPORARY, LOCK_NAME, check_not_input, entry_names, li
 
 RESULTS = "results.json"
 OUTPUTS = ("model", "learners", "lora")
-CURVES = "curves.png"
+TEST_PREDICTIONS = "test_predictions.csv"
+CURVES = "curves.png"  # report.plot_run
+OUTPUT_FILES = (TEST_PREDICTIONS, CURVES)  # written with the finished run, like OUTPUTS
 LOGS = ("history.jsonl", "tensorboard", "wandb")  # run_log.py: written in the run folder while it trains
 CHECKPOINTS = (checkpoint.DIRECTORY, f"{checkpoint.DIRECTORY}.tmp", f"{checkpoint.DIRECTORY}.old")
 FINAL, REPLACEMENT, MOVING = ".final", ".replacement", ".moving"
 BESIDE = (LOCK_NAME, "log.txt")  # a run's own files that are not part of the run
-RUN_NAMES = {RESULTS, *OUTPUTS, CURVES, *LOGS, *CHECKPOINTS, *BESIDE, FINAL, REPLACEMENT, FINAL + MOVING,
+RUN_NAMES = {RESULTS, *OUTPUTS, *LOGS, *CHECKPOINTS, *BESIDE, FINAL, REPLACEMENT, FINAL + MOVING,
              REPLACEMENT + MOVING}
 
 
@@ -61,7 +64,7 @@ def foreign_entries(out: Path) -> list[str]:
         name = name.rstrip("/")
         if name == RESULTS:
             return results
-        if name in OUTPUTS:
+        if name in OUTPUTS or name in OUTPUT_FILES:
             return evidence
         if name in CHECKPOINTS:  # a folder of that name holds checkpoint files or nothing
             path = out / name
@@ -88,7 +91,7 @@ def check_ours(out: Path, overwrite: bool, inputs: dict[str, str | None]) -> Non
         raise UsageError(f"--output-dir {out} holds {listing(foreign)}, which no learners run wrote (it is not a run's "
                          "output directory); choose a new or empty --output-dir, or pass --overwrite to put the run "
                          f"there (once finished it replaces only what has its names: {RESULTS}, {'/, '.join(OUTPUTS)}/, "
-                         f"{checkpoint.DIRECTORY}/, {CURVES}, {LOGS[0]}, {'/, '.join(LOGS[1:])}/)")
+                         f"{checkpoint.DIRECTORY}/, {', '.join(OUTPUT_FILES)}, {LOGS[0]}, {'/, '.join(LOGS[1:])}/)")
 
 
 def run_folder(out: Path, overwrite: bool) -> Path:
@@ -129,11 +132,12 @@ def swap_in(stage: Path, home: Path) -> None:
     A move a kill left half done is finished by calling this again (as `settle` does)."""
     moving = stage.with_name(stage.name + MOVING)
     if stage.is_dir():
-        logs = LOGS if stage.name == REPLACEMENT else ()  # a run's logs are in its run folder, not in .final
-        for name in (RESULTS, *OUTPUTS, CURVES, *logs, *CHECKPOINTS):  # results.json first: home then holds no
-            _remove(home / name)                                       # finished run but this
+        # results.json first: home then holds no finished run but this; a run's logs are in its run folder (not .final)
+        logs = LOGS if stage.name == REPLACEMENT else ()
+        for name in (RESULTS, *OUTPUTS, *OUTPUT_FILES, *logs, *CHECKPOINTS):
+            _remove(home / name)
         os.replace(stage, moving)
-    for name in (*OUTPUTS, CURVES, *LOGS, RESULTS):
+    for name in (*OUTPUTS, *OUTPUT_FILES, *LOGS, RESULTS):
         if (moving / name).exists():
             os.replace(moving / name, home / name)
     shutil.rmtree(moving)

@@ -1,14 +1,12 @@
-"""User data files (CSV, TSV, JSON lines) -> TaskData.
+"""User data (files of any supported format, a save_to_disk folder, or a dataset by name) -> TaskData.
 
-Every cell is read as a string (numbers are parsed here, so errors can name the
-file, line and value). Each row's position is kept as the file's line number,
-which is what an editor shows the user.
+The data is read as Tables of string cells (tables.py, data_sources.py); here the text and label columns are
+picked and checked, and the labels parsed: classification or regression, with errors that name the file, the
+row and the value.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 from pathlib import Path
@@ -16,211 +14,24 @@ from pathlib import Path
 import datasets
 
 from ..errors import UsageError
+from .data_sources import load_named_dataset, read_table, read_train_and_validation
 from .distributed import log
 from .task_data import TaskData
+from .tables import Table, headerless_columns, listed, loose_name
+
+__all__ = ["Table", "load_user_data", "pick_text_columns", "read_table"]
 
 TASK_TYPES = ("classification", "regression")
 MAX_INFERRED_CLASSES = 20  # integer labels with more distinct values than this are taken as regression
-SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
 MISSING_LABELS = ("", "nan", "null")  # what an exported missing value reads as (JSON NaN/null, pandas NaN)
 # A float32 squared error overflows to inf past about 1.8e19: a regression label this large cannot train.
 MAX_REGRESSION_LABEL = 1e18
 
 
-class Table:
-    """Columns of string cells from one file, with the file line number of each row."""
-
-    def __init__(self, path: Path, columns: list[str], rows: list[dict[str, str]], lines: list[int],
-                 nested: dict[str, tuple[int, str]] | None = None):
-        self.path, self.columns, self.rows, self.lines = path, columns, rows, lines
-        # JSON lines: per column, the first row whose value is a list or an object, and which ("list", "object")
-        self.nested = nested or {}
-
-    def check_plain(self, column: str, what: str) -> None:
-        """Refuse a column whose cells are JSON lists or objects: read as text they would train silently wrong."""
-        if column not in self.nested:
-            return
-        i, kind = self.nested[column]
-        if what == "label":
-            raise UsageError(f"the label at {self.where(i)} is a JSON {kind}, {self.rows[i][column][:60]}; learners trains "
-                             "one label per example (classification or regression), so multi-label data is not supported. "
-                             "Give each row a single label.")
-        raise UsageError(f"text column {column!r} at {self.where(i)} is a JSON {kind}, not a string; write the text as one string.")
-
-    def where(self, i: int) -> str:
-        return f"{self.path.name} line {self.lines[i]}"
-
-    def header_for(self, name: str) -> str:
-        """The column header that `name` means: itself if present, else the one header that differs from it only
-        in case or surrounding spaces ('Text', ' label ', as spreadsheets and Kaggle files write them); a name that
-        no header or two headers match loosely is returned as is, for the column check to report."""
-        if name in self.columns:
-            return name
-        twins = [c for c in self.columns if loose_name(c) == loose_name(name)]
-        return twins[0] if len(twins) == 1 else name
-
-    def adopt_names(self, names: tuple[str, ...]) -> None:
-        """Rename the headers that mean `names` (see header_for) to them, so that train and dev files agree."""
-        for name in names:
-            old = self.header_for(name)
-            if old == name:
-                continue
-            self.columns = [name if c == old else c for c in self.columns]
-            for row in self.rows:
-                if old in row:
-                    row[name] = row.pop(old)
-            if old in self.nested:
-                self.nested[name] = self.nested.pop(old)
-            log(f"note: {self.path.name}'s column {old!r} is read as {name!r}")
-
-
-def loose_name(column: str) -> str:
-    """A column name compared without case or surrounding spaces."""
-    return column.strip().casefold()
-
-
-SEPARATOR_NAMES = {",": "commas", "\t": "tabs", ";": "semicolons", "|": "pipes"}
-
-
-def _check_separator(path: Path, columns: list[str], delimiter: str) -> None:
-    """A data file needs a text and a label column, so a one-column header that holds another separator
-    (a semicolon CSV from a spreadsheet, a TSV named .csv) means the file is split with the wrong character."""
-    if len(columns) != 1:
-        return
-    other = next((sep for sep in SEPARATOR_NAMES if sep != delimiter and sep in columns[0]), None)
-    if other is not None:
-        expected = "a .tsv file is read as tab-separated" if delimiter == "\t" else "a .csv file is read as comma-separated"
-        raise UsageError(
-            f"{path.name}'s header {columns[0]!r} is one column split by {SEPARATOR_NAMES[other]}, but {expected}; "
-            "save it with commas as .csv, or with tabs as .tsv."
-        )
-
-
-def _read_delimited(path: Path, delimiter: str) -> Table:
-    """A CSV is read with CSV quoting. A TSV comes in two kinds: written by pandas, Excel or the csv module,
-    a cell that holds a quote, tab or line break is quoted ("..." with "" inside), as in a CSV; written by
-    joining cells with tabs (as GLUE's files are), quotes are plain text. Read the first way, a plain-text
-    quote at the start of a cell (`"Hi," she said.`) would drop its quotes or swallow the rows up to the next
-    quote into one cell. So a TSV that quoting cannot read, or whose quoted cells then hold a tab, is read
-    with quotes as text when every row then has the header's fields."""
-    if delimiter != "\t":
-        return _parse_delimited(path, delimiter, quotes_are_text=False)
-    quoted, quoted_error, tab_row = None, None, None
-    try:
-        quoted = _parse_delimited(path, delimiter, quotes_are_text=False)
-    except UsageError as e:
-        quoted_error = e
-    if quoted is not None:
-        tab_row = next((i for i, row in enumerate(quoted.rows) if any("\t" in cell for cell in row.values())), None)
-        if tab_row is None:
-            return quoted
-    try:
-        plain = _parse_delimited(path, delimiter, quotes_are_text=True)
-    except UsageError:
-        if quoted is not None:  # quoted cells that hold tabs, and the file is quoted throughout: keep them
-            return quoted
-        raise quoted_error from None
-    if quoted is None:
-        reason = "it does not parse as quoted cells"
-    else:
-        reason = f"read as quoted cells, a cell ending on line {quoted.lines[tab_row]} would hold a tab"
-    log(f"{path.name}: double quotes read as part of the text (cells joined by tabs, as in GLUE's files): {reason}")
-    return plain
-
-
-def _parse_delimited(path: Path, delimiter: str, quotes_are_text: bool) -> Table:
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        quoting = {"quoting": csv.QUOTE_NONE} if quotes_are_text else {"strict": True}
-        reader = csv.reader(f, delimiter=delimiter, **quoting)
-        sep = "tab" if delimiter == "\t" else "comma"
-        try:
-            columns = [c.strip() for c in next(reader, [])]
-            _check_separator(path, columns, delimiter)
-            rows, lines = [], []
-            for row in reader:
-                if not any(cell.strip() for cell in row):  # blank line
-                    continue
-                if len(row) != len(columns):
-                    raise UsageError(
-                        f"{path.name} line {reader.line_num} has {len(row)} fields but the header has {len(columns)}; "
-                        f"put double quotes around text that contains a {sep} or a line break."
-                    )
-                rows.append(dict(zip(columns, row)))
-                lines.append(reader.line_num)
-        except csv.Error as e:
-            raise UsageError(
-                f"{path.name} line {reader.line_num} cannot be parsed ({e}): a double quote at the start of a cell "
-                f"opens a quoted cell, which must close with a double quote right before the {sep} or the line's "
-                'end; inside a quoted cell write a double quote as two ("").'
-            ) from e
-    return Table(path, columns, rows, lines)
-
-
-def _cell(value) -> str:
-    if value is None:
-        return ""
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def _read_json_lines(path: Path) -> Table:
-    """One JSON object per line; a .json file holding one array of objects works too."""
-    with open(path, encoding="utf-8-sig") as f:
-        text = f.read()
-    if text.lstrip().startswith("["):
-        try:
-            items = [(i + 1, obj) for i, obj in enumerate(json.loads(text))]
-        except json.JSONDecodeError as e:
-            raise UsageError(f"{path.name} is not valid JSON ({e}); write one JSON object per line.") from e
-    else:
-        items = []
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                items.append((n, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise UsageError(f"{path.name} line {n} is not valid JSON ({e.msg}); write one JSON object per line.") from e
-    columns: list[str] = []
-    rows, lines, nested = [], [], {}
-    for n, obj in items:
-        if not isinstance(obj, dict):
-            raise UsageError(
-                f"{path.name} line {n} is not a JSON object; "
-                'write one object per line, like {"text": "...", "label": "..."}.'
-            )
-        columns += [k for k in obj if k not in columns]
-        for k, v in obj.items():
-            if isinstance(v, (list, dict)) and k not in nested:
-                nested[k] = (len(rows), "list" if isinstance(v, list) else "object")
-        rows.append({k: _cell(v) for k, v in obj.items()})
-        lines.append(n)
-    rows = [{c: row.get(c, "") for c in columns} for row in rows]  # a key missing from a line reads as ""
-    return Table(path, columns, rows, lines, nested)
-
-
-def read_table(file, flag: str) -> Table:
-    """Read a .csv/.tsv/.jsonl/.json file as string cells; `flag` (e.g. "--train-file") names it in errors."""
-    path = Path(file).expanduser()
-    if not path.is_file():
-        raise UsageError(f"{flag} {path} does not exist; check the path.")
-    suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise UsageError(f"{flag} {path.name}: unsupported file type {suffix or '(none)'!r}; use a .csv, .tsv or .jsonl file.")
-    try:
-        if suffix in (".jsonl", ".json"):
-            table = _read_json_lines(path)
-        else:
-            table = _read_delimited(path, "\t" if suffix == ".tsv" else ",")
-    except UnicodeDecodeError as e:
-        raise UsageError(f"{flag} {path.name} is not UTF-8 text ({e.reason}); save it with UTF-8 encoding.") from e
-    if not table.rows:
-        raise UsageError(f"{flag} {path.name} has no examples (empty file or header only); add at least one row.")
-    return table
-
-
-def pick_text_columns(text_columns: str | None, columns: list[str], file: str) -> tuple[str, ...]:
-    """Parse --text-columns ("a" or "a,b"), or pick the default text column(s) among `columns`."""
-    found = ", ".join(columns)
+def pick_text_columns(text_columns: str | None, columns: list[str], file: str, hint: str = "") -> tuple[str, ...]:
+    """Parse --text-columns ("a" or "a,b"), or pick the default text column(s) among `columns`. `hint`: what to
+    suggest instead of --text-columns (Table.headerless_hint)."""
+    found = listed(columns)
     if text_columns is None:
         present = {loose_name(c) for c in columns}  # Text or SENTENCE count too (Table.adopt_names renames them)
         if "text" in present:
@@ -231,7 +42,7 @@ def pick_text_columns(text_columns: str | None, columns: list[str], file: str) -
             return ("sentence1", "sentence2")
         raise UsageError(
             f"no text column in {file} (looked for text, sentence, or sentence1+sentence2); columns found: {found}. "
-            "Pass --text-columns with one or two names from that list, e.g. --text-columns question,passage."
+            + (f"{hint}." if hint else "Pass --text-columns with one or two names from that list, e.g. --text-columns question,passage.")
         )
     names = tuple(c.strip() for c in text_columns.split(",") if c.strip())
     if not 1 <= len(names) <= 2:
@@ -243,7 +54,7 @@ def pick_text_columns(text_columns: str | None, columns: list[str], file: str) -
 
 
 def _check_columns(table: Table, text_columns: tuple[str, ...], label_column: str) -> None:
-    found = ", ".join(table.columns)
+    found, hint = table.found(), table.headerless_hint()
     if label_column in text_columns:
         raise UsageError(
             f"column {label_column!r} is both a text column and the label column; the model would read the answer. "
@@ -254,13 +65,13 @@ def _check_columns(table: Table, text_columns: tuple[str, ...], label_column: st
     for name in text_columns:
         if name not in table.columns:
             raise UsageError(
-                f"text column {name!r} not found in {table.path.name}; columns found: {found}. "
-                "Pass --text-columns with names from that list."
+                f"text column {name!r} not found in {table.name}; columns found: {found}. "
+                + (f"{hint}." if hint else "Pass --text-columns with names from that list.")
             )
     if label_column not in table.columns:
         raise UsageError(
-            f"label column {label_column!r} not found in {table.path.name}; columns found: {found}. "
-            "Pass --label-column with a name from that list."
+            f"label column {label_column!r} not found in {table.name}; columns found: {found}. "
+            + (f"{hint}." if hint else "Pass --label-column with a name from that list.")
         )
     for name in text_columns:
         table.check_plain(name, "text")
@@ -315,7 +126,7 @@ def _check_one_kind(classes: list[str], table: Table) -> None:
     if any(numeric) and not all(numeric):
         i, j = numeric.index(True), numeric.index(False)
         raise UsageError(
-            f"labels in {table.path.name} mix numbers and text: {classes[i]!r} at {table.where(i)} and "
+            f"labels in {table.name} mix numbers and text: {classes[i]!r} at {table.where(i)} and "
             f"{classes[j]!r} at {table.where(j)}; use one kind of label for every row (e.g. all 0/1 or all neg/pos)."
         )
 
@@ -346,25 +157,66 @@ def _dataset(table: Table, text_columns: tuple[str, ...], labels: list, label_ty
 
 
 def load_user_data(
-    train_file: str | os.PathLike,
-    validation_file: str | os.PathLike,
+    train_file: str | os.PathLike | None,
+    validation_file: str | os.PathLike | None,
     text_columns: str | None = None,
     label_column: str = "label",
     task_type: str | None = None,
+    *,
+    no_header: bool = False,
+    columns: str | None = None,
+    dataset: str | None = None,
+    dataset_config: str | None = None,
+    train_split: str | None = None,
+    validation_split: str | None = None,
 ) -> TaskData:
-    """Load a train and a validation file (.csv, .tsv, .jsonl/.json) as a classification or regression task.
+    """Load train and validation data as a classification or regression task: files (.csv, .tsv, .jsonl, .json,
+    .parquet, or a save_to_disk folder, whose DatasetDict gives both splits), or `dataset`, a name or local path
+    for datasets.load_dataset (`dataset_config`: its configuration). `train_split` and `validation_split` pick
+    splits by name where the data has several.
 
-    `text_columns` is "col" or "col1,col2"; None picks text, sentence, or sentence1+sentence2.
-    `task_type` None infers it: integer labels with at most 20 distinct values, or any
-    non-numeric label, mean classification; otherwise regression.
+    `text_columns` is "col" or "col1,col2"; None picks text, sentence, or sentence1+sentence2. `columns`
+    ("label,text"): CSV and TSV files without a header row, and the names of their columns in order (`no_header`
+    says the same, and needs `columns`).
+    `task_type` None infers it: integer labels with at most 20 distinct values, or any non-numeric label, mean
+    classification; otherwise regression.
     """
     if task_type is not None and task_type not in TASK_TYPES:
         raise UsageError(f"--task-type {task_type!r} is not supported; use classification or regression, or leave it out to infer it.")
-    if validation_file is None:
-        raise UsageError("no validation file given; pass --validation-file with held-out examples in the same format as --train-file.")
-    train = read_table(train_file, "--train-file")
-    validation = read_table(validation_file, "--validation-file")
-    columns = pick_text_columns(text_columns, train.columns, train.path.name)
+    names = headerless_columns(no_header, columns)
+    if dataset is not None:
+        if train_file is not None or validation_file is not None or names is not None:
+            raise UsageError("--dataset gives the train and validation data; drop --train-file, --validation-file and "
+                             "--columns, or drop --dataset")
+        train, validation = load_named_dataset(dataset, dataset_config, train_split, validation_split)
+    elif train_file is None:
+        raise UsageError("no training data given; pass --train-file (with --validation-file) or --dataset NAME")
+    else:
+        train, validation = read_train_and_validation(train_file, validation_file, names, train_split, validation_split)
+    return task_from_tables(train, validation, text_columns, label_column, task_type)
+
+
+def check_data_flags(args) -> None:
+    """The data flags of a finetune (FinetuneArgs), checked before any work: each one means something here."""
+    if args.task is not None and (args.train_file is not None or args.dataset is not None):
+        raise UsageError(f"--task {args.task} names a GLUE task, and --{'dataset' if args.dataset else 'train-file'} "
+                         "gives other data to train on; pass one of them (your own data trains as task 'custom')")
+    headerless_columns(args.no_header, args.columns)
+    if args.dataset_config is not None and args.dataset is None:
+        raise UsageError("--dataset-config names a configuration of a --dataset; add --dataset NAME, or drop it")
+    folders = args.dataset is not None or any(
+        f is not None and Path(f).expanduser().is_dir() for f in (args.train_file, args.validation_file))
+    if (args.train_split or args.validation_split) and not folders:
+        raise UsageError("--train-split and --validation-split pick the splits of a --dataset or of a folder written by "
+                         "save_to_disk; your --train-file and --validation-file are files: drop them")
+    if args.test_split and not (args.test_file and Path(args.test_file).expanduser().is_dir()):
+        raise UsageError("--test-split picks a split of a --test-file folder written by save_to_disk; drop it")
+
+
+def task_from_tables(train: Table, validation: Table, text_columns: str | None, label_column: str,
+                     task_type: str | None) -> TaskData:
+    """The task of a train and a validation Table (see load_user_data)."""
+    columns = pick_text_columns(text_columns, train.columns, train.name, train.headerless_hint())
     label_column = label_column.strip()
     for table in (train, validation):
         table.adopt_names((*columns, label_column))
@@ -379,6 +231,20 @@ def load_user_data(
     return _classification_task(train, validation, columns, train_labels, validation_labels)
 
 
+def check_test_file(test_file, task: TaskData, text_columns: str | None, no_header: bool = False,
+                    columns: str | None = None, split: str | None = None) -> Table:
+    """--test-file, read before training so that a bad one stops the run before it starts: it must hold the
+    task's text columns (any label column in it is kept in the predictions, not used)."""
+    table = read_table(test_file, "--test-file", headerless_columns(no_header, columns), "test", split, "--test-split")
+    wanted = tuple(c.strip() for c in text_columns.split(",")) if text_columns else task.text_columns
+    missing = [c for c in wanted if table.header_for(c) not in table.columns]
+    if missing:
+        hint = table.headerless_hint()
+        raise UsageError(f"--test-file {table.name} lacks the text column(s) {', '.join(missing)}; columns found: "
+                         f"{table.found()}. " + (f"{hint}." if hint else "Give it the training data's text columns."))
+    return table
+
+
 def _regression_task(train: Table, validation: Table, columns: tuple[str, ...], train_labels: list[str],
                      validation_labels: list[str]) -> TaskData:
     train_targets = _regression_labels(train_labels, train)
@@ -386,7 +252,7 @@ def _regression_task(train: Table, validation: Table, columns: tuple[str, ...], 
     if len(set(targets)) < 2:
         # Pearson and Spearman correlations with a constant are undefined: every evaluation would read 0, and
         # the "best" model kept would be the first evaluated one.
-        raise UsageError(f"every validation target in {validation.path.name} is {targets[0]:g}; the regression metric "
+        raise UsageError(f"every validation target in {validation.name} is {targets[0]:g}; the regression metric "
                          "(Pearson correlation) needs varied targets to score or pick a model. Use validation "
                          "examples with different targets.")
     return TaskData(
@@ -409,7 +275,7 @@ def _note_case_twins(label_names: list[str], table: Table) -> None:
     twins = [names for names in by_folded.values() if len(names) > 1]
     if twins:
         listed = "; ".join(" and ".join(repr(n) for n in names) for names in twins)
-        log(f"note: the training labels of {table.path.name} include classes that differ only in case ({listed}); "
+        log(f"note: the training labels of {table.name} include classes that differ only in case ({listed}); "
             "they train as different classes. If each is one class, write it one way in the file.")
 
 
@@ -424,7 +290,7 @@ def _classification_task(train: Table, validation: Table, columns: tuple[str, ..
     label_names = sorted(distinct, key=float) if numeric else sorted(distinct)
     if len(label_names) < 2:
         raise UsageError(
-            f"every training label in {train.path.name} is {label_names[0]!r}; a classifier needs at least two classes. "
+            f"every training label in {train.name} is {label_names[0]!r}; a classifier needs at least two classes. "
             "Check --label-column, or pass --task-type regression for numeric targets."
         )
     _note_case_twins(label_names, train)

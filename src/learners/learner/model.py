@@ -25,11 +25,17 @@ from ..errors import (NUMBER, PATH, UsageError, check_argument, check_finite, gi
                       read_json_file, read_safetensors)
 from .config import CONFIG_NAME, LearnerConfig, config_from_metadata
 from .ffn import FFNBlock, find_ffn_blocks, has_submodule, head_parameter_names, set_submodule
+from .forwarding import FORWARDED, not_forwarded
+from .hub import local_or_from_hub, push_folder
+from .model_card import CARD_NAME, model_card
 from .prefix_cache import FrozenPrefixCache, unsupported_reason
 from .selection import magnitude_scores, select, select_at_random
 from .sets import LearnerSet, apply_labels, build_set, head_module_paths, join, read_labels, saved_labels
 
 WEIGHTS_NAME = "learners_model.safetensors"
+TRAINER_WEIGHTS_NAME = "model.safetensors"  # what transformers.Trainer writes (save_model, checkpoints): state_dict()
+SAVED_FILES = [WEIGHTS_NAME, CONFIG_NAME, CARD_NAME]  # what save_pretrained writes (and push_to_hub uploads)
+CONFIG_KEY = "learners_config"  # in state_dict(): the metadata of learners_config.json, as UTF-8 JSON bytes (uint8)
 DEFAULT_NAME = "default"
 FINGERPRINT_SIZE = 16
 FINGERPRINT_TOLERANCE = 1e-2  # relative; casting the base model to bf16 moves a weight by at most 0.4%
@@ -83,12 +89,13 @@ class LearnerModel(nn.Module):
         self._switch(name)
 
     def __getattr__(self, name):
-        """Forward unknown attributes (config, device, ...) to the wrapped model, as PEFT does."""
+        """Forward the wrapped model's facts (config, device, ...) and what Trainer reads: an explicit list
+        (forwarding.py), so that none of the base model's methods (its push_to_hub, save_pretrained) passes for ours."""
         try:
             return super().__getattr__(name)
         except AttributeError:
-            if name == "base_model":
-                raise
+            if name == "base_model" or name not in FORWARDED:
+                raise not_forwarded(type(self).__name__, name) from None
             return getattr(self.base_model, name)
 
     def forward(self, *args, **kwargs):
@@ -248,7 +255,9 @@ class LearnerModel(nn.Module):
     def state_dict(self, *args, destination=None, prefix="", keep_vars=False):
         """The learner state (`learner_state()`, what save_pretrained writes), not the frozen base weights:
         `Trainer.save_model` and its checkpoints hold a few MB. nn.Module's signature, so wrappers (DDP,
-        accelerate) that call it with a prefix get `prefix + key`. `base_model.state_dict()` has everything."""
+        accelerate) that call it with a prefix get `prefix + key`. `base_model.state_dict()` has everything.
+        With a set active it also holds `learners_config`: learners_config.json's content as a uint8 tensor, so
+        that a Trainer's model.safetensors is self-describing (`from_pretrained` loads a Trainer checkpoint)."""
         if args:  # nn.Module's deprecated positional form: destination, prefix, keep_vars
             destination, prefix, keep_vars = (list(args) + [destination, prefix, keep_vars][len(args):])[:3]
         if destination is None:
@@ -256,6 +265,8 @@ class LearnerModel(nn.Module):
             destination._metadata = OrderedDict()
         for name, tensor in self.learner_state().items():
             destination[prefix + name] = tensor if keep_vars else tensor.detach()
+        if self._active is not None:
+            destination[prefix + CONFIG_KEY] = torch.tensor(list(json.dumps(self._metadata()).encode()), dtype=torch.uint8)
         return destination
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
@@ -265,6 +276,7 @@ class LearnerModel(nn.Module):
         own = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
         if any(k.startswith("base_model.") for k in own):
             return
+        own.pop(CONFIG_KEY, None)  # describes the state; the indices below are what must agree
         expected = self.learner_state()
         for key in [k for k in expected if k.startswith("learner_indices.") and k in own]:
             saved = own[key]
@@ -301,16 +313,46 @@ class LearnerModel(nn.Module):
 
     # ---- saving and loading -------------------------------------------------------
 
-    def save_pretrained(self, save_directory: str | Path) -> Path:
+    def save_pretrained(self, save_directory: str | Path, task: str | None = None, metrics: dict | None = None,
+                        base_model: str | None = None) -> Path:
         """Write the active set's learner state (`learner_state()`: slices, b2 / LayerNorm if trained, head,
-        indices) and its config with the labels and the base model's name and fingerprint."""
+        indices), its config with the labels and the base model's name and fingerprint, and a model card
+        (README.md, model_card.py) that names the `task`, its `metrics` and the `base_model` where given."""
         check_argument(save_directory, PATH, "save_directory", "save_pretrained", "a path")
         if self._active is None:
             raise UsageError("no learner set is active, so there is nothing to save; call set_learners(NAME) first")
         tensors = {name: t.detach().contiguous().cpu() for name, t in self.learner_state().items()}
         check_finite(tensors.items(), "the learners", "Retrain them with a lower learning rate.")
+        meta = self._metadata()
+        out = Path(save_directory)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+            give_user_permissions(out / WEIGHTS_NAME)
+            (out / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
+            (out / CARD_NAME).write_text(model_card(meta, task, metrics, base_model), encoding="utf-8")
+        except Exception as e:  # safetensors writes a temporary file and renames it: a full disk leaves no half file
+            raise_if_disk_full(e, out, "the learners", sum(t.nbytes for t in tensors.values()), "free some space and save again")
+            raise
+        return out
+
+    def push_to_hub(self, repo_id: str, token: str | None = None, private: bool | None = None,
+                    commit_message: str = "Upload learners", task: str | None = None, metrics: dict | None = None,
+                    base_model: str | None = None) -> str:
+        """Upload what save_pretrained writes (the learners, their config and the model card; never the base
+        model's weights) to the hub repository `repo_id`, created if needed; return the commit's URL."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, task, metrics, base_model)
+            (Path(folder) / CARD_NAME).write_text(model_card(self._metadata(), task, metrics, base_model, repo_id),
+                                                  encoding="utf-8")
+            return push_folder(folder, repo_id, token, private, commit_message)
+
+    def _metadata(self) -> dict:
+        """learners_config.json's content: the active set's config, its labels, the base model's name and fingerprint."""
         model_config = getattr(self.base_model, "config", None)
-        meta = {
+        return {
             "learner_config": self.learner_config.to_dict(),
             "base_model_name_or_path": getattr(model_config, "_name_or_path", None),
             "model_type": getattr(model_config, "model_type", None),
@@ -319,25 +361,21 @@ class LearnerModel(nn.Module):
             "problem_type": getattr(model_config, "problem_type", None),
             "base_fingerprint": _base_fingerprint(self.base_model),
         }
-        out = Path(save_directory)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
-            give_user_permissions(out / WEIGHTS_NAME)
-            (out / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
-        except Exception as e:  # safetensors writes a temporary file and renames it: a full disk leaves no half file
-            raise_if_disk_full(e, out, "the learners", sum(t.nbytes for t in tensors.values()), "free some space and save again")
-            raise
-        return out
 
     @staticmethod
     def read_metadata(directory: str | Path) -> dict:
-        """The saved metadata, its `learner_config` checked to be a valid LearnerConfig."""
+        """The saved metadata, its `learner_config` checked to be a valid LearnerConfig: save_pretrained's
+        learners_config.json, or the `learners_config` tensor of a Trainer's model.safetensors (state_dict())."""
         path = Path(directory) / CONFIG_NAME
         if not path.is_file() or not (Path(directory) / WEIGHTS_NAME).is_file():
-            raise UsageError(f"{directory} holds no saved learners ({CONFIG_NAME} and {WEIGHTS_NAME}); "
-                             "pass the directory that LearnerModel.save_pretrained / learners finetune wrote")
-        meta = read_json_file(path, "learner config")
+            meta = _trainer_metadata(Path(directory))
+            if meta is None:
+                raise UsageError(f"{directory} holds no saved learners ({CONFIG_NAME} and {WEIGHTS_NAME}, or a "
+                                 f"Trainer's {TRAINER_WEIGHTS_NAME} of a LearnerModel); pass the directory that "
+                                 "LearnerModel.save_pretrained, learners finetune or Trainer.save_model wrote")
+            path = Path(directory) / TRAINER_WEIGHTS_NAME
+        else:
+            meta = read_json_file(path, "learner config")
         config_from_metadata(meta, path)
         return meta
 
@@ -347,10 +385,11 @@ class LearnerModel(nn.Module):
         """Restore saved learners (and head, and its labels) onto `model`, the base model they were trained from.
 
         As in PEFT, `is_trainable=False` loads them for inference: everything frozen, the model in eval mode;
-        `is_trainable=True` lets the learners and the head train."""
+        `is_trainable=True` lets the learners and the head train. `directory` may be a hub repository id
+        ("user/name", what push_to_hub wrote) that is no local path: its learners are downloaded."""
         check_argument(model, nn.Module, "model", "from_pretrained", "a transformers model (a torch.nn.Module)")
         check_argument(directory, PATH, "directory", "from_pretrained", "a path")
-        saved = _SavedLearners.read(directory)
+        saved = _SavedLearners.read(local_or_from_hub(directory, SAVED_FILES))
         saved.check_base(model)
         try:
             learner_model = cls(model, saved.config, saved.indices, name)
@@ -402,7 +441,7 @@ class LearnerModel(nn.Module):
         if name in self._sets:
             raise UsageError(f"a learner set named {name!r} is already loaded; choose another name or delete_learners it")
         check_argument(directory, PATH, "directory", "load_learners", "a path")
-        saved = _SavedLearners.read(directory)
+        saved = _SavedLearners.read(local_or_from_hub(directory, SAVED_FILES))
         saved.check_base(self.base_model)
         previous = self._active
         self._switch(None)  # new layers record the base values under their indices
@@ -526,19 +565,19 @@ class _SavedLearners:
     indices: list[torch.Tensor]
     tensors: dict[str, torch.Tensor]
     meta: dict
-
-    @property
-    def weights_path(self) -> Path:
-        return self.directory / WEIGHTS_NAME
+    weights_path: Path
 
     @classmethod
     def read(cls, directory: str | Path) -> "_SavedLearners":
         directory = Path(directory)
         meta = LearnerModel.read_metadata(directory)
         config = config_from_metadata(meta, directory / CONFIG_NAME)
-        tensors = read_safetensors(directory / WEIGHTS_NAME, "learner weights")
-        indices = _pop_indices(tensors, directory / WEIGHTS_NAME)
-        return cls(directory, config, indices, tensors, meta)
+        saved = (directory / CONFIG_NAME).is_file() and (directory / WEIGHTS_NAME).is_file()  # else a Trainer's
+        weights = directory / (WEIGHTS_NAME if saved else TRAINER_WEIGHTS_NAME)
+        tensors = read_safetensors(weights, "learner weights")
+        tensors.pop(CONFIG_KEY, None)
+        indices = _pop_indices(tensors, weights)
+        return cls(directory, config, indices, tensors, meta, weights)
 
     def check_base(self, model: nn.Module) -> None:
         """Refuse learners whose base model fingerprint is not `model`'s."""
@@ -546,6 +585,31 @@ class _SavedLearners:
             raise UsageError(f"the learners in {self.directory} were trained on another base model "
                              f"({self.meta.get('base_model_name_or_path')}): its input embeddings differ from this "
                              "model's; load them on the base model they were trained from")
+
+
+def _trainer_metadata(directory: Path) -> dict | None:
+    """The learners_config.json content that a LearnerModel's state_dict() put in a Trainer's model.safetensors
+    (None where the folder has no such file, or that file holds no learners: a whole model's weights)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = directory / TRAINER_WEIGHTS_NAME
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            if CONFIG_KEY not in f.keys():
+                return None
+            raw = f.get_tensor(CONFIG_KEY)
+    except (SafetensorError, OSError) as e:
+        raise UsageError(f"learner weights {path} is not a readable safetensors file ({e}); it is truncated or "
+                         "damaged: copy or write it again") from e
+    try:
+        meta = json.loads(bytes(raw.tolist()).decode())
+    except (ValueError, TypeError) as e:
+        raise UsageError(f"{path}: its {CONFIG_KEY} tensor is not the JSON a LearnerModel writes; it is damaged") from e
+    if not isinstance(meta, dict):
+        raise UsageError(f"{path}: its {CONFIG_KEY} tensor is not the JSON a LearnerModel writes; it is damaged")
+    return meta
 
 
 def block_attention(blocks: list[FFNBlock]) -> list[nn.Module]:
