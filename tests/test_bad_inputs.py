@@ -180,6 +180,11 @@ CASES = [
     # finetune
     ("ft-max-length-over-model", lambda c: (finetune(c, "--max-length", 100000), c.out), r"longer than this model takes \(64 tokens"),
     ("ft-max-length-zero", lambda c: (finetune(c, "--max-length", 0), c.out), r"--max-length must be positive"),
+    ("ft-logging-steps-zero", lambda c: (finetune(c, "--logging-steps", 0), c.out), r"--logging-steps must be positive"),
+    ("ft-report-to-unknown", lambda c: (finetune(c, "--report-to", "tensorboard,mlflow"), c.out),
+     r"--report-to 'mlflow' is not one of tensorboard, wandb, all, none"),
+    ("ft-report-to-none-and-more", lambda c: (finetune(c, "--report-to", "none,tensorboard"), c.out),
+     r"'none' and 'all' stand alone; drop the others"),
     ("ft-fp16-on-the-cpu", lambda c: (finetune(c, "--mixed-precision", "fp16"), c.out), r"fp16 needs a GPU.*use bf16"),
     ("ft-compile-with-the-cache", lambda c: (finetune(c, "--compile", "--frozen-prefix-cache-mb", 100), c.out),
      r"--compile and --frozen-prefix-cache-mb do not go together"),

@@ -84,6 +84,12 @@ def compare_with_one_process(tmp_path, tiny_model_dir, glue_dir, *extra, module=
     assert files(two) == files(one) and files(two).count("results.json") == 1
     assert rank_log(logs, 1, "stdout") == "" and rank_log(logs, 1, "stderr") == ""
     assert "step 6/6" in rank_log(logs, 0, "stderr") and "results.json" in rank_log(logs, 0, "stdout")
+
+    # the training log (run_log.py): rank 0's alone, its loss the mean over both ranks' halves of each batch
+    t1, t2 = ([e for e in r["log_history"] if "loss" in e] for r in (r1, r2))
+    assert [e["step"] for e in t2] == [e["step"] for e in t1] and len(t1) >= 2
+    assert [e["loss"] for e in t2] == pytest.approx([e["loss"] for e in t1], abs=METRIC_TOLERANCE)
+    assert [json.loads(line) for line in (two / "history.jsonl").read_text().splitlines()] == r2["log_history"]
     return r1, r2, one, two
 
 

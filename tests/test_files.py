@@ -159,7 +159,7 @@ def test_every_file_a_run_or_a_merge_writes_has_the_users_permissions(tmp_path, 
         os.umask(previous)
     assert [sorted(w) for w in written] == [
         ["checkpoint.json", "checkpoint.safetensors"],
-        ["config.json", "learners_config.json", "learners_model.safetensors", "learners_task.json", "model.safetensors",
-         "results.json", "tokenizer.json", "tokenizer_config.json"],
+        ["README.md", "config.json", "curves.png", "history.jsonl", "learners_config.json", "learners_model.safetensors",
+         "learners_task.json", "model.safetensors", "results.json", "tokenizer.json", "tokenizer_config.json"],
         ["config.json", "learners_task.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]]
     assert [{name: oct(mode) for name, mode in w.items() if mode != 0o640} for w in written] == [{}, {}, {}]

@@ -152,7 +152,8 @@ def files(run: Path, *names: str) -> dict:
 
 
 def assert_is(run: Path, expected: Path, *names: str) -> None:
-    assert sorted(p.name for p in run.iterdir()) == sorted(["results.json", *names])  # no checkpoint, nothing staged
+    # no checkpoint, nothing staged; the training log and its curves (run_log.py)
+    assert sorted(p.name for p in run.iterdir()) == sorted(["results.json", "history.jsonl", "curves.png", *names])
     assert files(run, *names) == files(expected, *names)
 
 
@@ -353,7 +354,8 @@ def test_a_real_full_disk_stops_with_one_line_and_a_rerun_with_space_resumes(set
     assert first[-1].startswith(f"learners: error: no space left on the device of {disk / 'run'} (") and \
         "for the finished run's files, which needs about" in first[-1] and "run the same command again" in first[-1]
     assert not any("Traceback" in line for line in first)
-    assert (tmp_path / "first.ls").read_text().split() == ["checkpoint"]  # the last checkpoint, nothing half-written
+    # the last checkpoint and the training log so far (run_log.py), nothing half-written
+    assert (tmp_path / "first.ls").read_text().split() == ["checkpoint", "history.jsonl"]
     assert (tmp_path / "second.rc").read_text().strip() == "0", (tmp_path / "second.err").read_text()[-2000:]
     assert_is(tmp_path / "run", reference, "model", "learners")
     assert "resuming from" in (tmp_path / "second.err").read_text()

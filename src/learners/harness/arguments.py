@@ -59,6 +59,7 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
                    help="recompute each block's activations in the backward pass instead of keeping them: less memory, "
                         "a slower step, the same results (a run may resume with it on or off)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (training, tokenizing, saving)")
+    _add_logging_arguments(p)
     g = _method_group(p, "priming options (--method learners --selection priming, --method far)", ("learners", "far"))
     g.add_argument("--priming-learning-rate", type=float, help="peak learning rate of the priming phase (default 1e-4)")
     g.add_argument("--learner-warmup-steps", type=int, default=0,
@@ -89,6 +90,16 @@ def add_steering_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-batch-size", type=int, help="batch size for evaluation (default: 128, or --batch-size if larger)")
     p.add_argument("--max-eval-samples", type=int,
                    help="evaluate on a fixed random subset of this many dev examples (the same for every run)")
+
+
+def _add_logging_arguments(p: argparse.ArgumentParser) -> None:
+    """Watching a run: the training log's interval and where it is reported (harness/run_log.py)."""
+    p.add_argument("--logging-steps", type=int, default=10,
+                   help="log the training loss, learning rate, gradient norm and throughput every N steps (default 10) "
+                        "and at each evaluation: OUT/history.jsonl, results.json's log_history, stderr with --no-progress")
+    p.add_argument("--report-to", default="none",
+                   help="also report the training log to tensorboard (OUT/tensorboard), wandb (offline, OUT/wandb) or "
+                        "none (default); a comma-separated list for more than one; all: every one installed")
 
 
 def _add_learners_arguments(p: argparse.ArgumentParser) -> None:

@@ -8,7 +8,7 @@ A checkpoint is two files, safetensors + JSON (never a pickle):
   best evaluation's trainable tensors (`best.*`), the random generators (`rng.*`: torch's CPU and
   CUDA generators, the training loader's shuffling generator at the start of the current epoch).
 * `checkpoint.json`: the run's options (to refuse resuming a different run), the step, the phase,
-  the position in the epoch, the history, the best evaluation, the training seconds, the
+  the position in the epoch, the history and the training log, the best evaluation, the training seconds, the
   optimizer's hyperparameters, the scheduler's and loss scaler's state, the method's facts
   (learners: whether selection happened and the LearnerConfig; FAR: whether units were selected)
   and Python's and NumPy's random states.
@@ -103,7 +103,7 @@ def save(directory: Path, *, run_args: dict | None, step: int, phase: str, posit
     facts = {
         "format": FORMAT, "run_args": run_args, "step": step, "phase": phase,
         "position": {"epoch": position.epoch, "batch": position.batch},
-        "history": result.history, "best": best, "train_seconds": result.train_seconds,
+        "history": result.history, "log_history": result.log_history, "best": best, "train_seconds": result.train_seconds,
         "step_seconds": result.step_seconds, "method": method_facts, "optimizer": optimizer_facts,
         "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
         "scaler": scaler.state_dict() if scaler is not None else None,
@@ -263,6 +263,7 @@ def restore_training(saved: Saved, optimizer, scheduler, scaler, result) -> None
     if scaler is not None and facts["scaler"]:
         scaler.load_state_dict(facts["scaler"])
     result.history = facts["history"]
+    result.log_history[:] = facts.get("log_history", [])  # the training log (run_log.py); none in older checkpoints
     result.train_seconds = facts["train_seconds"]
     result.step_seconds = [tuple(s) for s in facts["step_seconds"]]
     if facts["best"] is not None:

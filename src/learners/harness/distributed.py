@@ -82,6 +82,15 @@ def all_true(flag: bool) -> bool:
     return failed.item() == 0
 
 
+def mean(values: list[float]) -> list[float]:
+    """Each of `values` averaged over the ranks (every rank calls it, with as many values)."""
+    if not active() or not values:
+        return values
+    summed = torch.tensor(values, dtype=torch.float64, device=_device())
+    dist.all_reduce(summed)
+    return (summed / dist.get_world_size()).tolist()
+
+
 def barrier() -> None:
     if active():
         dist.barrier()

@@ -28,6 +28,8 @@ from .models import (DEFAULT_ALIASES, DEFAULT_HUB_ID, DEFAULT_MODEL, check_max_l
                      max_sequence_length)
 from .task_data import TaskData
 from .precision import resolve_precision
+from .report import plot_run
+from .run_log import parse_report_to
 from .train import TrainConfig, train
 
 TASK_FILE = "learners_task.json"
@@ -76,6 +78,8 @@ class FinetuneArgs:
     resume: bool = False
     checkpoint_steps: int | None = None  # None: a checkpoint at every evaluation
     progress: bool = True
+    logging_steps: int = 10  # the training log's interval (run_log.py)
+    report_to: str = "none"  # tensorboard, wandb, none, or a comma list
     method_options: dict = field(default_factory=dict)
     early_stopping_patience: int | None = None  # None: no early stopping
     early_stopping_threshold: float = 0.0
@@ -89,7 +93,7 @@ class FinetuneArgs:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         for name in ("learning_rate", "priming_learning_rate", "max_steps", "eval_steps", "max_train_samples", "max_length",
                      "checkpoint_steps", "early_stopping_patience", "gradient_accumulation_steps", "eval_batch_size",
-                     "max_eval_samples"):
+                     "max_eval_samples", "logging_steps"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -97,6 +101,7 @@ class FinetuneArgs:
             raise UsageError(f"--early-stopping-threshold must be 0 or more, got {self.early_stopping_threshold}")
         if self.early_stopping_threshold and self.early_stopping_patience is None:
             raise UsageError("--early-stopping-threshold goes with --early-stopping-patience N; add it, or drop the threshold")
+        parse_report_to(self.report_to)
         if self.learner_warmup_steps < 0:
             raise UsageError(f"--learner-warmup-steps must be 0 or more, got {self.learner_warmup_steps}")
         if not 0 <= self.warmup_ratio < 1:
@@ -130,7 +135,8 @@ def finetune_args(args: argparse.Namespace) -> FinetuneArgs:
         seed=args.seed, mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
         overwrite=given.get("overwrite", False),
         resume=given.get("resume", False), checkpoint_steps=given.get("checkpoint_steps"),
-        progress=not args.no_progress, method_options=method_options(args),
+        progress=not args.no_progress, logging_steps=args.logging_steps,
+        report_to=args.report_to, method_options=method_options(args),
         early_stopping_patience=args.early_stopping_patience, early_stopping_threshold=args.early_stopping_threshold,
         gradient_accumulation_steps=args.gradient_accumulation_steps, eval_batch_size=args.eval_batch_size,
         max_eval_samples=args.max_eval_samples)
@@ -188,7 +194,7 @@ def finished_here(out: Path, args: FinetuneArgs) -> dict | None:
 # Options that do not change what a run computes: a rerun may differ in them and still resume.
 # gradient_checkpointing changes memory and time, not results: a run may resume with it turned on or off
 NOT_COMPARED = ("output_dir", "overwrite", "resume", "checkpoint_steps", "progress", "gradient_checkpointing",
-                "test_file", "test_split")
+                "logging_steps", "report_to", "test_file", "test_split")
 
 
 def run_args(args: FinetuneArgs) -> dict:
@@ -346,7 +352,8 @@ def _finetune(args: FinetuneArgs, out: Path, run_dir: Path, after_save=None) -> 
                       checkpoint_dir=str(run_dir / checkpoint.DIRECTORY), checkpoint_steps=args.checkpoint_steps,
                       resume=resume, run_args=run_args(args), early_stopping_patience=args.early_stopping_patience,
                       early_stopping_threshold=args.early_stopping_threshold,
-                      gradient_accumulation_steps=args.gradient_accumulation_steps)
+                      gradient_accumulation_steps=args.gradient_accumulation_steps,
+                      logging_steps=args.logging_steps, log_dir=str(run_dir), report_to=parse_report_to(args.report_to))
     try:
         result = train(model, method, train_loader, evaluate, metric_name, cfg)
     except TrainingInterrupted as e:
@@ -420,12 +427,14 @@ def save_run(args: FinetuneArgs, out: Path, method, result, task: TaskData, toke
         "mixed_precision": precision,
         **steering_facts(args, result), **(evaluation or {}),
         "history": result.history,
+        "log_history": result.log_history,
         "args": {k: v for k, v in asdict(args).items() if k not in ("progress", "resume")},
         **runs.relocated(extra, out),  # (OUT is a staging folder: save_finished_run)
     }
     if (out / "learners" / CONFIG_NAME).is_file():  # its model card, now with the task and the kept model's metrics
         write_model_card(out / "learners", task.name, best.get("metrics") or {metric_name: best["metric"]},
                          card_base_model(args.model))
+    plot_run(results, out / "curves.png")
     give_user_permissions(out)  # safetensors leaves its files 0600
     write_text_atomically(out / "results.json", json.dumps(results, indent=2))
     return results

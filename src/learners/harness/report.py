@@ -238,6 +238,28 @@ def plot_curve(results: list[dict], task: str, methods: list[str], target: float
         fig.savefig(tmp, dpi=110)
 
 
+def plot_run(results: dict, path: Path) -> None:
+    """One finetune run's curves (`curves.png` in its folder): the dev metric of each evaluation (`history`) and the
+    training loss of each training-log entry (`log_history`, run_log.py) against the step, on two axes."""
+    fig, ax = _figure()
+    metric_name = results["metric_name"]
+    history = [h for h in results["history"] if h.get("metric") is not None and math.isfinite(h["metric"])]
+    ax.plot([h["step"] for h in history], [h["metric"] for h in history], color="C0", marker="o", ms=3,
+            label=f"dev {metric_name}")
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"dev {metric_name}", color="C0")
+    ax.grid(alpha=0.3)
+    losses = [e for e in results.get("log_history", []) if "loss" in e and math.isfinite(e["loss"])]
+    loss_ax = ax.twinx()
+    loss_ax.plot([e["step"] for e in losses], [e["loss"] for e in losses], color="C1", lw=1.2, label="training loss")
+    loss_ax.set_ylabel("training loss (mean over each logging interval)", color="C1")
+    handles = ax.get_legend_handles_labels()[0] + loss_ax.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, loc="best")
+    ax.set_title(f"{results['task']}, {results['method']}: dev {metric_name} and training loss")
+    with replaced_atomically(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+
+
 def plot_bars(results: list[dict], tasks: list[str], methods: list[str], key: str, ylabel: str, title: str,
               aggregate, path: Path) -> None:
     fig, ax = _figure(max(5.0, 1.5 + 0.6 * len(tasks) * max(1, len(methods))))

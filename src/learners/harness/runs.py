@@ -9,6 +9,8 @@ What a run writes into OUT, and nothing else:
     checkpoint/ (.tmp, .old)       the training state while the run is unfinished (checkpoint.py)
     .learners.lock                 held while the run runs (files.exclusive_output_dir)
     log.txt                        `learners bench`'s log of the run
+    history.jsonl, tensorboard/, wandb/   the training log, written as the run goes (run_log.py)
+    curves.png                     the finished run's dev metric and training loss (report.plot_run)
     .final/                        the finished run's files while they are written; moved into OUT once whole
     .replacement/                  with --overwrite over anything OUT holds: the new run, trained and written
                                    here (a run folder of its own) and moved into OUT once finished
@@ -40,11 +42,14 @@ from .files import ATOMIC_TEMPORARY, LOCK_NAME, check_not_input, entry_names, li
 RESULTS = "results.json"
 OUTPUTS = ("model", "learners", "lora")
 TEST_PREDICTIONS = "test_predictions.csv"
-OUTPUT_FILES = (TEST_PREDICTIONS,)  # written with the finished run, like OUTPUTS
+CURVES = "curves.png"  # report.plot_run
+OUTPUT_FILES = (TEST_PREDICTIONS, CURVES)  # written with the finished run, like OUTPUTS
+LOGS = ("history.jsonl", "tensorboard", "wandb")  # run_log.py: written in the run folder while it trains
 CHECKPOINTS = (checkpoint.DIRECTORY, f"{checkpoint.DIRECTORY}.tmp", f"{checkpoint.DIRECTORY}.old")
 FINAL, REPLACEMENT, MOVING = ".final", ".replacement", ".moving"
 BESIDE = (LOCK_NAME, "log.txt")  # a run's own files that are not part of the run
-RUN_NAMES = {RESULTS, *OUTPUTS, *CHECKPOINTS, *BESIDE, FINAL, REPLACEMENT, FINAL + MOVING, REPLACEMENT + MOVING}
+RUN_NAMES = {RESULTS, *OUTPUTS, *LOGS, *CHECKPOINTS, *BESIDE, FINAL, REPLACEMENT, FINAL + MOVING,
+             REPLACEMENT + MOVING}
 
 
 def foreign_entries(out: Path) -> list[str]:
@@ -86,7 +91,7 @@ def check_ours(out: Path, overwrite: bool, inputs: dict[str, str | None]) -> Non
         raise UsageError(f"--output-dir {out} holds {listing(foreign)}, which no learners run wrote (it is not a run's "
                          "output directory); choose a new or empty --output-dir, or pass --overwrite to put the run "
                          f"there (once finished it replaces only what has its names: {RESULTS}, {'/, '.join(OUTPUTS)}/, "
-                         f"{checkpoint.DIRECTORY}/)")
+                         f"{checkpoint.DIRECTORY}/, {', '.join(OUTPUT_FILES)}, {LOGS[0]}, {'/, '.join(LOGS[1:])}/)")
 
 
 def run_folder(out: Path, overwrite: bool) -> Path:
@@ -127,11 +132,12 @@ def swap_in(stage: Path, home: Path) -> None:
     A move a kill left half done is finished by calling this again (as `settle` does)."""
     moving = stage.with_name(stage.name + MOVING)
     if stage.is_dir():
-        # results.json first: home then holds no finished run but this
-        for name in (RESULTS, *OUTPUTS, *OUTPUT_FILES, *CHECKPOINTS):
+        # results.json first: home then holds no finished run but this; a run's logs are in its run folder (not .final)
+        logs = LOGS if stage.name == REPLACEMENT else ()
+        for name in (RESULTS, *OUTPUTS, *OUTPUT_FILES, *logs, *CHECKPOINTS):
             _remove(home / name)
         os.replace(stage, moving)
-    for name in (*OUTPUTS, *OUTPUT_FILES, RESULTS):
+    for name in (*OUTPUTS, *OUTPUT_FILES, *LOGS, RESULTS):
         if (moving / name).exists():
             os.replace(moving / name, home / name)
     shutil.rmtree(moving)

@@ -34,6 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import checkpoint, distributed, early_stopping
+from .run_log import RunLog, summary as log_summary
 from .precision import cast_frozen_linears, frozen_dtype, training_attention
 from ..errors import TrainingDiverged, TrainingInterrupted, UsageError
 
@@ -56,7 +57,9 @@ class TrainConfig:
     priming_learning_rate: float | None = None
     learner_warmup_steps: int = 0  # after priming: ramp the learner optimizer's rate up over this many steps
     progress: bool = True
-    logging_steps: int = 10  # read the steps' losses on the host (progress bar, divergence check) this often
+    logging_steps: int = 10  # read the steps' losses on the host (training log, divergence check) this often
+    log_dir: str | None = None  # the run folder: history.jsonl and the --report-to files go there (run_log.py)
+    report_to: tuple[str, ...] = ()  # "tensorboard", "wandb" (run_log.parse_report_to)
     checkpoint_dir: str | None = None  # None: no checkpoints (and Ctrl-C stops at once)
     checkpoint_steps: int | None = None  # None: at every evaluation; always after priming's reconfiguration and at the end
     resume: bool = False  # continue from the checkpoint in checkpoint_dir
@@ -70,6 +73,7 @@ class TrainConfig:
 class TrainResult:
     model: nn.Module
     history: list[dict] = field(default_factory=list)
+    log_history: list[dict] = field(default_factory=list)  # the training log (run_log.py)
     steps: int = 0
     train_seconds: float = 0.0
     step_seconds: list[tuple[str, float]] = field(default_factory=list)  # (phase, seconds) per step
@@ -330,8 +334,11 @@ def train(model: nn.Module, method, train_loader, evaluate: Callable[[nn.Module]
         raise UsageError("no training batches: the training set is empty; add examples")
     run = _Run(model, method, train_loader, evaluate, metric_name, cfg)
     run.start()
-    run.loop()
-    return run.finish()
+    try:
+        run.loop()
+        return run.finish()
+    finally:
+        run.run_log.close()
 
 
 class _Run:
@@ -398,6 +405,9 @@ class _Run:
         self.generator = getattr(getattr(self.train_loader, "sampler", None), "generator", None)  # the loader's shuffling
         self.step, self.position = (saved.step, saved.position) if saved else (0, checkpoint.EpochPosition())
         self.evaluated_step = self.step if saved and self.result.history else None  # a resumed run checks its history
+        self.run_log = RunLog(self.result.log_history, cfg.log_dir, cfg.report_to, start_step=self.step, total=self.total,
+                              main=self.accelerator.is_main_process, echo=not cfg.progress,
+                              world_size=self.accelerator.num_processes, config=cfg.run_args)
 
     def loop(self) -> None:
         cfg = self.cfg
@@ -450,6 +460,8 @@ class _Run:
         self.step += 1
         self.position.batch += len(batch) if isinstance(batch, list) else 1
         self.steps.add(self.step, loss, norm)
+        for micro_batch in batch if isinstance(batch, list) else [batch]:
+            self.run_log.count(micro_batch)
         self.bar.update(1)
         if self.step % self.cfg.logging_steps == 0:
             self.check_steps()
@@ -457,15 +469,26 @@ class _Run:
     def check_steps(self) -> None:
         """Read the pending steps' losses on the host (the one synchronisation with the device between logging
         points; its wait for queued work counts as training time): a diverged run stops here, at the step where
-        it happened; else the progress bar shows the last loss."""
+        it happened; else they go into the training log (run_log.py)."""
         t0 = time.perf_counter()
         try:
             rows = self.steps.check(loss_only=self.accelerator.scaler is not None)
         except TrainingDiverged as e:
             raise diverged(e, self.step, self.phase, self.learning_rate, self.cfg) from None
-        self.result.train_seconds += time.perf_counter() - t0
+        waited = time.perf_counter() - t0
+        self.result.train_seconds += waited
         if rows:
-            self.bar.set_description(f"training (loss {rows[-1][1]:.4f})")
+            self.log_steps(rows, waited)
+
+    def log_steps(self, rows: list[tuple[int, float, float]], waited: float) -> None:
+        """The training log's entry for the steps just read, timed by their steps and the wait to read them; the
+        progress bar shows it."""
+        seconds = sum(s for _, s in self.result.step_seconds[rows[0][0] - 1:rows[-1][0]]) + waited
+        entry = self.run_log.training(rows, seconds, step=self.step, epoch=self.step / self.steps_per_epoch,
+                                      phase=self.phase, learning_rate=self.scheduler.get_last_lr()[0],
+                                      train_seconds=self.result.train_seconds)
+        if entry is not None:
+            self.bar.set_postfix(log_summary(entry), refresh=False)
 
     def end_priming(self) -> None:
         """Evaluate the primed model, let the method select and reconfigure (timed as training), evaluate again,
@@ -503,6 +526,7 @@ class _Run:
                  "seconds": round(result.train_seconds, 3), "metric": metrics[self.metric_name], "phase": self.phase,
                  "metrics": metrics}
         result.history.append(entry)
+        self.run_log.evaluation(entry)
         if self.phase == "train" and (result.best is None or entry["metric"] > result.best["metric"]):
             state = {n: p.detach().clone() for n, p in self.accelerator.unwrap_model(model).named_parameters()
                      if p.requires_grad}
