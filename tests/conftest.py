@@ -97,6 +97,24 @@ def save_tiny_model_dir(path: Path, dropout: bool = False) -> Path:
     return path
 
 
+def save_regression_run(root: Path, dropout: bool = False) -> Path:
+    """`root`/model (a tiny BERT, see save_tiny_model_dir) and a small regression set, train.jsonl (60 rows) and
+    dev.jsonl (its first 16): the inputs of a fast finetune run."""
+    import json
+    import random
+
+    words = "the cat dog sat ran on a mat big small red blue happy sad old new".split()
+    save_tiny_model_dir(root / "model", dropout=dropout)
+    rng = random.Random(0)
+    rows = []
+    for i in range(60):
+        text = [rng.choice(words) for _ in range(6)]
+        rows.append({"text": " ".join(text), "label": text.count("happy") - text.count("sad") + 0.1 * (i % 3)})
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:16]))
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random BERT (no dropout) with the embedded model's tokenizer, shared by the session's tests."""

@@ -9,7 +9,6 @@ Pearson correlation shows whether the weights at that step are the same.
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -18,14 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification
 
 import learners
 from learners.harness import checkpoint
 from learners.harness.cli import main
-from conftest import tiny_model
+from conftest import save_regression_run
 
-WORDS = "the cat dog sat ran on a mat big small red blue happy sad old new".split()
 # 60 examples, batch 8: 8 batches an epoch; 20 steps cross two epoch boundaries (after steps 8 and 16).
 # Evaluations (and checkpoints) at steps 4, 8, 12, 16, 20; learners prime for 6 steps, FAR for 2.
 TRAINING = ["--batch-size", "8", "--max-steps", "20", "--eval-steps", "4", "--seed", "1", "--no-progress"]
@@ -42,19 +40,7 @@ def method_flags(method: str, extra: list[str]) -> list[str]:
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A tiny BERT with dropout, a small regression data set, and a cache of uninterrupted runs."""
-    from learners.harness.models import embedded_model_dir
-
-    root = tmp_path_factory.mktemp("resume")
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
-    tiny_model("bert", dropout=True, vocab_size=tokenizer.vocab_size).save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    rng = random.Random(0)
-    rows = []
-    for i in range(60):
-        words = [rng.choice(WORDS) for _ in range(6)]
-        rows.append({"text": " ".join(words), "label": words.count("happy") - words.count("sad") + 0.1 * (i % 3)})
-    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (root / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:16]))
+    root = save_regression_run(tmp_path_factory.mktemp("resume"), dropout=True)
     return {"root": root, "references": {}}
 
 

@@ -3,7 +3,6 @@ one big batch), the evaluation's batch size and subset, a config file, and trans
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -12,15 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoTokenizer
 
 import learners
-from conftest import tiny_model
+from conftest import save_regression_run, tiny_model
 from learners.harness import config_file
 from learners.harness.cli import build_parser, main
 from learners.harness.early_stopping import evaluations_without_improvement, patience_exhausted
 
-WORDS = "the cat dog sat ran on a mat big small red blue happy sad old new".split()
 # 60 examples: batch 8 is 8 batches an epoch (the last of 4), batch 4 is 15 (accumulated by 2: 8 steps, the last
 # of one micro-batch). At --learning-rate 1e-5 and patience 2, evaluating every 2 steps, the dev Pearson
 # correlation peaks at step 4 and the run stops at step 8 of 16.
@@ -31,20 +28,7 @@ EARLY = ["--batch-size", "8", "--max-steps", "16", "--eval-steps", "2", "--learn
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """A tiny BERT without dropout and a small regression data set (train.jsonl, dev.jsonl)."""
-    from learners.harness.models import embedded_model_dir
-
-    root = tmp_path_factory.mktemp("steering")
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
-    tiny_model("bert", vocab_size=tokenizer.vocab_size).save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    rng = random.Random(0)
-    rows = []
-    for i in range(60):
-        words = [rng.choice(WORDS) for _ in range(6)]
-        rows.append({"text": " ".join(words), "label": words.count("happy") - words.count("sad") + 0.1 * (i % 3)})
-    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (root / "dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:16]))
-    return root
+    return save_regression_run(tmp_path_factory.mktemp("steering"))
 
 
 def finetune(data: Path, out: Path, *extra) -> list[str]:
