@@ -211,6 +211,11 @@ def test_transformers_spellings_are_aliases():
            (3, 5, "constant", 64, "fp16")
     bench = parse(["bench", "--output_dir", "b", "--early_stopping_patience", "3", "--bf16"])
     assert (bench.output_dir, bench.early_stopping_patience, bench.mixed_precision) == ("b", 3, "bf16")
+    # predict's one batch size is an evaluation's: transformers' eval batch size means it, the training one nothing
+    predict = ["predict", "--model", "m", "--input", "i.csv", "--output", "o.csv"]
+    assert parse([*predict, "--per_device_eval_batch_size", "16"]).batch_size == 16
+    with pytest.raises(SystemExit):
+        parse([*predict, "--per_device_train_batch_size", "16"])
 
 
 def test_a_checkpoint_from_before_these_options_resumes(data, tmp_path, monkeypatch):

@@ -22,6 +22,8 @@ TRANSFORMERS_NAMES = {
     "--fp16": ["--mixed-precision", "fp16"],
     "--bf16": ["--mixed-precision", "bf16"],
 }
+# A command that only predicts (no --eval-batch-size: predict) has one batch size, an evaluation's.
+PREDICTING_NAMES = {"--per_device_eval_batch_size": ["--batch-size"], "--per_device_train_batch_size": None}
 ALIASES_HELP = ("transformers' spellings work too: --learning_rate, --per_device_train_batch_size, --num_train_epochs, "
                 "--gradient_accumulation_steps, --bf16 and the like (any flag with _ for -)")
 
@@ -46,6 +48,8 @@ def ours(name: str, known) -> list[str] | None:
     if name in known:
         return [name]
     mapped = TRANSFORMERS_NAMES.get(name)
+    if "--eval-batch-size" not in known and name in PREDICTING_NAMES:  # predict: its --batch-size is an evaluation's
+        mapped = PREDICTING_NAMES[name]
     if mapped and mapped[0] in known:
         return mapped
     dashed = "--" + name[2:].replace("_", "-")
