@@ -220,11 +220,6 @@ def test_every_grid_configuration_names_its_size_and_selection():
 
 def test_gpu_step_time_profiles_each_method_into_its_own_op_table(monkeypatch, tmp_path):
     """--profile-dir: after the timed steps, torch.profiler's op table per method (the CPU's on this machine)."""
-    import gc
-
-    # Learner models of earlier tests in this process that only a collection frees (their layers are in reference
-    # cycles) would still sync their slices after every optimizer step (layer.py's global hook), bitfit's too.
-    gc.collect()
     monkeypatch.setattr(gpu_step_time, "run_worker", in_process_worker)
     status = gpu_step_time.main(["--sizes", "tiny", "--batch-sizes", "2", "--steps", "1", "--warmup", "0",
                                  "--precision", "no", "--methods", "bitfit,learners", "--profile-dir", str(tmp_path)])

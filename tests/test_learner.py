@@ -360,6 +360,41 @@ def test_every_optimizer_step_reaches_the_forward_pass_fused_ones_too(fused):
         torch.testing.assert_close(merged(**tiny_batch(seed=5)).logits, logits, atol=1e-6, rtol=0)
 
 
+def test_an_optimizer_step_writes_only_the_learners_it_steps():
+    """The post-step hook writes the slices of the layers whose learners the optimizer holds, not those of every
+    learner model alive (an earlier run's, waiting for the garbage collector): a second model costs the step nothing,
+    and still sees its own slices at its next forward."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CopiedTensors(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._foreach_copy_.default:
+                self.count += len(args[0])
+            return func(*args, **(kwargs or {}))
+
+    _, other = learner_model("bert")
+    _, lm = learner_model("bert")
+    optimizer = torch.optim.AdamW([p for p in lm.parameters() if p.requires_grad], lr=1e-2)
+    lm(**tiny_batch()).loss.backward()
+    with CopiedTensors() as copied:
+        optimizer.step()
+    assert copied.count == 3 * len(lm.ffn_blocks)  # W1's rows and bias, W2's columns of each block: lm's alone
+    for block in lm.ffn_blocks:
+        assert torch.equal(block.up.weight[:block.up.num_neurons], block.up.learner_weight.detach())
+    other_optimizer = torch.optim.SGD([p for p in other.parameters() if p.requires_grad], lr=1.0)
+    other(**tiny_batch()).loss.backward()
+    other_optimizer.step()
+    other.eval()
+    with torch.no_grad():
+        logits = other(**tiny_batch(seed=5)).logits
+        torch.testing.assert_close(other.merge_and_unload().eval()(**tiny_batch(seed=5)).logits, logits,
+                                   atol=1e-6, rtol=0)
+
+
 def test_a_compiled_learner_model_trains_as_the_eager_one(caplog):
     """torch.compile (what Trainer's torch_compile=True does) traces the learner layers' autograd functions and
     their sync of the full weight; the aot_eager backend runs that tracing without a C++ compiler. Same losses,

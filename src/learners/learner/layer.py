@@ -68,14 +68,35 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 _optimizer_steps = [0]  # optimizer steps taken in this process, counted by the hook below
 _step_hook = []
 _LIVE_LAYERS = weakref.WeakSet()  # the installed learner layers: their full weight holds their slices (_install)
+_live_changes = [0]  # bumped whenever a layer joins or leaves _LIVE_LAYERS (invalidates _STEPPED)
+_STEPPED = weakref.WeakKeyDictionary()  # optimizer -> (key, the installed layers whose learner tensors it steps)
+
+
+def _set_live(layer: "_LearnerLinear", live: bool) -> None:
+    (_LIVE_LAYERS.add if live else _LIVE_LAYERS.discard)(layer)
+    _live_changes[0] += 1
 
 
 def _count_optimizer_step(optimizer, args, kwargs) -> None:
-    """After every optimizer step: count it, and write the new learner slices of every installed layer into its
-    full weight right away, so that a compiled forward pass has nothing to check or write (no graph break)."""
+    """After every optimizer step: count it, and write the new learner slices of the installed layers that this
+    optimizer steps into their full weights right away, so that a compiled forward pass has nothing to check or
+    write (no graph break). Other learner models (an earlier run's, not yet collected) are left alone: each
+    writes its own slices at its next forward if they changed."""
     _optimizer_steps[0] += 1
     if _LIVE_LAYERS:
-        _sync_all(list(_LIVE_LAYERS))
+        _sync_all(_stepped_layers(optimizer))
+
+
+def _stepped_layers(optimizer) -> list["_LearnerLinear"]:
+    """The installed layers whose learner tensors are among `optimizer`'s parameters (kept per optimizer until a
+    layer is installed or removed, or the optimizer's parameter list changes)."""
+    key = (_live_changes[0], sum(len(group["params"]) for group in optimizer.param_groups))
+    cached = _STEPPED.get(optimizer)
+    if cached is None or cached[0] != key:
+        stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        cached = (key, [layer for layer in list(_LIVE_LAYERS) if any(id(t) in stepped for t in layer._watched)])
+        _STEPPED[optimizer] = cached
+    return cached[1]
 
 
 def _sync_all(layers: list["_LearnerLinear"]) -> None:
@@ -216,7 +237,7 @@ class _LearnerLinear(nn.Module):
         super().__setstate__(state)
         self._views = [None, None]
         if self._installed:
-            _LIVE_LAYERS.add(self)
+            _set_live(self, True)
 
     @property
     def num_neurons(self) -> int:
@@ -281,7 +302,7 @@ class _LearnerLinear(nn.Module):
         if self.learner_first:
             self._reorder(self._order())
         self._installed = True
-        _LIVE_LAYERS.add(self)
+        _set_live(self, True)
 
     def sync(self) -> None:
         """Write the learner slices into the full weight in place if they changed since the last write.
@@ -322,7 +343,7 @@ class _LearnerLinear(nn.Module):
                     self._reorder(self._inverse_order())
             self.base_weight_slice = None
             self._installed = False
-            _LIVE_LAYERS.discard(self)
+            _set_live(self, False)
         self._synced[0] = None
 
     def _restore_slices(self) -> None:
@@ -356,7 +377,7 @@ class _LearnerLinear(nn.Module):
                 self._reorder(self._inverse_order())
         self.base_weight_slice = None
         self._installed = False  # the weight now holds the merged values in the original order
-        _LIVE_LAYERS.discard(self)
+        _set_live(self, False)
         self._synced[0] = None
         return _plain_linear(self.weight, self.bias)
 
