@@ -71,6 +71,22 @@ def test_save_pretrained_writes_a_model_card_with_the_base_task_labels_metrics_a
     assert {p.name for p in tmp_path.iterdir()} == LEARNER_FILES
 
 
+def test_save_pretrained_keeps_a_readme_of_the_users_own_and_refreshes_its_own_card(tmp_path):
+    """A folder's README.md that is not a learners card is the user's: never written over (a warning says so); a
+    learners card is brought up to date."""
+    model = trained_learners()
+    (tmp_path / "README.md").write_text("# My project\n\nNotes I keep beside my models.\n")
+    with pytest.warns(UserWarning, match="not a learners model card; it is kept"):
+        model.save_pretrained(tmp_path, task="cola")
+    assert (tmp_path / "README.md").read_text() == "# My project\n\nNotes I keep beside my models.\n"
+    assert (tmp_path / "learners_config.json").is_file()
+    (tmp_path / "README.md").unlink()
+    model.save_pretrained(tmp_path, task="cola")
+    model.save_pretrained(tmp_path, task="sst2", metrics={"accuracy": 0.9})
+    card = (tmp_path / "README.md").read_text()
+    assert "- sst2\n" in card and "| accuracy | 0.9000 |" in card and "- cola\n" not in card
+
+
 # ---- push_to_hub: the learners and the card, never the base weights ----------------------------------------------
 
 def test_push_to_hub_uploads_only_the_learners_their_config_and_the_card(monkeypatch, tmp_path):

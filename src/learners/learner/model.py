@@ -27,7 +27,7 @@ from .config import CONFIG_NAME, LearnerConfig, config_from_metadata
 from .ffn import FFNBlock, find_ffn_blocks, has_submodule, head_parameter_names, set_submodule
 from .forwarding import FORWARDED, not_forwarded
 from .hub import local_or_from_hub, push_folder
-from .model_card import CARD_NAME, model_card
+from .model_card import CARD_NAME, model_card, save_card
 from .prefix_cache import FrozenPrefixCache, unsupported_reason
 from .selection import magnitude_scores, select, select_at_random
 from .sets import LearnerSet, apply_labels, build_set, head_module_paths, join, read_labels, saved_labels
@@ -330,7 +330,7 @@ class LearnerModel(nn.Module):
             save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
             give_user_permissions(out / WEIGHTS_NAME)
             (out / CONFIG_NAME).write_text(json.dumps(meta, indent=2))
-            (out / CARD_NAME).write_text(model_card(meta, task, metrics, base_model), encoding="utf-8")
+            save_card(out, model_card(meta, task, metrics, base_model))  # a README.md of the user's own is kept
         except Exception as e:  # safetensors writes a temporary file and renames it: a full disk leaves no half file
             raise_if_disk_full(e, out, "the learners", sum(t.nbytes for t in tensors.values()), "free some space and save again")
             raise

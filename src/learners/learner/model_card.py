@@ -35,14 +35,35 @@ def model_card(meta: dict, task: str | None = None, metrics: dict | None = None,
 
 def write_model_card(directory: str | Path, task: str | None = None, metrics: dict | None = None,
                      base_model: str | None = None, repo_id: str | None = None) -> Path:
-    """(Re)write `directory`/README.md from the learners saved there (their learners_config.json)."""
+    """(Re)write `directory`/README.md from the learners saved there (their learners_config.json); a README.md
+    there that is not a learners card is kept (save_card)."""
     from .config import CONFIG_NAME
 
     directory = Path(directory)
     meta = json.loads((directory / CONFIG_NAME).read_text())
-    path = directory / CARD_NAME
-    path.write_text(model_card(meta, task, metrics, base_model, repo_id), encoding="utf-8")
-    return path
+    save_card(directory, model_card(meta, task, metrics, base_model, repo_id))
+    return directory / CARD_NAME
+
+
+def is_ours(path: Path) -> bool:
+    """Whether `path` is absent or a card this module wrote (its YAML header names the library)."""
+    if not path.exists():
+        return True
+    head = path.read_text(encoding="utf-8", errors="replace")[:2000]
+    return head.startswith("---") and "\nlibrary_name: learners\n" in head.split("\n---", 1)[0] + "\n"
+
+
+def save_card(directory: Path, text: str) -> bool:
+    """Write the card `text` as `directory`/README.md, unless a README.md there is not a learners card (the user's
+    own: kept, with a warning). Returns whether it was written."""
+    path = Path(directory) / CARD_NAME
+    if not is_ours(path):
+        import warnings
+        warnings.warn(f"{path} is not a learners model card; it is kept as it is and no card is written there",
+                      stacklevel=3)
+        return False
+    path.write_text(text, encoding="utf-8")
+    return True
 
 
 def _yaml_line(key: str, value) -> str:
