@@ -184,11 +184,11 @@ def forward_backward(model, batch, accelerator: Accelerator, plain: bool) -> tor
             loss.backward() if plain else accelerator.backward(loss)
         return loss
     sizes = [len(micro["labels"]) for micro in batch]  # shapes: known on the host, no synchronisation
-    total = None
+    examples, total = sum(sizes), None
     for i, (micro, size) in enumerate(zip(batch, sizes)):
         last = i == len(batch) - 1
         with (nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()), training_attention(accelerator):
-            loss = model(**micro).loss * (size / sum(sizes))
+            loss = model(**micro).loss * (size / examples)
             loss.backward() if plain else accelerator.backward(loss)
         total = loss.detach() if total is None else total + loss.detach()
     return total
@@ -458,9 +458,10 @@ class _Run:
         self.result.step_seconds.append((self.phase, elapsed))
         self.result.train_seconds += elapsed
         self.step += 1
-        self.position.batch += len(batch) if isinstance(batch, list) else 1
+        micro_batches = batch if isinstance(batch, list) else [batch]  # a list with gradient accumulation
+        self.position.batch += len(micro_batches)
         self.steps.add(self.step, loss, norm)
-        for micro_batch in batch if isinstance(batch, list) else [batch]:
+        for micro_batch in micro_batches:
             self.run_log.count(micro_batch)
         self.bar.update(1)
         if self.step % self.cfg.logging_steps == 0:
