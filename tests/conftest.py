@@ -97,6 +97,13 @@ def save_tiny_model_dir(path: Path, dropout: bool = False) -> Path:
     return path
 
 
+def write_three_class_csvs(folder: Path) -> None:
+    """`folder`/train.csv (24 rows, classes a, b, c) and dev.csv (its first 6): a tiny classification set."""
+    rows = [f"word{i % 7} thing{i % 5},{'abc'[i % 3]}" for i in range(24)]
+    (folder / "train.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    (folder / "dev.csv").write_text("text,label\n" + "\n".join(rows[:6]) + "\n")
+
+
 def save_regression_run(root: Path, dropout: bool = False) -> Path:
     """`root`/model (a tiny BERT, see save_tiny_model_dir) and a small regression set, train.jsonl (60 rows) and
     dev.jsonl (its first 16): the inputs of a fast finetune run."""

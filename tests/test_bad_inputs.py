@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import tiny_model
+from conftest import tiny_model, write_three_class_csvs
 from learners import LearnerConfig, LearnerModel, Primer, get_learner_model
 from learners.errors import UsageError
 from learners.harness.cli import main
@@ -29,9 +29,7 @@ LEARNERS_CONFIG = "learners_config.json"
 def trained(tmp_path_factory, tiny_model_dir):
     """A tiny learners run and a tiny adapter run on a three-class CSV, and the CSV files."""
     d = tmp_path_factory.mktemp("trained")
-    rows = [f"word{i % 7} thing{i % 5},{'abc'[i % 3]}" for i in range(24)]
-    (d / "train.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
-    (d / "dev.csv").write_text("text,label\n" + "\n".join(rows[:6]) + "\n")
+    write_three_class_csvs(d)
     for method in ("learners", "adapter"):
         assert main(["finetune", "--train-file", str(d / "train.csv"), "--validation-file", str(d / "dev.csv"),
                      "--model", str(tiny_model_dir), "--method", method, "--max-steps", "2",

@@ -11,7 +11,7 @@ import torch
 from huggingface_hub import HfApi
 from safetensors.torch import load_file
 
-from conftest import tiny_batch, tiny_model
+from conftest import tiny_batch, tiny_model, write_three_class_csvs
 from learners import LearnerConfig, LearnerModel, get_learner_model
 from learners.errors import UsageError
 from learners.harness.cli import main
@@ -180,9 +180,7 @@ def test_a_whole_models_safetensors_is_not_taken_for_learners(tmp_path):
 def runs(tmp_path_factory, tiny_model_dir):
     """A three-class learners run pushed to a fake hub, and a regression run."""
     d = tmp_path_factory.mktemp("share")
-    rows = [f"word{i % 7} thing{i % 5},{'abc'[i % 3]}" for i in range(24)]
-    (d / "train.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
-    (d / "dev.csv").write_text("text,label\n" + "\n".join(rows[:6]) + "\n")
+    write_three_class_csvs(d)
     (d / "reg.csv").write_text("text,label\n" + "\n".join(f"word{i % 7} thing{i % 5},{i / 7:.2f}" for i in range(24)))
     common = ["--model", str(tiny_model_dir), "--max-steps", "2", "--batch-size", "12", "--no-progress", "--ratio", "0.25"]
     with pytest.MonkeyPatch.context() as mp:
