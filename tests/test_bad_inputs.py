@@ -225,7 +225,7 @@ CASES = [
     ("ft-num-neurons-per-layer-count", lambda c: (finetune(c, "--num-neurons", "4,4,4"), c.out), r"gives 3 counts but 1 of the model.s 2 FFN blocks get learners \(blocks \[1\], layers .skip-1.\)"),
     ("ft-learner-layer-missing", lambda c: (finetune(c, "--learner-layers", 7), c.out), r"learner layers \[7\] do not exist"),
     ("ft-learner-layers-top-too-many", lambda c: (finetune(c, "--learner-layers", "top-9"), c.out), r"use at most top-2"),
-    ("ft-learner-layers-garbage", lambda c: (finetune(c, "--learner-layers", "bottom"), c.out), r"not 'auto', 'all', 'top-N'"),
+    ("ft-learner-layers-garbage", lambda c: (finetune(c, "--learner-layers", "bottom"), c.out), r"learner layers 'bottom' not understood"),
     ("ft-learner-layers-auto-with-list", lambda c: (finetune(c, "--learner-layers", "auto", "--selection", "priming", "--num-neurons", "4,4"), c.out),
      r"must be one count, not a list"),
     ("ft-layer-coverage", lambda c: (finetune(c, "--layer-coverage", 0, "--learner-layers", "auto", "--selection", "priming"), c.out),

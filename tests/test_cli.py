@@ -39,8 +39,9 @@ def test_full_finetune_writes_results_and_a_loadable_model(tmp_path, tiny_model_
 
 
 def test_learners_by_default_pick_random_neurons_and_train_them_from_the_first_step(tmp_path, tiny_model_dir, glue_dir):
-    """No priming phase by default (BENCHMARKS.md 5.14): every step is a learner step; the seed picks the neurons,
-    1/8 of each FFN's width (5.17) in every block but the lowest (5.23)."""
+    """No priming phase by default (docs/journal.md#random-default): every step is a learner step; the seed picks
+    the neurons, 1/8 of each FFN's width (docs/journal.md#learner-size) in every block but the lowest
+    (docs/journal.md#skip-1-default)."""
     from safetensors.torch import load_file
 
     r = finetune(tmp_path, tiny_model_dir, glue_dir, out="a")
@@ -81,9 +82,9 @@ def test_gradient_checkpointing_trains_the_same_weights(method, tmp_path, tiny_m
         torch.testing.assert_close(weights["ckpt"][key], value, atol=1e-6, rtol=0, msg=key)
 
 
-def test_a_one_block_model_gets_its_learners_in_that_block_by_default(tmp_path, glue_dir, capsys):
-    """The default leaves the lowest block frozen; a model with one block has nothing else, so its learners go there
-    (with a note) instead of the run failing on skip-1."""
+def test_a_one_block_model_gets_its_learners_in_that_block_by_default(tmp_path, glue_dir):
+    """The default, skip-1, leaves the lowest block frozen; skip-N always leaves the top block, so a model with one
+    block gets its learners there, by default or by name."""
     from learners.harness.models import embedded_model_dir
 
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir())
@@ -91,18 +92,17 @@ def test_a_one_block_model_gets_its_learners_in_that_block_by_default(tmp_path, 
     tokenizer.save_pretrained(tmp_path / "one")
     r = finetune(tmp_path, tmp_path / "one", glue_dir)
     assert r["learner_layers"] == [0] and r["learner_neurons"] == [8]
-    assert "this model has one FFN block, so the learners go there" in capsys.readouterr().err
     named = ["finetune", "--task", "cola", "--data-dir", str(glue_dir), "--model", str(tmp_path / "one"),
              "--output-dir", str(tmp_path / "named"), "--learner-layers", "skip-1", "--no-progress"]
-    assert main(named) == 2  # asked for by name, skip-1 is still refused with its message
-    assert "use at most skip-0" in capsys.readouterr().err
+    assert main(named) == 0
+    assert json.loads((tmp_path / "named" / "results.json").read_text())["learner_layers"] == [0]
 
 
 def test_dropout_flags_reach_the_saved_learner_config(tmp_path, tiny_model_dir, glue_dir):
     finetune(tmp_path, tiny_model_dir, glue_dir, "--learner-layers", "top-1", "--no-frozen-dropout", "--no-attention-dropout")
     saved = json.loads((tmp_path / "run" / "learners" / "learners_config.json").read_text())["learner_config"]
     assert (saved["layers"], saved["frozen_dropout"], saved["attention_dropout"]) == ("top-1", False, False)
-    finetune(tmp_path, tiny_model_dir, glue_dir, out="default")  # BENCHMARKS.md 5.23: no dropout in either by default
+    finetune(tmp_path, tiny_model_dir, glue_dir, out="default")  # docs/journal.md#skip-1-default: no dropout in either by default
     saved = json.loads((tmp_path / "default" / "learners" / "learners_config.json").read_text())["learner_config"]
     assert (saved["layers"], saved["frozen_dropout"], saved["attention_dropout"]) == ("skip-1", False, False)
     finetune(tmp_path, tiny_model_dir, glue_dir, "--frozen-dropout", "--attention-dropout", out="on")

@@ -10,10 +10,11 @@ from transformers import AutoModelForSequenceClassification, BertConfig
 from conftest import FAMILIES, OddModel, tiny_batch, tiny_model
 from learners import LearnerConfig, LearnerModel, get_learner_model
 from learners.errors import UsageError
-from learners.learner.ffn import find_ffn_blocks
+from learners.learner.ffn import locate_ffn_blocks
+from learners.learner.plan import plan_learners
 from learners.learner.selection import choose_layers, gradient_scores, select
 from learners.harness.methods import build_method
-from learners.harness.methods.learners import priming_parameter_names
+from learners.learner.priming import priming_parameter_names
 
 
 def four_layer_bert(seed=0):
@@ -27,9 +28,10 @@ def four_layer_bert(seed=0):
                                              ("top-3", [1, 2, 3]), ("skip-1", [1, 2, 3]), ("skip-0", [0, 1, 2, 3]),
                                              ([2, 0], [0, 2]), ("auto", [0, 1, 2, 3])])
 def test_layer_specs_resolve_to_blocks(layers, expected):
-    config = LearnerConfig(ratio=0.25, layers=layers)
-    assert config.layer_positions(4) == expected
-    assert [b.name for b in find_ffn_blocks(four_layer_bert(), config)] == [f"bert.encoder.layer.{i}" for i in expected]
+    config = LearnerConfig.primed(ratio=0.25, layers=layers)
+    plan = plan_learners(four_layer_bert(), config)
+    assert list(plan.positions) == expected
+    assert [b.name for b in plan.learner_blocks] == [f"bert.encoder.layer.{i}" for i in expected]
 
 
 @pytest.mark.parametrize("layers,message", [
@@ -37,14 +39,21 @@ def test_layer_specs_resolve_to_blocks(layers, expected):
 ])
 def test_bad_layer_specs_are_clear_errors(layers, message):
     with pytest.raises(UsageError, match=message):
-        LearnerConfig(ratio=0.25, layers=layers)
+        LearnerConfig.primed(ratio=0.25, layers=layers)
 
 
-@pytest.mark.parametrize("layers,message", [("top-5", "at most top-4"), ("skip-4", "at most skip-3"),
-                                            ([4], r"layers \[4\] do not exist")])
+@pytest.mark.parametrize("layers,message", [("top-5", "at most top-4"), ([4], r"layers \[4\] do not exist")])
 def test_layers_beyond_the_model_are_clear_errors(layers, message):
     with pytest.raises(UsageError, match=message):
-        get_learner_model(four_layer_bert(), LearnerConfig(ratio=0.25, selection="random", layers=layers))
+        get_learner_model(four_layer_bert(), LearnerConfig.primed(ratio=0.25, selection="random", layers=layers))
+
+
+@pytest.mark.parametrize("layers", ["skip-3", "skip-4", "skip-9"])
+def test_skip_n_leaves_at_least_the_top_block(layers):
+    """skip-N of a model with N blocks or fewer keeps the top one: the default, skip-1, fits a one-block model."""
+    assert plan_learners(four_layer_bert(), LearnerConfig(layers=layers)).positions == (3,)
+    one_block = get_learner_model(tiny_model("bert", layers=1), LearnerConfig())
+    assert one_block.plan.positions == (0,) and one_block.learner_config.layers == "skip-1"
 
 
 def test_choose_layers_takes_the_fewest_top_blocks_that_hold_the_coverage():
@@ -61,13 +70,14 @@ def test_choose_layers_takes_the_fewest_top_blocks_that_hold_the_coverage():
 
 def test_auto_selection_returns_the_chosen_blocks_and_their_top_neurons():
     model = four_layer_bert()
-    config = LearnerConfig(num_neurons=2, layers="auto", layer_coverage=0.5)
+    config = LearnerConfig.primed(num_neurons=2, layers="auto", layer_coverage=0.5, selection="magnitude")
     scores = [torch.zeros(64) for _ in range(4)]
     scores[3][[5, 9]] = 3.0
     scores[0][[1, 2]] = 1.0
     scores[1][7] = 2.0
-    resolved, indices = select(model, config, scores)
-    assert resolved.layers == [3] and [i.tolist() for i in indices] == [[5, 9]]
+    plan, indices = select(plan_learners(model, config), scores)
+    resolved = plan.config
+    assert resolved.layers == [3] and plan.positions == (3,) and [i.tolist() for i in indices] == [[5, 9]]
     lm = LearnerModel(model, resolved, indices)
     assert [b.name for b in lm.ffn_blocks] == ["bert.encoder.layer.3"]
     with pytest.raises(UsageError, match="select"):
@@ -75,15 +85,15 @@ def test_auto_selection_returns_the_chosen_blocks_and_their_top_neurons():
 
 
 def test_magnitude_selection_with_auto_layers():
-    lm = get_learner_model(four_layer_bert(), LearnerConfig(num_neurons=4, selection="magnitude", layers="auto"))
+    lm = get_learner_model(four_layer_bert(), LearnerConfig.primed(num_neurons=4, selection="magnitude", layers="auto"))
     assert isinstance(lm.learner_config.layers, list) and lm.learner_config.layers[-1] == 3
     assert len(lm.indices) == len(lm.learner_config.layers)
 
 
 @pytest.mark.parametrize("layers", ["top-1", "top-2", [1, 3]])
 def test_nothing_runs_backward_below_the_lowest_learner_block(layers):
-    lm = get_learner_model(four_layer_bert(), LearnerConfig(ratio=0.25, selection="random", layers=layers))
-    lowest = min(lm.learner_config.layer_positions(4))
+    lm = get_learner_model(four_layer_bert(), LearnerConfig.primed(ratio=0.25, selection="random", layers=layers))
+    lowest = lm.plan.positions[0]
     out = lm(**tiny_batch(), output_hidden_states=True)
     # hidden_states[i] is the input of block i: it has a graph only above the lowest learner block
     assert [h.grad_fn is not None for h in out.hidden_states] == [i > lowest for i in range(5)]
@@ -106,7 +116,7 @@ def test_nothing_runs_backward_below_the_lowest_learner_block(layers):
 def test_layer_selective_gradients_equal_the_full_models_slices(layers):
     model = four_layer_bert()
     reference = copy.deepcopy(model)
-    lm = get_learner_model(model, LearnerConfig(ratio=0.25, selection="random", layers=layers, seed=3))
+    lm = get_learner_model(model, LearnerConfig.primed(ratio=0.25, selection="random", layers=layers, seed=3))
     batch = tiny_batch()
     reference(**batch).loss.backward()
     lm(**batch).loss.backward()
@@ -120,7 +130,7 @@ def test_layer_selective_gradients_equal_the_full_models_slices(layers):
 def test_under_autocast_the_learner_step_matches_nn_linear_under_autocast():
     model = four_layer_bert()
     reference = copy.deepcopy(model)
-    lm = get_learner_model(model, LearnerConfig(ratio=0.25, selection="random", layers="top-2"))
+    lm = get_learner_model(model, LearnerConfig.primed(ratio=0.25, selection="random", layers="top-2"))
     batch = tiny_batch()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ref_loss = reference(**batch).loss
@@ -141,9 +151,9 @@ def test_priming_scope_trains_only_ffns_and_the_head(scope, family):
     method = build_method("learners", {"ratio": 0.25, "layers": "top-1", "priming_scope": scope, "selection": "priming"})
     model = method.prepare(model, iter([]))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == priming_parameter_names(model, method.config, method.head_names)
+    assert trainable == priming_parameter_names(model, plan_learners(model, method.config), method.head_names)
     assert method.head_names <= trainable
-    blocks = find_ffn_blocks(model, LearnerConfig(ratio=1.0))
+    blocks = locate_ffn_blocks(model)
     expected_blocks = blocks if scope == "ffn" else blocks[-1:]
     ffn = {f"{b.name}.{m}.{k}" for b in expected_blocks for m in (b.up_name, b.down_name) for k in ("weight", "bias")}
     assert trainable - method.head_names == ffn
@@ -166,7 +176,7 @@ def test_priming_with_a_scope_ends_as_base_model_plus_learners_plus_head():
     config, indices = lm.learner_config, lm.indices
     plain = lm.merge_and_unload()
     base_params, merged = dict(base.named_parameters()), dict(plain.named_parameters())
-    for block, idx in zip(find_ffn_blocks(plain, config), indices):
+    for block, idx in zip(plan_learners(plain, config).learner_blocks, indices):
         w = f"{block.name}.intermediate.dense.weight"
         frozen = torch.ones(64, dtype=torch.bool)
         frozen[idx] = False
@@ -184,7 +194,9 @@ def test_auto_layers_with_learner_layer_priming_are_chosen_by_a_gradient_probe_b
     model = method.prepare(model, iter([tiny_batch(seed=s) for s in range(5)]))
     chosen = method.config.layers
     assert isinstance(chosen, list) and chosen[-1] == 3 and len(method.probe_signal) == 4
-    probe = gradient_scores(four_layer_bert(), LearnerConfig(num_neurons=4), [tiny_batch(seed=s) for s in range(2)])
+    probe_model = four_layer_bert()
+    probe = gradient_scores(probe_model, plan_learners(probe_model, LearnerConfig.primed(num_neurons=4)),
+                            [tiny_batch(seed=s) for s in range(2)])
     assert chosen == choose_layers(probe, [4] * 4, 0.5)
     # the probe updated nothing and left no gradients; priming trains only the chosen blocks' FFNs and the head
     assert all(torch.equal(p, before[n]) and p.grad is None for n, p in model.named_parameters())
@@ -198,7 +210,7 @@ def test_frozen_dropout_off_runs_the_part_below_the_learners_in_inference_mode(f
     config = BertConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, vocab_size=120,
                         num_labels=2, hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3)
     lm = get_learner_model(AutoModelForSequenceClassification.from_config(config),
-                           LearnerConfig(ratio=0.25, selection="random", layers="top-2", frozen_dropout=frozen_dropout))
+                           LearnerConfig.primed(ratio=0.25, selection="random", layers="top-2", frozen_dropout=frozen_dropout))
     lm.train()
     layers = lm.base_model.bert.encoder.layer
     assert [layers[i].training for i in range(4)] == [frozen_dropout, frozen_dropout, True, True]
@@ -215,7 +227,7 @@ def assert_gradients_as_with_eval_modules(lm, reference, family, module_name):
     """The learner gradients of `lm` (learners in the top two blocks) equal the slices of `reference`'s gradients when
     `reference` runs each of those blocks' `module_name` in eval mode, under the same dropout draws."""
     reference.train()
-    for block in find_ffn_blocks(reference, LearnerConfig(ratio=0.25, layers="top-2")):
+    for block in plan_learners(reference, LearnerConfig.primed(ratio=0.25, layers="top-2")).learner_blocks:
         block.block.get_submodule(module_name).eval()
     batch = tiny_batch()
     torch.manual_seed(1)
@@ -236,9 +248,9 @@ def test_attention_dropout_off_runs_the_learner_blocks_attention_in_inference_mo
     torch.manual_seed(0)
     model = tiny_model(family, dropout=True, layers=3)
     reference = copy.deepcopy(model)
-    lm = get_learner_model(model, LearnerConfig(ratio=0.25, selection="random", layers="top-2", attention_dropout=False))
+    lm = get_learner_model(model, LearnerConfig.primed(ratio=0.25, selection="random", layers="top-2", attention_dropout=False))
     lm.train()
-    blocks = [b.block for b in find_ffn_blocks(lm.base_model, LearnerConfig(ratio=0.25))]
+    blocks = [b.block for b in locate_ffn_blocks(lm.base_model)]
     assert [b.training for b in blocks] == [True, True, True]
     assert [b.attention.training for b in blocks] == [True, False, False]
     ffn = [b.block for b in lm.ffn_blocks]
@@ -258,11 +270,11 @@ def test_attention_probs_dropout_off_runs_only_the_self_attention_core_in_infere
     torch.manual_seed(0)
     model = tiny_model(family, dropout=True, layers=3)
     reference = copy.deepcopy(model)
-    lm = get_learner_model(model, LearnerConfig(ratio=0.25, selection="random", layers="top-2",
+    lm = get_learner_model(model, LearnerConfig.primed(ratio=0.25, selection="random", layers="top-2",
                                                 attention_probs_dropout=False))
     lm.train()
     core = {"bert": "attention.self", "distilbert": "attention", "mpnet": "attention.attn", "deberta-v2": "attention.self"}[family]
-    blocks = [b.block for b in find_ffn_blocks(lm.base_model, LearnerConfig(ratio=0.25))]
+    blocks = [b.block for b in locate_ffn_blocks(lm.base_model)]
     for i, block in enumerate(blocks):
         evaluated = {n for n, m in block.named_modules() if not m.training}
         assert evaluated == (set() if i == 0 else {n for n, _ in block.get_submodule(core).named_modules(prefix=core)})
@@ -273,11 +285,11 @@ def test_attention_probs_dropout_off_needs_the_query_key_value_module_and_the_wh
     model = OddModel()
     for block in model.blocks:
         block.attention = nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.1))  # one projection: no q, k, v module
-    lm = get_learner_model(model, LearnerConfig(ratio=0.5, selection="random", ffn_modules=("fc_in", "fc_out"),
+    lm = get_learner_model(model, LearnerConfig.primed(ratio=0.5, selection="random", ffn_modules=("fc_in", "fc_out"),
                                                 attention_dropout=False)).train()
     assert [b.attention.training for b in model.blocks] == [False, False]
     with pytest.raises(UsageError, match=r"no module with the query, key and value projections found in Sequential"):
-        get_learner_model(lm.unload(), LearnerConfig(ratio=0.5, selection="random", ffn_modules=("fc_in", "fc_out"),
+        get_learner_model(lm.unload(), LearnerConfig.primed(ratio=0.5, selection="random", ffn_modules=("fc_in", "fc_out"),
                                                      attention_probs_dropout=False))
 
 
@@ -285,6 +297,6 @@ def test_attention_dropout_off_needs_an_attention_module_in_the_learner_blocks()
     model = OddModel()
     for option in ("attention_dropout", "attention_probs_dropout"):
         with pytest.raises(UsageError, match=r"no 'attention' submodule .*leave attention dropout on"):
-            get_learner_model(model, LearnerConfig(ratio=0.5, selection="random", ffn_modules=("fc_in", "fc_out"),
+            get_learner_model(model, LearnerConfig.primed(ratio=0.5, selection="random", ffn_modules=("fc_in", "fc_out"),
                                                    **{option: False}))
         assert all(p.requires_grad for p in model.parameters())  # refused before anything changed

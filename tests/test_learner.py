@@ -10,10 +10,11 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 from conftest import BERT_LAYOUT_FAMILIES, FAMILIES, OddModel, tiny_batch, tiny_model
 from learners import LearnerConfig, LearnerModel, get_learner_model
 from learners.errors import UsageError
-from learners.learner.ffn import find_ffn_blocks, layout_type
+from learners.learner.ffn import layout_type
+from learners.learner.plan import plan_learners
 from learners.learner.layer import LearnerColumnLinear, LearnerRowLinear
-from learners.learner.selection import (select_at_random, select_by_gradient, select_by_magnitude,
-                                        select_by_priming, snapshot_ffns)
+from learners.learner.selection import (priming_scores, random_indices, select, select_by_gradient,
+                                        select_by_magnitude, snapshot_ffns)
 from learners.harness.train import TrainConfig, make_optimizer
 
 FFN_NAMES = {"bert": ("intermediate.dense", "output.dense"), "roberta": ("intermediate.dense", "output.dense"),
@@ -24,7 +25,7 @@ FFN_NAMES = {"bert": ("intermediate.dense", "output.dense"), "roberta": ("interm
 def learner_model(family, ratio=0.25, **kwargs):
     model = tiny_model(family, **kwargs)
     reference = copy.deepcopy(model)
-    return reference, get_learner_model(model, LearnerConfig(ratio=ratio, selection="random", seed=1))
+    return reference, get_learner_model(model, LearnerConfig.primed(ratio=ratio, selection="random", seed=1))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -118,9 +119,9 @@ def test_the_full_weight_follows_every_change_of_the_learner_slices_without_a_co
 
 def test_learner_layers_share_the_frozen_weights_instead_of_copying_them():
     model = tiny_model("bert")
-    block = find_ffn_blocks(model, LearnerConfig(ratio=0.25))[0]
+    block = plan_learners(model, LearnerConfig.primed(ratio=0.25)).learner_blocks[0]
     up_weight, up_bias, down_weight = block.up.weight, block.up.bias, block.down.weight
-    get_learner_model(model, LearnerConfig(ratio=0.25, selection="magnitude"))
+    get_learner_model(model, LearnerConfig.primed(ratio=0.25, selection="magnitude"))
     assert block.up.weight.data_ptr() == up_weight.data_ptr()
     assert block.up.bias.data_ptr() == up_bias.data_ptr()
     assert block.down.weight.data_ptr() == down_weight.data_ptr()
@@ -164,7 +165,7 @@ def test_saved_learners_hold_only_trained_slices_and_indices(tmp_path):
 
 def test_options_train_ffn_output_bias_and_layer_norm_and_layers():
     model = tiny_model("bert")
-    lm = get_learner_model(model, LearnerConfig(num_neurons=3, selection="magnitude", layers=[1],
+    lm = get_learner_model(model, LearnerConfig.primed(num_neurons=3, selection="magnitude", layers=[1],
                                                 train_ffn_output_bias=True, train_layer_norm=True))
     trainable = {n for n, p in lm.base_model.named_parameters() if p.requires_grad}
     assert "bert.encoder.layer.1.output.dense.bias" in trainable
@@ -175,17 +176,18 @@ def test_options_train_ffn_output_bias_and_layer_norm_and_layers():
 
 def test_priming_selection_picks_exactly_the_top_k_of_a_constructed_delta():
     model = tiny_model("bert")
-    config = LearnerConfig(num_neurons=4, selection="priming")
-    before = snapshot_ffns(model, config)
+    config = LearnerConfig.primed(num_neurons=4, selection="priming")
+    before = snapshot_ffns(plan_learners(model, config))
     chosen = [torch.tensor([3, 17, 40, 63]), torch.tensor([0, 5, 6, 50])]
     with torch.no_grad():
-        for block, idx in zip(find_ffn_blocks(model, config), chosen):
+        for block, idx in zip(plan_learners(model, config).learner_blocks, chosen):
             block.up.weight[idx] += torch.arange(1, 5).float()[:, None] * 0.1   # large moves on chosen rows
             block.down.weight[:, idx] -= 0.05
             small = torch.ones(64, dtype=torch.bool)
             small[idx] = False
             block.up.bias[small] += 0.01                                        # small moves elsewhere
-    selected = select_by_priming(model, config, before)
+    plan = plan_learners(model, config)
+    selected = select(plan, priming_scores(plan, before))[1]
     assert [s.tolist() for s in selected] == [c.tolist() for c in chosen]
 
 
@@ -193,14 +195,14 @@ def test_priming_selection_picks_exactly_the_top_k_of_a_constructed_delta():
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_strategy_returns_k_distinct_valid_indices_per_layer(strategy, family):
     model = tiny_model(family)
-    config = LearnerConfig(ratio=0.2, selection=strategy)
+    config = LearnerConfig.primed(ratio=0.2, selection=strategy)
     if strategy == "gradient":
         selected = select_by_gradient(model, config, [tiny_batch(seed=s) for s in range(2)])
         assert all(p.grad is None for p in model.parameters())
     elif strategy == "magnitude":
         selected = select_by_magnitude(model, config)
     else:
-        selected = select_at_random(model, config)
+        selected = random_indices(plan_learners(model, config))
     assert len(selected) == 2
     for idx in selected:
         assert idx.numel() == 13 and idx.unique().numel() == 13  # ceil(0.2 * 64)
@@ -209,34 +211,33 @@ def test_every_strategy_returns_k_distinct_valid_indices_per_layer(strategy, fam
 
 def test_magnitude_selection_matches_a_hand_computed_score():
     model = tiny_model("bert")
-    block = find_ffn_blocks(model, LearnerConfig(ratio=0.1))[0]
+    block = plan_learners(model, LearnerConfig.primed(ratio=0.1)).learner_blocks[0]
     w1, b1, w2 = block.up.weight.detach(), block.up.bias.detach(), block.down.weight.detach()
     scores = [float(w1[i].abs().sum() + w2[:, i].abs().sum() + b1[i].abs()) for i in range(64)]
     expected = sorted(sorted(range(64), key=lambda i: -scores[i])[:5])
-    assert select_by_magnitude(model, LearnerConfig(num_neurons=5, selection="magnitude"))[0].tolist() == expected
+    assert select_by_magnitude(model, LearnerConfig.primed(num_neurons=5, selection="magnitude"))[0].tolist() == expected
 
 
 @pytest.mark.parametrize("kwargs,message", [
     (dict(ratio=0), r"ratio must be in \(0, 1\]"),
     (dict(ratio=1.5), r"ratio must be in \(0, 1\]"),
-    (dict(), "exactly one of ratio"),
-    (dict(ratio=0.1, num_neurons=3), "exactly one of ratio"),
+    (dict(ratio=0.1, num_neurons=3), "one of ratio= .* and num_neurons=, not both"),
     (dict(ratio=0.1, selection="best"), "unknown selection 'best'"),
 ])
 def test_bad_configs_give_clear_errors(kwargs, message):
     with pytest.raises(UsageError, match=message):
-        LearnerConfig(**kwargs)
+        LearnerConfig.primed(**kwargs)
 
 
 def test_k_larger_than_the_ffn_width_is_a_clear_error():
     with pytest.raises(UsageError, match=r"k=65 is larger than the FFN width m=64"):
-        get_learner_model(tiny_model("bert"), LearnerConfig(num_neurons=65, selection="random"))
+        get_learner_model(tiny_model("bert"), LearnerConfig.primed(num_neurons=65, selection="random"))
 
 
 def test_unknown_architecture_lists_linear_modules_and_says_how_to_name_the_ffn():
     with pytest.raises(UsageError, match=r"blocks\.\*\.fc_in \(16x8\).*ffn_modules="):
-        get_learner_model(OddModel(), LearnerConfig(ratio=0.5, selection="random"))
-    lm = get_learner_model(OddModel(), LearnerConfig(ratio=0.5, selection="random", ffn_modules=("fc_in", "fc_out")))
+        get_learner_model(OddModel(), LearnerConfig.primed(ratio=0.5, selection="random"))
+    lm = get_learner_model(OddModel(), LearnerConfig.primed(ratio=0.5, selection="random", ffn_modules=("fc_in", "fc_out")))
     assert [i.numel() for i in lm.indices] == [8, 8]
 
 
@@ -289,7 +290,7 @@ def test_layout_type_is_the_model_type_the_tables_know_else_berts_else_the_unkno
         "funnel", vocab_size=120, d_model=32, n_head=2, d_head=16, d_inner=64, block_sizes=[1, 1], num_decoder_layers=1))
     assert layout_type(funnel) == "funnel"
     with pytest.raises(UsageError, match=r"does not know where the FFN is in model type 'funnel'.*ffn\.linear_1"):
-        get_learner_model(funnel, LearnerConfig(ratio=0.5, selection="random"))
+        get_learner_model(funnel, LearnerConfig.primed(ratio=0.5, selection="random"))
 
 
 @pytest.mark.parametrize("names,message", [
@@ -297,46 +298,51 @@ def test_layout_type_is_the_model_type_the_tables_know_else_berts_else_the_unkno
 ])
 def test_ffn_modules_need_two_or_three_names(names, message):
     with pytest.raises(UsageError, match=message):
-        LearnerConfig(ratio=0.5, ffn_modules=names)
+        LearnerConfig.primed(ratio=0.5, ffn_modules=names)
 
 
 def test_a_third_ffn_module_name_is_the_layer_norm_and_names_are_stripped():
-    config = LearnerConfig(ratio=0.5, ffn_modules=" intermediate.dense, output.dense ,output.LayerNorm")
+    config = LearnerConfig.primed(ratio=0.5, ffn_modules=" intermediate.dense, output.dense ,output.LayerNorm")
     assert config.ffn_modules == ("intermediate.dense", "output.dense") and config.layer_norm_module == "output.LayerNorm"
     with pytest.raises(UsageError, match="give it once"):
-        LearnerConfig(ratio=0.5, ffn_modules=("a", "b", "n1"), layer_norm_module="n2")
+        LearnerConfig.primed(ratio=0.5, ffn_modules=("a", "b", "n1"), layer_norm_module="n2")
 
 
 def test_named_ffn_modules_find_the_layer_norm_as_the_defaults_do():
     """Naming a known model's FFN pair (or an unknown model's) keeps its output LayerNorm: train_layer_norm is
     never silently dropped."""
     config = dict(ratio=0.25, selection="random", train_layer_norm=True)
-    by_type = get_learner_model(tiny_model("bert"), LearnerConfig(**config)).learner_state()
-    named = get_learner_model(tiny_model("bert"), LearnerConfig(ffn_modules=("intermediate.dense", "output.dense"),
+    by_type = get_learner_model(tiny_model("bert"), LearnerConfig.primed(**config)).learner_state()
+    named = get_learner_model(tiny_model("bert"), LearnerConfig.primed(ffn_modules=("intermediate.dense", "output.dense"),
                                                                 **config)).learner_state()
     assert sorted(named) == sorted(by_type) and "bert.encoder.layer.0.output.LayerNorm.weight" in named
-    odd = get_learner_model(odd_model(), LearnerConfig(ffn_modules=("fc_in", "fc_out"), **config))
+    odd = get_learner_model(odd_model(), LearnerConfig.primed(ffn_modules=("fc_in", "fc_out"), **config))
     assert {"blocks.0.norm.weight", "blocks.1.norm.bias"} <= set(odd.learner_state())
-    with pytest.raises(UsageError, match=r"blocks\.0\.fc_out has no single norm module beside it.*--no-train-layer-norm"):
-        get_learner_model(odd_model(norm=False), LearnerConfig(ffn_modules=("fc_in", "fc_out"), **config))
+    no_norm = get_learner_model(odd_model(norm=False), LearnerConfig.primed(ffn_modules=("fc_in", "fc_out"), **config))
+    assert not no_norm.plan.trains_layer_norm and not any("norm" in k for k in no_norm.learner_state())
+    two_norms = odd_model()
+    for block in two_norms.blocks:
+        block.other_norm = nn.LayerNorm(8)
+    with pytest.raises(UsageError, match=r"blocks\.0\.fc_out has several norm modules beside it.*--no-train-layer-norm"):
+        get_learner_model(two_norms, LearnerConfig.primed(ffn_modules=("fc_in", "fc_out"), **config))
     with pytest.raises(UsageError, match=r"blocks\.0\.nope does not exist"):
-        get_learner_model(odd_model(), LearnerConfig(ffn_modules=("fc_in", "fc_out", "nope"), **config))
-    plain = get_learner_model(odd_model(norm=False), LearnerConfig(ffn_modules=("fc_in", "fc_out"), ratio=0.25, selection="random"))
+        get_learner_model(odd_model(), LearnerConfig.primed(ffn_modules=("fc_in", "fc_out", "nope"), **config))
+    plain = get_learner_model(odd_model(norm=False), LearnerConfig.primed(ffn_modules=("fc_in", "fc_out"), ratio=0.25, selection="random"))
     assert not any("norm" in k for k in plain.learner_state())
 
 
 def test_gated_and_bias_free_ffns_are_refused_by_name():
     with pytest.raises(UsageError, match=r"blocks\.0\.fc_in has 32 outputs, blocks\.0\.fc_out 16 inputs.*gated FFN"):
-        get_learner_model(odd_model(width=32), LearnerConfig(ratio=0.5, selection="random", ffn_modules=("fc_in", "fc_out")))
+        get_learner_model(odd_model(width=32), LearnerConfig.primed(ratio=0.5, selection="random", ffn_modules=("fc_in", "fc_out")))
     model = tiny_model("bert")
     model.bert.encoder.layer[1].output.dense.bias = None
     with pytest.raises(UsageError, match=r"bert\.encoder\.layer\.1\.output\.dense has no bias"):
-        get_learner_model(model, LearnerConfig(ratio=0.5, selection="random"))
+        get_learner_model(model, LearnerConfig.primed(ratio=0.5, selection="random"))
 
 
 def test_priming_and_gradient_need_training_batches():
     with pytest.raises(UsageError, match="indices="):
-        get_learner_model(tiny_model("bert"), LearnerConfig(ratio=0.1))
+        get_learner_model(tiny_model("bert"), LearnerConfig.primed(ratio=0.1))
 
 
 @pytest.mark.parametrize("fused", [False, True])
@@ -400,7 +406,7 @@ def test_a_compiled_learner_model_trains_as_the_eager_one(caplog):
     their sync of the full weight; the aot_eager backend runs that tracing without a C++ compiler. Same losses,
     same slices, and the merged model gives the compiled model's outputs."""
     def train(compiled):
-        lm = get_learner_model(tiny_model("bert"), LearnerConfig(ratio=0.25, selection="random", seed=1,
+        lm = get_learner_model(tiny_model("bert"), LearnerConfig.primed(ratio=0.25, selection="random", seed=1,
                                                                  train_ffn_output_bias=True, train_layer_norm=True))
         run = torch.compile(lm, backend="aot_eager") if compiled else lm
         optimizer = torch.optim.AdamW([p for p in lm.parameters() if p.requires_grad], lr=1e-2)
@@ -443,3 +449,17 @@ def test_torch_save_and_load_of_a_whole_learner_model(family, tmp_path):
         n for n, p in lm.named_parameters() if p.requires_grad]
     merged, reference = loaded.merge_and_unload(), lm.merge_and_unload()
     assert type(merged) is type(reference) and torch.equal(merged(**batch).logits, reference(**batch).logits)
+
+
+def test_the_wrapper_shows_trainer_the_wrapped_models_forward_signature():
+    """signature.py: Trainer keeps the columns the model's forward takes and finds its labels from the class;
+    the run-time subclass carries the wrapped class's signature and name."""
+    import inspect
+
+    from transformers.utils import find_labels
+
+    lm = get_learner_model(tiny_model("bert"), LearnerConfig())
+    assert find_labels(type(lm)) == ["labels"]
+    assert {"input_ids", "attention_mask", "labels"} <= set(inspect.signature(lm.forward).parameters)
+    assert type(lm).__name__ == "LearnerModelForBertForSequenceClassification" and isinstance(lm, LearnerModel)
+    assert type(get_learner_model(tiny_model("bert"), LearnerConfig())) is type(lm)  # one subclass per model class

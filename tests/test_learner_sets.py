@@ -11,8 +11,8 @@ from learners.harness.train import TrainConfig, make_optimizer
 
 # Two tasks trained differently: other label counts, other blocks, other neurons, other trained options.
 TASKS = {
-    "cola": (2, LearnerConfig(ratio=0.25, selection="random", seed=1)),
-    "mnli": (3, LearnerConfig(num_neurons=5, selection="random", seed=2, layers=[1], train_ffn_output_bias=True,
+    "cola": (2, LearnerConfig.primed(ratio=0.25, selection="random", seed=1)),
+    "mnli": (3, LearnerConfig.primed(num_neurons=5, selection="random", seed=2, layers=[1], train_ffn_output_bias=True,
                               train_layer_norm=True)),
 }
 

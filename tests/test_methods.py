@@ -12,7 +12,6 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import BERT_LAYOUT_FAMILIES, FAMILIES, tiny_batch, tiny_model
-from learners.errors import UsageError
 from learners.harness.cli import main
 from learners.learner.ffn import head_parameter_names
 from learners.learner.layer import LearnerRowLinear
@@ -365,7 +364,12 @@ def test_encoders_with_berts_module_names_take_every_method_by_berts_names(name,
         assert ("no LayerNorm after its FFNs" in capsys.readouterr().err) == (family == "megatron-bert")
 
 
-def test_training_a_layer_norm_that_is_not_there_is_an_error_when_asked_for():
+def test_a_pre_ln_model_trains_no_layer_norm_after_its_ffns_even_when_asked_for(capsys):
+    """train_layer_norm trains the LayerNorm after each learner block's FFN where the block has one; pre-LN blocks
+    (MegatronBERT's) have none: nothing more trains, with a note, whether asked for by name or by default."""
     method = build_method("learners", {"ratio": 0.25, "train_layer_norm": True})
-    with pytest.raises(UsageError, match=r"no single norm module beside it.*--no-train-layer-norm"):
-        method.check(tiny_model("megatron-bert"))
+    method.check(tiny_model("megatron-bert"))
+    learner_model = method.prepare(tiny_model("megatron-bert"), batches=iter([]))
+    assert not learner_model.plan.trains_layer_norm
+    assert not any("LayerNorm" in n for n, p in learner_model.named_parameters() if p.requires_grad)
+    assert "no LayerNorm after its FFNs" in capsys.readouterr().err

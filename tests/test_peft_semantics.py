@@ -14,7 +14,7 @@ from learners.errors import UsageError
 from learners.learner.layer import LearnerColumnLinear, LearnerRowLinear
 from learners.harness.train import TrainConfig, make_optimizer
 
-CONFIG = LearnerConfig(ratio=0.25, selection="random", seed=1)
+CONFIG = LearnerConfig.primed(ratio=0.25, selection="random", seed=1)
 
 
 def trained(model=None, config=CONFIG, steps=3):
@@ -44,7 +44,7 @@ def test_save_pretrained_selects_by_key_so_a_frozen_model_saves_its_learners(tmp
 
 @pytest.mark.parametrize("options", [{}, {"train_ffn_output_bias": True, "train_layer_norm": True, "layers": [1]}])
 def test_saved_keys_are_the_learner_slices_the_trained_options_the_head_and_the_indices(options, tmp_path):
-    lm = get_learner_model(tiny_model("bert"), LearnerConfig(ratio=0.25, selection="random", **options))
+    lm = get_learner_model(tiny_model("bert"), LearnerConfig.primed(ratio=0.25, selection="random", **options))
     lm.save_pretrained(tmp_path)
     keys = set(load_file(str(tmp_path / "learners_model.safetensors")))
     assert keys | {"learners_config"} == set(lm.state_dict())  # the state dict also carries learners_config.json
@@ -129,11 +129,11 @@ def test_safe_merge_refuses_non_finite_weights_before_changing_anything():
 
 
 def test_learner_config_saves_and_loads_itself_compatibly_with_the_model(tmp_path):
-    config = LearnerConfig(num_neurons=[3, 5], selection="magnitude", layers=[0, 1], train_ffn_output_bias=True)
+    config = LearnerConfig.primed(num_neurons=[3, 5], selection="magnitude", layers=[0, 1], train_ffn_output_bias=True)
     config.save_pretrained(tmp_path / "config-only")
     assert LearnerConfig.from_pretrained(tmp_path / "config-only") == config
 
-    lm = trained(config=LearnerConfig(ratio=0.25, selection="random", seed=3))
+    lm = trained(config=LearnerConfig.primed(ratio=0.25, selection="random", seed=3))
     lm.save_pretrained(tmp_path / "learners")
     assert LearnerConfig.from_pretrained(tmp_path / "learners") == lm.learner_config
     lm.learner_config.save_pretrained(tmp_path / "learners")  # rewriting it keeps the labels and base facts

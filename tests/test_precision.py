@@ -32,7 +32,7 @@ def test_auto_is_bf16_where_the_cpu_has_it_and_fp32_where_not(monkeypatch, capsy
 
 
 def test_frozen_linears_go_to_bf16_and_what_trains_stays_fp32():
-    lm = get_learner_model(tiny_model("bert"), LearnerConfig(ratio=0.25, selection="random", layers="skip-1",
+    lm = get_learner_model(tiny_model("bert"), LearnerConfig.primed(ratio=0.25, selection="random", layers="skip-1",
                                                              train_ffn_output_bias=True, train_layer_norm=True))
     assert precision.cast_frozen_linears(lm, torch.bfloat16) > 0
     linears = [m for m in lm.modules() if isinstance(m, (torch.nn.Linear, _LearnerLinear))]

@@ -19,7 +19,7 @@ RELATIVE_POSITION_FAMILIES = [f for f in FAMILIES if f not in CACHED_FAMILIES]  
 
 def learner_model(family="bert", layers="top-1", frozen_dropout=False, dropout=True, **config):
     model = tiny_model(family, layers=3, dropout=dropout)
-    lm = get_learner_model(model, LearnerConfig(ratio=0.25, selection="magnitude", layers=layers,
+    lm = get_learner_model(model, LearnerConfig.primed(ratio=0.25, selection="magnitude", layers=layers,
                                                 frozen_dropout=frozen_dropout, **config))
     return lm.train()
 
@@ -217,7 +217,7 @@ def test_activation_checkpointing_with_the_cache_gives_the_same_gradients():
 
 
 def test_the_harness_default_is_on_for_the_cpu_only_and_a_size_asked_for_turns_it_on_anywhere(capsys):
-    """On a GPU, filling the cache (each example alone) costs more than a cached step saves (BENCHMARKS.md 5.24),
+    """On a GPU, filling the cache (each example alone) costs more than a cached step saves (docs/journal.md#gpu-h200),
     so the fine-tuning harness keeps its default cache to the CPU. The meta device stands in for an accelerator
     (the decision reads the model's device type; nothing is computed there)."""
     default = build_method("learners", {"layers": "top-1", "selection": "magnitude"})

@@ -9,7 +9,8 @@ from conftest import tiny_batch, tiny_model
 from learners import LearnerConfig, LearnerModel, Primer, get_learner_model
 from learners.errors import UsageError
 from learners.harness.methods import build_method
-from learners.learner.ffn import find_ffn_blocks, head_parameter_names
+from learners.learner.ffn import head_parameter_names, locate_ffn_blocks
+from learners.learner.plan import plan_learners
 from learners.learner.selection import choose_layers, gradient_scores, top_k
 
 BATCHES = [tiny_batch(seed=s) for s in range(6)]
@@ -53,7 +54,7 @@ def test_primer_with_a_plain_loop_gives_exactly_what_the_cli_method_gives(case):
     # without dropout, which the library's LearnerConfig leaves to the user
     library_options = {"train_ffn_output_bias": True, "train_layer_norm": True, "frozen_dropout": False,
                        "attention_dropout": False, **options}
-    primer = Primer(tiny_model("bert", dropout=True, layers=4), LearnerConfig(**library_options), batches=iter(BATCHES))
+    primer = Primer(tiny_model("bert", dropout=True, layers=4), LearnerConfig.primed(**library_options), batches=iter(BATCHES))
     train_steps(primer.model)
     ours = primer.reconfigure()
 
@@ -83,11 +84,11 @@ def movement(base, primed, block_name: str) -> torch.Tensor:
 def test_reconfigured_model_is_base_plus_the_most_moved_neurons_plus_the_primed_head(scope, reset):
     model = tiny_model("bert", dropout=True, layers=4)
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
-    config = LearnerConfig(num_neurons=5, layers="top-3", priming_scope=scope, reset_after_priming=reset)
+    config = LearnerConfig.primed(num_neurons=5, layers="top-3", priming_scope=scope, reset_after_priming=reset)
     primer = Primer(model, config)
     trained = {n for n, p in model.named_parameters() if p.requires_grad}
     head = set(head_parameter_names(model))
-    blocks = find_ffn_blocks(model, LearnerConfig(ratio=1.0))
+    blocks = locate_ffn_blocks(model)
     ffn_names = lambda bs: {f"{b.name}.{m}.{k}" for b in bs for m in ("intermediate.dense", "output.dense")
                             for k in ("weight", "bias")}
     expected = {"all": set(base), "ffn": ffn_names(blocks) | head, "learner-layers": ffn_names(blocks[1:]) | head}[scope]
@@ -120,11 +121,11 @@ def test_reconfigured_model_is_base_plus_the_most_moved_neurons_plus_the_primed_
 def test_auto_layers_with_whole_model_priming_are_chosen_by_the_movement():
     model = tiny_model("bert", dropout=True, layers=4)
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
-    primer = Primer(model, LearnerConfig(num_neurons=4, layers="auto", layer_coverage=0.6))
+    primer = Primer(model, LearnerConfig.primed(num_neurons=4, layers="auto", layer_coverage=0.6))
     assert primer.probe_signal is None  # the whole model primes: no probe needed
     train_steps(model)
     primed = {n: p.detach().clone() for n, p in model.named_parameters()}
-    scores = [movement(base, primed, b.name) for b in find_ffn_blocks(model, LearnerConfig(ratio=1.0))]
+    scores = [movement(base, primed, b.name) for b in locate_ffn_blocks(model)]
     lm = primer.reconfigure()
     assert lm.learner_config.layers == choose_layers(scores, [4] * 4, 0.6)
     assert primer.layer_signal == [round(float(s.sum()), 4) for s in scores]
@@ -132,11 +133,12 @@ def test_auto_layers_with_whole_model_priming_are_chosen_by_the_movement():
 
 
 def test_auto_layers_with_learner_layer_priming_are_probed_before_priming():
-    config = LearnerConfig(num_neurons=4, layers="auto", priming_scope="learner-layers", gradient_batches=2)
+    config = LearnerConfig.primed(num_neurons=4, layers="auto", priming_scope="learner-layers", gradient_batches=2)
     model = tiny_model("bert", dropout=True, layers=4)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     primer = Primer(model, config, batches=iter(BATCHES))
-    probe = gradient_scores(tiny_model("bert", dropout=True, layers=4), LearnerConfig(num_neurons=4), BATCHES[:2])
+    probe_model = tiny_model("bert", dropout=True, layers=4)
+    probe = gradient_scores(probe_model, plan_learners(probe_model, LearnerConfig.primed(num_neurons=4)), BATCHES[:2])
     assert primer.config.layers == choose_layers(probe, [4] * 4, 0.5)
     assert primer.probe_signal == [round(float(s.sum()), 6) for s in probe]
     assert all(torch.equal(p, before[n]) and p.grad is None for n, p in model.named_parameters())  # the probe updated nothing
@@ -148,13 +150,13 @@ def test_auto_layers_with_learner_layer_priming_are_probed_before_priming():
 
 def test_steps_is_the_priming_budget():
     model = tiny_model("bert")
-    assert Primer(model, LearnerConfig(ratio=0.25)).steps(268) == 67  # a quarter of the first epoch
-    assert Primer(tiny_model("bert"), LearnerConfig(ratio=0.25, priming_fraction=0.01)).steps(10) == 1  # at least one
-    assert Primer(tiny_model("bert"), LearnerConfig(ratio=0.25, priming_steps=5)).steps(268) == 5
+    assert Primer(model, LearnerConfig.primed(ratio=0.25)).steps(268) == 67  # a quarter of the first epoch
+    assert Primer(tiny_model("bert"), LearnerConfig.primed(ratio=0.25, priming_fraction=0.01)).steps(10) == 1  # at least one
+    assert Primer(tiny_model("bert"), LearnerConfig.primed(ratio=0.25, priming_steps=5)).steps(268) == 5
 
 
 def test_reconfigure_twice_is_a_clear_error():
-    primer = Primer(tiny_model("bert"), LearnerConfig(ratio=0.25))
+    primer = Primer(tiny_model("bert"), LearnerConfig.primed(ratio=0.25))
     train_steps(primer.model, steps=1)
     primer.reconfigure()
     with pytest.raises(UsageError, match="already reconfigured"):
@@ -163,7 +165,7 @@ def test_reconfigure_twice_is_a_clear_error():
 
 def test_reconfigure_before_any_training_step_is_a_clear_error():
     model = tiny_model("bert")
-    primer = Primer(model, LearnerConfig(ratio=0.25))
+    primer = Primer(model, LearnerConfig.primed(ratio=0.25))
     with pytest.raises(UsageError, match="no FFN weight moved.*primer.steps"):
         primer.reconfigure()
     train_steps(model, steps=1)  # the same primer still works once it has trained
@@ -171,12 +173,12 @@ def test_reconfigure_before_any_training_step_is_a_clear_error():
 
 
 @pytest.mark.parametrize("config, batches, message", [
-    (LearnerConfig(ratio=0.25, selection="magnitude"), None, "selection is 'magnitude'"),
-    (LearnerConfig(num_neurons=4, layers="auto", priming_scope="learner-layers"), None, "pass batches="),
-    (LearnerConfig(num_neurons=[4, 4, 4]), None, "3 counts but 2 of the model.s 2 FFN blocks get learners"),
-    (LearnerConfig(num_neurons=[4, 4], layers="auto"), None, "one count, not a list"),
-    (LearnerConfig(num_neurons=65), None, "larger than the FFN width m=64"),
-    (LearnerConfig(ratio=0.25, layers="top-3"), None, "the model has 2"),
+    (LearnerConfig.primed(ratio=0.25, selection="magnitude"), None, "selection is 'magnitude'"),
+    (LearnerConfig.primed(num_neurons=4, layers="auto", priming_scope="learner-layers"), None, "pass batches="),
+    (LearnerConfig.primed(num_neurons=[4, 4, 4]), None, "3 counts but 2 of the model.s 2 FFN blocks get learners"),
+    (LearnerConfig.primed(num_neurons=[4, 4], layers="auto"), None, "one count, not a list"),
+    (LearnerConfig.primed(num_neurons=65), None, "larger than the FFN width m=64"),
+    (LearnerConfig.primed(ratio=0.25, layers="top-3"), None, "the model has 2"),
 ])
 def test_a_config_that_does_not_fit_fails_before_priming(config, batches, message):
     model = tiny_model("bert")
@@ -186,11 +188,11 @@ def test_a_config_that_does_not_fit_fails_before_priming(config, batches, messag
 
 
 def test_a_model_with_learners_cannot_be_primed_and_get_learner_model_points_at_the_primer():
-    lm = get_learner_model(tiny_model("bert"), LearnerConfig(ratio=0.25, selection="random"))
+    lm = get_learner_model(tiny_model("bert"), LearnerConfig.primed(ratio=0.25, selection="random"))
     with pytest.raises(UsageError, match="already has learners"):
-        Primer(lm, LearnerConfig(ratio=0.25))
+        Primer(lm, LearnerConfig.primed(ratio=0.25))
     with pytest.raises(UsageError, match=r"learners\.Primer\(model, config\).*reconfigure\(\).*prime_with_trainer"):
-        get_learner_model(tiny_model("bert"), LearnerConfig(ratio=0.25))
+        get_learner_model(tiny_model("bert"), LearnerConfig.primed(ratio=0.25))
 
 
 def _free_port() -> int:
@@ -208,7 +210,7 @@ def _prime_on_rank(rank: int, port: int, out: str) -> None:
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         model = tiny_model("bert", dropout=True, layers=4)
-        primer = Primer(model, LearnerConfig(num_neurons=4, layers="auto", layer_coverage=0.6))
+        primer = Primer(model, LearnerConfig.primed(num_neurons=4, layers="auto", layer_coverage=0.6))
         train_steps(model, batches=rank_batches(rank))
         lm = primer.reconfigure()
         torch.save({"layers": lm.learner_config.layers, "indices": lm.indices}, f"{out}/rank{rank}.pt")
@@ -225,14 +227,14 @@ def test_every_data_parallel_rank_selects_rank_0s_neurons(tmp_path):
     assert [i.tolist() for i in rank0["indices"]] == [i.tolist() for i in rank1["indices"]]
     # and rank 0's choice is its own: the same as priming on its batches alone
     alone = tiny_model("bert", dropout=True, layers=4)
-    primer = Primer(alone, LearnerConfig(num_neurons=4, layers="auto", layer_coverage=0.6))
+    primer = Primer(alone, LearnerConfig.primed(num_neurons=4, layers="auto", layer_coverage=0.6))
     train_steps(alone, batches=rank_batches(0))
     lm = primer.reconfigure()
     assert lm.learner_config.layers == rank0["layers"]
     assert [i.tolist() for i in lm.indices] == [i.tolist() for i in rank0["indices"]]
     # without the broadcast rank 1 would have chosen otherwise
     other = tiny_model("bert", dropout=True, layers=4)
-    primer = Primer(other, LearnerConfig(num_neurons=4, layers="auto", layer_coverage=0.6))
+    primer = Primer(other, LearnerConfig.primed(num_neurons=4, layers="auto", layer_coverage=0.6))
     train_steps(other, batches=rank_batches(1))
     assert [i.tolist() for i in primer.reconfigure().indices] != [i.tolist() for i in rank0["indices"]]
 
@@ -281,7 +283,7 @@ def test_prime_with_trainer_then_a_learner_trainer(tmp_path):
     model = tiny_model("bert", dropout=True)
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
     priming = trainer_for(model, tmp_path / "priming", 1e-2, num_train_epochs=3)
-    learner_model = prime_with_trainer(priming, LearnerConfig(ratio=0.25, priming_fraction=0.5))
+    learner_model = prime_with_trainer(priming, LearnerConfig.primed(ratio=0.25, priming_fraction=0.5))
     assert priming.state.global_step == 2  # half of an epoch of 4 batches, though the arguments say 3 epochs
     assert isinstance(learner_model, LearnerModel)
     head = set(head_parameter_names(model))
@@ -318,7 +320,7 @@ def test_prime_with_trainer_probes_layers_from_the_trainers_data(tmp_path):
 
     model = tiny_model("bert", dropout=True, layers=4)
     trainer = trainer_for(model, tmp_path, 1e-2, max_steps=3)
-    config = LearnerConfig(num_neurons=4, layers="auto", priming_scope="learner-layers", gradient_batches=2)
+    config = LearnerConfig.primed(num_neurons=4, layers="auto", priming_scope="learner-layers", gradient_batches=2)
     learner_model = prime_with_trainer(trainer, config)
     layers = learner_model.learner_config.layers
     assert isinstance(layers, list) and layers[-1] == 3 and trainer.state.global_step == 1  # a quarter of 4 batches
@@ -330,11 +332,11 @@ def test_prime_with_trainer_refuses_a_trainer_that_has_trained(tmp_path):
     trainer = trainer_for(tiny_model("bert"), tmp_path, 1e-2, max_steps=1)
     trainer.train()
     with pytest.raises(UsageError, match="has not trained yet"):
-        prime_with_trainer(trainer, LearnerConfig(ratio=0.25))
+        prime_with_trainer(trainer, LearnerConfig.primed(ratio=0.25))
 
 
 def test_a_fused_adamw_step_reaches_the_learner_layers_forward():
-    learner_model = get_learner_model(tiny_model("bert"), LearnerConfig(ratio=0.25, selection="random"))
+    learner_model = get_learner_model(tiny_model("bert"), LearnerConfig.primed(ratio=0.25, selection="random"))
     optimizer = torch.optim.AdamW([p for p in learner_model.parameters() if p.requires_grad], lr=1e-2, fused=True)
     learner_model(**BATCHES[0]).loss.backward()
     optimizer.step()
@@ -348,7 +350,7 @@ def test_unload_after_priming_gives_back_the_pre_trained_encoder(options):
     as it was before priming (the head keeps its primed values: it is not part of the pre-trained model)."""
     model = tiny_model("bert", dropout=True, layers=4)
     base = {n: p.detach().clone() for n, p in model.named_parameters()}
-    primer = Primer(model, LearnerConfig(num_neurons=5, **options))
+    primer = Primer(model, LearnerConfig.primed(num_neurons=5, **options))
     train_steps(model)
     learner_model = primer.reconfigure()
     train_steps(learner_model, steps=2)

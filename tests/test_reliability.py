@@ -116,7 +116,7 @@ def test_non_finite_learners_are_neither_saved_nor_merged(tmp_path):
     from learners import LearnerConfig, get_learner_model
     from learners.errors import UsageError
 
-    model = get_learner_model(tiny_model("bert"), LearnerConfig(ratio=0.25, selection="magnitude"))
+    model = get_learner_model(tiny_model("bert"), LearnerConfig.primed(ratio=0.25, selection="magnitude"))
     with torch.no_grad():
         model.base_model.classifier.weight[0, 0] = float("nan")
     with pytest.raises(UsageError, match="NaN or infinite values .*classifier.weight"):

@@ -16,7 +16,7 @@ from learners import LearnerConfig, LearnerModel, get_learner_model
 from learners.errors import UsageError
 from learners.harness.cli import main
 
-CONFIG = LearnerConfig(ratio=0.25, selection="random", seed=1)
+CONFIG = LearnerConfig.primed(ratio=0.25, selection="random", seed=1)
 LEARNER_FILES = {"learners_model.safetensors", "learners_config.json", "README.md"}
 
 

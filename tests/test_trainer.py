@@ -13,7 +13,7 @@ from transformers import Trainer, TrainingArguments, default_data_collator
 from conftest import VOCAB, tiny_batch, tiny_model
 from learners import LearnerConfig, LearnerModel, get_learner_model
 
-CONFIG = LearnerConfig(ratio=0.25, selection="random", seed=1)
+CONFIG = LearnerConfig.primed(ratio=0.25, selection="random", seed=1)
 
 
 def dataset(n=24, length=9, seed=0):
@@ -87,7 +87,7 @@ def test_loading_a_trainer_checkpoint_into_other_indices_is_a_clear_error(tmp_pa
     from learners.errors import UsageError
 
     model = get_learner_model(tiny_model("bert"), CONFIG)
-    other = get_learner_model(tiny_model("bert"), LearnerConfig(ratio=0.25, selection="random", seed=2))
+    other = get_learner_model(tiny_model("bert"), LearnerConfig.primed(ratio=0.25, selection="random", seed=2))
     with pytest.raises(UsageError, match="learner_indices.0 differs from this model's learner neurons"):
         other.load_state_dict(model.state_dict(), strict=False)
 

@@ -6,6 +6,7 @@ Their own module so that both the CLI (cli.py) and the bench (bench.py) use them
 import argparse
 
 from ..errors import UsageError
+from ..learner.config import SELECTION_STRATEGIES, PRIMING_SCOPES, LayerSpec, option_help
 from .precision import PRECISIONS
 
 
@@ -14,14 +15,11 @@ def _positive_int_list(text: str) -> list[int]:
 
 
 def _learner_layers(text: str) -> str | list[int]:
-    """'auto', 'all', 'top-N', 'skip-N', or block numbers such as '3,4,5' (checked by LearnerConfig)."""
-    text = text.strip()
-    if text in ("auto", "all") or text.startswith(("top-", "skip-")):
-        return text
+    """--learner-layers, read by the library's one parser of the layer spec (learner/config.py's LayerSpec)."""
     try:
-        return _positive_int_list(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not 'auto', 'all', 'top-N' or block numbers such as 3,4,5")
+        return LayerSpec.parse(text).value
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _method_group(p: argparse.ArgumentParser, title: str, methods: tuple[str, ...]):
@@ -38,10 +36,10 @@ def add_training_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--max-steps", type=int, help="train this many steps (overrides --epochs)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--learning-rate", type=float, help="peak learning rate (default: the method's, see README)")
+    p.add_argument("--learning-rate", type=float, help="peak learning rate (default: the method's, see docs/cli.md#default-hyperparameters)")
     p.add_argument("--warmup-ratio", type=float, default=0.06)
-    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: the method's, see README)")
-    p.add_argument("--lr-scheduler", choices=["linear", "constant"], help="after warm-up (default: the method's, see README)")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default: the method's, see docs/cli.md#default-hyperparameters)")
+    p.add_argument("--lr-scheduler", choices=["linear", "constant"], help="after warm-up (default: the method's, see docs/cli.md#default-hyperparameters)")
     p.add_argument("--max-length", type=int, help="truncate inputs to this many tokens (default 128, or the model's limit if lower)")
     p.add_argument("--pad-to-multiple-of", type=int,
                    help="pad each batch up to a multiple of this many tokens (e.g. 32: lengths 32, 64, 96, 128), so that "
@@ -103,47 +101,27 @@ def _add_logging_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _add_learners_arguments(p: argparse.ArgumentParser) -> None:
-    """The learners method's own flags (their defaults: DEFAULT_* in harness/methods/learners.py)."""
+    """The learners method's own flags: LearnerConfig's fields, whose defaults and descriptions the help shows."""
     g = _method_group(p, "learners options (--method learners)", ("learners",))
-    g.add_argument("--ratio", type=float, help="learner size as a fraction of each FFN's width (default 1/8)")
-    g.add_argument("--num-neurons", type=_positive_int_list, help="learner size in neurons: one count, or one per layer (comma-separated)")
-    g.add_argument("--selection", choices=["priming", "gradient", "magnitude", "random"],
-                   help="how the learner neurons are chosen: random (default; no priming phase), priming (a short full "
-                        "fine-tuning first, then the neurons that moved most), gradient or magnitude")
-    g.add_argument("--priming-steps", type=int, help="with --selection priming: priming budget in steps")
-    g.add_argument("--priming-fraction", type=float,
-                   help="with --selection priming: priming budget as a fraction of the first epoch (default 0.25)")
-    g.add_argument("--reset-after-priming", action="store_true", help="with --selection priming, an ablation: start the learners from their pre-trained weights, not the primed ones")
-    g.add_argument("--learner-layers", type=_learner_layers,
-                   help="FFN blocks that get learners: skip-1 (default: all but the lowest), all, skip-N (all but the N lowest), top-N "
-                        "(the N blocks nearest the output), auto (chosen by the selection signal: not with --selection random) "
-                        "or block numbers, e.g. 3,4,5")
-    g.add_argument("--layer-coverage", type=float,
-                   help="with --learner-layers auto: the fewest top blocks holding this share of the selection signal (default 0.5)")
-    g.add_argument("--priming-scope", choices=["all", "ffn", "learner-layers"],
-                   help="with --selection priming, what trains during priming: the whole model, every FFN, or only the learner blocks' FFNs "
-                        "(the head always; default all)")
-    g.add_argument("--frozen-dropout", action=argparse.BooleanOptionalAction, default=None,
-                   help="dropout in the frozen blocks below the lowest learner block (and the embeddings) while the "
-                        "learners train (default: off, inference mode there: faster on the CPU, and their output "
-                        "can be cached)")
-    g.add_argument("--attention-dropout", action=argparse.BooleanOptionalAction, default=None,
-                   help="dropout in the attention sublayers of the learner blocks (frozen: only the FFN slices train "
-                        "there) while the learners train (default: off, faster on the CPU); the FFN's dropout stays")
-    g.add_argument("--attention-probs-dropout", action=argparse.BooleanOptionalAction, default=None,
-                   help="dropout on the learner blocks' attention probabilities alone (with --attention-dropout: "
-                        "--no-attention-probs-dropout keeps the dropout after the attention's output projection)")
+    g.add_argument("--ratio", type=float, help=option_help("ratio"))
+    g.add_argument("--num-neurons", type=_positive_int_list, help=option_help("num_neurons") + " (comma-separated)")
+    g.add_argument("--selection", choices=SELECTION_STRATEGIES, help=option_help("selection"))
+    g.add_argument("--priming-steps", type=int, help=option_help("priming_steps"))
+    g.add_argument("--priming-fraction", type=float, help=option_help("priming_fraction"))
+    g.add_argument("--reset-after-priming", action="store_true", help=option_help("reset_after_priming"))
+    g.add_argument("--learner-layers", type=_learner_layers, help=option_help("layers"))
+    g.add_argument("--layer-coverage", type=float, help=option_help("layer_coverage"))
+    g.add_argument("--priming-scope", choices=PRIMING_SCOPES, help=option_help("priming_scope"))
+    for flag, name in (("--frozen-dropout", "frozen_dropout"), ("--attention-dropout", "attention_dropout"),
+                       ("--attention-probs-dropout", "attention_probs_dropout"),
+                       ("--train-ffn-output-bias", "train_ffn_output_bias"), ("--train-layer-norm", "train_layer_norm")):
+        g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=option_help(name))
     g.add_argument("--frozen-prefix-cache-mb", type=float, default=None,
                    help="memory for caching each example's output of the frozen blocks below the lowest learner "
                         "block, so later epochs skip them (used where they run without dropout: "
                         "--no-frozen-dropout, and evaluation; default 2048 on the CPU and off on a GPU, where filling it "
                         "costs more than it saves; 0 = off)")
-    g.add_argument("--train-ffn-output-bias", action=argparse.BooleanOptionalAction,
-                   help="also train each learner block's FFN output bias b2 (default on; --no-train-ffn-output-bias: off)")
-    g.add_argument("--train-layer-norm", action=argparse.BooleanOptionalAction,
-                   help="also train each learner block's output LayerNorm (default on; --no-train-layer-norm: off)")
-    g.add_argument("--ffn-modules", help="FFN linears relative to a block, and optionally the output LayerNorm, e.g. "
-                   "intermediate.dense,output.dense(,output.LayerNorm): for models whose FFN is not found by itself")
+    g.add_argument("--ffn-modules", help=option_help("ffn_modules"))
 
 
 def given_training_flags(args: argparse.Namespace):

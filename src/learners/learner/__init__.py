@@ -1,9 +1,10 @@
-"""Learner modules: config, layers, selection, priming, and the model wrapper.
+"""Learner modules: config, plan, layers, selection, priming, and the model wrapper.
 
 `learners.learner.trainer` (priming with a transformers Trainer) is imported on its own: it needs accelerate."""
 
 from .config import LearnerConfig
 from .model import LearnerModel, get_learner_model
+from .plan import LearnerPlan, plan_learners
 from .priming import Primer
 
-__all__ = ["LearnerConfig", "LearnerModel", "Primer", "get_learner_model"]
+__all__ = ["LearnerConfig", "LearnerModel", "LearnerPlan", "Primer", "get_learner_model", "plan_learners"]

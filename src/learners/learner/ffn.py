@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..errors import UsageError
-from .config import FFN_MODULES, LearnerConfig
+from .config import FFN_MODULES
 
 
 @dataclass
@@ -78,12 +78,15 @@ def _linear_listing(model: nn.Module) -> str:
     return "; ".join(f"{n} ({o}x{i})" for n, (o, i) in seen.items())
 
 
-def find_ffn_blocks(model: nn.Module, config: LearnerConfig) -> list[FFNBlock]:
-    """The FFN blocks that get learners under `config.layers`, in encoder order ("auto": all of them)."""
+def locate_ffn_blocks(model: nn.Module, ffn_modules: tuple[str, str] | None = None,
+                      layer_norm_module: str | None = None) -> list[FFNBlock]:
+    """Every FFN block of `model`, in encoder order: found by the module names of its model type (FFN_MODULES), or
+    by `ffn_modules` (W1's and W2's names relative to a block) and `layer_norm_module` where given. Where the
+    learners go among them is the plan's business (plan.py)."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     known = FFN_MODULES.get(layout_type(model))
-    if config.ffn_modules is not None:
-        up_name, down_name = config.ffn_modules
+    if ffn_modules is not None:
+        up_name, down_name = ffn_modules
         table_layer_norm = known[2] if known and tuple(known[:2]) == (up_name, down_name) else None
     elif known:
         up_name, down_name, table_layer_norm = known
@@ -118,13 +121,7 @@ def find_ffn_blocks(model: nn.Module, config: LearnerConfig) -> list[FFNBlock]:
         )
     if table_layer_norm and not has_submodule(pairs[0][1], table_layer_norm):
         table_layer_norm = None  # BERT's names without BERT's output LayerNorm (a pre-LN block, as MegatronBERT's)
-    layer_norm_name = config.layer_norm_module or table_layer_norm or _norm_beside(pairs[0][1], down_name)
-    if config.train_layer_norm and layer_norm_name is None:
-        raise UsageError(
-            f"training the output LayerNorm was asked for, but {join(pairs[0][0], down_name)} has no single norm module "
-            "beside it: name it relative to the block as the third --ffn-modules name (e.g. "
-            "intermediate.dense,output.dense,output.LayerNorm) or layer_norm_module=, or turn it off with "
-            "--no-train-layer-norm / train_layer_norm=False")
+    layer_norm_name = layer_norm_module or table_layer_norm or _norm_beside(pairs[0][1], down_name)
     for name, module in pairs:
         if layer_norm_name is not None:
             try:
@@ -132,8 +129,7 @@ def find_ffn_blocks(model: nn.Module, config: LearnerConfig) -> list[FFNBlock]:
             except AttributeError:
                 raise UsageError(f"{join(name, layer_norm_name)} does not exist: name the block's output LayerNorm "
                                  "relative to the block (the third --ffn-modules name, or layer_norm_module=)") from None
-    blocks = [FFNBlock(name, module, up_name, down_name, layer_norm_name) for name, module in pairs]
-    return [blocks[i] for i in config.layer_positions(len(blocks))]
+    return [FFNBlock(name, module, up_name, down_name, layer_norm_name) for name, module in pairs]
 
 
 def _norm_beside(block: nn.Module, down_name: str) -> str | None:

@@ -19,19 +19,13 @@ a quantizer expects it, `.to()`/`.half()` treat it as a weight, and anything
 that selects by `requires_grad` (optimizers, our checkpoints, the parameter
 counts) skips it. The learner slice is a small trainable `nn.Parameter` (in
 the weight's own dtype when the layer is made: a harness run in bf16 then
-casts the frozen full weight, which never needs fp32, and the slice stays
-its fp32 master copy). The full weight is kept equal to the merged weight:
-whenever a learner slice has changed since the last forward (an in-place
-edit or a load, tracked by the parameter's version counter; or any optimizer
-step, counted by a global post-step hook, because fused optimizers, our
-engine's and transformers' Trainer's default, update in place without bumping
-version counters), the `k` rows/columns are written into it in place. So a
-step costs one single dense matmul with the full weight, as in `nn.Linear`,
-and no `m x d` copy is ever made. While the learner values are written into
-the full weight, the base values they cover are kept (a non-persistent buffer
-of the slice's size), so `restore_base()` puts the original weight back
-exactly and frees that buffer (unloading; switching learner sets that share
-one backbone: a set that is not in use holds only its learner slices).
+casts the frozen full weight, and the slice stays its fp32 master copy). The
+full weight is kept equal to the merged weight (the `k` rows/columns written
+into it in place whenever the slice changed: weight_sync.py), so a step costs
+one dense matmul with the full weight, as in `nn.Linear`, and no `m x d` copy
+is ever made. The base values under the slice are kept (a non-persistent
+buffer of the slice's size), so `restore_base()` puts the original weight back
+exactly (unloading; switching learner sets that share one backbone).
 
 Learner-first order (`learner_first=True`, what `LearnerModel` uses for both
 layers of an FFN): while the layer is installed, the FFN's neurons are
@@ -57,74 +51,11 @@ The backward passes (custom autograd functions below) are where the method saves
   backward reuses: no second cast.
 """
 
-import weakref
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
-
-_optimizer_steps = [0]  # optimizer steps taken in this process, counted by the hook below
-_step_hook = []
-_LIVE_LAYERS = weakref.WeakSet()  # the installed learner layers: their full weight holds their slices (_install)
-_live_changes = [0]  # bumped whenever a layer joins or leaves _LIVE_LAYERS (invalidates _STEPPED)
-_STEPPED = weakref.WeakKeyDictionary()  # optimizer -> (key, the installed layers whose learner tensors it steps)
-
-
-def _set_live(layer: "_LearnerLinear", live: bool) -> None:
-    (_LIVE_LAYERS.add if live else _LIVE_LAYERS.discard)(layer)
-    _live_changes[0] += 1
-
-
-def _count_optimizer_step(optimizer, args, kwargs) -> None:
-    """After every optimizer step: count it, and write the new learner slices of the installed layers that this
-    optimizer steps into their full weights right away, so that a compiled forward pass has nothing to check or
-    write (no graph break). Other learner models (an earlier run's, not yet collected) are left alone: each
-    writes its own slices at its next forward if they changed."""
-    _optimizer_steps[0] += 1
-    if _LIVE_LAYERS:
-        _sync_all(_stepped_layers(optimizer))
-
-
-def _stepped_layers(optimizer) -> list["_LearnerLinear"]:
-    """The installed layers whose learner tensors are among `optimizer`'s parameters (kept per optimizer until a
-    layer is installed or removed, or the optimizer's parameter list changes)."""
-    key = (_live_changes[0], sum(len(group["params"]) for group in optimizer.param_groups))
-    cached = _STEPPED.get(optimizer)
-    if cached is None or cached[0] != key:
-        stepped = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        cached = (key, [layer for layer in list(_LIVE_LAYERS) if any(id(t) in stepped for t in layer._watched)])
-        _STEPPED[optimizer] = cached
-    return cached[1]
-
-
-def _sync_all(layers: list["_LearnerLinear"]) -> None:
-    """`sync()` of every layer, the writes of all learner-first layers in one foreach copy (a step writes three
-    slices per FFN block: one call instead of one per slice)."""
-    destinations, sources, written = [], [], []
-    for layer in layers:
-        state = layer._state()
-        if state == layer._synced[0]:
-            continue
-        if layer.learner_first and layer._installed:
-            pairs = layer._leading_slices()
-            destinations += [d for d, _ in pairs]
-            sources += [v for _, v in pairs]
-            written.append((layer, state))
-        else:
-            layer.sync()
-    if destinations:
-        with torch.no_grad():
-            torch._foreach_copy_(destinations, sources)
-    for layer, state in written:
-        layer._synced[0] = state
-
-
-def _watch_optimizer_steps() -> None:
-    """Count every optimizer step (torch.optim's global post-step hook), once per process."""
-    if not _step_hook:
-        _step_hook.append(register_optimizer_step_post_hook(_count_optimizer_step))
+from .weight_sync import _optimizer_steps, _set_live, _watch_optimizer_steps
 
 
 def _autocast(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -326,7 +257,7 @@ class _LearnerLinear(nn.Module):
     def _sync_before_forward(self) -> None:
         """`sync` in an eager forward pass (it catches edits of the slices between steps too). A compiled forward
         pass does not check: traced, the check of counters that change at every step made dynamo recompile at every
-        step (BENCHMARKS.md 5.20), and run eagerly it broke the graph at every learner layer. Optimizer steps write
+        step (docs/journal.md#five-epochs), and run eagerly it broke the graph at every learner layer. Optimizer steps write
         the slices right after they happen (the global post-step hook); edits made by hand between steps reach a
         compiled model at the next optimizer step, or at once with `sync()`."""
         if not torch.compiler.is_compiling():

@@ -5,8 +5,8 @@ below the lowest learner block are frozen. When they are also deterministic (inf
 or training with `frozen_dropout=False`), they give an example the same output every epoch. The cache
 keeps that output per example, keyed by its tokens, so once an example was seen a step skips those
 blocks: it runs the embeddings (a lookup) and then only the learner blocks and above, forward and
-backward. This is the way past the forward-pass floor of BENCHMARKS.md 5.2: every other method must run
-the whole forward pass every step.
+backward. This is the way past the forward-pass floor (docs/journal.md#step-time-by-depth): every other
+method must run the whole forward pass every step.
 
 Values are canonical: an example's frozen output is computed for it alone, without padding, whether the
 rest of its batch was cached or not. So what the learner blocks receive does not depend on the batch an
@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.utils.rnn import pad_sequence
 
-from ..errors import UsageError
+from ..errors import NUMBER, UsageError, check_argument
 
 # Model types whose blocks take only the hidden states and the attention mask, so that a frozen block can run
 # one example alone and give what it gives that example in a batch. MPNet and DeBERTa are not among them: their
@@ -46,6 +46,58 @@ def unsupported_reason(model: nn.Module) -> str | None:
     return (f"the frozen-prefix cache supports model types {', '.join(SUPPORTED_MODEL_TYPES)}, not {model_type!r}: "
             "its blocks may take terms computed for the whole batch (relative positions), so a frozen block "
             "cannot run one example alone")
+
+
+class PrefixCacheMixin:
+    """LearnerModel's plumbing of the cache: what lies below the learners, and turning the cache on and off."""
+
+    def frozen_below_learners(self) -> list[nn.Module]:
+        """The embeddings (with ELECTRA's projection to the blocks' width) and the transformer blocks below the
+        lowest block that holds a learner."""
+        embeddings, blocks = self._frozen_prefix()
+        return embeddings + blocks
+
+    def frozen_blocks_below_learners(self) -> list[nn.Module]:
+        """The transformer blocks below the lowest block that holds a learner (what the frozen-prefix cache skips)."""
+        return self._frozen_prefix()[1]
+
+    def _frozen_prefix(self) -> tuple[list[nn.Module], list[nn.Module]]:
+        backbone = getattr(self.base_model, getattr(self.base_model, "base_model_prefix", ""), self.base_model)
+        embeddings = [getattr(backbone, name, None) for name in ("embeddings", "embeddings_project")]
+        return [m for m in embeddings if isinstance(m, nn.Module)], [b.block for b in self.plan.frozen_blocks]
+
+    def enable_frozen_prefix_cache(self, max_mb: float = 2048) -> "FrozenPrefixCache":
+        """Cache each example's output of the frozen blocks below the lowest learner block (see above).
+        With learners in the upper blocks only, and those frozen blocks deterministic (`frozen_dropout=False`
+        in training; always in evaluation), a step on an example seen before skips them. Holds up to `max_mb`
+        of values. Stays on across `set_learners` (emptied; off while the set has a learner in the lowest block)."""
+        check_argument(max_mb, NUMBER, "max_mb", "enable_frozen_prefix_cache", "a number of MB")
+        if not max_mb > 0:
+            raise UsageError(f"enable_frozen_prefix_cache: max_mb must be positive, got {max_mb}")
+        self.disable_frozen_prefix_cache()
+        if self._active is None:
+            raise UsageError("no learner set is active: set_learners(name) first, then enable the frozen-prefix cache")
+        reason = unsupported_reason(self.base_model)
+        if reason is not None:
+            raise UsageError(f"{reason}; leave it off for this model")
+        embeddings, blocks = self._frozen_prefix()
+        if not embeddings:
+            raise UsageError("the frozen-prefix cache needs the model's embeddings module (BERT, DistilBERT, RoBERTa); "
+                             "leave it off for this model")
+        first = self.plan.learner_blocks[0]
+        self._prefix_cache = FrozenPrefixCache(self.base_model, embeddings, blocks, first.block, first.up.in_features,
+                                               int(max_mb * 2**20))
+        self._prefix_cache_mb = max_mb
+        return self._prefix_cache
+
+    def disable_frozen_prefix_cache(self) -> None:
+        if self._prefix_cache is not None:
+            self._prefix_cache.close()
+        self._prefix_cache, self._prefix_cache_mb = None, None
+
+    @property
+    def frozen_prefix_cache(self) -> "FrozenPrefixCache | None":
+        return self._prefix_cache
 
 
 class FrozenPrefixCache:

@@ -1,6 +1,6 @@
 """Priming with any training loop: a short fine-tuning that picks the learner neurons and warm-starts them.
 
-    primer = Primer(model, LearnerConfig(ratio=1/16))   # what priming trains gets requires_grad; snapshot
+    primer = Primer(model, LearnerConfig.primed())      # what priming trains gets requires_grad; snapshot
     optimizer = torch.optim.AdamW(primer.parameters(), lr=1e-4)
     for batch in islice(batches, primer.steps(len(train_loader))):  # your loop, or a Trainer (learner.trainer)
         model(**batch).loss.backward(); optimizer.step(); optimizer.zero_grad()
@@ -13,7 +13,6 @@ warm start; `reset_after_priming` puts them back too) and the task head (it keep
 So the result is exactly base model + learners + head, which `save_pretrained` stores and merging restores.
 """
 
-from dataclasses import replace
 from itertools import islice
 
 import torch
@@ -21,8 +20,9 @@ from torch import nn
 
 from ..errors import UsageError, check_argument
 from .config import LearnerConfig
-from .ffn import FFNBlock, find_ffn_blocks, head_parameter_names
+from .ffn import FFNBlock, head_parameter_names
 from .model import LearnerModel
+from .plan import LearnerPlan, plan_learners
 from .selection import gradient_scores, priming_scores, rank0_scores, select
 
 
@@ -41,31 +41,37 @@ class Primer:
         check_argument(config, LearnerConfig, "config", "Primer", "a LearnerConfig")
         if config.selection != "priming":
             raise UsageError(f"Primer selects by priming, but config.selection is {config.selection!r}: use "
-                             "LearnerConfig(selection='priming'), or get_learner_model(model, config) for magnitude/random")
+                             "LearnerConfig.primed() (the paper's method) or LearnerConfig(selection='priming'), or "
+                             "get_learner_model(model, config) for random/magnitude")
         if isinstance(model, LearnerModel):
             raise UsageError("this model already has learners; prime the plain transformers model")
-        check_fits(model, config)
+        plan = plan_learners(model, config)
         self.model = model
         self.head_names = set(head_parameter_names(model))
         self.probe_signal: list[float] | None = None  # per-block sum of the gradient probe's scores
         self.layer_signal: list[float] | None = None  # per-block sum of the priming scores, after reconfigure
         if config.layers == "auto" and config.priming_scope == "learner-layers":
-            config = self._probe_layers(config, batches)
-        self.config = config
-        self.trained_names = priming_parameter_names(model, config, self.head_names)
+            plan = self._probe_layers(plan, batches)
+        self.plan = plan
+        self.trained_names = priming_parameter_names(model, plan, self.head_names)
         for name, p in model.named_parameters():
             p.requires_grad_(name in self.trained_names)
         self.pretrained = snapshot_parameters(model, self.trained_names - self.head_names)
 
-    def _probe_layers(self, config: LearnerConfig, batches) -> LearnerConfig:
-        """The config with the learner blocks chosen by gradient magnitudes over a few batches (no updates)."""
+    @property
+    def config(self) -> LearnerConfig:
+        """The config primed under (after a gradient probe, its layers name the blocks it chose)."""
+        return self.plan.config
+
+    def _probe_layers(self, plan: LearnerPlan, batches) -> LearnerPlan:
+        """The plan with the learner blocks chosen by gradient magnitudes over a few batches (no updates)."""
         if batches is None:
             raise UsageError("layers='auto' with priming_scope='learner-layers' chooses the learner blocks before "
                              "priming, from gradients: pass batches= (dicts of model inputs with labels), or fix "
                              "the blocks with layers=")
-        scores = rank0_scores(gradient_scores(self.model, config, islice(batches, config.gradient_batches)))
+        scores = rank0_scores(gradient_scores(self.model, plan, islice(batches, plan.config.gradient_batches)))
         self.probe_signal = [round(float(s.sum()), 6) for s in scores]
-        resolved, _ = select(self.model, config, scores)  # only the blocks: priming picks the neurons
+        resolved, _ = select(plan, scores)  # only the blocks: priming picks the neurons
         return resolved
 
     def parameters(self) -> list[nn.Parameter]:
@@ -74,7 +80,7 @@ class Primer:
 
     def steps(self, steps_per_epoch: int) -> int:
         """The priming budget in optimizer steps (see `priming_steps`)."""
-        return priming_steps(self.config, steps_per_epoch)
+        return priming_steps(self.plan.config, steps_per_epoch)
 
     def reconfigure(self) -> LearnerModel:
         """Select by priming; keep the primed learner slices and head, put every other weight back; wrap.
@@ -83,19 +89,19 @@ class Primer:
         """
         if self.pretrained is None:
             raise UsageError("this Primer has already reconfigured its model; prime a fresh model with a new Primer")
-        model, config = self.model, self.config
+        model, plan = self.model, self.plan
         before = [tuple(self.pretrained[f"{b.name}.{module}.{kind}"].float().cpu() for module, kind in
                         ((b.up_name, "weight"), (b.up_name, "bias"), (b.down_name, "weight")))
-                  for b in find_ffn_blocks(model, config)]
-        scores = rank0_scores(priming_scores(model, config, before))
+                  for b in plan.learner_blocks]
+        scores = rank0_scores(priming_scores(plan, before))
         if not any(bool(s.any()) for s in scores):
             raise UsageError("no FFN weight moved since Primer(model, config): train the model for primer.steps(...) "
                              "steps before reconfigure() (a schedule whose warm-up starts at 0 moves nothing in step 1)")
         self.layer_signal = [round(float(s.sum()), 4) for s in scores]
-        config, indices = select(model, config, scores)
-        blocks = find_ffn_blocks(model, config)
+        plan, indices = select(plan, scores)
+        config = plan.config
         with torch.no_grad():
-            primed = [_trained_slices(b, idx, config) for b, idx in zip(blocks, indices)]
+            primed = [_trained_slices(b, idx, plan) for b, idx in zip(plan.learner_blocks, indices)]
             restore_parameters(model, self.pretrained)
         # Wrap the pre-trained model first, so the learners sit on the base model (unload() gives it back),
         # then warm-start the learner slices with their primed values.
@@ -104,7 +110,7 @@ class Primer:
             with torch.no_grad():
                 for block, slices in zip(learner_model.ffn_blocks, primed):
                     _warm_start(block, slices)
-        self.pretrained, self.config = None, config
+        self.pretrained, self.plan = None, plan
         return learner_model
 
 
@@ -114,31 +120,11 @@ def priming_steps(config: LearnerConfig, steps_per_epoch: int) -> int:
     return config.priming_steps or max(1, round(config.priming_fraction * steps_per_epoch))
 
 
-def check_fits(model: nn.Module, config: LearnerConfig) -> None:
-    """Fail before priming if the learner blocks or sizes do not fit `model`."""
-    blocks = find_ffn_blocks(model, config)
-    if isinstance(config.num_neurons, list):
-        if config.layers == "auto":
-            raise UsageError("layers='auto' chooses how many blocks get learners, so num_neurons must be one count, "
-                             "not a list")
-        if len(config.num_neurons) != len(blocks):
-            total = len(find_ffn_blocks(model, replace(config, layers="all", num_neurons=1, ratio=None)))
-            where = config.layer_positions(total)
-            raise UsageError(f"num_neurons gives {len(config.num_neurons)} counts but {len(blocks)} of the model's "
-                             f"{total} FFN blocks get learners (blocks {where}, layers {config.layers or 'all'!r}); give "
-                             "one count, or one per learner block")
-    for i, block in enumerate(blocks):
-        config.neurons_for(i, block.width)
-
-
-def priming_parameter_names(model: nn.Module, config: LearnerConfig, head_names: set[str] | None = None) -> set[str]:
-    """What trains during priming under `config.priming_scope` (the head always does)."""
-    if config.priming_scope == "all":
+def priming_parameter_names(model: nn.Module, plan: LearnerPlan, head_names: set[str]) -> set[str]:
+    """What trains during priming under `plan.config.priming_scope` (the head, `head_names`, always does)."""
+    if plan.config.priming_scope == "all":
         return {n for n, _ in model.named_parameters()}
-    if head_names is None:
-        head_names = set(head_parameter_names(model))
-    blocks = find_ffn_blocks(model, config if config.priming_scope == "learner-layers" else LearnerConfig(
-        ratio=1.0, ffn_modules=config.ffn_modules, layer_norm_module=config.layer_norm_module))
+    blocks = plan.learner_blocks if plan.config.priming_scope == "learner-layers" else plan.blocks
     prefixes = tuple(f"{b.name}.{module}." for b in blocks for module in (b.up_name, b.down_name))
     return {n for n, _ in model.named_parameters() if n.startswith(prefixes)} | set(head_names)
 
@@ -156,12 +142,12 @@ def restore_parameters(model: nn.Module, values: dict[str, torch.Tensor]) -> Non
             params[name].copy_(value)
 
 
-def _trained_slices(block: FFNBlock, idx: torch.Tensor, config: LearnerConfig) -> dict:
+def _trained_slices(block: FFNBlock, idx: torch.Tensor, plan: LearnerPlan) -> dict:
     """Copies of what the learner phase will train in one FFN block: W1[L,:], b1[L], W2[:,L] (+ b2, LayerNorm)."""
     slices = {"w1": block.up.weight[idx].clone(), "b1": block.up.bias[idx].clone(), "w2": block.down.weight[:, idx].clone()}
-    if config.train_ffn_output_bias:
+    if plan.config.train_ffn_output_bias:
         slices["b2"] = block.down.bias.clone()
-    if config.train_layer_norm and block.layer_norm is not None:
+    if plan.trains_layer_norm:
         slices["ln"] = {k: v.clone() for k, v in block.layer_norm.state_dict().items()}
     return slices
 

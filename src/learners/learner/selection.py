@@ -10,13 +10,11 @@ top `k`. A neuron `i` owns row `W1[i, :]`, entry `b1[i]` and column `W2[:, i]`.
 * magnitude - the same L1 sum over the weights themselves
 * random    - a seeded random choice
 
-With `layers="auto"` the same scores also choose *where* learners go
+Scores are per learner block of a `LearnerPlan` (plan.py). With `layers="auto"` the same scores also choose *where* learners go
 (`choose_layers`): the backward pass only has to reach the lowest learner
 block, so the learner blocks are the fewest blocks counted down from the
 output that hold `layer_coverage` of the signal.
 """
-
-from dataclasses import replace
 
 import torch
 import torch.distributed as dist
@@ -24,7 +22,8 @@ from torch import nn
 
 from ..errors import UsageError
 from .config import LearnerConfig
-from .ffn import FFNBlock, find_ffn_blocks
+from .ffn import FFNBlock
+from .plan import LearnerPlan, plan_learners
 
 
 def neuron_l1(w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
@@ -63,13 +62,9 @@ def ffn_tensors(block: FFNBlock) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
             block.down.weight.detach().float().cpu().clone())
 
 
-def snapshot_ffns(model: nn.Module, config: LearnerConfig) -> list[tuple[torch.Tensor, ...]]:
-    """The FFN weights before priming, to measure how far each neuron moves."""
-    return [ffn_tensors(b) for b in find_ffn_blocks(model, config)]
-
-
-def _sizes(blocks: list[FFNBlock], config: LearnerConfig) -> list[int]:
-    return [config.neurons_for(i, b.width) for i, b in enumerate(blocks)]
+def snapshot_ffns(plan: LearnerPlan) -> list[tuple[torch.Tensor, ...]]:
+    """The learner blocks' FFN weights before priming, to measure how far each neuron moves."""
+    return [ffn_tensors(b) for b in plan.learner_blocks]
 
 
 def choose_layers(scores: list[torch.Tensor], sizes: list[int], coverage: float) -> list[int]:
@@ -87,65 +82,41 @@ def choose_layers(scores: list[torch.Tensor], sizes: list[int], coverage: float)
     return list(range(len(signal)))
 
 
-def select(model: nn.Module, config: LearnerConfig, scores: list[torch.Tensor]) -> tuple[LearnerConfig, list[torch.Tensor]]:
-    """Top-k neurons per learner block from per-neuron `scores` (one tensor per block of
-    `find_ffn_blocks(model, config)`). With layers="auto" the scores choose the blocks too.
-
-    Returns the config with the learner blocks written out (a list) and the indices per block.
-    """
-    blocks = find_ffn_blocks(model, config)
-    if config.layers != "auto":
-        return config, [top_k(s, k) for s, k in zip(scores, _sizes(blocks, config))]
-    if isinstance(config.num_neurons, list):
-        raise UsageError("layers='auto' chooses how many blocks get learners, so num_neurons must be one count, not a list")
-    chosen = choose_layers(scores, _sizes(blocks, config), config.layer_coverage)
-    resolved = replace(config, layers=chosen)
-    return resolved, [top_k(scores[i], k) for i, k in zip(chosen, _sizes([blocks[i] for i in chosen], resolved))]
+def select(plan: LearnerPlan, scores: list[torch.Tensor]) -> tuple[LearnerPlan, list[torch.Tensor]]:
+    """Top-k neurons per learner block from per-neuron `scores` (one tensor per block of `plan.learner_blocks`).
+    With layers="auto" the scores choose the blocks too: the plan returned names them (as its config does)."""
+    if plan.config.layers != "auto":
+        return plan, [top_k(s, k) for s, k in zip(scores, plan.sizes)]
+    chosen = plan.with_layers(choose_layers(scores, list(plan.sizes), plan.config.layer_coverage))
+    return chosen, [top_k(scores[p], k) for p, k in zip(chosen.positions, chosen.sizes)]
 
 
-def priming_scores(model: nn.Module, config: LearnerConfig, before: list[tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
-    """How far each neuron moved from `before` (see `snapshot_ffns`), per block."""
+def priming_scores(plan: LearnerPlan, before: list[tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
+    """How far each neuron moved from `before` (see `snapshot_ffns`), per learner block."""
     scores = []
-    for block, (w1, b1, w2) in zip(find_ffn_blocks(model, config), before):
+    for block, (w1, b1, w2) in zip(plan.learner_blocks, before):
         w1_now, b1_now, w2_now = ffn_tensors(block)
         scores.append(moved_l1(w1_now, w1, dim=1) + moved_l1(w2_now, w2, dim=0) + moved_l1(b1_now, b1))
     return scores
 
 
-def _fixed_layers(config: LearnerConfig, indices: list[torch.Tensor]) -> list[torch.Tensor]:
-    if config.layers == "auto":
-        raise UsageError("with layers='auto' the scores choose the blocks too: call "
-                         "learners.learner.selection.select(model, config, scores), which returns the config and indices")
-    return indices
+def magnitude_scores(plan: LearnerPlan) -> list[torch.Tensor]:
+    """Per-neuron L1 weight mass, per learner block."""
+    return [neuron_l1(*ffn_tensors(b)) for b in plan.learner_blocks]
 
 
-def select_by_priming(model: nn.Module, config: LearnerConfig, before: list[tuple[torch.Tensor, ...]]) -> list[torch.Tensor]:
-    """Top-k neurons per FFN by how far they moved from `before` (see `snapshot_ffns`)."""
-    return _fixed_layers(config, select(model, config, priming_scores(model, config, before))[1])
+def random_indices(plan: LearnerPlan) -> list[torch.Tensor]:
+    """k neurons per learner block, drawn with `plan.config.seed` (sorted)."""
+    generator = torch.Generator().manual_seed(plan.config.seed)
+    return [torch.randperm(b.width, generator=generator)[:k].sort().values
+            for b, k in zip(plan.learner_blocks, plan.sizes)]
 
 
-def magnitude_scores(model: nn.Module, config: LearnerConfig) -> list[torch.Tensor]:
-    """Per-neuron L1 weight mass, per block."""
-    return [neuron_l1(*ffn_tensors(b)) for b in find_ffn_blocks(model, config)]
-
-
-def select_by_magnitude(model: nn.Module, config: LearnerConfig) -> list[torch.Tensor]:
-    return _fixed_layers(config, select(model, config, magnitude_scores(model, config))[1])
-
-
-def select_at_random(model: nn.Module, config: LearnerConfig) -> list[torch.Tensor]:
-    blocks = find_ffn_blocks(model, config)
-    generator = torch.Generator().manual_seed(config.seed)
-    return _fixed_layers(config, [torch.randperm(b.width, generator=generator)[:k].sort().values
-                                  for b, k in zip(blocks, _sizes(blocks, config))])
-
-
-def gradient_scores(model: nn.Module, config: LearnerConfig, batches) -> list[torch.Tensor]:
-    """Per-neuron gradient magnitude accumulated over `batches` (dicts of model inputs with labels), per block.
-
-    No parameter is updated; gradients are cleared afterwards.
+def gradient_scores(model: nn.Module, plan: LearnerPlan, batches) -> list[torch.Tensor]:
+    """Per-neuron gradient magnitude accumulated over `batches` (dicts of model inputs with labels), per learner
+    block of `plan` (made for `model`). No parameter is updated; gradients are cleared afterwards.
     """
-    blocks = find_ffn_blocks(model, config)
+    blocks = plan.learner_blocks
     scores = [torch.zeros(b.width) for b in blocks]
     was_training, requires_grad = model.training, {p: p.requires_grad for p in model.parameters()}
     model.requires_grad_(False)  # weight gradients for the scored tensors only, and nothing below the lowest block
@@ -165,6 +136,22 @@ def gradient_scores(model: nn.Module, config: LearnerConfig, batches) -> list[to
     return scores
 
 
+# Selection in one call, for users: the indices for `get_learner_model(model, config, indices=...)`.
+
+def select_by_magnitude(model: nn.Module, config: LearnerConfig) -> list[torch.Tensor]:
+    """Top-k neurons per learner block by L1 weight mass."""
+    plan = _fixed_plan(model, config)
+    return select(plan, magnitude_scores(plan))[1]
+
+
 def select_by_gradient(model: nn.Module, config: LearnerConfig, batches) -> list[torch.Tensor]:
-    """Top-k neurons by gradient magnitude accumulated over `batches` (see `gradient_scores`)."""
-    return _fixed_layers(config, select(model, config, gradient_scores(model, config, batches))[1])
+    """Top-k neurons per learner block by gradient magnitude accumulated over `batches` (see `gradient_scores`)."""
+    plan = _fixed_plan(model, config)
+    return select(plan, gradient_scores(model, plan, batches))[1]
+
+
+def _fixed_plan(model: nn.Module, config: LearnerConfig) -> LearnerPlan:
+    if config.layers == "auto":
+        raise UsageError("with layers='auto' the scores choose the blocks too: call learners.learner.selection.select("
+                         "plan, scores), which returns the plan (plan.config names the blocks) and the indices")
+    return plan_learners(model, config)

@@ -1,7 +1,7 @@
 """Priming with a transformers `Trainer`: a Trainer run stopped after the priming budget, then reconfiguration.
 
     trainer = Trainer(model=model, args=TrainingArguments(learning_rate=1e-4, num_train_epochs=3, ...), ...)
-    learner_model = prime_with_trainer(trainer, LearnerConfig(ratio=1/16))   # primes, selects, reconfigures
+    learner_model = prime_with_trainer(trainer, LearnerConfig.primed())   # primes, selects, reconfigures
     Trainer(model=learner_model, args=TrainingArguments(learning_rate=1e-3, ...), ...).train()
 
 The priming Trainer's arguments may describe the whole run (e.g. 3 epochs): it stops after the priming

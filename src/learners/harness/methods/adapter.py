@@ -24,8 +24,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ...errors import UsageError, first_line, read_json_file, read_safetensors
-from ...learner.config import LearnerConfig
-from ...learner.ffn import find_ffn_blocks, has_submodule, layout_type, set_submodule
+from ...learner.ffn import has_submodule, layout_type, locate_ffn_blocks, set_submodule
 from .base import Method
 
 CONFIG_NAME = "adapters_config.json"
@@ -84,7 +83,7 @@ def adapter_sites(model: nn.Module) -> list[str]:
         raise UsageError(f"adapters support model types {', '.join(ATTENTION_OUTPUT)} and encoders with BERT's module "
                          f"names; got {model_type!r}")
     sites = []
-    for block in find_ffn_blocks(model, LearnerConfig(ratio=1.0)):
+    for block in locate_ffn_blocks(model):
         prefix = f"{block.name}." if block.name else ""
         if has_submodule(block.block, ATTENTION_OUTPUT[model_type]):  # MobileBERT's extra FFNs have no attention
             sites.append(prefix + ATTENTION_OUTPUT[model_type])

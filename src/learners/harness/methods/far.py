@@ -22,8 +22,7 @@ from torch import nn
 
 from .. import distributed
 from ...errors import UsageError
-from ...learner.config import LearnerConfig
-from ...learner.ffn import find_ffn_blocks, set_submodule
+from ...learner.ffn import locate_ffn_blocks, set_submodule
 from ...learner.layer import LearnerRowLinear
 from ...learner.priming import restore_parameters, snapshot_parameters
 from ...learner.selection import moved_l1
@@ -38,7 +37,7 @@ DEFAULTS = {"ratio": DEFAULT_RATIO, "priming_fraction": 0.25, "priming_steps": N
 def ffn_linear_names(model: nn.Module) -> list[str]:
     """Module names of every FFN linear, W1 then W2 of each block, in encoder order."""
     names = []
-    for block in find_ffn_blocks(model, LearnerConfig(ratio=1.0)):
+    for block in locate_ffn_blocks(model):
         prefix = f"{block.name}." if block.name else ""
         names += [prefix + block.up_name, prefix + block.down_name]
     return names

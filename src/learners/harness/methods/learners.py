@@ -6,7 +6,6 @@ after_priming -> `Primer.reconfigure`: select by how far neurons moved (the bloc
                  keep the primed learner slices and head, put the rest back to pre-trained, wrap.
 """
 
-from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 
@@ -15,42 +14,16 @@ from torch import nn
 from .. import distributed
 from ...errors import UsageError
 from ...learner import LearnerConfig, LearnerModel, get_learner_model
-from ...learner.ffn import find_ffn_blocks, norms_beside
 from ...learner import priming
+from ...learner.plan import plan_learners
 from ...learner.prefix_cache import unsupported_reason
-from ...learner.priming import Primer, check_fits, priming_parameter_names  # noqa: F401 (priming_parameter_names: tests)
+from ...learner.priming import Primer
 from ...learner.selection import gradient_scores, rank0_scores, select
 from .base import Method
 
 
-# 192 of MiniLM's 1536 FFN neurons per learner block (3.9% of the encoder). Measured (BENCHMARKS.md 5.17; random
-# neurons in every block, seeds 0-2 paired): 1/8 scored above 1/16 on all four of CoLA, MRPC, RTE and STS-B
-# (four-task mean 0.639 vs 0.629; 10 of 12 runs higher) at the same step time; 1/32 (0.98%, the 1% target) lost
-# 0.012 on seed 0. `--ratio` trades quality for parameters.
-DEFAULT_RATIO = 1 / 8
-# Every block but the lowest (top-5 of the default model's six), the frozen part below the learners and the learner
-# blocks' attention in inference mode (no dropout there; the FFNs keep theirs), with the frozen-prefix cache. Measured
-# (BENCHMARKS.md 5.23; seeds 0-2 on CoLA, MRPC, RTE and STS-B, seed 0 on SST-2 10k): a learner step 0.46-0.47x of full
-# fine-tuning's (0.62x of BitFit's; every block with dropout, the default until then: 0.72-0.73x), five-task mean
-# best 0.690 against full fine-tuning's 0.696 and the previous default's 0.689, above LoRA and BitFit on each task
-# (CoLA 0.290 over three seeds, the previous default 0.260). Every block cannot get under its matmul FLOPs (0.67x);
-# top-4 with dropout lost 0.012 on the five-task mean (5.21), top-4 without it 0.014 (5.22).
-# `--learner-layers all --frozen-dropout --attention-dropout` is the previous default.
-DEFAULT_LAYERS = "skip-1"
-DEFAULT_FROZEN_DROPOUT = False
-DEFAULT_ATTENTION_DROPOUT = False
-# Random neurons, no priming. Measured (BENCHMARKS.md 5.12 and 5.14; learners in every block, ratio 1/16, the
-# same seeds): as good as priming on every task (CoLA 0.251 vs 0.250 over 5 seeds; STS-B 0.857 vs 0.850, MRPC
-# 0.857 vs 0.855, RTE 0.556 vs 0.556 over 3), and cheaper: no priming steps at full fine-tuning's price, a
-# whole-run memory peak of 0.72x full fine-tuning's on CoLA instead of 0.93x. `--selection priming` primes.
-DEFAULT_SELECTION = "random"
-# Each learner block's FFN output bias b2 and output LayerNorm train too (6,912 parameters on the default model,
-# 0.03% of the encoder). Measured (BENCHMARKS.md 5.19; 1/8, random, every block, seeds 0-2 paired with the
-# default without them): the mean best rose on every task (CoLA 0.260 vs 0.254, MRPC 0.872 vs 0.870, RTE 0.574 vs
-# 0.572, STS-B 0.866 vs 0.863, SST-2 10k 0.872 vs 0.867), each rise inside the seeds' spread, at the same step time
-# (0.76x vs 0.77x of full fine-tuning, one side-by-side run). `--no-train-ffn-output-bias --no-train-layer-norm`.
-DEFAULT_TRAIN_FFN_OUTPUT_BIAS = True
-DEFAULT_TRAIN_LAYER_NORM = True
+# The method's defaults are LearnerConfig's (learner/config.py, with the evidence for each): the CLI runs
+# `LearnerConfig()` with the flags given. Only the frozen-prefix cache's memory is the harness's own.
 # Options that shape the priming phase (LearnerConfig field -> CLI flag): an error without --selection priming.
 PRIMING_OPTIONS = {"priming_steps": "--priming-steps", "priming_fraction": "--priming-fraction",
                    "priming_scope": "--priming-scope", "reset_after_priming": "--reset-after-priming"}
@@ -82,19 +55,9 @@ class LearnersMethod(Method):
     def __init__(self, options: dict | None = None):
         super().__init__(options)
         options = {k: v for k, v in (options or {}).items() if v is not None}
-        if "ratio" not in options and "num_neurons" not in options:
-            options["ratio"] = DEFAULT_RATIO
-        self.layers_by_default = "layers" not in options
-        options.setdefault("layers", DEFAULT_LAYERS)
-        options.setdefault("frozen_dropout", DEFAULT_FROZEN_DROPOUT)
-        options.setdefault("attention_dropout", DEFAULT_ATTENTION_DROPOUT)
-        options.setdefault("selection", DEFAULT_SELECTION)
-        options.setdefault("train_ffn_output_bias", DEFAULT_TRAIN_FFN_OUTPUT_BIAS)
-        self.layer_norm_by_default = "train_layer_norm" not in options
-        options.setdefault("train_layer_norm", DEFAULT_TRAIN_LAYER_NORM)
-        if "layer_coverage" in options and options["layers"] != "auto":
+        if "layer_coverage" in options and options.get("layers") != "auto":
             raise UsageError(f"--layer-coverage sets how many blocks --learner-layers auto picks, but --learner-layers is "
-                             f"{options['layers']!r}: drop it, or use --learner-layers auto")
+                             f"{options.get('layers', LearnerConfig().layers)!r}: drop it, or use --learner-layers auto")
         self.prefix_cache_asked = options.get("frozen_prefix_cache_mb", 0) > 0  # by the user, not by default
         self.prefix_cache_mb = options.pop("frozen_prefix_cache_mb", DEFAULT_PREFIX_CACHE_MB)
         if not self.prefix_cache_mb >= 0:
@@ -106,39 +69,17 @@ class LearnersMethod(Method):
         self.probe_signal = None  # per-block sum of the gradient probe's scores (auto layers, learner-layers scope)
 
     def check(self, model: nn.Module) -> None:
-        """Fail before training if the learner layers or sizes do not fit `model` (the library's check)."""
-        self.fit_layers_default(model)
-        self.fit_layer_norm_default(model)
-        check_fits(model, self.config)
+        """Fail before training if the learner layers or sizes do not fit `model` (the library's plan)."""
+        plan_learners(model, self.config)
         reason = unsupported_reason(model)
         if self.prefix_cache_asked and reason is not None:
             raise UsageError(f"--frozen-prefix-cache-mb: {reason}; drop the option for this model")
 
-    def fit_layers_default(self, model: nn.Module) -> None:
-        """The default leaves the lowest FFN block frozen; a model with a single block then gets its learners there."""
-        if not self.layers_by_default or self.config.layers != DEFAULT_LAYERS:
-            return
-        if len(find_ffn_blocks(model, replace(self.config, layers="all"))) == 1:
-            self.config = replace(self.config, layers="all")
-            distributed.log("learners: this model has one FFN block, so the learners go there (the default leaves the "
-                            "lowest block frozen where there are more)")
-
-    def fit_layer_norm_default(self, model: nn.Module) -> None:
-        """The default trains each learner block's LayerNorm after the FFN; pre-LN blocks (MegatronBERT's) have
-        none there, so then it trains none, with a note (asked for by name, it is an error in check_fits)."""
-        if not (self.layer_norm_by_default and self.config.train_layer_norm):
-            return
-        block = find_ffn_blocks(model, replace(self.config, train_layer_norm=False))[0]
-        if block.layer_norm_name is None and not norms_beside(block.block, block.down_name):
-            self.config = replace(self.config, train_layer_norm=False)
-            distributed.log("learners: this model has no LayerNorm after its FFNs (pre-LN blocks), so none trains "
-                            "(the default trains it where there is one)")
-
     def prepare(self, model: nn.Module, batches) -> nn.Module:
         super().prepare(model, batches)
-        self.fit_layers_default(model)
-        self.fit_layer_norm_default(model)
         config = self.config
+        if config.train_layer_norm and not plan_learners(model, config).trains_layer_norm:
+            distributed.log("learners: this model has no LayerNorm after its FFNs (pre-LN blocks), so none trains")
         if config.selection == "priming":
             self.primer = Primer(model, config, batches)
             self.config = self.primer.config
@@ -148,8 +89,10 @@ class LearnersMethod(Method):
                                 f"{self.probe_signal}")
             return model
         if config.selection == "gradient":
-            scores = rank0_scores(gradient_scores(model, config, islice(batches, config.gradient_batches)))
-            self.config, indices = select(model, config, scores)
+            plan = plan_learners(model, config)
+            plan, indices = select(plan, rank0_scores(gradient_scores(model, plan,
+                                                                      islice(batches, config.gradient_batches))))
+            self.config = plan.config
             return self.with_prefix_cache(LearnerModel(model, self.config, indices))
         model = get_learner_model(model, config)
         self.config = model.learner_config
@@ -160,8 +103,8 @@ class LearnersMethod(Method):
 
         By default only on the CPU: on a GPU a small model's step is bound by kernel launches, not FLOPs, so
         filling the cache (the frozen blocks run once per example) made the first epoch's step 2.1x (MiniLM-L6,
-        32 x 128) and 3.9x (BERT-base, 128 x 128) full fine-tuning's, and a cached step saved little (BENCHMARKS.md
-        5.24). Asked for by size (--frozen-prefix-cache-mb N), it is on everywhere."""
+        32 x 128) and 3.9x (BERT-base, 128 x 128) full fine-tuning's, and a cached step saved little
+        (docs/journal.md#gpu-h200). Asked for by size (--frozen-prefix-cache-mb N), it is on everywhere."""
         blocks = len(model.frozen_blocks_below_learners())
         if self.prefix_cache_mb == 0 or blocks == 0:
             return model
@@ -235,9 +178,8 @@ class LearnersMethod(Method):
     def save_extra(self, model: nn.Module, output_dir: Path) -> dict:
         learners_dir = model.save_pretrained(output_dir / "learners")
         size = sum(f.stat().st_size for f in learners_dir.iterdir())
-        blocks = len(find_ffn_blocks(model.base_model, LearnerConfig(ratio=1.0, ffn_modules=self.config.ffn_modules)))
         return {"learners_dir": str(learners_dir), "learners_checkpoint_bytes": size, "selection": self.config.selection,
-                "learner_layers": self.config.layer_positions(blocks),
+                "learner_layers": list(model.plan.positions),
                 "learner_neurons": [int(i.numel()) for i in model.indices], "priming_layer_signal": self.layer_signal,
                 "probe_layer_signal": self.probe_signal, "frozen_prefix_cache": _cache_stats(model)}
 
