@@ -24,7 +24,7 @@ ALSO_KEPT=${ALSO_KEPT-docs/benchmarks/cpu/all/bench.csv docs/benchmarks/cola-3se
 DRY_RUN=${DRY_RUN:-}
 export OMP_NUM_THREADS=1
 
-# name | learners flags (see README, "Where the learners go"). The configurations that prime name --selection priming:
+# name | learners flags (see docs/cli.md#where-the-learners-go---learner-layers). The configurations that prime name --selection priming:
 # the default selection is random since docs/journal.md#random-default, and every kept run of them primed. (top3-nofd-cache:
 # the frozen-prefix cache is on wherever the frozen blocks run without dropout; the older top3-nofd runs had none.)
 # Every configuration names its --ratio: the default moved from 1/16 to 1/8 (docs/journal.md#learner-size) and the kept
