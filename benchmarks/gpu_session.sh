@@ -11,7 +11,7 @@
 # Each phase has a time cap and the whole script a deadline (BUDGET_S), so what finished always comes back:
 # everything lands in OUT (on the device machine the tool's $OUT; session.log and results.tgz: two files,
 # inside the tool's 8-file limit). Every step-time row is printed as it finishes, so a capped table keeps its rows.
-# Timing (H200, 2026-12-04, BENCHMARKS.md 5.24): a step-time worker takes about 17 s eager, the grid about 3 minutes
+# Timing (H200, 2026-12-04, docs/journal.md#gpu-h200): a step-time worker takes about 17 s eager, the grid about 3 minutes
 # at PARALLEL=10, a compiled worker a minute or more; so a 15-minute lease holds two calls:
 #   . .gpu/setup.sh && PHASES="1 2 3" bash benchmarks/gpu_session.sh            (timeout_s 600)
 #   . .gpu/setup.sh && PHASES="4 5" BUDGET_S=330 bash benchmarks/gpu_session.sh  (at once, while the machine is warm)

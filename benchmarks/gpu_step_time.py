@@ -11,11 +11,11 @@ training engine's optimizer step (learners.harness.train.make_optimizer, trainin
 and a CUDA sync after every step. Peak memory: torch.cuda.max_memory_allocated on CUDA, peak RSS on the CPU.
 
 `learners` is the method with its default options (every block but the lowest, the frozen part and the learner
-blocks' attention without dropout, BENCHMARKS.md 5.23): on a GPU without the frozen-prefix cache (the CLI's
-default there since 5.24), on the CPU with it in a first epoch. `learners-filling` and `learners-cached` ask for
+blocks' attention without dropout, docs/journal.md#skip-1-default): on a GPU without the frozen-prefix cache (the CLI's
+default there since docs/journal.md#gpu-h200), on the CPU with it in a first epoch. `learners-filling` and `learners-cached` ask for
 the cache: a first epoch, filling it (each example runs the frozen blocks alone), and a later one (every
-example cached); on an H200 they were 2.1x and 0.76x of full on MiniLM-L6 at 32 x 128 (5.24). `learners-all`
-puts learners in every FFN block with dropout everywhere, the default until 5.23
+example cached); on an H200 they were 2.1x and 0.76x of full on MiniLM-L6 at 32 x 128 (docs/journal.md#gpu-h200). `learners-all`
+puts learners in every FFN block with dropout everywhere, the default until docs/journal.md#skip-1-default
 (options passed to learners.harness.methods.build_method as they are). All select by magnitude:
 priming needs a training loop, and which neurons are picked does not change the step cost. The table's
 "learner layers" column shows how many blocks got learners, so an option that means something else later
@@ -23,10 +23,9 @@ shows up there. `learners-top3-cached` puts learners in the top three blocks wit
 times a later epoch: the timed steps reuse the warm-up batches, so the frozen-prefix cache holds every
 example and the blocks below the learners do not run (learners.learner.prefix_cache). `learners-top4` and
 `learners-top4-cached` are the top four blocks so, in a first epoch (every example runs the frozen blocks alone,
-to fill the cache) and a later one: on the CPU the configuration that meets issue 8's step target (BENCHMARKS.md
-5.21); on a GPU the first epoch's per-example passes may cost more than they do there. `learners-top4-noad-cached`
+to fill the cache) and a later one: on the CPU the configuration that meets issue 8's step target (docs/journal.md#top-four-blocks); on a GPU the first epoch's per-example passes may cost more than they do there. `learners-top4-noad-cached`
 and `learners-skip1-noad-cached` (every block but the lowest: top-5 of MiniLM-L6 and DistilBERT) also run the
-learner blocks' attention without dropout (attention_dropout=False, BENCHMARKS.md 5.22): on the CPU that is the
+learner blocks' attention without dropout (attention_dropout=False, docs/journal.md#attention-dropout): on the CPU that is the
 fused attention kernel; on a GPU, flash attention has dropout built in, so the gain there is for this script to show.
 
 `learners-upper-half` puts learners in the upper half of each size's blocks, without the cache: the issue's H100
@@ -66,7 +65,7 @@ VARIANTS = {
     # the same with the cache asked for: a first epoch (filling it, each example alone) and a later one (all cached)
     "learners-filling": ("learners", {"selection": "magnitude", **CACHE}, False),
     "learners-cached": ("learners", {"selection": "magnitude", **CACHE}, True),
-    # every block with dropout: the default until BENCHMARKS.md 5.23
+    # every block with dropout: the default until docs/journal.md#skip-1-default
     "learners-all": ("learners", {"selection": "magnitude", "layers": "all", "attention_dropout": True}, False),
     "learners-top3-cached": ("learners", {"selection": "magnitude", "layers": "top-3", "frozen_dropout": False, **CACHE},
                              True),

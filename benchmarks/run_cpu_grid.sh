@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU benchmark behind BENCHMARKS.md: a job queue worked by two processes, one thread each, on a
+# The CPU benchmark behind the first tables of docs/journal.md (docs/journal.md#one-seed-five-tasks): a job queue worked by two processes, one thread each, on a
 # 2-core machine. Jobs run in priority order (the main table's closest rivals first, then the learner
 # ablations, then the rest), one `learners bench` call per task x method, so a stop at any point leaves
 # the most useful part done. Resumable: re-run it to finish the grid (a run whose results.json exists
@@ -15,7 +15,7 @@ SST2="--max-train-samples 10000"   # SST-2: a 10k training subset, the full dev 
 export OMP_NUM_THREADS=1
 mkdir -p "$OUT"
 
-ablations() {  # the learner ablations on one task (section 4: against priming, the default until 5.14)
+ablations() {  # the learner ablations on one task (docs/journal.md#ablations: against priming, the default until docs/journal.md#random-default)
   echo "--tasks $1 --methods learners --selection gradient --output-dir $OUT/ablation-selection-gradient"
   echo "--tasks $1 --methods learners --selection magnitude --output-dir $OUT/ablation-selection-magnitude"
   echo "--tasks $1 --methods learners --selection random --output-dir $OUT/ablation-selection-random"

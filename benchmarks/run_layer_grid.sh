@@ -3,7 +3,7 @@
 # LoRA and BitFit, on CoLA, MRPC, STS-B and RTE (and SST-2 on a 10k subset), seeds 0,1,2.
 # A job queue worked by two processes, one thread each (2-core machine), most useful jobs first; resumable
 # (a run with a results.json is skipped). Each configuration is its own bench dir under $OUT, named as
-# BENCHMARKS.md names it. At the end every finished run's results.json (and log) is copied into
+# the journal (docs/journal.md) names it. At the end every finished run's results.json (and log) is copied into
 # docs/benchmarks/cpu-layers/ (the models stay out of git). A run kept there, or kept as a bench.csv row in
 # one of $ALSO_KEPT (older runs of the baselines and the default), is not queued again, so a fresh clone
 # carries on the grid where the last session left it.
@@ -24,17 +24,17 @@ ALSO_KEPT=${ALSO_KEPT-docs/benchmarks/cpu/all/bench.csv docs/benchmarks/cola-3se
 DRY_RUN=${DRY_RUN:-}
 export OMP_NUM_THREADS=1
 
-# name | learners flags (see README, "Where the learners go"). The configurations that prime name --selection priming:
-# the default selection is random since BENCHMARKS.md 5.14, and every kept run of them primed. (top3-nofd-cache:
+# name | learners flags (see docs/cli.md#where-the-learners-go---learner-layers). The configurations that prime name --selection priming:
+# the default selection is random since docs/journal.md#random-default, and every kept run of them primed. (top3-nofd-cache:
 # the frozen-prefix cache is on wherever the frozen blocks run without dropout; the older top3-nofd runs had none.)
-# Every configuration names its --ratio: the default moved from 1/16 to 1/8 (BENCHMARKS.md 5.17) and the kept
+# Every configuration names its --ratio: the default moved from 1/16 to 1/8 (docs/journal.md#learner-size) and the kept
 # runs of the configurations without a size in their name were made at 1/16, so their missing seeds are too.
-# Likewise each names whether b2 and the LayerNorm train: the default turned them on in 5.19, and every run kept before
+# Likewise each names whether b2 and the LayerNorm train: the default turned them on in docs/journal.md#bias-and-layernorm, and every run kept before
 # (all but the -b2-ln configurations) was made without them. And each names whether the frozen part below the learners
-# and the learner blocks' attention have dropout: the default turned both off in 5.23, and every run kept before had
+# and the learner blocks' attention have dropout: the default turned both off in docs/journal.md#skip-1-default, and every run kept before had
 # it wherever the name does not say nofd or noad.
-# (Learning rate 2e-3 at ratio 1/8 is not queued: CoLA seed 0 collapsed, best MCC 0.109; BENCHMARKS.md 5.17.)
-# The default in bf16 (-bf16) and in fp32 (-fp32-fused) were run with the code of BENCHMARKS.md 5.27 (fused AdamW,
+# (Learning rate 2e-3 at ratio 1/8 is not queued: CoLA seed 0 collapsed, best MCC 0.109; docs/journal.md#learner-size.)
+# The default in bf16 (-bf16) and in fp32 (-fp32-fused) were run with the code of docs/journal.md#bf16-cpu (fused AdamW,
 # the learner neurons first in each FFN); every run before it had AdamW's for-loop.
 CONFIGS='all|--learner-layers all --selection priming --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm --frozen-dropout --attention-dropout
 top5|--learner-layers top-5 --selection priming --ratio 0.0625 --no-train-ffn-output-bias --no-train-layer-norm --frozen-dropout --attention-dropout

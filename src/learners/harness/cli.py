@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft = sub.add_parser("finetune", help="fine-tune a model on a GLUE task or your own data")
     ft.add_argument("--task", help="GLUE task: cola sst2 mrpc stsb qqp mnli qnli rte wnli")
     ft.add_argument("--method", default="learners",
-                    help="full, head, bitfit, lora, adapter, far, learners (default); see README for what each trains")
+                    help="full, head, bitfit, lora, adapter, far, learners (default); see docs/cli.md for what each trains")
     ft.add_argument("--output-dir", required=True)
     ft.add_argument("--seed", type=int, default=0)
     ft.add_argument("--overwrite", action="store_true",

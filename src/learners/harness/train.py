@@ -6,7 +6,7 @@ the learning-rate schedule carries on; Trainer builds its optimizer once. The
 loop stays short and accelerate still provides devices, mixed precision and
 distributed launch.
 
-Data-parallel (torchrun; see README): the train loader is sharded per rank, so the global batch is
+Data-parallel (torchrun; see docs/cli.md#data-parallel-runs): the train loader is sharded per rank, so the global batch is
 world_size x batch_size; every rank trains the same model (DDP all-reduces the gradients, and the
 learner selection is broadcast from rank 0 and checked); rank 0 alone evaluates, logs, shows progress
 and writes checkpoints.

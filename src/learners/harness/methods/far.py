@@ -65,7 +65,7 @@ class FreezeAndReconfigure(Method):
     primes = True
     # FAR updates pre-trained weights in place, like full fine-tuning (1e-4), but only ~6% of them,
     # so each step moves the function less and a higher rate fits; it starts from the pre-trained
-    # rows, not from a primed warm start as learners (1e-3) do. Untuned; see README.
+    # rows, not from a primed warm start as learners (1e-3) do. Untuned; see docs/cli.md#default-hyperparameters.
     default_learning_rate = 5e-4
 
     def __init__(self, options: dict | None = None):
