@@ -1,15 +1,11 @@
 """The docs' stable anchors (issue 33): code cites `docs/journal.md#NAME`, never a BENCHMARKS section number, and
 every anchor link in the repository's .md, .py and .sh files names an anchor that exists.
 
-An anchor exists where the target file has an explicit `<a id="NAME"></a>` or a heading whose GitHub slug is NAME.
-Until the files of src/ that cite section numbers are rewritten (the mapping is in the issue's notes), the first
-test fails; `LEARNERS_DOCS_PENDING_SRC=1` skips it meanwhile."""
+An anchor exists where the target file has an explicit `<a id="NAME"></a>` or a heading whose GitHub slug is NAME."""
 
-import os
 import re
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTION_CITATION = re.compile(r"BENCHMARKS(?:\.md)?,?\s+(?:section\s+)?\d+\.\d+|BENCHMARKS(?:\.md)?,?\s+section\b")
@@ -67,8 +63,6 @@ def test_the_journal_gives_every_entry_an_explicit_anchor():
     assert {"learner-size", "skip-1-default", "bf16-cpu", "early-stopping"} <= set(ids)
 
 
-@pytest.mark.skipif(os.environ.get("LEARNERS_DOCS_PENDING_SRC") == "1",
-                    reason="src/ still cites BENCHMARKS section numbers (being rewritten)")
 def test_no_file_under_src_cites_a_benchmarks_section_number():
     offenders = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}"
                  for p in repository_files(".py") if p.is_relative_to(ROOT / "src")
