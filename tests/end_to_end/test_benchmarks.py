@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import gpu_step_time  # noqa: E402
 import step_time_memory  # noqa: E402
 
@@ -189,7 +189,7 @@ def test_layer_grid_queues_only_the_runs_not_kept(tmp_path):
     csv.write_text("task,method,seed,metric_name\ncola,full,1,mcc\ncola,learners,0,mcc\n")
     env = {"PATH": "/usr/bin:/bin", "DRY_RUN": "1", "SEEDS": "0,1", "TASKS": "cola", "BASELINES": "full",
            "ONLY": "all all-random", "KEEP": str(keep), "ALSO_KEPT": str(csv), "OUT": str(tmp_path / "out")}
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "run_layer_grid.sh"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "run_layer_grid.sh"
     listed = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, check=True).stdout
     out = tmp_path / "out"
     assert sorted(listed.splitlines()) == sorted([
@@ -206,7 +206,7 @@ def test_every_grid_configuration_names_its_size_and_selection():
     1/16 -> 1/8, the selection priming -> random, b2 and LayerNorm off -> on, dropout in the frozen part and the
     learner blocks' attention on -> off) and pool them with seeds run under
     the old ones."""
-    script = (Path(__file__).resolve().parents[1] / "benchmarks" / "run_layer_grid.sh").read_text()
+    script = (Path(__file__).resolve().parents[2] / "benchmarks" / "run_layer_grid.sh").read_text()
     configs = script.split("CONFIGS='", 1)[1].split("'", 1)[0].splitlines()
     assert len(configs) > 10
     for line in configs:

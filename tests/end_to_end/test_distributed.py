@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from learners.harness.cli import main
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 WEIGHT_TOLERANCE = 1e-5
 METRIC_TOLERANCE = 1e-4
 

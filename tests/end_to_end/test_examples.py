@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Header-less CoLA rows: source, label, original label, sentence.
 COLA_ROWS = [("gj04", 1, "The sailors rode the breeze clear of the rocks."), ("gj04", 0, "The more does Bill smoke."),
              ("bc01", 1, "John wrote a letter to Mary."), ("bc01", 0, "Mary was wrote a letter by John."),

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from stop_at_step import interrupt_at
 from test_bench import fake_results
 
 from learners.harness import bench
@@ -147,10 +148,10 @@ def test_every_file_a_run_or_a_merge_writes_has_the_users_permissions(tmp_path, 
 
     previous = os.umask(0o027)
     try:
-        monkeypatch.setenv("LEARNERS_TEST_INTERRUPT_AT_STEP", "1")  # Ctrl-C: a checkpoint stays
+        interrupt_at(monkeypatch.setattr, 1)  # Ctrl-C: a checkpoint stays
         out = tmp_path / "run"
         assert finetune_into(tmp_path, tiny_model_dir, out, "--method", "learners", "--ratio", "0.25") == 130
-        monkeypatch.delenv("LEARNERS_TEST_INTERRUPT_AT_STEP")
+        monkeypatch.undo()
         written = modes(out / "checkpoint")
         assert finetune_into(tmp_path, tiny_model_dir, out, "--method", "learners", "--ratio", "0.25") == 0
         assert main(["merge", "--learners", str(out), "--output", str(tmp_path / "merged")]) == 0

@@ -12,6 +12,7 @@ import torch
 from learners.errors import UsageError
 from learners.harness.cli import main
 from learners.harness.run_log import RunLog, parse_report_to, training_entry
+from stop_at_step import interrupt_at
 
 WORDS = "the cat dog sat ran on a mat big small red blue happy sad".split()
 # 48 examples, batch 8: 6 steps an epoch; 12 steps, evaluations at 5, 10 and 12, logging every 4 steps.
@@ -134,9 +135,9 @@ def test_a_resumed_run_continues_its_log_without_losing_or_repeating_entries(dat
     reference = tmp_path / "reference"
     assert main(finetune(data, tiny_model_dir, reference, "--no-progress")) == 0
     out = tmp_path / "run"
-    monkeypatch.setenv("LEARNERS_TEST_INTERRUPT_AT_STEP", "8")  # Ctrl-C, in this process: a checkpoint at step 8
+    interrupt_at(monkeypatch.setattr, 8)  # Ctrl-C, in this process: a checkpoint at step 8
     assert main(finetune(data, tiny_model_dir, out, "--report-to", "tensorboard", "--no-progress")) == 130
-    monkeypatch.delenv("LEARNERS_TEST_INTERRUPT_AT_STEP")
+    monkeypatch.undo()
     assert [e["step"] for e in training(jsonl(out))] == [4, 5, 8]
     # A killed run may have logged past its checkpoint: those steps run again after the resume, and count once.
     with open(out / "history.jsonl", "a") as f:

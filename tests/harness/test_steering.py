@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 import learners
 from conftest import save_regression_run, tiny_model
+from stop_at_step import SCRIPT, interrupt_at
 from learners.harness import config_file
 from learners.harness.cli import build_parser, main
 from learners.harness.early_stopping import evaluations_without_improvement, patience_exhausted
@@ -88,9 +89,9 @@ def test_early_stopping_ends_the_run_at_the_patience_and_keeps_the_best(data, st
 
 def run_killed(data: Path, out: Path, step: int) -> subprocess.CompletedProcess:
     src = str(Path(learners.__file__).resolve().parents[1])
-    env = {**os.environ, "LEARNERS_TEST_KILL_AT_STEP": str(step), "OMP_NUM_THREADS": str(torch.get_num_threads()),
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()),
            "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "learners.cli", *finetune(data, out, *EARLY)], env=env,
+    return subprocess.run([sys.executable, SCRIPT, "kill", str(step), *finetune(data, out, *EARLY)], env=env,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -222,9 +223,9 @@ def test_a_checkpoint_from_before_these_options_resumes(data, tmp_path, monkeypa
     """A checkpoint whose saved options predate early stopping, accumulation and the eval options continues under
     the same command (they are taken at their defaults), instead of being refused as another run's."""
     command = finetune(data, tmp_path / "run", "--batch-size", 8, "--max-steps", 4, "--eval-steps", 2, "--no-progress")
-    monkeypatch.setenv("LEARNERS_TEST_INTERRUPT_AT_STEP", "2")
+    interrupt_at(monkeypatch.setattr, 2)
     assert main(command) == 130  # Ctrl-C at step 2: a checkpoint and exit
-    monkeypatch.delenv("LEARNERS_TEST_INTERRUPT_AT_STEP")
+    monkeypatch.undo()
     facts_file = tmp_path / "run" / "checkpoint" / "checkpoint.json"
     facts = json.loads(facts_file.read_text())
     for name in ("early_stopping_patience", "early_stopping_threshold", "gradient_accumulation_steps",
