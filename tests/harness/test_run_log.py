@@ -130,6 +130,7 @@ def test_only_the_main_process_logs(tmp_path):
     assert jsonl(tmp_path) == [entry]
 
 
+@pytest.mark.slow
 def test_a_resumed_run_continues_its_log_without_losing_or_repeating_entries(data, tiny_model_dir, tmp_path,
                                                                               monkeypatch):
     reference = tmp_path / "reference"
@@ -155,6 +156,7 @@ def test_a_resumed_run_continues_its_log_without_losing_or_repeating_entries(dat
     assert [s for s, _ in losses] == TRAINING_STEPS and 99.0 not in [v for _, v in losses]
 
 
+@pytest.mark.slow
 def test_an_overwrite_replaces_the_old_runs_logs(data, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     assert main(finetune(data, tiny_model_dir, out, "--report-to", "tensorboard", "--no-progress")) == 0
@@ -191,6 +193,7 @@ def test_a_reporter_whose_package_is_missing_is_one_line_naming_the_install(pack
                   f"pip install {package}\n" and not out.exists()
 
 
+@pytest.mark.slow
 def test_the_progress_bar_shows_the_last_entry(data, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(finetune(data, tiny_model_dir, out)) == 0

@@ -71,6 +71,7 @@ def stopped(data) -> Path:
     return data / "stopped"
 
 
+@pytest.mark.slow
 def test_early_stopping_ends_the_run_at_the_patience_and_keeps_the_best(data, stopped, tmp_path):
     r = results(stopped)
     steps = [h["step"] for h in r["history"]]
@@ -96,6 +97,7 @@ def run_killed(data: Path, out: Path, step: int) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("kill_at", [6, 8])  # one evaluation without improvement; the stop step itself
+@pytest.mark.slow
 def test_a_resumed_run_stops_at_the_same_step(data, stopped, tmp_path, kill_at):
     """The patience is read from the history that the checkpoint restores: killed after the checkpoint at step
     6 (one evaluation without improvement) or at the stop step 8 itself, the resumed run stops at step 8 with the
@@ -116,6 +118,7 @@ def test_a_resumed_run_stops_at_the_same_step(data, stopped, tmp_path, kill_at):
 # ---- gradient accumulation ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("method", ["full", "learners"])
+@pytest.mark.slow
 def test_accumulating_two_batches_of_4_trains_as_one_batch_of_8(data, tmp_path, method):
     """fp32, no dropout: the same weights up to float rounding, across an epoch's end where the last step has one
     micro-batch of 4 (as the big batch has 4 examples there); one batch of 4 without accumulation differs."""
@@ -133,6 +136,7 @@ def test_accumulating_two_batches_of_4_trains_as_one_batch_of_8(data, tmp_path, 
     assert [h["step"] for h in r["history"]] == [5, 10]
 
 
+@pytest.mark.slow
 def test_epochs_and_priming_count_optimizer_steps(data, tmp_path):
     """One epoch of 15 micro-batches accumulated by 2 is 8 optimizer steps; priming's 3 steps are optimizer steps."""
     assert main(finetune(data, tmp_path / "run", "--batch-size", 4, "--gradient-accumulation-steps", 2, "--epochs", 1,
@@ -164,6 +168,7 @@ def test_an_accumulated_step_reads_nothing_on_the_host():
 
 # ---- evaluation ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_eval_subset_is_fixed_and_recorded(data, tmp_path):
     from datasets import Dataset
 
@@ -219,6 +224,7 @@ def test_transformers_spellings_are_aliases():
         parse([*predict, "--per_device_train_batch_size", "16"])
 
 
+@pytest.mark.slow
 def test_a_checkpoint_from_before_these_options_resumes(data, tmp_path, monkeypatch):
     """A checkpoint whose saved options predate early stopping, accumulation and the eval options continues under
     the same command (they are taken at their defaults), instead of being refused as another run's."""
