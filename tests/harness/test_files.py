@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from stop_at_step import interrupt_at
 from test_bench import fake_results
 
 from learners.harness import bench
@@ -37,6 +38,7 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.csv"]
 
 
+@pytest.mark.slow
 def test_two_benches_sharing_an_output_dir_never_read_a_half_written_bench_json(tmp_path):
     """Two queues of `learners bench` on one output dir (two lanes on one machine): each rewrites bench.json
     while the other reads it back. Before the writes were atomic this failed with a JSONDecodeError."""
@@ -140,6 +142,7 @@ def test_a_filesystem_that_refuses_locks_runs_unguarded(tmp_path, monkeypatch):
     assert sorted(p.name for p in out.iterdir()) == ["results.json"]
 
 
+@pytest.mark.slow
 def test_every_file_a_run_or_a_merge_writes_has_the_users_permissions(tmp_path, tiny_model_dir, monkeypatch):
     """As any other new file of the process (0o666 less the umask): safetensors writes its files 0600."""
     def modes(folder):
@@ -147,10 +150,10 @@ def test_every_file_a_run_or_a_merge_writes_has_the_users_permissions(tmp_path, 
 
     previous = os.umask(0o027)
     try:
-        monkeypatch.setenv("LEARNERS_TEST_INTERRUPT_AT_STEP", "1")  # Ctrl-C: a checkpoint stays
+        interrupt_at(monkeypatch.setattr, 1)  # Ctrl-C: a checkpoint stays
         out = tmp_path / "run"
         assert finetune_into(tmp_path, tiny_model_dir, out, "--method", "learners", "--ratio", "0.25") == 130
-        monkeypatch.delenv("LEARNERS_TEST_INTERRUPT_AT_STEP")
+        monkeypatch.undo()
         written = modes(out / "checkpoint")
         assert finetune_into(tmp_path, tiny_model_dir, out, "--method", "learners", "--ratio", "0.25") == 0
         assert main(["merge", "--learners", str(out), "--output", str(tmp_path / "merged")]) == 0

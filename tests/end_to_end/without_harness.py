@@ -1,7 +1,7 @@
 """Run a script or module as if the [harness] extra were not installed.
 
-    python tests/without_harness.py SCRIPT.py [ARGS...]
-    python tests/without_harness.py -m MODULE [ARGS...]
+    python tests/end_to_end/without_harness.py SCRIPT.py [ARGS...]
+    python tests/end_to_end/without_harness.py -m MODULE [ARGS...]
 
 One finder replaces sys.meta_path and asks the original finders for every module except the harness-only
 packages and their submodules, which it reports as absent. So `import datasets` raises ModuleNotFoundError

@@ -44,6 +44,7 @@ def weights(directory):
 
 
 @pytest.mark.parametrize("method", METHODS)
+@pytest.mark.slow
 def test_same_seed_same_run(method, tmp_path, tiny_model_dir):
     extra = ["--max-steps", "4", "--batch-size", "8", "--eval-steps", "2", "--seed", "3"]
     if method == "learners":
@@ -59,6 +60,7 @@ def test_same_seed_same_run(method, tmp_path, tiny_model_dir):
 
 
 @pytest.mark.parametrize("method", ["full", "learners"])
+@pytest.mark.slow
 def test_how_often_a_run_evaluates_does_not_change_its_training(method, tmp_path):
     """Evaluating draws nothing from the random generators that shuffling and dropout use (a DataLoader without a
     generator of its own draws its base seed from torch's global one each time it is iterated). A regression task,
@@ -86,6 +88,7 @@ def test_diverging_run_stops_with_the_fix_and_writes_nothing(tmp_path, tiny_mode
     assert not (tmp_path / "nan").exists()
 
 
+@pytest.mark.slow
 def test_non_finite_gradient_stops_before_the_weights_change():
     """The step itself reads nothing on the host: its update is skipped on the device, and the next check of the
     step log names the step."""
@@ -139,6 +142,7 @@ def test_one_step_runs_work_for_every_method(method, tmp_path, tiny_model_dir):
 
 
 @pytest.mark.parametrize("method", ["learners", "far"])
+@pytest.mark.slow
 def test_one_epoch_of_one_batch_primes_then_selects(method, tmp_path, tiny_model_dir, capsys):
     priming = ["--selection", "priming"] if method == "learners" else []
     r = run_ok(tmp_path, tiny_model_dir, "tiny", method, "--epochs", "1", "--batch-size", "64", *priming)

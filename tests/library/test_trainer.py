@@ -70,6 +70,7 @@ def test_trainer_trains_evaluates_and_saves_the_small_learner_state(tmp_path):
         assert torch.equal(fresh(**batch).logits, model(**batch).logits)
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint_ends_where_an_uninterrupted_run_ends(tmp_path):
     model = get_learner_model(tiny_model("bert"), CONFIG)
     indices = model.indices
@@ -92,6 +93,7 @@ def test_loading_a_trainer_checkpoint_into_other_indices_is_a_clear_error(tmp_pa
         other.load_state_dict(model.state_dict(), strict=False)
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_gives_the_same_gradients_and_the_same_training(tmp_path):
     plain = get_learner_model(tiny_model("bert"), CONFIG)
     checkpointed = copy.deepcopy(plain)
@@ -118,6 +120,7 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_the_same_training(t
         torch.testing.assert_close(with_gc.state_dict()[key], value, atol=1e-6, rtol=0, msg=key)
 
 
+@pytest.mark.slow
 def test_load_best_model_at_end_restores_the_best_evaluations_learners(tmp_path):
     """Trainer's best-checkpoint restore works on the small learner checkpoints (examples/glue_trainer.py uses it)."""
     model = get_learner_model(tiny_model("bert"), CONFIG)

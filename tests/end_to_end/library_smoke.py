@@ -1,7 +1,7 @@
 """The library API where only torch, transformers and safetensors are installed (`pip install learners`, no extras).
 
-Run by tests/test_lightweight.py under an import hook that hides the harness dependencies, and by .ci/run in a
-fresh virtual environment that never had them. On a tiny random BERT: priming (a few full fine-tuning steps,
+Run by tests/end_to_end/test_lightweight.py under an import hook that hides the harness dependencies, and by
+.ci/run in a fresh virtual environment that never had them. On a tiny random BERT: priming (a few full fine-tuning steps,
 then select by how far each neuron moved), gradient, magnitude and random selection, training the learners,
 save_pretrained / from_pretrained, merge_and_unload. Exits non-zero (an AssertionError) on any failure.
 """

@@ -584,6 +584,7 @@ def saved_dataset_folder(d: Path) -> tuple[list[str], list[str]]:
 
 
 @pytest.mark.parametrize("make", [senteval_files, parquet_files, saved_dataset_folder])
+@pytest.mark.slow
 def test_each_form_fine_tunes_and_predicts(tmp_path, tiny_model_dir, make, capsys):
     """A headerless SentEval file, a Parquet file and a save_to_disk folder: finetune, with --test-file predicted into
     the run, then `learners predict` with the same one flag or none, giving the same predictions."""

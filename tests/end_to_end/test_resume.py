@@ -1,10 +1,9 @@
 """No lost work: checkpoints, resuming a killed or interrupted run bit-exactly, refusing a different run.
 
-A run is killed (SIGKILL) or interrupted (SIGINT) at a step through the test hooks that
-learners.harness.checkpoint.test_hook reads (LEARNERS_TEST_KILL_AT_STEP, LEARNERS_TEST_INTERRUPT_AT_STEP),
-then resumed; its results and saved model must equal an uninterrupted run's exactly. The tiny model
-has dropout on, so the random states matter; the task is a regression, so every evaluation's
-Pearson correlation shows whether the weights at that step are the same.
+A run is killed (SIGKILL) or interrupted (SIGINT) at a step by tests/stop_at_step.py (a wrapper of the training
+loop's end of a step, in this process or a child's), then resumed; its results and saved model must equal an
+uninterrupted run's exactly. The tiny model has dropout on, so the random states matter; the task is a regression,
+so every evaluation's Pearson correlation shows whether the weights at that step are the same.
 """
 
 import json
@@ -20,9 +19,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
 import learners
-from learners.harness import checkpoint
 from learners.harness.cli import main
 from conftest import save_regression_run
+from stop_at_step import SCRIPT, each_step, interrupt_at
 
 # 60 examples, batch 8: 8 batches an epoch; 20 steps cross two epoch boundaries (after steps 8 and 16).
 # Evaluations (and checkpoints) at steps 4, 8, 12, 16, 20; learners prime for 6 steps, FAR for 2.
@@ -61,12 +60,12 @@ def reference(setup, method: str, *extra) -> Path:
     return setup["references"][key]
 
 
-def run_subprocess(setup, out: Path, method: str, hook: str, step: int, *extra) -> subprocess.CompletedProcess:
-    """`learners finetune` in a child process that the test hook kills or interrupts at `step`."""
+def run_subprocess(setup, out: Path, method: str, stop: str, step: int, *extra) -> subprocess.CompletedProcess:
+    """`learners finetune` in a child process that stop_at_step kills or interrupts ("kill", "interrupt") at `step`."""
     src = str(Path(learners.__file__).resolve().parents[1])
-    env = {**os.environ, hook: str(step), "OMP_NUM_THREADS": str(torch.get_num_threads()),
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()),
            "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "learners.cli", *finetune_args(setup, out, method, *extra)],
+    return subprocess.run([sys.executable, SCRIPT, stop, str(step), *finetune_args(setup, out, method, *extra)],
                           env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -105,16 +104,18 @@ def assert_same_run(a: Path, b: Path) -> None:
     ("lora", 12, []),
     ("adapter", 12, []),
 ])
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(setup, tmp_path, method, step, extra):
     ref = reference(setup, method, *extra)
     out = tmp_path / "run"
-    killed = run_subprocess(setup, out, method, "LEARNERS_TEST_KILL_AT_STEP", step, *extra)
+    killed = run_subprocess(setup, out, method, "kill", step, *extra)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert checkpoint_step(out) == step and not (out / "results.json").exists()
     assert main(finetune_args(setup, out, method, "--resume", *extra)) == 0
     assert_same_run(ref, out)
 
 
+@pytest.mark.slow
 def test_the_frozen_prefix_cache_serves_the_later_epochs(setup):
     """Learners above block 0 with frozen dropout off: block 0 runs once per distinct example, in the learner phase."""
     results = json.loads((reference(setup, "learners", "--learner-layers", "top-1", "--no-frozen-dropout")
@@ -124,20 +125,22 @@ def test_the_frozen_prefix_cache_serves_the_later_epochs(setup):
     assert stats["hits"] > 0 and stats["mb"] > 0
 
 
+@pytest.mark.slow
 def test_checkpoint_steps_and_a_plain_rerun_resumes(setup, tmp_path):
     """--checkpoint-steps 5 checkpoints at step 5 too; rerunning the same command (no --resume) continues."""
     ref = reference(setup, "full")
     out = tmp_path / "run"
-    killed = run_subprocess(setup, out, "full", "LEARNERS_TEST_KILL_AT_STEP", 5, "--checkpoint-steps", "5")
+    killed = run_subprocess(setup, out, "full", "kill", 5, "--checkpoint-steps", "5")
     assert killed.returncode == -signal.SIGKILL and checkpoint_step(out) == 5
     assert main(finetune_args(setup, out, "full", "--checkpoint-steps", "5")) == 0
     assert_same_run(ref, out)
 
 
+@pytest.mark.slow
 def test_ctrl_c_writes_a_checkpoint_and_exits_130(setup, tmp_path):
     ref = reference(setup, "learners")
     out = tmp_path / "run"
-    interrupted = run_subprocess(setup, out, "learners", "LEARNERS_TEST_INTERRUPT_AT_STEP", 10)  # not a checkpoint step
+    interrupted = run_subprocess(setup, out, "learners", "interrupt", 10)  # not a checkpoint step
     assert interrupted.returncode == 130, interrupted.stderr[-2000:]
     last = interrupted.stderr.strip().splitlines()[-1]
     assert last.startswith("learners: interrupted at step 10/20") and "--resume" in last and "Traceback" not in interrupted.stderr
@@ -146,6 +149,7 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_130(setup, tmp_path):
     assert_same_run(ref, out)
 
 
+@pytest.mark.slow
 def test_ctrl_c_twice_stops_at_once_with_a_line_saying_how_to_resume(setup, tmp_path, monkeypatch, capsys):
     """The second Ctrl-C interrupts at once (no checkpoint of this step): one line, not an empty `learners: `; the
     same command then resumes from the last checkpoint to the uninterrupted run's result."""
@@ -157,7 +161,7 @@ def test_ctrl_c_twice_stops_at_once_with_a_line_saying_how_to_resume(setup, tmp_
             signal.raise_signal(signal.SIGINT)
             signal.raise_signal(signal.SIGINT)
 
-    monkeypatch.setattr(checkpoint, "test_hook", twice)
+    each_step(monkeypatch.setattr, before=twice)
     assert main(finetune_args(setup, out, "learners")) == 130
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("learners: stopped at once by a second Ctrl-C") and "run the same command again" in last, last
@@ -167,24 +171,26 @@ def test_ctrl_c_twice_stops_at_once_with_a_line_saying_how_to_resume(setup, tmp_
     assert_same_run(ref, out)
 
 
+@pytest.mark.slow
 def test_a_run_resumes_with_gradient_checkpointing_turned_on(setup, tmp_path, monkeypatch):
     """--gradient-checkpointing changes memory and time, not results: it is not an option a resume compares, and the
     resumed run ends as the uninterrupted one without it, bit for bit."""
     ref = reference(setup, "learners")
     out = tmp_path / "run"
-    monkeypatch.setenv("LEARNERS_TEST_INTERRUPT_AT_STEP", "10")  # Ctrl-C, in this process
+    interrupt_at(monkeypatch.setattr, 10)  # Ctrl-C, in this process
     assert main(finetune_args(setup, out, "learners")) == 130
-    monkeypatch.delenv("LEARNERS_TEST_INTERRUPT_AT_STEP")
+    monkeypatch.undo()
     assert main(finetune_args(setup, out, "learners", "--gradient-checkpointing")) == 0
     assert json.loads((out / "results.json").read_text())["args"]["gradient_checkpointing"] is True
     assert_same_run(ref, out)
 
 
+@pytest.mark.slow
 def test_a_different_configuration_is_refused(setup, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    monkeypatch.setenv("LEARNERS_TEST_INTERRUPT_AT_STEP", "3")  # Ctrl-C, in this process
+    interrupt_at(monkeypatch.setattr, 3)  # Ctrl-C, in this process
     assert main(finetune_args(setup, out, "head")) == 130
-    monkeypatch.delenv("LEARNERS_TEST_INTERRUPT_AT_STEP")
+    monkeypatch.undo()
     assert checkpoint_step(out) == 3
     capsys.readouterr()
     assert main(finetune_args(setup, out, "head", "--learning-rate", "0.01")) == 2
@@ -206,12 +212,13 @@ def test_resume_without_a_checkpoint_is_a_clear_error(setup, tmp_path, capsys):
     assert "pass one of them" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_kill_between_the_renames_of_a_save_keeps_the_previous_checkpoint(setup, tmp_path, monkeypatch):
     ref = reference(setup, "bitfit")
     out = tmp_path / "run"
-    monkeypatch.setenv("LEARNERS_TEST_INTERRUPT_AT_STEP", "6")
+    interrupt_at(monkeypatch.setattr, 6)
     assert main(finetune_args(setup, out, "bitfit")) == 130
-    monkeypatch.delenv("LEARNERS_TEST_INTERRUPT_AT_STEP")
+    monkeypatch.undo()
     os.replace(out / "checkpoint", out / "checkpoint.old")  # as if killed after the first rename
     (out / "checkpoint.tmp").mkdir()  # and a half-written new one
     assert main(finetune_args(setup, out, "bitfit", "--resume")) == 0
@@ -221,9 +228,9 @@ def test_a_kill_between_the_renames_of_a_save_keeps_the_previous_checkpoint(setu
 
 def test_a_damaged_checkpoint_is_one_line_naming_the_fix(setup, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    monkeypatch.setenv("LEARNERS_TEST_INTERRUPT_AT_STEP", "3")
+    interrupt_at(monkeypatch.setattr, 3)
     assert main(finetune_args(setup, out, "head")) == 130
-    monkeypatch.delenv("LEARNERS_TEST_INTERRUPT_AT_STEP")
+    monkeypatch.undo()
     tensors = out / "checkpoint" / "checkpoint.safetensors"
     tensors.write_bytes(tensors.read_bytes()[:100])
     capsys.readouterr()

@@ -205,6 +205,7 @@ def test_finetune_writes_a_complete_card_and_pushes_the_learners(runs, tiny_mode
     assert upload["files"]["README.md"].decode() == card
 
 
+@pytest.mark.slow
 def test_finetune_push_offline_is_one_line_and_keeps_the_run(runs, tmp_path, monkeypatch, capsys):
     d, _ = runs
     FakeHub(monkeypatch, fail=ConnectionError("[Errno -2] Name or service not known"))

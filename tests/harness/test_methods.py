@@ -81,6 +81,7 @@ def expected_trainable(family: str, name: str, model, b2_and_layer_norm: bool = 
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("name", ALL_METHODS)
+@pytest.mark.slow
 def test_only_the_methods_parameters_change(name, family):
     model = tiny_model(family)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -133,6 +134,7 @@ def test_learners_without_b2_and_layer_norm_leave_them_as_they_were(family):
     assert {k for k in before if not torch.equal(before[k], after[k])} == expected
 
 
+@pytest.mark.slow
 def test_parameter_counts_match_a_hand_count_on_tiny_bert():
     """Tiny BERT: hidden 32, intermediate 64, 2 layers, 2 heads, vocab 120, 64 positions, 2 labels."""
     embeddings = 120 * 32 + 64 * 32 + 2 * 32 + 2 * 32              # words, positions, token types, LayerNorm
@@ -157,6 +159,7 @@ def test_parameter_counts_match_a_hand_count_on_tiny_bert():
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.slow
 def test_lora_merged_model_gives_the_peft_models_logits(family, tmp_path):
     method = build_method("lora", {"dropout": 0.0})
     peft_model = run_engine(tiny_model(family), method).model.eval()
@@ -184,6 +187,7 @@ def test_adapters_start_as_the_identity(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.slow
 def test_adapter_model_round_trips_through_out_model_and_predict(family, tmp_path):
     from learners.harness.models import embedded_model_dir
 
@@ -293,6 +297,7 @@ HEAD = 32 * 32 + 32 + 32 * 2 + 2  # tiny BERT: pooler + classifier
     ("adapter", ["--adapter-size", "8"], 2 * 2 * ((32 * 8 + 8) + (8 * 32 + 32)) + 2 * 32 + 2 * 2 * 2 * 32),
     ("far", ["--far-ratio", "0.25", "--far-priming-fraction", "0.25"], 2 * (16 * 33 + 8 * 65)),
 ])
+@pytest.mark.slow
 def test_cli_finetune_each_baseline(method, flags, encoder, tmp_path, tiny_model_dir, glue_dir):
     out, r = finetune(tmp_path, tiny_model_dir, glue_dir, method, *flags)
     assert (r["method"], r["steps"], r["learning_rate"]) == (method, 4, METHODS[method].default_learning_rate)
@@ -341,6 +346,7 @@ def test_priming_flags_are_an_error_only_where_no_priming_phase_runs():
 
 @pytest.mark.parametrize("family", BERT_LAYOUT_FAMILIES)
 @pytest.mark.parametrize("name", ["lora", "adapter", "learners"])
+@pytest.mark.slow
 def test_encoders_with_berts_module_names_take_every_method_by_berts_names(name, family, capsys):
     """LoRA's targets, the adapters' sites and the learners' FFNs of ERNIE, RoFormer, MegatronBERT and MobileBERT
     are BERT's; pre-LN MegatronBERT has no LayerNorm after its FFNs, so the learners' default leaves it out."""

@@ -3,8 +3,12 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import switch_learners  # noqa: E402
+
+pytestmark = pytest.mark.slow  # the benchmark script on a tiny model: seconds
 
 
 def test_switch_benchmark_prints_a_row_per_approach(tiny_model_dir, capsys):

@@ -83,6 +83,7 @@ def test_a_bf16_run_saves_fp32_learners_and_an_exact_fp32_merge(tmp_path, tiny_m
     assert set(merged) <= set(expected) and all(torch.equal(merged[k], expected[k]) for k in merged)
 
 
+@pytest.mark.slow
 def test_a_compiled_run_with_length_buckets_trains_as_the_eager_one(tmp_path, tiny_model_dir, capsys):
     """--compile with --pad-to-multiple-of: the learners' cache goes off (said in a line), and the trained learners
     are the eager run's up to rounding."""

@@ -24,6 +24,7 @@ def finetune(tmp_path, tiny_model_dir, glue_dir, *extra, out="run"):
     return json.loads((tmp_path / out / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_full_finetune_writes_results_and_a_loadable_model(tmp_path, tiny_model_dir, glue_dir):
     r = finetune(tmp_path, tiny_model_dir, glue_dir, "--method", "full")
     assert RESULT_FIELDS <= set(r)
@@ -38,6 +39,7 @@ def test_full_finetune_writes_results_and_a_loadable_model(tmp_path, tiny_model_
     assert model.config.id2label == {0: "unacceptable", 1: "acceptable"}
 
 
+@pytest.mark.slow
 def test_learners_by_default_pick_random_neurons_and_train_them_from_the_first_step(tmp_path, tiny_model_dir, glue_dir):
     """No priming phase by default (docs/journal.md#random-default): every step is a learner step; the seed picks
     the neurons, 1/8 of each FFN's width (docs/journal.md#learner-size) in every block but the lowest
@@ -56,6 +58,7 @@ def test_learners_by_default_pick_random_neurons_and_train_them_from_the_first_s
 
 
 @pytest.mark.parametrize("method", ["learners", "full"])
+@pytest.mark.slow
 def test_gradient_checkpointing_trains_the_same_weights(method, tmp_path, tiny_model_dir, glue_dir, monkeypatch):
     """--gradient-checkpointing recomputes activations in backward: the same training, so the same weights (with
     priming, it is turned on again for the learner phase's model)."""
@@ -82,6 +85,7 @@ def test_gradient_checkpointing_trains_the_same_weights(method, tmp_path, tiny_m
         torch.testing.assert_close(weights["ckpt"][key], value, atol=1e-6, rtol=0, msg=key)
 
 
+@pytest.mark.slow
 def test_a_one_block_model_gets_its_learners_in_that_block_by_default(tmp_path, glue_dir):
     """The default, skip-1, leaves the lowest block frozen; skip-N always leaves the top block, so a model with one
     block gets its learners there, by default or by name."""
@@ -98,6 +102,7 @@ def test_a_one_block_model_gets_its_learners_in_that_block_by_default(tmp_path, 
     assert json.loads((tmp_path / "named" / "results.json").read_text())["learner_layers"] == [0]
 
 
+@pytest.mark.slow
 def test_dropout_flags_reach_the_saved_learner_config(tmp_path, tiny_model_dir, glue_dir):
     finetune(tmp_path, tiny_model_dir, glue_dir, "--learner-layers", "top-1", "--no-frozen-dropout", "--no-attention-dropout")
     saved = json.loads((tmp_path / "run" / "learners" / "learners_config.json").read_text())["learner_config"]
@@ -113,6 +118,7 @@ def test_dropout_flags_reach_the_saved_learner_config(tmp_path, tiny_model_dir, 
     assert (saved["attention_dropout"], saved["attention_probs_dropout"]) == (True, False)
 
 
+@pytest.mark.slow
 def test_learners_finetune_primes_then_trains_learners_and_merges(tmp_path, tiny_model_dir, glue_dir):
     r = finetune(tmp_path, tiny_model_dir, glue_dir, "--method", "learners", "--selection", "priming", "--priming-steps", "2",
                  "--ratio", "0.25", "--learner-layers", "all")
@@ -151,6 +157,7 @@ def test_learners_finetune_primes_then_trains_learners_and_merges(tmp_path, tiny
             == (tmp_path / "merged" / "model.safetensors").read_bytes())
 
 
+@pytest.mark.slow
 def test_predict_writes_one_label_per_row(tmp_path, tiny_model_dir, glue_dir):
     finetune(tmp_path, tiny_model_dir, glue_dir, "--method", "full")
     (tmp_path / "in.csv").write_text('sentence\nThe cat sat.\n"He said, ""go""."\nCats sleeps.\n')
@@ -188,6 +195,7 @@ def test_user_data_regression_end_to_end(tmp_path, tiny_model_dir):
     float(lines[1].split(",")[-1])
 
 
+@pytest.mark.slow
 def test_predict_serves_several_tasks_from_one_backbone(tmp_path, tiny_model_dir, glue_dir):
     """Two learners runs (CoLA, and a 3-class CSV with another text column) on one base model: one pass of
     `predict --learners` gives each task's predictions, the same as each merged model's own predict."""
@@ -273,6 +281,7 @@ def test_console_script_help():
     assert "--task" in out and "--method" in out and "--output-dir" in out
 
 
+@pytest.mark.slow
 def test_no_progress_also_quiets_the_tokenizing_and_saving_bars(tmp_path, tiny_model_dir, glue_dir, capfd):
     """--no-progress keeps a run's log to lines: without it datasets' "Map" bar (tokenizing) and transformers'
     "Writing model shards" bar filled every bench log.txt."""
@@ -298,6 +307,7 @@ def test_no_progress_also_quiets_the_tokenizing_and_saving_bars(tmp_path, tiny_m
     assert "Map" in loud.err
 
 
+@pytest.mark.slow
 def test_merge_and_predict_learners_load_the_base_the_learners_record(tmp_path, tiny_model_dir, glue_dir, capsys):
     """Learners trained on --model DIR merge without --base DIR; a base they were not trained on is refused by name."""
     finetune(tmp_path, tiny_model_dir, glue_dir)

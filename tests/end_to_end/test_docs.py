@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SECTION_CITATION = re.compile(r"BENCHMARKS(?:\.md)?,?\s+(?:section\s+)?\d+\.\d+|BENCHMARKS(?:\.md)?,?\s+section\b")
 # a path (or bare name) of one of the repository's markdown files, then #anchor
 ANCHOR_LINK = re.compile(r"((?:[\w.-]+/)*[\w.-]+\.md)#([\w-]+)")

@@ -219,6 +219,7 @@ def _prime_on_rank(rank: int, port: int, out: str) -> None:
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+@pytest.mark.slow
 def test_every_data_parallel_rank_selects_rank_0s_neurons(tmp_path):
     torch.multiprocessing.start_processes(_prime_on_rank, args=(_free_port(), str(tmp_path)), nprocs=2,
                                           start_method="spawn")  # fork after OpenMP threads can hang
@@ -277,6 +278,7 @@ def merged_weights(learner_model: LearnerModel) -> dict[str, torch.Tensor]:
     return weights
 
 
+@pytest.mark.slow
 def test_prime_with_trainer_then_a_learner_trainer(tmp_path):
     from learners.learner.trainer import prime_with_trainer
 

@@ -5,7 +5,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 import gpu_step_time  # noqa: E402
 import step_time_memory  # noqa: E402
 
@@ -23,6 +25,7 @@ def in_process_worker(method, batch_size, length, steps, warmup, arch=None, prec
     return step_time_memory.worker(args)
 
 
+@pytest.mark.slow
 def test_gpu_step_time_prints_a_row_per_method(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(gpu_step_time, "run_worker", in_process_worker)
     status = gpu_step_time.main(["--sizes", "tiny", "--batch-sizes", "2", "--steps", "1", "--warmup", "0",
@@ -73,6 +76,7 @@ def test_step_time_specs_keep_their_meaning_under_the_cli_defaults():
     assert options["attention_probs_dropout"] is True
 
 
+@pytest.mark.slow
 def test_step_time_times_activation_checkpointing():
     """:ckpt recomputes the learner blocks' forward in backward: more matmul FLOPs, the same trainable parameters."""
     name, options, repeat = step_time_memory.method_spec("learners:top-2:nofd:noad:cached:ckpt")
@@ -84,6 +88,7 @@ def test_step_time_times_activation_checkpointing():
     assert checkpointed["gflops"] > plain["gflops"]
 
 
+@pytest.mark.slow
 def test_step_time_sets_the_learner_size():
     """learners:all:ratio=R times learners of that size: half the ratio, half the learner neurons."""
     rows = {}
@@ -167,6 +172,7 @@ def test_seed_table_pools_seeds_and_times_the_pooled_target(tmp_path, capsys):
     assert "| learners | - | 0.485 ± 0.049 (2) | - |" in table
 
 
+@pytest.mark.slow
 def test_step_time_times_a_priming_step_of_each_scope():
     rows = {}
     for spec in ("full", "priming:all", "priming:ffn"):
@@ -189,7 +195,7 @@ def test_layer_grid_queues_only_the_runs_not_kept(tmp_path):
     csv.write_text("task,method,seed,metric_name\ncola,full,1,mcc\ncola,learners,0,mcc\n")
     env = {"PATH": "/usr/bin:/bin", "DRY_RUN": "1", "SEEDS": "0,1", "TASKS": "cola", "BASELINES": "full",
            "ONLY": "all all-random", "KEEP": str(keep), "ALSO_KEPT": str(csv), "OUT": str(tmp_path / "out")}
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "run_layer_grid.sh"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "run_layer_grid.sh"
     listed = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, check=True).stdout
     out = tmp_path / "out"
     assert sorted(listed.splitlines()) == sorted([
@@ -206,7 +212,7 @@ def test_every_grid_configuration_names_its_size_and_selection():
     1/16 -> 1/8, the selection priming -> random, b2 and LayerNorm off -> on, dropout in the frozen part and the
     learner blocks' attention on -> off) and pool them with seeds run under
     the old ones."""
-    script = (Path(__file__).resolve().parents[1] / "benchmarks" / "run_layer_grid.sh").read_text()
+    script = (Path(__file__).resolve().parents[2] / "benchmarks" / "run_layer_grid.sh").read_text()
     configs = script.split("CONFIGS='", 1)[1].split("'", 1)[0].splitlines()
     assert len(configs) > 10
     for line in configs:
@@ -218,6 +224,7 @@ def test_every_grid_configuration_names_its_size_and_selection():
         assert ("--attention-dropout" in flags) != ("--no-attention-dropout" in flags), name
 
 
+@pytest.mark.slow
 def test_gpu_step_time_profiles_each_method_into_its_own_op_table(monkeypatch, tmp_path):
     """--profile-dir: after the timed steps, torch.profiler's op table per method (the CPU's on this machine)."""
     monkeypatch.setattr(gpu_step_time, "run_worker", in_process_worker)

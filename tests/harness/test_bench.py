@@ -9,6 +9,7 @@ import pytest
 from learners.harness import bench
 from learners.harness.cli import build_parser, main
 from learners.harness.report import CSV_COLUMNS, build_report, task_targets, time_to_target
+from stop_at_step import SCRIPT
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -30,6 +31,7 @@ def bench_args(out, tiny_model_dir, data_dir, *extra):
             "--batch-size", "8", "--eval-steps", "1", "--selection", "priming", "--priming-steps", "1", "--no-progress", *extra]
 
 
+@pytest.mark.slow
 def test_bench_runs_the_grid_writes_the_report_and_resumes(tmp_path, tiny_model_dir, small_glue, monkeypatch, capsys):
     out = tmp_path / "bench"
     assert main(bench_args(out, tiny_model_dir, small_glue)) == 0
@@ -74,14 +76,17 @@ def test_bench_runs_the_grid_writes_the_report_and_resumes(tmp_path, tiny_model_
     assert len(list(csv.DictReader(open(out / "bench.csv")))) == 4
 
 
+@pytest.mark.slow
 def test_bench_resumes_a_killed_run_from_its_checkpoint(tmp_path, tiny_model_dir, small_glue, monkeypatch, capsys):
     out = tmp_path / "bench"
     args = bench_args(out, tiny_model_dir, small_glue, "--methods", "full", "--seeds", "0")
-    monkeypatch.setenv("LEARNERS_TEST_KILL_AT_STEP", "2")  # the test hook: the run kills itself after step 2
+    real_launch = bench.launch  # the run kills itself after step 2: `python -m learners.cli` becomes stop_at_step's
+    monkeypatch.setattr(bench, "launch", lambda command, log: real_launch(
+        [command[0], SCRIPT, "kill", "2", *command[command.index("learners.cli") + 1:]], log))
     assert main(args) == 1
     run = out / "runs" / "cola" / "full" / "seed0"
     assert (run / "checkpoint").is_dir() and not (run / "results.json").exists()
-    monkeypatch.delenv("LEARNERS_TEST_KILL_AT_STEP")
+    monkeypatch.undo()
     capsys.readouterr()
     assert main(args) == 0
     assert "resume (checkpoint)" in capsys.readouterr().out

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 import learners
 from conftest import save_regression_run, tiny_model
+from stop_at_step import SCRIPT, interrupt_at
 from learners.harness import config_file
 from learners.harness.cli import build_parser, main
 from learners.harness.early_stopping import evaluations_without_improvement, patience_exhausted
@@ -70,6 +71,7 @@ def stopped(data) -> Path:
     return data / "stopped"
 
 
+@pytest.mark.slow
 def test_early_stopping_ends_the_run_at_the_patience_and_keeps_the_best(data, stopped, tmp_path):
     r = results(stopped)
     steps = [h["step"] for h in r["history"]]
@@ -88,13 +90,14 @@ def test_early_stopping_ends_the_run_at_the_patience_and_keeps_the_best(data, st
 
 def run_killed(data: Path, out: Path, step: int) -> subprocess.CompletedProcess:
     src = str(Path(learners.__file__).resolve().parents[1])
-    env = {**os.environ, "LEARNERS_TEST_KILL_AT_STEP": str(step), "OMP_NUM_THREADS": str(torch.get_num_threads()),
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()),
            "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "learners.cli", *finetune(data, out, *EARLY)], env=env,
+    return subprocess.run([sys.executable, SCRIPT, "kill", str(step), *finetune(data, out, *EARLY)], env=env,
                           capture_output=True, text=True, timeout=120)
 
 
 @pytest.mark.parametrize("kill_at", [6, 8])  # one evaluation without improvement; the stop step itself
+@pytest.mark.slow
 def test_a_resumed_run_stops_at_the_same_step(data, stopped, tmp_path, kill_at):
     """The patience is read from the history that the checkpoint restores: killed after the checkpoint at step
     6 (one evaluation without improvement) or at the stop step 8 itself, the resumed run stops at step 8 with the
@@ -115,6 +118,7 @@ def test_a_resumed_run_stops_at_the_same_step(data, stopped, tmp_path, kill_at):
 # ---- gradient accumulation ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("method", ["full", "learners"])
+@pytest.mark.slow
 def test_accumulating_two_batches_of_4_trains_as_one_batch_of_8(data, tmp_path, method):
     """fp32, no dropout: the same weights up to float rounding, across an epoch's end where the last step has one
     micro-batch of 4 (as the big batch has 4 examples there); one batch of 4 without accumulation differs."""
@@ -132,6 +136,7 @@ def test_accumulating_two_batches_of_4_trains_as_one_batch_of_8(data, tmp_path, 
     assert [h["step"] for h in r["history"]] == [5, 10]
 
 
+@pytest.mark.slow
 def test_epochs_and_priming_count_optimizer_steps(data, tmp_path):
     """One epoch of 15 micro-batches accumulated by 2 is 8 optimizer steps; priming's 3 steps are optimizer steps."""
     assert main(finetune(data, tmp_path / "run", "--batch-size", 4, "--gradient-accumulation-steps", 2, "--epochs", 1,
@@ -163,6 +168,7 @@ def test_an_accumulated_step_reads_nothing_on_the_host():
 
 # ---- evaluation ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_eval_subset_is_fixed_and_recorded(data, tmp_path):
     from datasets import Dataset
 
@@ -218,13 +224,14 @@ def test_transformers_spellings_are_aliases():
         parse([*predict, "--per_device_train_batch_size", "16"])
 
 
+@pytest.mark.slow
 def test_a_checkpoint_from_before_these_options_resumes(data, tmp_path, monkeypatch):
     """A checkpoint whose saved options predate early stopping, accumulation and the eval options continues under
     the same command (they are taken at their defaults), instead of being refused as another run's."""
     command = finetune(data, tmp_path / "run", "--batch-size", 8, "--max-steps", 4, "--eval-steps", 2, "--no-progress")
-    monkeypatch.setenv("LEARNERS_TEST_INTERRUPT_AT_STEP", "2")
+    interrupt_at(monkeypatch.setattr, 2)
     assert main(command) == 130  # Ctrl-C at step 2: a checkpoint and exit
-    monkeypatch.delenv("LEARNERS_TEST_INTERRUPT_AT_STEP")
+    monkeypatch.undo()
     facts_file = tmp_path / "run" / "checkpoint" / "checkpoint.json"
     facts = json.loads(facts_file.read_text())
     for name in ("early_stopping_patience", "early_stopping_threshold", "gradient_accumulation_steps",

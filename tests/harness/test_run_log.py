@@ -12,6 +12,7 @@ import torch
 from learners.errors import UsageError
 from learners.harness.cli import main
 from learners.harness.run_log import RunLog, parse_report_to, training_entry
+from stop_at_step import interrupt_at
 
 WORDS = "the cat dog sat ran on a mat big small red blue happy sad".split()
 # 48 examples, batch 8: 6 steps an epoch; 12 steps, evaluations at 5, 10 and 12, logging every 4 steps.
@@ -129,14 +130,15 @@ def test_only_the_main_process_logs(tmp_path):
     assert jsonl(tmp_path) == [entry]
 
 
+@pytest.mark.slow
 def test_a_resumed_run_continues_its_log_without_losing_or_repeating_entries(data, tiny_model_dir, tmp_path,
                                                                               monkeypatch):
     reference = tmp_path / "reference"
     assert main(finetune(data, tiny_model_dir, reference, "--no-progress")) == 0
     out = tmp_path / "run"
-    monkeypatch.setenv("LEARNERS_TEST_INTERRUPT_AT_STEP", "8")  # Ctrl-C, in this process: a checkpoint at step 8
+    interrupt_at(monkeypatch.setattr, 8)  # Ctrl-C, in this process: a checkpoint at step 8
     assert main(finetune(data, tiny_model_dir, out, "--report-to", "tensorboard", "--no-progress")) == 130
-    monkeypatch.delenv("LEARNERS_TEST_INTERRUPT_AT_STEP")
+    monkeypatch.undo()
     assert [e["step"] for e in training(jsonl(out))] == [4, 5, 8]
     # A killed run may have logged past its checkpoint: those steps run again after the resume, and count once.
     with open(out / "history.jsonl", "a") as f:
@@ -154,6 +156,7 @@ def test_a_resumed_run_continues_its_log_without_losing_or_repeating_entries(dat
     assert [s for s, _ in losses] == TRAINING_STEPS and 99.0 not in [v for _, v in losses]
 
 
+@pytest.mark.slow
 def test_an_overwrite_replaces_the_old_runs_logs(data, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     assert main(finetune(data, tiny_model_dir, out, "--report-to", "tensorboard", "--no-progress")) == 0
@@ -190,6 +193,7 @@ def test_a_reporter_whose_package_is_missing_is_one_line_naming_the_install(pack
                   f"pip install {package}\n" and not out.exists()
 
 
+@pytest.mark.slow
 def test_the_progress_bar_shows_the_last_entry(data, tiny_model_dir, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(finetune(data, tiny_model_dir, out)) == 0

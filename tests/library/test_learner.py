@@ -259,6 +259,7 @@ def odd_model(**block_kwargs):
 
 
 @pytest.mark.parametrize("family", BERT_LAYOUT_FAMILIES)
+@pytest.mark.slow
 def test_encoders_with_berts_module_names_get_learners_without_naming_them(family, tmp_path):
     """ERNIE, RoFormer, MegatronBERT, MobileBERT...: model types learners has no entry for, whose blocks keep
     BERT's names. They are found as BERT's: exact at creation, exact gradients, and a merge to a plain model."""
@@ -346,6 +347,7 @@ def test_priming_and_gradient_need_training_batches():
 
 
 @pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.slow
 def test_every_optimizer_step_reaches_the_forward_pass_fused_ones_too(fused):
     """Fused AdamW (the CUDA default of the engine and of transformers' Trainer) updates in place without
     bumping version counters; the layers still write the new slices into the full weight."""
@@ -401,6 +403,7 @@ def test_an_optimizer_step_writes_only_the_learners_it_steps():
                                    atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
 def test_a_compiled_learner_model_trains_as_the_eager_one(caplog):
     """torch.compile (what Trainer's torch_compile=True does) traces the learner layers' autograd functions and
     their sync of the full weight; the aot_eager backend runs that tracing without a C++ compiler. Same losses,
@@ -434,6 +437,7 @@ def test_a_compiled_learner_model_trains_as_the_eager_one(caplog):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.slow
 def test_torch_save_and_load_of_a_whole_learner_model(family, tmp_path):
     """`torch.save(model)` pickles the model object; the learner subclass is made again on load."""
     _, lm = learner_model(family)

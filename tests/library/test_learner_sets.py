@@ -91,6 +91,7 @@ def test_an_extra_set_costs_only_its_slices_and_head(saved):
     assert all(m.base_weight_slice is None for m in lm._sets["cola"].layers)
 
 
+@pytest.mark.slow
 def test_training_one_set_leaves_the_others_exact(saved):
     lm = LearnerModel.from_pretrained(tiny_model("bert"), saved / "cola", name="cola")
     lm.load_learners(saved / "mnli", "mnli", is_trainable=True)

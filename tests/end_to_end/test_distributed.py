@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from learners.harness.cli import main
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 WEIGHT_TOLERANCE = 1e-5
 METRIC_TOLERANCE = 1e-4
 
@@ -93,6 +93,7 @@ def compare_with_one_process(tmp_path, tiny_model_dir, glue_dir, *extra, module=
     return r1, r2, one, two
 
 
+@pytest.mark.slow
 def test_learners_with_priming_on_two_processes_match_one(tmp_path, tiny_model_dir, glue_dir):
     r1, r2, one, two = compare_with_one_process(tmp_path, tiny_model_dir, glue_dir, "--method", "learners",
                                                 "--selection", "priming", "--priming-steps", "2", "--ratio", "0.25")
@@ -104,10 +105,12 @@ def test_learners_with_priming_on_two_processes_match_one(tmp_path, tiny_model_d
                           two / "learners" / "learners_model.safetensors") < WEIGHT_TOLERANCE
 
 
+@pytest.mark.slow
 def test_full_finetune_on_two_processes_matches_one(tmp_path, tiny_model_dir, glue_dir):
     compare_with_one_process(tmp_path, tiny_model_dir, glue_dir, "--method", "full", module="learners")
 
 
+@pytest.mark.slow
 def test_accumulation_and_early_stopping_on_two_processes_match_one(tmp_path, tiny_model_dir, glue_dir):
     """Two processes x batch 2 x 2 accumulated micro-batches train on the same 8 examples a step as one process x
     batch 8 (DDP all-reduces in the last backward only); early stopping's decision, taken on rank 0, which alone
@@ -126,6 +129,7 @@ def test_accumulation_and_early_stopping_on_two_processes_match_one(tmp_path, ti
     assert max_difference(one / "model" / "model.safetensors", two / "model" / "model.safetensors") < WEIGHT_TOLERANCE
 
 
+@pytest.mark.slow
 def test_bad_input_fails_on_every_rank_without_hanging(tmp_path, tiny_model_dir, glue_dir):
     (tmp_path / "file").write_text("in the way")
     done, logs = torchrun(tmp_path, finetune_args(glue_dir, tiny_model_dir, tmp_path / "file", 4), timeout=60)

@@ -6,7 +6,7 @@ import ast
 import sys
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 PACKAGE = SRC / "learners"
 MAX_FUNCTION_LINES = 60
 # huggingface_hub: transformers requires it, so the library's push_to_hub (learner/hub.py) adds nothing to install.

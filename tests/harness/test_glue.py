@@ -13,7 +13,7 @@ from learners.harness import glue
 from learners.errors import UsageError
 from learners.harness.glue import GLUE_TASKS, load_glue
 
-GLUE = Path(__file__).resolve().parents[2] / "shared" / "glue"
+GLUE = Path(__file__).resolve().parents[3] / "shared" / "glue"
 needs_glue = pytest.mark.skipif(not GLUE.is_dir(), reason=f"GLUE data not found at {GLUE} (expected ../shared/glue beside the repo)")
 
 COUNTS = {
