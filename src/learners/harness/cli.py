@@ -179,7 +179,10 @@ def run(argv: list[str] | None = None) -> int:
             url = push_run(args.output_dir, args.push_to_hub, args.hub_token, args.hub_private)
             print(f"pushed {args.output_dir}/learners to {url}")
     elif args.command == "predict":
+        from .multi_label_outputs import check_threshold
         from .predict import run_predict, run_predict_learners
+        if args.threshold is not None:
+            check_threshold(args.threshold)
         if args.learners is not None:
             n = run_predict_learners(args.learners, args.base, args.input, args.output, args.text_columns,
                                      args.batch_size, args.max_length, args.overwrite, *_input_options(args),
