@@ -15,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import tiny_model, write_three_class_csvs
+from conftest import GLUE_DIR, tiny_model, write_three_class_csvs
 from learners import LearnerConfig, LearnerModel, Primer, get_learner_model
 from learners.errors import UsageError
 from learners.harness.cli import main
@@ -91,6 +91,11 @@ def bench(c, *extra, out=None):
 def csv_file(c, text, name="bad.csv"):
     (c.tmp / name).write_text(text)
     return c.tmp / name
+
+
+def ml_file(c, name, *label_lists):
+    """A JSON lines file in c.tmp whose labels are `label_lists` (multi-label data), one row each."""
+    return csv_file(c, "".join(json.dumps({"text": f"w{i} v{i}", "label": labels}) + "\n" for i, labels in enumerate(label_lists)), name)
 
 
 def config(c, name, text):
@@ -254,9 +259,30 @@ CASES = [
      r"holds this command's input --train-file"),
     ("ft-output-unfinished-overwrite", lambda c: (finetune(c, out=unfinished_overwrite(c)), c.tmp / "run"),
      r"holds an unfinished --overwrite run .*\.replacement.*pass --overwrite to continue it, or remove"),
-    # multi-label rows (a JSON list per label) would train a classifier over label combinations
-    ("ft-multi-label-jsonl", lambda c: (finetune(c, train=csv_file(c, '{"text": "a b", "label": "x"}\n{"text": "c", "label": ["x", "y"]}\n', "m.jsonl")), c.out),
-     r'the label at m\.jsonl line 2 is a JSON list, \["x", "y"\].*multi-label data is not supported'),
+    # multi-label data (multi_label.py): a list label among plain ones, in training or validation
+    ("ft-multi-label-mixed", lambda c: (finetune(c, train=csv_file(c, '{"text": "a b", "label": "x"}\n{"text": "c", "label": ["x", "y"]}\n', "m.jsonl")), c.out),
+     r"the label at m\.jsonl line 1 is a plain label, 'x', but the one at m\.jsonl line 2 is a JSON list; write every label as a list"),
+    ("ft-multi-label-dev-unseen", lambda c: (finetune(c, train=ml_file(c, "t.jsonl", ["x"], ["y"]), dev=ml_file(c, "d.jsonl", ["x", "z"])), c.out),
+     r"validation label 'z' at d\.jsonl line 1 never occurs in the training labels \(x, y\)"),
+    ("ft-multi-label-delimiter-and-lists", lambda c: (finetune(c, "--label-delimiter", "|", train=ml_file(c, "t.jsonl", ["x"], ["y"]), dev=ml_file(c, "d.jsonl", ["x"])), c.out),
+     r"--label-delimiter '\|' splits text cells, but the labels in t\.jsonl are JSON lists already .*drop --label-delimiter"),
+    ("ft-multi-label-delimiter-and-task-type", lambda c: (finetune(c, "--label-delimiter", "|", "--task-type", "classification"), c.out),
+     r"--label-delimiter splits each label cell .* but --task-type is classification; drop one of them"),
+    ("ft-multi-label-lists-and-task-type", lambda c: (finetune(c, "--task-type", "regression", train=ml_file(c, "t.jsonl", ["x"], ["y"]), dev=ml_file(c, "d.jsonl", ["x"])), c.out),
+     r"the label at t\.jsonl line 1 is a JSON list \(multi-label data\), but --task-type is regression.*pass --task-type multi-label"),
+    ("ft-multi-label-not-strings", lambda c: (finetune(c, train=ml_file(c, "t.jsonl", ["x"], [1, 2]), dev=ml_file(c, "d.jsonl", ["x"])), c.out),
+     r"the label list at t\.jsonl line 2 holds 1, not a string; write each label as a non-empty string"),
+    ("ft-multi-label-null", lambda c: (finetune(c, train=ml_file(c, "t.jsonl", ["x"], None, ["y"]), dev=ml_file(c, "d.jsonl", ["x"])), c.out),
+     r"missing label at t\.jsonl line 2 \(column 'label'\); write \[\] for an example with no labels"),
+    ("ft-multi-label-one-label", lambda c: (finetune(c, train=ml_file(c, "t.jsonl", ["x"], []), dev=ml_file(c, "d.jsonl", ["x"])), c.out),
+     r"hold only the label 'x'; multi-label classification needs two or more labels"),
+    ("ft-threshold-zero", lambda c: (finetune(c, "--threshold", 0, train=ml_file(c, "t.jsonl", ["x"], ["y"]), dev=ml_file(c, "d.jsonl", ["x"])), c.out),
+     r"--threshold 0.0 is not a probability strictly between 0 and 1"),
+    ("ft-threshold-one", lambda c: (finetune(c, "--threshold", 1), c.out), r"--threshold 1.0 is not a probability strictly between 0 and 1"),
+    ("ft-threshold-single-label", lambda c: (finetune(c, "--threshold", 0.3), c.out),
+     r"--threshold applies to multi-label classification, and task custom is not multi-label; drop --threshold"),
+    ("ft-label-delimiter-glue", lambda c: (without_files(finetune(c, "--label-delimiter", "|")) + ["--task", "cola", "--data-dir", str(GLUE_DIR)], c.out),
+     r"--label-delimiter splits the label cells of your own data"),
     ("ft-text-object-jsonl", lambda c: (finetune(c, train=csv_file(c, '{"text": {"title": "a"}, "label": "x"}\n{"text": "c", "label": "y"}\n', "o.jsonl")), c.out),
      r"text column 'text' at o\.jsonl line 1 is a JSON object, not a string"),
     ("ft-ffn-modules-one-name", lambda c: (finetune(c, "--ffn-modules", "intermediate.dense"), c.out),
@@ -304,6 +330,10 @@ CASES = [
      r"--split picks a split of an --input folder written by save_to_disk; drop it for a file"),
     ("pr-input-split-missing", lambda c: (predict(c, None, input=saved_splits(c)), c.out.with_suffix(".csv")),
      r"saved has no test split \(its splits: train, validation; looked for test\); pass --split"),
+    ("pr-threshold-single-label", lambda c: (predict(c, None, "--threshold", 0.4), c.out.with_suffix(".csv")),
+     r"--threshold applies to multi-label classification, and this model is not multi-label; drop --threshold"),
+    ("pr-threshold-out-of-range", lambda c: (predict(c, None, "--threshold", 1.5), c.out.with_suffix(".csv")),
+     r"--threshold 1.5 is not a probability strictly between 0 and 1"),
     ("pr-text-list-jsonl", lambda c: (predict(c, None, input=csv_file(c, '{"text": ["a", "b"]}\n', "p.jsonl")), c.out.with_suffix(".csv")),
      r"text column 'text' at p\.jsonl line 1 is a JSON list"),
     ("pr-model-missing", lambda c: (predict(c, c.tmp / "nope"), c.out.with_suffix(".csv")), r"not a model directory"),

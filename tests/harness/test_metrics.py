@@ -87,8 +87,9 @@ def test_pearson_constant_predictions_is_zero_not_nan():
 
 def test_primary_metric_is_first_key_for_every_kind():
     preds, labels = np.array([0, 1, 1, 0]), np.array([0, 1, 0, 0])
-    for kind in METRICS:
-        assert primary_metric_name(kind) == next(iter(compute_metrics(kind, preds, labels)))
+    for kind in METRICS:  # (multi-label: multi-hot rows)
+        p, y = (np.stack([preds, 1 - preds], 1), np.stack([labels, 1 - labels], 1)) if kind == "multi_label" else (preds, labels)
+        assert primary_metric_name(kind) == next(iter(compute_metrics(kind, p, y)))
     assert primary_metric_name("matthews") == "matthews_correlation"
     assert primary_metric_name("f1_accuracy") == "f1"
 

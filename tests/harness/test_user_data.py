@@ -242,7 +242,7 @@ def test_single_class_train(tmp_path):
 
 
 def test_bad_task_type_and_no_validation_file(csv_pair):
-    with raises(r"--task-type 'regresion' is not supported; use classification or regression"):
+    with raises(r"--task-type 'regresion' is not supported; use classification, regression or multi-label"):
         load_user_data(*csv_pair, text_columns=None, task_type="regresion")
     with raises(r"no validation file given; pass --validation-file"):
         load_user_data(csv_pair[0], None, None)

@@ -56,6 +56,8 @@ def _add_predict_parser(sub) -> None:
     pr.add_argument("--batch-size", type=int, default=64, help="examples per forward pass (default 64)")
     add_scores_and_device_arguments(pr)
     pr.add_argument("--max-length", type=int, help="truncate inputs to this many tokens (default 128, or the model's limit if lower)")
+    pr.add_argument("--threshold", type=float, help="multi-label models: predict the labels whose sigmoid score exceeds "
+                                                    "this (default: the threshold saved with the run)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--validation-file", help="your dev data, same columns")
     ft.add_argument("--text-columns", help="one text column or a pair, e.g. sentence1,sentence2")
     ft.add_argument("--label-column", default="label")
-    ft.add_argument("--task-type", choices=["classification", "regression"], help="default: inferred from the labels")
+    ft.add_argument("--task-type", choices=["classification", "regression", "multi-label"],
+                    help="default: inferred from the labels (JSON lists of labels, or --label-delimiter: multi-label)")
+    ft.add_argument("--label-delimiter", help="multi-label data in a CSV/TSV: the character between the labels of a "
+                                              "cell, e.g. '|' for sports|politics (an empty cell: no label)")
+    ft.add_argument("--threshold", type=float, help="multi-label: a label is predicted where its sigmoid score exceeds "
+                                                    "this (default 0.5); saved with the run for predict")
     _add_data_arguments(ft)
     add_push_arguments(ft)
     add_training_arguments(ft)
@@ -118,7 +125,8 @@ def add_push_arguments(ft: argparse.ArgumentParser) -> None:
 
 def add_scores_and_device_arguments(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--scores", action="store_true", help="also write each class's probability (softmax) as a column "
-                                                          "score_LABEL (score_NAME_LABEL with --learners); regression: score")
+                                                          "score_LABEL (score_NAME_LABEL with --learners); multi-label: "
+                                                          "each label's sigmoid score; regression: score")
     pr.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda where a GPU is there, else cpu)")
 
 
@@ -171,16 +179,19 @@ def run(argv: list[str] | None = None) -> int:
             url = push_run(args.output_dir, args.push_to_hub, args.hub_token, args.hub_private)
             print(f"pushed {args.output_dir}/learners to {url}")
     elif args.command == "predict":
+        from .multi_label_outputs import check_threshold
         from .predict import run_predict, run_predict_learners
+        if args.threshold is not None:
+            check_threshold(args.threshold)
         if args.learners is not None:
             n = run_predict_learners(args.learners, args.base, args.input, args.output, args.text_columns,
                                      args.batch_size, args.max_length, args.overwrite, *_input_options(args),
-                                     args.scores, args.device)
+                                     args.scores, args.device, args.threshold)
         else:
             if args.base is not None:
                 raise UsageError("--base goes with --learners; a --model directory is a whole model already")
             n = run_predict(args.model, args.input, args.output, args.text_columns, args.batch_size, args.max_length,
-                            args.overwrite, *_input_options(args), args.scores, args.device)
+                            args.overwrite, *_input_options(args), args.scores, args.device, args.threshold)
         print(f"wrote {n} predictions to {args.output}")
     elif args.command == "merge":
         from .merge import run_merge

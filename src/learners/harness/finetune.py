@@ -24,6 +24,8 @@ from .files import OutputDirInUse, exclusive_output_dir, write_text_atomically
 from .methods import build_method
 from .methods.learners import without_cache_when_compiled
 from .metrics import compute_metrics, primary_metric_name
+from .multi_label import PROBLEM_TYPE
+from .multi_label_outputs import check_threshold, evaluation_threshold, predict_multi_hot, saved_facts
 from .models import (DEFAULT_ALIASES, DEFAULT_HUB_ID, DEFAULT_MODEL, check_max_length, load_model_and_tokenizer,
                      max_sequence_length)
 from .task_data import TaskData
@@ -34,7 +36,8 @@ from .train import TrainConfig, train
 
 TASK_FILE = "learners_task.json"
 # The data flags of finetune that FinetuneArgs takes as they are (see user_data.load_user_data and check_test_file)
-DATA_FLAGS = ("dataset", "dataset_config", "train_split", "validation_split", "test_file", "test_split", "columns")
+DATA_FLAGS = ("dataset", "dataset_config", "train_split", "validation_split", "test_file", "test_split", "columns",
+              "label_delimiter", "threshold")
 
 
 @dataclass
@@ -57,6 +60,8 @@ class FinetuneArgs:
     test_split: str | None = None
     no_header: bool = False  # CSV/TSV files without a header row, their columns named by `columns` ("label,text")
     columns: str | None = None
+    label_delimiter: str | None = None  # multi-label: splits each label cell into a label set (multi_label.py)
+    threshold: float | None = None  # multi-label: a label is predicted where its sigmoid exceeds it (None: 0.5)
     epochs: float = 3.0
     max_steps: int | None = None
     batch_size: int = 32
@@ -106,6 +111,8 @@ class FinetuneArgs:
             raise UsageError(f"--learner-warmup-steps must be 0 or more, got {self.learner_warmup_steps}")
         if not 0 <= self.warmup_ratio < 1:
             raise UsageError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.threshold is not None:
+            check_threshold(self.threshold)
         if self.resume and self.overwrite:
             raise UsageError("--resume continues the run in --output-dir and --overwrite starts it afresh; pass one of them")
         if self.task is None and self.train_file is None and self.dataset is None:
@@ -148,7 +155,7 @@ def load_task(args: FinetuneArgs) -> TaskData:
         task = load_user_data(args.train_file, args.validation_file, args.text_columns, args.label_column, args.task_type,
                               no_header=args.no_header, columns=args.columns, dataset=args.dataset,
                               dataset_config=args.dataset_config, train_split=args.train_split,
-                              validation_split=args.validation_split)
+                              validation_split=args.validation_split, label_delimiter=args.label_delimiter)
     else:
         from .glue import load_glue
         task = load_glue(args.task, args.data_dir)
@@ -280,6 +287,19 @@ def predict_loader(model, loader, is_regression: bool) -> tuple[np.ndarray, np.n
     return np.concatenate(predictions), (np.concatenate(labels) if labels else np.array([]))
 
 
+def dev_predictions(model, loader, task: TaskData, threshold: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """The predictions of a dev loader as the task's metrics take them, and its labels."""
+    if task.is_multi_label:
+        return predict_multi_hot(model, loader, threshold)
+    return predict_loader(model, loader, task.is_regression)
+
+
+def task_model(model: str | None, task: TaskData):
+    """The model (with the task's head) and its tokenizer."""
+    return load_model_and_tokenizer(model, task.num_labels, task.label_names,
+                                    problem_type=PROBLEM_TYPE if task.is_multi_label else None)
+
+
 def run_finetune(args: FinetuneArgs, after_save=None) -> dict | None:
     """Fine-tune as `args` says; write OUT/results.json and OUT/model; return the results. `after_save(folder)`,
     if given, writes more of the finished run into its folder once the model is saved there (before results.json)
@@ -318,8 +338,9 @@ def _finetune(args: FinetuneArgs, out: Path, run_dir: Path, after_save=None) -> 
     method = build_method(args.method, options)
     method.check_priming_flags(priming_flags_given(args))
     task = load_task(args)
+    threshold = evaluation_threshold(task, args.threshold, args.label_delimiter)
     set_seed(args.seed)  # before the model: a freshly initialised task head is random too
-    model, tokenizer = load_model_and_tokenizer(args.model, task.num_labels, task.label_names)
+    model, tokenizer = task_model(args.model, task)
     max_length = check_max_length(args.max_length, model.config)
     check_padding(args.pad_to_multiple_of, max_length, max_sequence_length(model.config))
     method.check(model)
@@ -335,7 +356,7 @@ def _finetune(args: FinetuneArgs, out: Path, run_dir: Path, after_save=None) -> 
     def evaluate(m) -> dict:
         metrics = {}
         for prefix, loader in dev_loaders.items():
-            preds, labels = predict_loader(m, loader, task.is_regression)
+            preds, labels = dev_predictions(m, loader, task, threshold)
             metrics.update({prefix + k: v for k, v in compute_metrics(task.metric_kind, preds, labels).items()})
         return metrics
 
@@ -376,7 +397,7 @@ def in_full_precision(model, method, args: FinetuneArgs, task: TaskData):
     values) copied in. Saving and merging are then exact, as for a run in fp32."""
     facts, tensors = method.checkpoint_state(model)
     trained = {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
-    base, _ = load_model_and_tokenizer(args.model, task.num_labels, task.label_names)
+    base, _ = task_model(args.model, task)
     with distributed.quiet():  # the method's set-up lines were said when the run started
         rebuilt = method.restore(base.to(next(iter(trained.values())).device), iter(()), facts, tensors)
     params = {name: p for name, p in rebuilt.named_parameters() if p.requires_grad}
@@ -401,7 +422,8 @@ def save_run(args: FinetuneArgs, out: Path, method, result, task: TaskData, toke
     plain = method.plain_model(merge_from if merge_from is not None else result.model)
     plain.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
-    task_info = json.dumps({"task": task.name, "text_columns": list(task.text_columns), "label_names": task.label_names}, indent=2)
+    task_info = json.dumps({"task": task.name, "text_columns": list(task.text_columns), "label_names": task.label_names,
+                            **saved_facts(evaluation_threshold(task, args.threshold, None), args.label_delimiter)}, indent=2)
     for directory in (out / "model", out / "learners"):
         if directory.is_dir():
             (directory / TASK_FILE).write_text(task_info)

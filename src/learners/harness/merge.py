@@ -85,7 +85,7 @@ def run_merge(base: str | None, learners_dir: str, output: str, overwrite: bool 
     task = read_json_file(task_file, "task file") if task_file.is_file() else None
     given_base, base = base, recorded_base(base, [meta])
     check_not_input(out, "--output", {"--learners": learners_dir, "--base" if given_base else "base model": base})
-    model, tokenizer = load_model_and_tokenizer(base, num_labels, label_names, "--base")
+    model, tokenizer = load_model_and_tokenizer(base, num_labels, label_names, "--base", meta.get("problem_type"))
     try:
         learner_model = LearnerModel.from_pretrained(model, learners_dir)
     except UsageError as e:

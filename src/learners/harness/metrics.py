@@ -15,6 +15,7 @@ from scipy import stats
 from sklearn.metrics import f1_score, matthews_corrcoef
 
 from ..errors import UsageError
+from .multi_label_outputs import multi_label_metrics
 
 MetricFn = Callable[[np.ndarray, np.ndarray], dict[str, float]]
 
@@ -83,6 +84,7 @@ METRICS: dict[str, MetricFn] = {
     "f1_accuracy": f1_accuracy,
     "pearson_spearman": pearson_spearman,
     "accuracy_macro_f1": accuracy_macro_f1,
+    "multi_label": multi_label_metrics,  # multi-hot predictions and labels
 }
 
 _PRIMARY = {
@@ -91,6 +93,7 @@ _PRIMARY = {
     "f1_accuracy": "f1",
     "pearson_spearman": "pearson",
     "accuracy_macro_f1": "accuracy",
+    "multi_label": "micro_f1",
 }
 
 

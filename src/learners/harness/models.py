@@ -96,8 +96,9 @@ def quiet_transformers():
 
 
 def load_model_and_tokenizer(name_or_path: str | None, num_labels: int, label_names: list[str] | None,
-                             flag: str = "--model"):
+                             flag: str = "--model", problem_type: str | None = None):
     """A sequence-classification model (a regression head when `label_names` is None) and its tokenizer.
+    `problem_type`: "multi_label_classification" for a multi-label head (None: regression or single-label).
     Weights are read from safetensors only, never from pickle files."""
     from safetensors import SafetensorError
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -109,7 +110,7 @@ def load_model_and_tokenizer(name_or_path: str | None, num_labels: int, label_na
     else:
         kwargs["id2label"] = dict(enumerate(label_names))
         kwargs["label2id"] = {name: i for i, name in enumerate(label_names)}
-        kwargs["problem_type"] = "single_label_classification"
+        kwargs["problem_type"] = problem_type or "single_label_classification"
     with quiet_transformers():  # the "newly initialized head" warning is expected here
         try:
             tokenizer = AutoTokenizer.from_pretrained(source)

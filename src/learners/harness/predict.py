@@ -20,6 +20,8 @@ from .files import check_not_input, replaced_atomically
 from .finetune import TASK_FILE
 from .merge import head_labels, learners_directory, recorded_base
 from .models import check_max_length, load_model_and_tokenizer, quiet_transformers
+from .multi_label import PROBLEM_TYPE
+from .multi_label_outputs import multi_label_columns, refuse_threshold
 from .user_data import pick_text_columns, read_table
 
 OUTPUT_SUFFIXES = (".csv", ".tsv", ".jsonl")
@@ -76,9 +78,11 @@ def check_prediction_options(output_file: str, batch_size: int, input_file: str,
 
 
 def predict_columns(model, tokenizer, table, input_name: str, text_columns: str | None, saved: dict,
-                    batch_size: int, max_length: int, scores: bool = False) -> dict[str, list]:
+                    batch_size: int, max_length: int, scores: bool = False, threshold: float | None = None,
+                    as_lists: bool = False) -> dict[str, list]:
     """`prediction`: one per row of `table`, a label name, or a number for regression. With `scores` also the class
-    probabilities (softmax of the logits), a `score_LABEL` column per class, or `score` (the value) for regression."""
+    probabilities (softmax of the logits), a `score_LABEL` column per class, or `score` (the value) for regression.
+    A multi-label model's label sets and sigmoid scores: multi_label_outputs.py (`threshold`, `as_lists`)."""
     if text_columns is None and saved.get("text_columns"):
         text_columns = ",".join(saved["text_columns"])
     columns = pick_text_columns(text_columns, table.columns, input_name)
@@ -90,12 +94,17 @@ def predict_columns(model, tokenizer, table, input_name: str, text_columns: str 
                          f"{table.headerless_hint() or 'Pass --text-columns with names from that list'}")
     for column in columns:
         table.check_plain(column, "text")
-    regression = model.config.problem_type == "regression" or model.config.num_labels == 1
+    multi_label = model.config.problem_type == PROBLEM_TYPE
+    regression = not multi_label and (model.config.problem_type == "regression" or model.config.num_labels == 1)
+    if not multi_label:
+        refuse_threshold(threshold, "this model")
     model.eval()
     encodings = [tokenizer(*[[row[c] for row in table.rows[i:i + batch_size]] for c in columns], truncation=True,
                            max_length=max_length, padding=True, return_tensors="pt")
                  for i in range(0, len(table.rows), batch_size)]
     logits = all_logits(model, [dict(e) for e in encodings])
+    if multi_label:
+        return multi_label_columns(logits, model.config.id2label, saved, threshold, scores, as_lists)
     if regression:
         values = [float(v) for v in logits[:, 0]]
         return {"prediction": values, **({"score": values} if scores else {})}
@@ -145,7 +154,7 @@ def write_rows(out: Path, rows: list[dict]) -> None:
 def run_predict(model_dir: str, input_file: str, output_file: str, text_columns: str | None = None,
                 batch_size: int = 64, max_length: int | None = None, overwrite: bool = False,
                 input_columns: tuple[str, ...] | None = None, split: str | None = None, scores: bool = False,
-                device: str | None = None) -> int:
+                device: str | None = None, threshold: float | None = None) -> int:
     """Write `output_file` with the input rows and a `prediction` column (and with `scores` the scores); return the
     number of rows. `input_columns`: the column names of a CSV/TSV input without a header row; `split`: the split of
     a save_to_disk folder."""
@@ -158,7 +167,7 @@ def run_predict(model_dir: str, input_file: str, output_file: str, text_columns:
     saved = read_json_file(task_file, "task file") if task_file.is_file() else {}
     table = read_table(input_file, "--input", input_columns, "test", split)
     columns = predict_columns(model, tokenizer, table, Path(input_file).name, text_columns, saved, batch_size, max_length,
-                              scores)
+                              scores, threshold, out.suffix.lower() == ".jsonl")
     write_rows(out, [{**row, **{c: values[i] for c, values in columns.items()}} for i, row in enumerate(table.rows)])
     return len(table.rows)
 
@@ -203,7 +212,7 @@ def load_learner_sets(tasks: dict[str, Path], base: str | None):
     first = next(iter(tasks))
     num_labels, label_names = head_labels(metas[first], str(tasks[first]))
     base = recorded_base(base, list(metas.values()))
-    model, tokenizer = load_model_and_tokenizer(base, num_labels, label_names, "--base")
+    model, tokenizer = load_model_and_tokenizer(base, num_labels, label_names, "--base", metas[first].get("problem_type"))
     learner_model = None
     for name, directory in tasks.items():
         try:
@@ -219,7 +228,8 @@ def load_learner_sets(tasks: dict[str, Path], base: str | None):
 def run_predict_learners(spec: str, base: str | None, input_file: str, output_file: str,
                          text_columns: str | None = None, batch_size: int = 64, max_length: int | None = None,
                          overwrite: bool = False, input_columns: tuple[str, ...] | None = None,
-                         split: str | None = None, scores: bool = False, device: str | None = None) -> int:
+                         split: str | None = None, scores: bool = False, device: str | None = None,
+                         threshold: float | None = None) -> int:
     """Write `output_file` with the input rows and a `prediction_NAME` column per task (with `scores`, its
     `score_NAME_LABEL` columns); return the row count."""
     out = check_prediction_options(output_file, batch_size, input_file, overwrite)
@@ -235,7 +245,7 @@ def run_predict_learners(spec: str, base: str | None, input_file: str, output_fi
         saved = read_json_file(task_file, "task file") if task_file.is_file() else {}
         learner_model.set_learners(name)
         task_columns = predict_columns(learner_model, tokenizer, table, Path(input_file).name, text_columns, saved,
-                                       batch_size, max_length, scores)
+                                       batch_size, max_length, scores, threshold, out.suffix.lower() == ".jsonl")
         columns.update({task_column(column, name): values for column, values in task_columns.items()})
     rows = [{**row, **{c: values[i] for c, values in columns.items()}} for i, row in enumerate(table.rows)]
     write_rows(out, rows)

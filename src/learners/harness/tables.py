@@ -42,9 +42,8 @@ class Table:
             return
         i, kind = self.nested[column]
         if what == "label":
-            raise UsageError(f"the label at {self.where(i)} is a JSON {kind}, {self.rows[i][column][:60]}; learners trains "
-                             "one label per example (classification or regression), so multi-label data is not supported. "
-                             "Give each row a single label.")
+            raise UsageError(f"the label at {self.where(i)} is a JSON {kind}, {self.rows[i][column][:60]}; give each row "
+                             "one label (a string or a number), or a list of strings for multi-label data.")
         raise UsageError(f"text column {column!r} at {self.where(i)} is a JSON {kind}, not a string; write the text as one string.")
 
     def where(self, i: int) -> str:

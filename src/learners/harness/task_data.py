@@ -12,8 +12,9 @@ class TaskData:
     """A text-classification or regression task, ready to tokenize.
 
     `train`, `validation` and each `extra_validation` dataset have the text
-    columns plus "label": int64 class ids in `label_names` order, or float32
-    values for regression (`label_names is None`).
+    columns plus "label": int64 class ids in `label_names` order, float32
+    values for regression (`label_names is None`), or for multi-label data
+    float32 multi-hot vectors over `label_names` (`is_multi_label`).
     """
 
     name: str  # GLUE task name ("cola") or "custom"
@@ -27,6 +28,11 @@ class TaskData:
     @property
     def is_regression(self) -> bool:
         return self.label_names is None
+
+    @property
+    def is_multi_label(self) -> bool:
+        """Label sets (multi_label.py): each "label" a float multi-hot vector over `label_names`."""
+        return self.metric_kind == "multi_label"
 
     @property
     def num_labels(self) -> int:

@@ -16,12 +16,13 @@ import datasets
 from ..errors import UsageError
 from .data_sources import load_named_dataset, read_table, read_train_and_validation
 from .distributed import log
+from .multi_label import is_multi_label, multi_label_task
 from .task_data import TaskData
 from .tables import Table, headerless_columns, listed, loose_name
 
 __all__ = ["Table", "load_user_data", "pick_text_columns", "read_table"]
 
-TASK_TYPES = ("classification", "regression")
+TASK_TYPES = ("classification", "regression", "multi-label")
 MAX_INFERRED_CLASSES = 20  # integer labels with more distinct values than this are taken as regression
 MISSING_LABELS = ("", "nan", "null")  # what an exported missing value reads as (JSON NaN/null, pandas NaN)
 # A float32 squared error overflows to inf past about 1.8e19: a regression label this large cannot train.
@@ -53,7 +54,7 @@ def pick_text_columns(text_columns: str | None, columns: list[str], file: str, h
     return names
 
 
-def _check_columns(table: Table, text_columns: tuple[str, ...], label_column: str) -> None:
+def _check_columns(table: Table, text_columns: tuple[str, ...], label_column: str, plain_label: bool = True) -> None:
     found, hint = table.found(), table.headerless_hint()
     if label_column in text_columns:
         raise UsageError(
@@ -75,7 +76,8 @@ def _check_columns(table: Table, text_columns: tuple[str, ...], label_column: st
         )
     for name in text_columns:
         table.check_plain(name, "text")
-    table.check_plain(label_column, "label")
+    if plain_label or table.nested.get(label_column, (0, ""))[1] == "object":  # (JSON lists: multi_label.py reads them)
+        table.check_plain(label_column, "label")
 
 
 def _number(value: str) -> float | None:
@@ -169,6 +171,7 @@ def load_user_data(
     dataset_config: str | None = None,
     train_split: str | None = None,
     validation_split: str | None = None,
+    label_delimiter: str | None = None,
 ) -> TaskData:
     """Load train and validation data as a classification or regression task: files (.csv, .tsv, .jsonl, .json,
     .parquet, or a save_to_disk folder, whose DatasetDict gives both splits), or `dataset`, a name or local path
@@ -178,11 +181,12 @@ def load_user_data(
     `text_columns` is "col" or "col1,col2"; None picks text, sentence, or sentence1+sentence2. `columns`
     ("label,text"): CSV and TSV files without a header row, and the names of their columns in order (`no_header`
     says the same, and needs `columns`).
-    `task_type` None infers it: integer labels with at most 20 distinct values, or any non-numeric label, mean
-    classification; otherwise regression.
+    `task_type` None infers it: labels that are JSON lists (or a `label_delimiter`, which splits each label cell)
+    mean multi-label; integer labels with at most 20 distinct values, or any non-numeric label, classification;
+    otherwise regression.
     """
     if task_type is not None and task_type not in TASK_TYPES:
-        raise UsageError(f"--task-type {task_type!r} is not supported; use classification or regression, or leave it out to infer it.")
+        raise UsageError(f"--task-type {task_type!r} is not supported; use classification, regression or multi-label, or leave it out to infer it.")
     names = headerless_columns(no_header, columns)
     if dataset is not None:
         if train_file is not None or validation_file is not None or names is not None:
@@ -193,7 +197,7 @@ def load_user_data(
         raise UsageError("no training data given; pass --train-file (with --validation-file) or --dataset NAME")
     else:
         train, validation = read_train_and_validation(train_file, validation_file, names, train_split, validation_split)
-    return task_from_tables(train, validation, text_columns, label_column, task_type)
+    return task_from_tables(train, validation, text_columns, label_column, task_type, label_delimiter)
 
 
 def check_data_flags(args) -> None:
@@ -214,14 +218,17 @@ def check_data_flags(args) -> None:
 
 
 def task_from_tables(train: Table, validation: Table, text_columns: str | None, label_column: str,
-                     task_type: str | None) -> TaskData:
+                     task_type: str | None, label_delimiter: str | None = None) -> TaskData:
     """The task of a train and a validation Table (see load_user_data)."""
     columns = pick_text_columns(text_columns, train.columns, train.name, train.headerless_hint())
     label_column = label_column.strip()
     for table in (train, validation):
         table.adopt_names((*columns, label_column))
-    _check_columns(train, columns, label_column)
-    _check_columns(validation, columns, label_column)
+    multi = is_multi_label(train, validation, label_column, task_type, label_delimiter)
+    _check_columns(train, columns, label_column, not multi)
+    _check_columns(validation, columns, label_column, not multi)
+    if multi:
+        return multi_label_task(train, validation, columns, label_column, label_delimiter)
 
     train_labels = _labels(train, label_column)
     validation_labels = _labels(validation, label_column)
