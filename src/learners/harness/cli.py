@@ -6,6 +6,7 @@ import sys
 from ..errors import UsageError, first_line, is_disk_full
 from . import config_file
 from .arguments import add_training_arguments, check_flags_fit_method
+from .bench_data import add_bench_data_arguments
 
 
 class _Parser(argparse.ArgumentParser):
@@ -107,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--target", help="time-to-target bar: 0.5 for every task, or cola=0.25,mrpc=0.85 "
                                      "(default: 95%% of full's mean best on the task)")
     bn.add_argument("--report-only", action="store_true", help="only rebuild bench.csv, bench.md and the plots from OUT/runs")
+    add_bench_data_arguments(bn)
     add_training_arguments(bn)
     config_file.add_config_argument(bn)
     return parser
