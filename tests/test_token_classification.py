@@ -174,3 +174,14 @@ def test_a_sentence_longer_than_max_length_is_predicted_in_windows(ner, tmp_path
     assert main(["predict", "--model", str(tmp_path / "run"), "--input", str(tmp_path / "long.jsonl"),
                  "--output", str(tmp_path / "p.jsonl"), "--max-length", "16"]) == 0
     assert len(json.loads((tmp_path / "p.jsonl").read_text())["prediction"]) == 80
+
+
+@pytest.mark.slow
+def test_bench_runs_a_tagging_grid_on_your_files(ner, tmp_path):
+    assert main(["bench", "--train-file", str(ner / "train.conll"), "--validation-file", str(ner / "dev.jsonl"),
+                 "--task-type", "token-classification", "--model", str(ner / "model"), "--methods", "full,learners",
+                 "--seeds", "0", "--max-steps", "2", "--output-dir", str(tmp_path / "bench"), "--no-progress"]) == 0
+    for method in ("full", "learners"):
+        results = json.loads((tmp_path / "bench" / "runs" / "custom" / method / "seed0" / "results.json").read_text())
+        assert results["metric_name"] == "entity_f1" and results["method"] == method
+    assert "custom (entity_f1)" in (tmp_path / "bench" / "bench.md").read_text()
