@@ -56,18 +56,19 @@ def build_model(args, device):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, BertConfig, DistilBertConfig
 
-    labels = args.token_labels or 2  # --token-labels N: a token classification head with N tags
+    token_labels = getattr(args, "token_labels", 0)  # --token-labels N: a token classification head with N tags
+    labels = token_labels or 2
     if args.arch:
         kind, overrides = ARCHS[args.arch]
         # problem_type set now: the first forward would set it, and torch.compile would recompile for that
         config = (BertConfig if kind == "bert" else DistilBertConfig)(
             num_labels=labels, problem_type="single_label_classification", **overrides)
-        auto = AutoModelForTokenClassification if args.token_labels else AutoModelForSequenceClassification
+        auto = AutoModelForTokenClassification if token_labels else AutoModelForSequenceClassification
         with torch.device(device):
             return auto.from_config(config)
     from learners.harness.models import load_model_and_tokenizer
     model, _ = load_model_and_tokenizer(args.model, labels, [f"tag{i}" for i in range(labels)],
-                                        token_classification=bool(args.token_labels))
+                                        token_classification=bool(token_labels))
     return model.to(device)
 
 
@@ -167,9 +168,9 @@ def worker(args) -> dict:
             return seen[len(times) % len(seen)]
         ids = torch.randint(min(1000, vocab_size // 2), vocab_size, (args.batch_size, args.length), generator=gen)
         # no attention mask: nothing is padded, and a run's collator drops a mask that masks nothing
-        shape = (args.batch_size, args.length) if args.token_labels else (args.batch_size,)  # a tag per token, or a label
-        new = {"input_ids": ids.to(device),
-               "labels": torch.randint(0, args.token_labels or 2, shape, generator=gen).to(device)}
+        token_labels = getattr(args, "token_labels", 0)  # a tag per token, or a label per sequence
+        shape = (args.batch_size, args.length) if token_labels else (args.batch_size,)
+        new = {"input_ids": ids.to(device), "labels": torch.randint(0, token_labels or 2, shape, generator=gen).to(device)}
         if args.repeat_batches:
             seen.append(new)
         return new

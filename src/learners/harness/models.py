@@ -114,6 +114,8 @@ def load_model_and_tokenizer(name_or_path: str | None, num_labels: int, label_na
     with quiet_transformers():  # the "newly initialized head" warning is expected here
         try:
             tokenizer = AutoTokenizer.from_pretrained(source)
+            if token_classification and getattr(tokenizer, "add_prefix_space", None) is False:  # RoBERTa's BPE
+                tokenizer = AutoTokenizer.from_pretrained(source, add_prefix_space=True)  # reads words one by one
             # A checkpoint with another head (other label count) loads its encoder; the head starts fresh.
             auto = AutoModelForTokenClassification if token_classification else AutoModelForSequenceClassification
             model = auto.from_pretrained(source, ignore_mismatched_sizes=True, use_safetensors=True, **kwargs)
