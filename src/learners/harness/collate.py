@@ -8,7 +8,7 @@ own mask preparation then has nothing to read (transformers reads a 2-D mask on 
 may drop it, which on a GPU makes the step wait for the device).
 """
 
-from transformers import DataCollatorWithPadding
+from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
 
 from ..errors import UsageError
 
@@ -16,8 +16,10 @@ from ..errors import UsageError
 class Collator:
     """A DataLoader's collate_fn: pad a list of tokenized examples into one batch of tensors."""
 
-    def __init__(self, tokenizer, pad_to_multiple_of: int | None = None):
-        self.pad = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
+    def __init__(self, tokenizer, pad_to_multiple_of: int | None = None, token_labels: bool = False):
+        """`token_labels`: a label per token (token classification), padded with -100 as the inputs are."""
+        kind = DataCollatorForTokenClassification if token_labels else DataCollatorWithPadding
+        self.pad = kind(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
 
     def __call__(self, features: list[dict]) -> dict:
         batch = self.pad(features)

@@ -29,6 +29,9 @@ from .multi_label_outputs import check_threshold, evaluation_threshold, predict_
 from .models import (DEFAULT_ALIASES, DEFAULT_HUB_ID, DEFAULT_MODEL, check_max_length, load_model_and_tokenizer,
                      max_sequence_length)
 from .task_data import TaskData
+from .token_data import TASK_TYPE as TOKEN_TASK_TYPE, encode_tokens, is_token_task, load_token_task, task_file_facts
+from .token_inference import token_evaluator
+from .token_metrics import PRIMARY as TOKEN_METRIC
 from .precision import resolve_precision
 from .report import plot_run
 from .run_log import parse_report_to
@@ -91,6 +94,8 @@ class FinetuneArgs:
     gradient_accumulation_steps: int = 1
     eval_batch_size: int | None = None  # None: 128, or the training batch size if larger
     max_eval_samples: int | None = None  # None: the whole dev set
+    tag_column: str | None = None  # token classification: the tag's CoNLL column (from 1) or JSON key (token_data.py)
+    label_all_subtokens: bool = False  # token classification: every sub-token carries its word's tag
 
     def validate(self) -> None:
         for name in ("batch_size", "epochs"):
@@ -122,6 +127,8 @@ class FinetuneArgs:
             raise UsageError("--train-file needs --validation-file too (a file of the same kind with the same columns)")
         from .user_data import check_data_flags
         check_data_flags(self)
+        from .token_flags import check_token_flags
+        check_token_flags(self)
 
 
 def finetune_args(args: argparse.Namespace) -> FinetuneArgs:
@@ -146,11 +153,14 @@ def finetune_args(args: argparse.Namespace) -> FinetuneArgs:
         report_to=args.report_to, method_options=method_options(args),
         early_stopping_patience=args.early_stopping_patience, early_stopping_threshold=args.early_stopping_threshold,
         gradient_accumulation_steps=args.gradient_accumulation_steps, eval_batch_size=args.eval_batch_size,
-        max_eval_samples=args.max_eval_samples)
+        max_eval_samples=args.max_eval_samples, tag_column=given.get("tag_column"),
+        label_all_subtokens=given.get("label_all_subtokens", False))
 
 
 def load_task(args: FinetuneArgs) -> TaskData:
     from .user_data import check_test_file, load_user_data
+    if args.task_type == TOKEN_TASK_TYPE:
+        return load_token_task(args.train_file, args.validation_file, args.tag_column, args.label_all_subtokens)
     if args.train_file or args.dataset:
         task = load_user_data(args.train_file, args.validation_file, args.text_columns, args.label_column, args.task_type,
                               no_header=args.no_header, columns=args.columns, dataset=args.dataset,
@@ -210,7 +220,7 @@ def run_args(args: FinetuneArgs) -> dict:
 
 
 STEERING_OPTIONS = ("early_stopping_patience", "early_stopping_threshold", "gradient_accumulation_steps",
-                    "eval_batch_size", "max_eval_samples")
+                    "eval_batch_size", "max_eval_samples", "tag_column", "label_all_subtokens")
 
 
 def with_steering_defaults(saved: dict | None) -> dict | None:
@@ -254,7 +264,10 @@ def should_resume(out: Path, args: FinetuneArgs) -> bool:
 
 
 def encode(dataset, task: TaskData, tokenizer, max_length: int):
-    """Tokenize the text columns (one or a pair); keep `labels`; padding happens per batch."""
+    """Tokenize the text columns (one or a pair); keep `labels`; padding happens per batch. A token classification
+    task's tags are aligned to the sub-tokens (token_data.py)."""
+    if is_token_task(task):
+        return encode_tokens(dataset, task, tokenizer, max_length)
     def tokenize(batch):
         texts = [batch[c] for c in task.text_columns]
         return tokenizer(*texts, truncation=True, max_length=max_length)
@@ -264,13 +277,13 @@ def encode(dataset, task: TaskData, tokenizer, max_length: int):
 
 
 def make_loader(dataset, tokenizer, batch_size: int, shuffle: bool, seed: int = 0,
-                pad_to_multiple_of: int | None = None) -> DataLoader:
+                pad_to_multiple_of: int | None = None, token_labels: bool = False) -> DataLoader:
     """Every loader has a generator of its own: a DataLoader without one draws its base seed from torch's global
     generator each time it is iterated, so each evaluation would shift the dropout masks of the training after it
     (a run's training would depend on --eval-steps). Batches: see collate.py."""
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      collate_fn=Collator(tokenizer, pad_to_multiple_of))
+                      collate_fn=Collator(tokenizer, pad_to_multiple_of, token_labels))
 
 
 @torch.no_grad()
@@ -297,7 +310,8 @@ def dev_predictions(model, loader, task: TaskData, threshold: float | None) -> t
 def task_model(model: str | None, task: TaskData):
     """The model (with the task's head) and its tokenizer."""
     return load_model_and_tokenizer(model, task.num_labels, task.label_names,
-                                    problem_type=PROBLEM_TYPE if task.is_multi_label else None)
+                                    problem_type=PROBLEM_TYPE if task.is_multi_label else None,
+                                    token_classification=is_token_task(task))
 
 
 def run_finetune(args: FinetuneArgs, after_save=None) -> dict | None:
@@ -349,16 +363,8 @@ def _finetune(args: FinetuneArgs, out: Path, run_dir: Path, after_save=None) -> 
     if args.max_train_samples and args.max_train_samples < len(train_set):
         train_set = train_set.shuffle(seed=0).select(range(args.max_train_samples))
     train_loader = make_loader(encode(train_set, task, tokenizer, max_length), tokenizer, args.batch_size, True, args.seed,
-                               args.pad_to_multiple_of)
-    dev_loaders, evaluation = make_dev_loaders(args, task, tokenizer, max_length)
-    metric_name = primary_metric_name(task.metric_kind)
-
-    def evaluate(m) -> dict:
-        metrics = {}
-        for prefix, loader in dev_loaders.items():
-            preds, labels = dev_predictions(m, loader, task, threshold)
-            metrics.update({prefix + k: v for k, v in compute_metrics(task.metric_kind, preds, labels).items()})
-        return metrics
+                               args.pad_to_multiple_of, is_token_task(task))
+    evaluate, evaluation, metric_name = make_evaluate(args, task, tokenizer, max_length, threshold)
 
     learning_rate = args.learning_rate or method.default_learning_rate
     precision = resolve_precision(args.mixed_precision, torch.device("cuda" if torch.cuda.is_available() else "cpu"))
@@ -423,7 +429,8 @@ def save_run(args: FinetuneArgs, out: Path, method, result, task: TaskData, toke
     plain.save_pretrained(out / "model")
     tokenizer.save_pretrained(out / "model")
     task_info = json.dumps({"task": task.name, "text_columns": list(task.text_columns), "label_names": task.label_names,
-                            **saved_facts(evaluation_threshold(task, args.threshold, None), args.label_delimiter)}, indent=2)
+                            **saved_facts(evaluation_threshold(task, args.threshold, None), args.label_delimiter),
+                            **task_file_facts(task)}, indent=2)
     for directory in (out / "model", out / "learners"):
         if directory.is_dir():
             (directory / TASK_FILE).write_text(task_info)
@@ -465,6 +472,26 @@ def save_run(args: FinetuneArgs, out: Path, method, result, task: TaskData, toke
 def card_base_model(model: str | None) -> str:
     """The base model as a model card names it: the embedded default by its hub id, else --model as given."""
     return DEFAULT_HUB_ID if model in DEFAULT_ALIASES else model
+
+
+def make_evaluate(args: FinetuneArgs, task: TaskData, tokenizer, max_length: int, threshold: float | None):
+    """evaluate(model) -> the dev metrics (prefixed by dev set, as make_dev_loaders names them), what results.json
+    records of the evaluation, and the primary metric's name. Token classification: token_inference.py."""
+    if is_token_task(task):
+        dev = eval_subsets({"": task.validation}, args.max_eval_samples)[""]
+        batch_size = args.eval_batch_size or max(128, args.batch_size)
+        evaluate = token_evaluator(dev, task.label_names, tokenizer, max_length, batch_size)
+        return evaluate, {"eval_examples": len(dev), "eval_batch_size": batch_size}, TOKEN_METRIC
+    dev_loaders, evaluation = make_dev_loaders(args, task, tokenizer, max_length)
+
+    def evaluate(m) -> dict:
+        metrics = {}
+        for prefix, loader in dev_loaders.items():
+            preds, labels = dev_predictions(m, loader, task, threshold)
+            metrics.update({prefix + k: v for k, v in compute_metrics(task.metric_kind, preds, labels).items()})
+        return metrics
+
+    return evaluate, evaluation, primary_metric_name(task.metric_kind)
 
 
 def make_dev_loaders(args: FinetuneArgs, task: TaskData, tokenizer, max_length: int) -> tuple[dict, dict]:

@@ -14,6 +14,7 @@ from .finetune import TASK_FILE
 from .distributed import log
 from .files import check_not_input, entry_names, listing
 from .models import embedded_model_dir, load_model_and_tokenizer
+from .token_data import is_token_task_file
 
 STAGING = ".merging"
 
@@ -85,7 +86,8 @@ def run_merge(base: str | None, learners_dir: str, output: str, overwrite: bool 
     task = read_json_file(task_file, "task file") if task_file.is_file() else None
     given_base, base = base, recorded_base(base, [meta])
     check_not_input(out, "--output", {"--learners": learners_dir, "--base" if given_base else "base model": base})
-    model, tokenizer = load_model_and_tokenizer(base, num_labels, label_names, "--base", meta.get("problem_type"))
+    model, tokenizer = load_model_and_tokenizer(base, num_labels, label_names, "--base", meta.get("problem_type"),
+                                                token_classification=is_token_task_file(task))
     try:
         learner_model = LearnerModel.from_pretrained(model, learners_dir)
     except UsageError as e:

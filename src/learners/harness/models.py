@@ -96,12 +96,14 @@ def quiet_transformers():
 
 
 def load_model_and_tokenizer(name_or_path: str | None, num_labels: int, label_names: list[str] | None,
-                             flag: str = "--model", problem_type: str | None = None):
-    """A sequence-classification model (a regression head when `label_names` is None) and its tokenizer.
-    `problem_type`: "multi_label_classification" for a multi-label head (None: regression or single-label).
+                             flag: str = "--model", problem_type: str | None = None,
+                             token_classification: bool = False):
+    """A sequence-classification model (a regression head when `label_names` is None), or with
+    `token_classification` a token-classification one, and its tokenizer. `problem_type`:
+    "multi_label_classification" for a multi-label head (None: regression or single-label).
     Weights are read from safetensors only, never from pickle files."""
     from safetensors import SafetensorError
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
     source = resolve_model(name_or_path, flag)
     kwargs = {"num_labels": num_labels}
@@ -114,9 +116,11 @@ def load_model_and_tokenizer(name_or_path: str | None, num_labels: int, label_na
     with quiet_transformers():  # the "newly initialized head" warning is expected here
         try:
             tokenizer = AutoTokenizer.from_pretrained(source)
+            if token_classification and getattr(tokenizer, "add_prefix_space", None) is False:  # RoBERTa's BPE
+                tokenizer = AutoTokenizer.from_pretrained(source, add_prefix_space=True)  # reads words one by one
             # A checkpoint with another head (other label count) loads its encoder; the head starts fresh.
-            model = AutoModelForSequenceClassification.from_pretrained(source, ignore_mismatched_sizes=True,
-                                                                       use_safetensors=True, **kwargs)
+            auto = AutoModelForTokenClassification if token_classification else AutoModelForSequenceClassification
+            model = auto.from_pretrained(source, ignore_mismatched_sizes=True, use_safetensors=True, **kwargs)
         except (OSError, ValueError, SafetensorError) as e:
             where = "local directory" if Path(source).exists() else "hub id"
             raise UsageError(f"cannot load model {name_or_path!r} ({where}): {first_line(e)}. "

@@ -22,9 +22,11 @@ from .merge import head_labels, learners_directory, recorded_base
 from .models import check_max_length, load_model_and_tokenizer, quiet_transformers
 from .multi_label import PROBLEM_TYPE
 from .multi_label_outputs import multi_label_columns, refuse_threshold
+from .token_data import is_token_task_file
+from .token_predict import is_token_model, run_token_predict, token_model_class
 from .user_data import pick_text_columns, read_table
 
-OUTPUT_SUFFIXES = (".csv", ".tsv", ".jsonl")
+OUTPUT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".conll")  # .conll: token classification (token_predict.py)
 TASK_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -50,7 +52,8 @@ def load_finetuned(model_dir: str):
                          "or OUT/model, or a merge's output")
     with quiet_transformers():
         try:  # safetensors weights only: a model directory's pickle files are never loaded
-            model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True)
+            auto = token_model_class(path) or AutoModelForSequenceClassification
+            model = auto.from_pretrained(path, use_safetensors=True)
         except (OSError, ValueError, SafetensorError) as e:
             raise UsageError(f"cannot load the model in {model_dir}: {first_line(e)}; pass OUT/model of a finetune run") from e
         try:
@@ -68,7 +71,8 @@ def check_prediction_options(output_file: str, batch_size: int, input_file: str,
     --overwrite), never the --input."""
     out = check_output_path(output_file, "--output", directory=False)
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise UsageError(f"--output {out.name}: unsupported file type; use .csv, .tsv or .jsonl")
+        raise UsageError(f"--output {out.name}: unsupported file type; use .csv, .tsv or .jsonl (.conll: token "
+                         "classification)")
     check_not_input(out, "--output", {"--input": input_file})
     if out.exists() and not overwrite:
         raise UsageError(f"--output {out} exists; choose another file, or pass --overwrite to replace it")
@@ -165,6 +169,12 @@ def run_predict(model_dir: str, input_file: str, output_file: str, text_columns:
     max_length = check_max_length(max_length, model.config)
     task_file = model_directory(model_dir) / TASK_FILE
     saved = read_json_file(task_file, "task file") if task_file.is_file() else {}
+    if is_token_model(model):
+        given = [f for f, v in (("--text-columns", text_columns), ("--columns", input_columns), ("--split", split)) if v]
+        return run_token_predict(model, tokenizer, input_file, out, batch_size, max_length, scores, given)
+    if out.suffix.lower() == ".conll":
+        raise UsageError(f"--output {out.name}: CoNLL output is for token classification models; this one predicts a "
+                         "label per row: use .csv, .tsv or .jsonl")
     table = read_table(input_file, "--input", input_columns, "test", split)
     columns = predict_columns(model, tokenizer, table, Path(input_file).name, text_columns, saved, batch_size, max_length,
                               scores, threshold, out.suffix.lower() == ".jsonl")
@@ -201,6 +211,15 @@ def parse_learners_spec(spec: str) -> dict[str, Path]:
     return tasks
 
 
+def refuse_token_learners(tasks: dict[str, Path]) -> None:
+    """--learners serves sentence-level tasks side by side; a token classification run is predicted alone."""
+    for name, directory in tasks.items():
+        task_file = directory / TASK_FILE
+        if is_token_task_file(read_json_file(task_file, "task file") if task_file.is_file() else None):
+            raise UsageError(f"--learners {name}={directory} is a token classification run; --learners serves sentence "
+                             f"tasks side by side: predict it with --model {directory.parent}, or merge it first")
+
+
 def load_learner_sets(tasks: dict[str, Path], base: str | None):
     """The base model with every task's learners loaded as a set named after the task, and the tokenizer."""
     metas = {}
@@ -235,6 +254,7 @@ def run_predict_learners(spec: str, base: str | None, input_file: str, output_fi
     out = check_prediction_options(output_file, batch_size, input_file, overwrite)
     where = resolve_device(device)
     tasks = parse_learners_spec(spec)
+    refuse_token_learners(tasks)
     table = read_table(input_file, "--input", input_columns, "test", split)
     learner_model, tokenizer = load_learner_sets(tasks, base)
     learner_model.to(where)

@@ -104,7 +104,8 @@ class LoRA(Method):
         sizes = {n: p.numel() for n, p in model.named_parameters()}
         self.total_params = sum(sizes.values())
         self.head_params = sum(sizes[n] for n in self.head_names)
-        config = LoraConfig(task_type=TaskType.SEQ_CLS, r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
+        token = type(model).__name__.endswith("ForTokenClassification")  # a tag per token (token_data.py)
+        config = LoraConfig(task_type=TaskType.TOKEN_CLS if token else TaskType.SEQ_CLS, r=self.rank, lora_alpha=self.alpha, lora_dropout=self.dropout,
                             target_modules=targets, modules_to_save=head_modules(model, self.head_names))
         try:
             with warnings.catch_warnings():

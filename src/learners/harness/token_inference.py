@@ -1,0 +1,56 @@
+"""A token classification model's tag for every word of every sentence: what evaluation scores and `learners
+predict` writes. A word's tag is the one predicted at its first sub-token; a sentence longer than --max-length
+is read in windows of whole words (token_data.word_windows); a word the tokenizer gives no sub-token (a control
+character) is tagged O."""
+
+from __future__ import annotations
+
+import torch
+
+from .token_data import check_fast_tokenizer, word_windows
+from .token_metrics import entity_metrics
+
+
+def _pieces(tokenizer, sentences: list[list[str]], max_length: int) -> list[tuple[int, int, int]]:
+    """(sentence, first word, end word) of each window to run."""
+    return [(i, start, end) for i, tokens in enumerate(sentences)
+            for start, end in word_windows(tokenizer, tokens, max_length)]
+
+
+@torch.no_grad()
+def word_predictions(model, tokenizer, sentences: list[list[str]], max_length: int, batch_size: int = 64,
+                     outside: int | None = None) -> list[list[int]]:
+    """The predicted label id of each word of each sentence (`outside`, O's id, for a word without a sub-token;
+    default: the label named O, else 0)."""
+    check_fast_tokenizer(tokenizer)
+    if outside is None:
+        outside = {v: int(k) for k, v in model.config.id2label.items()}.get("O", 0)
+    device = next(model.parameters()).device
+    predicted = [[outside] * len(tokens) for tokens in sentences]
+    pieces = sorted(_pieces(tokenizer, sentences, max_length), key=lambda p: p[2] - p[1])  # less padding
+    for b in range(0, len(pieces), batch_size):
+        batch = pieces[b:b + batch_size]
+        encoded = tokenizer([sentences[i][start:end] for i, start, end in batch], is_split_into_words=True,
+                            truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        ids = model(**{k: v.to(device) for k, v in encoded.items()}).logits.argmax(-1).cpu().tolist()
+        for row, (i, start, _) in enumerate(batch):
+            previous = None
+            for position, word in enumerate(encoded.word_ids(row)):
+                if word is not None and word != previous:
+                    predicted[i][start + word] = ids[row][position]
+                previous = word
+    return predicted
+
+
+def token_evaluator(validation, label_names: list[str], tokenizer, max_length: int, batch_size: int):
+    """evaluate(model) -> entity metrics on `validation` (a TokenTaskData split), for the training loop."""
+    columns = validation.to_dict()
+    sentences = columns["tokens"]
+    gold = [[label_names[i] for i in labels] for labels in columns["label"]]
+    outside = label_names.index("O") if "O" in label_names else 0
+
+    def evaluate(model) -> dict:
+        predicted = word_predictions(model, tokenizer, sentences, max_length, batch_size, outside)
+        return entity_metrics(gold, [[label_names[i] for i in ids] for ids in predicted])
+
+    return evaluate
