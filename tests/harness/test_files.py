@@ -44,7 +44,7 @@ def test_two_benches_sharing_an_output_dir_never_read_a_half_written_bench_json(
     while the other reads it back. Before the writes were atomic this failed with a JSONDecodeError."""
     out = tmp_path / "bench"
     loop = ("import sys; from pathlib import Path; from learners.harness.bench import record_settings\n"
-            "for i in range(400): record_settings(Path(sys.argv[1]), ['stsb'], ['learners'], [i], ['--seed-' + 'x' * 2000])")
+            "for i in range(400): record_settings(Path(sys.argv[1]), ['stsb'], ['learners'], [i], ['--seed-' + 'x' * 2000], [])")
     lanes = [subprocess.Popen([sys.executable, "-c", loop, str(out)], stderr=subprocess.PIPE, text=True) for _ in range(2)]
     errors = [lane.communicate()[1] for lane in lanes]
     assert [lane.returncode for lane in lanes] == [0, 0], errors

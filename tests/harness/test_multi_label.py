@@ -189,3 +189,29 @@ def test_the_loss_goes_down(tmp_path, tiny_model_dir, jsonl_pair):
     losses = [h["loss"] for h in r["log_history"] if "loss" in h]
     assert len(losses) >= 5 and np.mean(losses[-2:]) < losses[0] - 0.1
     assert r["best_metric"] > 0.3
+
+
+def test_bench_passes_every_data_flag_to_its_runs(tmp_path, tiny_model_dir, capsys):
+    """A CSV with its own column names and delimited label sets: the bench's runs get --text-columns, --label-column,
+    --label-delimiter and --threshold as finetune would (each data flag of finetune is the bench's too)."""
+    for name, seed, n in (("t.csv", 0, 32), ("d.csv", 1, 16)):
+        (tmp_path / name).write_text("review,topics\n" + "".join(f"{r['text']},{'|'.join(r['label'])}\n"
+                                                                 for r in rows(n, seed)))
+    out = tmp_path / "bench"
+    assert main(["bench", "--train-file", str(tmp_path / "t.csv"), "--validation-file", str(tmp_path / "d.csv"),
+                 "--text-columns", "review", "--label-column", "topics", "--label-delimiter", "|", "--threshold", "0.3",
+                 "--model", str(tiny_model_dir), "--methods", "learners", "--seeds", "0", "--max-steps", "2",
+                 "--output-dir", str(out), "--no-progress"]) == 0
+    run = out / "runs" / "custom" / "learners" / "seed0"
+    assert json.loads((run / "results.json").read_text())["metric_name"] == "micro_f1"
+    saved = json.loads((run / "learners" / "learners_task.json").read_text())
+    assert (saved["threshold"], saved["label_delimiter"]) == (0.3, "|")
+    assert "custom (micro_f1)" in (out / "bench.md").read_text()
+    # the same folder with other data is refused: its report would mix the two
+    (tmp_path / "t2.csv").write_text((tmp_path / "t.csv").read_text())
+    capsys.readouterr()
+    assert main(["bench", "--train-file", str(tmp_path / "t2.csv"), "--validation-file", str(tmp_path / "d.csv"),
+                 "--text-columns", "review", "--label-column", "topics", "--label-delimiter", "|", "--model",
+                 str(tiny_model_dir), "--methods", "learners", "--seeds", "0", "--output-dir", str(out),
+                 "--no-progress"]) == 2
+    assert "holds runs on other data" in capsys.readouterr().err

@@ -141,6 +141,33 @@ def test_finetune_scores_entities_and_predict_tags_every_token(ner, tmp_path, me
     assert [[row.split("\t")[1] for row in s.splitlines()] for s in lines if s] == [r["tags"] for r in jsonl]
 
 
+def test_test_file_predictions_and_scores(ner, tmp_path):
+    """--test-file writes the finished model's tags as predict would, in the test file's format; predict --scores adds
+    each word's tag probabilities (JSON lines: every tag's, summing to 1, the predicted tag the likeliest; CoNLL: the
+    predicted tag's, one more column)."""
+    assert finetune(ner, tmp_path / "run", "--test-file", ner / "dev.conll") == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["test_examples"] == 10 and results["test_predictions"].endswith("test_predictions.conll")
+    assert main(["predict", "--model", str(tmp_path / "run"), "--input", str(ner / "dev.conll"),
+                 "--output", str(tmp_path / "p.conll")]) == 0
+    assert (tmp_path / "run" / "test_predictions.conll").read_text() == (tmp_path / "p.conll").read_text()
+
+    assert main(["predict", "--model", str(tmp_path / "run"), "--input", str(ner / "dev.jsonl"),
+                 "--output", str(tmp_path / "s.jsonl"), "--scores"]) == 0
+    records = [json.loads(line) for line in (tmp_path / "s.jsonl").read_text().splitlines()]
+    tags = json.loads((tmp_path / "run" / "model" / "config.json").read_text())["label2id"]
+    for r in records:
+        assert len(r["scores"]) == len(r["tokens"]) == len(r["prediction"])
+        for word, tag in zip(r["scores"], r["prediction"]):
+            assert set(word) == set(tags) and sum(word.values()) == pytest.approx(1.0)
+            assert max(word, key=word.get) == tag
+    assert main(["predict", "--model", str(tmp_path / "run"), "--input", str(ner / "dev.conll"),
+                 "--output", str(tmp_path / "s.conll"), "--scores"]) == 0
+    rows = [line.split("\t") for line in (tmp_path / "s.conll").read_text().splitlines() if line]
+    assert [row[:3] for row in rows] == [line.split("\t") for line in (tmp_path / "p.conll").read_text().splitlines() if line]
+    assert [float(row[3]) for row in rows] == pytest.approx([max(w.values()) for r in records for w in r["scores"]], abs=1e-6)
+
+
 def test_merged_learners_predict_as_the_run_does(ner, tmp_path):
     assert finetune(ner, tmp_path / "run", "--label-all-subtokens") == 0
     assert main(["merge", "--learners", str(tmp_path / "run"), "--base", str(ner / "model"),

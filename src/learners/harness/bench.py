@@ -142,7 +142,7 @@ def run_bench(args: argparse.Namespace) -> int:
         finetune_args(one_run).validate()
         check_method_options(method, one_run)
     flags = training_flags(args)
-    before = record_settings(out, tasks, methods, seeds, flags)
+    before = record_settings(out, tasks, methods, seeds, flags, own_data)
     # seed outermost: a bench stopped early still has every task x method at the first seeds
     grid = [(t, m, s) for s in seeds for t in tasks for m in methods]
     failed = []
@@ -174,16 +174,23 @@ def report_only(out: Path, target, tasks: list[str], methods: list[str], seeds: 
     return 0
 
 
-def record_settings(out: Path, tasks: list[str], methods: list[str], seeds: list[int], flags: list[str]) -> list[str] | None:
-    """Write OUT/bench.json; return the training flags the bench was first started with (warned about if they differ)."""
+def record_settings(out: Path, tasks: list[str], methods: list[str], seeds: list[int], flags: list[str],
+                    data: list[str]) -> list[str] | None:
+    """Write OUT/bench.json; return the training flags the bench was first started with (warned about if they differ).
+
+    Runs on other data (`data`: the bench's own-data flags) would be reported as the same task: refused."""
     out.mkdir(parents=True, exist_ok=True)
     settings = out / "bench.json"
-    before = json.loads(settings.read_text()).get("training_flags") if settings.exists() else flags
+    recorded = json.loads(settings.read_text()) if settings.exists() else {}
+    if recorded.get("data_flags", data) != data:
+        raise UsageError(f"--output-dir {out} holds runs on other data ({' '.join(recorded['data_flags']) or 'GLUE'}); "
+                         "its report would mix them with these: choose a new --output-dir")
+    before = recorded.get("training_flags", flags)
     if before != flags:
         print(f"warning: {out} was started with other training options ({' '.join(before or [])}); finished runs keep "
               "their results, new runs use the options given now", file=sys.stderr)
-    write_text_atomically(settings, json.dumps({"tasks": tasks, "methods": methods, "seeds": seeds, "training_flags": flags},
-                                               indent=2))
+    write_text_atomically(settings, json.dumps({"tasks": tasks, "methods": methods, "seeds": seeds, "training_flags": flags,
+                                                "data_flags": data}, indent=2))
     return before
 
 

@@ -1,38 +1,38 @@
-"""`learners bench` on your own data (--train-file and --validation-file, e.g. a token classification set with
---task-type token-classification) instead of GLUE tasks: the data flags each run's finetune gets, and the one
-task the bench then runs, named "custom" as finetune names a user's task."""
+"""`learners bench` on your own data (--train-file and the flags that say how to read it, e.g. --task-type
+token-classification or multi-label) instead of GLUE tasks: every data flag finetune has (data_arguments.py) is the
+bench's too and reaches each run unchanged; the one task the bench then runs is named "custom", as finetune names a
+user's task."""
 
 import argparse
 from pathlib import Path
 
 from ..errors import UsageError
+from .data_arguments import PATH_FLAGS, add_user_data_arguments, given_user_data_flags
 
 USER_TASK = "custom"
 
 
 def add_bench_data_arguments(bn: argparse.ArgumentParser) -> None:
-    bn.add_argument("--train-file", help="your training data instead of --tasks (every run trains on it, as task custom)")
-    bn.add_argument("--validation-file", help="with --train-file: your dev data")
-    bn.add_argument("--task-type", choices=["classification", "regression", "token-classification"],
-                    help="with --train-file: as finetune's --task-type")
-    bn.add_argument("--tag-column", help="with --task-type token-classification: as finetune's")
-    bn.add_argument("--label-all-subtokens", action="store_true", help="with --task-type token-classification: as finetune's")
+    group = bn.add_argument_group("your own data instead of --tasks (as finetune's; each run gets them)")
+    add_user_data_arguments(group)
 
 
 def data_flags(args: argparse.Namespace) -> list[str]:
     """The finetune flags of the bench's own data (none for GLUE tasks), files as absolute paths."""
-    if not getattr(args, "train_file", None):
-        given = [f for f, v in (("--validation-file", args.validation_file), ("--task-type", args.task_type),
-                                ("--tag-column", args.tag_column), ("--label-all-subtokens", args.label_all_subtokens)) if v]
+    given = list(given_user_data_flags(args))
+    own_data = [flag for flag, _, _ in given if flag in ("--train-file", "--dataset")]
+    if not own_data:
         if given:
-            raise UsageError(f"{', '.join(given)} go{'es' if len(given) == 1 else ''} with --train-file; add it, or drop them")
+            names = [flag for flag, _, _ in given]
+            raise UsageError(f"{', '.join(names)} go{'es' if len(names) == 1 else ''} with --train-file (or "
+                             "--dataset); add it, or drop them")
         return []
     if args.tasks:
-        raise UsageError("--tasks names GLUE tasks and --train-file your own data; pass one of them")
-    flags = ["--train-file", str(Path(args.train_file).expanduser().resolve())]
-    if args.validation_file:
-        flags += ["--validation-file", str(Path(args.validation_file).expanduser().resolve())]
-    for flag, value in (("--task-type", args.task_type), ("--tag-column", args.tag_column)):
-        if value:
-            flags += [flag, str(value)]
-    return flags + (["--label-all-subtokens"] if args.label_all_subtokens else [])
+        raise UsageError(f"--tasks names GLUE tasks and {own_data[0]} your own data; pass one of them")
+    flags = []
+    for flag, value, action in given:
+        if action.nargs == 0:  # store_true
+            flags.append(flag)
+        else:
+            flags += [flag, str(Path(value).expanduser().resolve()) if flag in PATH_FLAGS else str(value)]
+    return flags

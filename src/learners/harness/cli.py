@@ -7,6 +7,7 @@ from ..errors import UsageError, first_line, is_disk_full
 from . import config_file
 from .arguments import add_training_arguments, check_flags_fit_method
 from .bench_data import add_bench_data_arguments
+from .data_arguments import add_user_data_arguments
 
 
 class _Parser(argparse.ArgumentParser):
@@ -14,22 +15,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _add_data_arguments(ft: argparse.ArgumentParser) -> None:
-    """finetune's data flags beyond --train-file and --validation-file (user_data.py, data_sources.py)."""
-    ft.add_argument("--dataset", help="a datasets set by name (the Hugging Face hub) or local path, read with "
-                                      "datasets.load_dataset: its train and validation splits, instead of --train-file")
-    ft.add_argument("--dataset-config", help="the configuration of --dataset, e.g. --dataset nyu-mll/glue --dataset-config sst2")
-    ft.add_argument("--train-split", help="the training split of --dataset or a save_to_disk folder (default train)")
-    ft.add_argument("--validation-split",
-                    help="its validation split (default: the first of validation, dev, valid, val, test there is)")
-    ft.add_argument("--test-file", help="data to predict with the finished model, into OUT/test_predictions.csv "
-                                        "(any --train-file format; it needs the text columns)")
-    ft.add_argument("--test-split", help="the split of a --test-file folder written by save_to_disk (default test)")
-    ft.add_argument("--columns", help="the CSV/TSV files have no header row (e.g. SentEval's label<TAB>text): a name for "
-                                      "each column, in order, e.g. --columns label,text")
-    ft.add_argument("--no-header", action="store_true", help="says the same as --columns, which it needs")
 
 
 def _add_input_arguments(pr: argparse.ArgumentParser) -> None:
@@ -78,21 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="continue the run in --output-dir from its checkpoint (a rerun with the same options does too)")
     ft.add_argument("--checkpoint-steps", type=int,
                     help="write a checkpoint every N steps (default: at every evaluation) into OUTPUT_DIR/checkpoint")
-    ft.add_argument("--train-file", help="your training data: CSV, TSV, JSONL, JSON, Parquet, or a folder written by "
-                                         "datasets' save_to_disk (a DatasetDict folder gives the validation split too)")
-    ft.add_argument("--validation-file", help="your dev data, same columns")
-    ft.add_argument("--text-columns", help="one text column or a pair, e.g. sentence1,sentence2")
-    ft.add_argument("--label-column", default="label")
-    ft.add_argument("--task-type", choices=["classification", "regression", "multi-label", "token-classification"],
-                    help="default: inferred from the labels (JSON lists of labels, or --label-delimiter: multi-label); "
-                         "token-classification: tag each word (named-entity recognition) from CoNLL or JSON-lines "
-                         "files of tagged sentences (docs/cli.md#token-classification)")
-    ft.add_argument("--label-delimiter", help="multi-label data in a CSV/TSV: the character between the labels of a "
-                                              "cell, e.g. '|' for sports|politics (an empty cell: no label)")
-    ft.add_argument("--threshold", type=float, help="multi-label: a label is predicted where its sigmoid score exceeds "
-                                                    "this (default 0.5); saved with the run for predict")
-    add_token_arguments(ft)
-    _add_data_arguments(ft)
+    add_user_data_arguments(ft)
     add_push_arguments(ft)
     add_training_arguments(ft)
     config_file.add_config_argument(ft)
@@ -119,15 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_arguments(bn)
     config_file.add_config_argument(bn)
     return parser
-
-
-def add_token_arguments(ft: argparse.ArgumentParser) -> None:
-    """--task-type token-classification's own flags (token_files.py, token_data.py)."""
-    ft.add_argument("--tag-column", help="token classification: the tags' column in a CoNLL file, a number from 1 (the "
-                                         "token is 1; default: the last), or their key in JSON lines (default tags)")
-    ft.add_argument("--label-all-subtokens", action="store_true",
-                    help="token classification: train every sub-token of a word on its tag (a B- tag's later "
-                         "sub-tokens on the I- tag), not only the first")
 
 
 def add_push_arguments(ft: argparse.ArgumentParser) -> None:

@@ -160,7 +160,11 @@ def finetune_args(args: argparse.Namespace) -> FinetuneArgs:
 def load_task(args: FinetuneArgs) -> TaskData:
     from .user_data import check_test_file, load_user_data
     if args.task_type == TOKEN_TASK_TYPE:
-        return load_token_task(args.train_file, args.validation_file, args.tag_column, args.label_all_subtokens)
+        task = load_token_task(args.train_file, args.validation_file, args.tag_column, args.label_all_subtokens)
+        if args.test_file:  # read now: a bad one stops the run before it trains
+            from .token_files import read_sentences
+            read_sentences(args.test_file, "--test-file", tags=False)
+        return task
     if args.train_file or args.dataset:
         task = load_user_data(args.train_file, args.validation_file, args.text_columns, args.label_column, args.task_type,
                               no_header=args.no_header, columns=args.columns, dataset=args.dataset,

@@ -6,6 +6,7 @@ What a run writes into OUT, and nothing else:
     results.json                   the finished run, written last (OUT without it holds no finished run)
     model/, learners/, lora/       the finished run's model and the method's own files
     test_predictions.csv           finetune --test-file: the finished model's predictions of the test data
+                                   (.conll or .jsonl for token classification, as the test file)
     checkpoint/ (.tmp, .old)       the training state while the run is unfinished (checkpoint.py)
     .learners.lock                 held while the run runs (files.exclusive_output_dir)
     log.txt                        `learners bench`'s log of the run
@@ -42,8 +43,9 @@ from .files import ATOMIC_TEMPORARY, LOCK_NAME, check_not_input, entry_names, li
 RESULTS = "results.json"
 OUTPUTS = ("model", "learners", "lora")
 TEST_PREDICTIONS = "test_predictions.csv"
+TOKEN_TEST_PREDICTIONS = ("test_predictions.conll", "test_predictions.jsonl")  # a token run's, as its test file
 CURVES = "curves.png"  # report.plot_run
-OUTPUT_FILES = (TEST_PREDICTIONS, CURVES)  # written with the finished run, like OUTPUTS
+OUTPUT_FILES = (TEST_PREDICTIONS, *TOKEN_TEST_PREDICTIONS, CURVES)  # written with the finished run, like OUTPUTS
 LOGS = ("history.jsonl", "tensorboard", "wandb")  # run_log.py: written in the run folder while it trains
 CHECKPOINTS = (checkpoint.DIRECTORY, f"{checkpoint.DIRECTORY}.tmp", f"{checkpoint.DIRECTORY}.old")
 FINAL, REPLACEMENT, MOVING = ".final", ".replacement", ".moving"

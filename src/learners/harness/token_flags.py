@@ -7,7 +7,7 @@ from .token_data import TASK_TYPE
 # Flags of sentence-level data that token classification does not read: (FinetuneArgs field, flag, its default)
 SENTENCE_FLAGS = (("dataset", "--dataset", None), ("text_columns", "--text-columns", None),
                   ("label_column", "--label-column", "label"), ("columns", "--columns", None),
-                  ("test_file", "--test-file", None))
+                  ("test_split", "--test-split", None))
 
 
 def check_token_flags(args) -> None:
@@ -25,10 +25,8 @@ def check_token_flags(args) -> None:
                          "sentences: pass --train-file and --validation-file instead")
     for name, flag, default in SENTENCE_FLAGS:
         if getattr(args, name) != default:
-            fix = ("predict the test sentences with `learners predict --model OUT --input TEST --output PRED.conll`"
-                   if name == "test_file" else "drop it")
             raise UsageError(f"{flag} is for sentence-level data; --task-type {TASK_TYPE} reads tagged sentences from "
-                             f"--train-file and --validation-file (CoNLL or JSON lines): {fix}")
+                             "--train-file, --validation-file and --test-file (CoNLL or JSON lines): drop it")
     if args.train_file is None:
         raise UsageError(f"--task-type {TASK_TYPE} needs --train-file and --validation-file (tagged sentences, CoNLL "
                          "or JSON lines)")
