@@ -20,7 +20,6 @@ Writes OUTPUT.md.
 
 import argparse
 import csv
-import json
 import statistics
 import sys
 from pathlib import Path

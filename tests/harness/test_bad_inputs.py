@@ -12,7 +12,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
 
 from conftest import GLUE_DIR, tiny_model, write_three_class_csvs

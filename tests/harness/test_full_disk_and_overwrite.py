@@ -22,7 +22,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import learners
 from learners.harness import checkpoint

@@ -106,7 +106,6 @@ def test_a_training_step_reads_nothing_on_the_host(method):
     from accelerate import Accelerator
 
     from conftest import tiny_batch
-    from learners.harness.collate import Collator
     from learners.harness.methods import build_method
     from learners.harness.train import StepLog, trainable_parameters, training_step
 
