@@ -25,7 +25,7 @@ from .methods import build_method
 from .methods.learners import without_cache_when_compiled
 from .metrics import compute_metrics, primary_metric_name
 from .multi_label import PROBLEM_TYPE
-from .multi_label_outputs import check_threshold, evaluation_threshold, predict_multi_hot, saved_facts
+from .multi_label_outputs import check_threshold, evaluation_threshold, multi_hot, saved_facts
 from .models import (DEFAULT_ALIASES, DEFAULT_HUB_ID, DEFAULT_MODEL, check_max_length, load_model_and_tokenizer,
                      max_sequence_length)
 from .task_data import TaskData
@@ -291,24 +291,27 @@ def make_loader(dataset, tokenizer, batch_size: int, shuffle: bool, seed: int = 
 
 
 @torch.no_grad()
-def predict_loader(model, loader, is_regression: bool) -> tuple[np.ndarray, np.ndarray]:
+def predict_loader(model, loader, to_predictions) -> tuple[np.ndarray, np.ndarray]:
+    """`to_predictions` of each batch's logits (as float32) and the labels of a dev loader."""
     device = next(model.parameters()).device
     predictions, labels = [], []
     for batch in loader:
         batch = {k: v.to(device) for k, v in batch.items()}
         gold = batch.pop("labels", None)
-        logits = model(**batch).logits.float()
-        predictions.append(logits.squeeze(-1).cpu().numpy() if is_regression else logits.argmax(-1).cpu().numpy())
+        predictions.append(to_predictions(model(**batch).logits.float()).cpu().numpy())
         if gold is not None:
             labels.append(gold.cpu().numpy())
     return np.concatenate(predictions), (np.concatenate(labels) if labels else np.array([]))
 
 
 def dev_predictions(model, loader, task: TaskData, threshold: float | None) -> tuple[np.ndarray, np.ndarray]:
-    """The predictions of a dev loader as the task's metrics take them, and its labels."""
+    """The predictions of a dev loader as the task's metrics take them (a value, a class id, or multi-hot label
+    sets), and its labels."""
     if task.is_multi_label:
-        return predict_multi_hot(model, loader, threshold)
-    return predict_loader(model, loader, task.is_regression)
+        return predict_loader(model, loader, lambda logits: multi_hot(logits, threshold))
+    if task.is_regression:
+        return predict_loader(model, loader, lambda logits: logits.squeeze(-1))
+    return predict_loader(model, loader, lambda logits: logits.argmax(-1))
 
 
 def task_model(model: str | None, task: TaskData):

@@ -50,19 +50,9 @@ def multi_label_metrics(predictions, labels) -> dict[str, float]:
             "exact_match": float(accuracy_score(y, p))}
 
 
-@torch.no_grad()
-def predict_multi_hot(model, loader, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Multi-hot predictions (sigmoid > threshold) and the gold multi-hot labels of a dev loader."""
-    device = next(model.parameters()).device
-    predictions, labels = [], []
-    for batch in loader:
-        batch = {k: v.to(device) for k, v in batch.items()}
-        gold = batch.pop("labels", None)
-        scores = torch.sigmoid(model(**batch).logits.float())
-        predictions.append((scores > threshold).int().cpu().numpy())
-        if gold is not None:
-            labels.append(gold.int().cpu().numpy())
-    return np.concatenate(predictions), (np.concatenate(labels) if labels else np.array([]))
+def multi_hot(logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The predicted label sets of a batch's logits as multi-hot rows: sigmoid score > threshold."""
+    return (torch.sigmoid(logits) > threshold).int()
 
 
 def label_set_text(labels: list[str], delimiter: str | None) -> str:
