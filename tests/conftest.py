@@ -41,7 +41,10 @@ def tiny_config(family: str, vocab_size: int = VOCAB, num_labels: int = 2, layer
     raise ValueError(family)
 
 
-def tiny_model(family: str, seed: int = 0, dropout: bool = False, **kwargs):
+def tiny_model(family: str, seed: int = 0, dropout: bool = False, auto_class=AutoModelForSequenceClassification,
+               **kwargs):
+    """A tiny random `family` model with `auto_class`'s head (a sequence classifier; AutoModelForTokenClassification
+    for a tagger), by default without dropout."""
     torch.manual_seed(seed)
     config = tiny_config(family, **kwargs)
     if not dropout:
@@ -49,7 +52,7 @@ def tiny_model(family: str, seed: int = 0, dropout: bool = False, **kwargs):
                      "seq_classif_dropout", "classifier_dropout"):
             if hasattr(config, name):
                 setattr(config, name, 0.0)
-    model = AutoModelForSequenceClassification.from_config(config)
+    model = auto_class.from_config(config)
     # Non-zero biases so that every selection strategy and gradient sees real values.
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -79,6 +82,42 @@ def tiny_batch(batch_size: int = 4, length: int = 9, seed: int = 0, num_labels: 
     mask = torch.ones_like(ids)
     mask[0, -3:] = 0  # some padding
     return {"input_ids": ids, "attention_mask": mask, "labels": torch.randint(0, num_labels, (batch_size,), generator=g)}
+
+
+def train_steps(lm, batches, learning_rate: float = 1e-2):
+    """An optimizer step of `lm` on each of `batches` (the harness's optimizer and schedule); `lm` in eval mode after."""
+    from learners.harness.train import TrainConfig, make_optimizer
+
+    optimizer, scheduler = make_optimizer(lm, TrainConfig(learning_rate=learning_rate), learning_rate, 0, 10, 0)
+    lm.train()
+    for batch in batches:
+        lm(**batch).loss.backward()
+        optimizer.step(), scheduler.step(), optimizer.zero_grad()
+    return lm.eval()
+
+
+# Each family's FFN modules within a block: (W1, W2)
+FFN_NAMES = {"bert": ("intermediate.dense", "output.dense"), "roberta": ("intermediate.dense", "output.dense"),
+             "distilbert": ("ffn.lin1", "ffn.lin2"), "electra": ("intermediate.dense", "output.dense"),
+             "mpnet": ("intermediate.dense", "output.dense"), "deberta-v2": ("intermediate.dense", "output.dense")}
+
+
+def assert_learner_gradients_match(lm, reference, family: str) -> None:
+    """After one backward pass of the same batch through each: every learner slice's gradient is the full model's
+    rows of W1 (and b1) and columns of W2, the head's is the full model's, and nothing frozen holds a gradient."""
+    up_name, down_name = FFN_NAMES[family]
+    for block, idx in zip(lm.ffn_blocks, lm.indices):
+        ref_block = reference.get_submodule(block.name)
+        ref_up, ref_down = ref_block.get_submodule(up_name), ref_block.get_submodule(down_name)
+        torch.testing.assert_close(block.up.learner_weight.grad, ref_up.weight.grad[idx], atol=1e-6, rtol=0)
+        torch.testing.assert_close(block.up.learner_bias.grad, ref_up.bias.grad[idx], atol=1e-6, rtol=0)
+        torch.testing.assert_close(block.down.learner_weight.grad, ref_down.weight.grad[:, idx], atol=1e-6, rtol=0)
+    ref_params = dict(reference.named_parameters())
+    for name, p in lm.base_model.named_parameters():
+        if name in lm.head_names:
+            torch.testing.assert_close(p.grad, ref_params[name].grad, atol=1e-6, rtol=0)
+        elif not p.requires_grad:
+            assert p.grad is None, name
 
 
 FAMILIES = ["bert", "distilbert", "roberta", "electra", "mpnet", "deberta-v2"]

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from conftest import BERT_LAYOUT_FAMILIES, FAMILIES, OddModel, tiny_batch, tiny_model
+from conftest import (BERT_LAYOUT_FAMILIES, FAMILIES, OddModel, assert_learner_gradients_match, tiny_batch, tiny_model,
+                      train_steps)
 from learners import LearnerConfig, LearnerModel, get_learner_model
 from learners.errors import UsageError
 from learners.learner.ffn import layout_type
@@ -16,11 +17,6 @@ from learners.learner.layer import LearnerColumnLinear, LearnerRowLinear
 from learners.learner.selection import (priming_scores, random_indices, select, select_by_gradient,
                                         select_by_magnitude, snapshot_ffns)
 from learners.harness.train import TrainConfig, make_optimizer
-
-FFN_NAMES = {"bert": ("intermediate.dense", "output.dense"), "roberta": ("intermediate.dense", "output.dense"),
-             "distilbert": ("ffn.lin1", "ffn.lin2"), "electra": ("intermediate.dense", "output.dense"), "mpnet": ("intermediate.dense", "output.dense"),
-             "deberta-v2": ("intermediate.dense", "output.dense")}
-
 
 def learner_model(family, ratio=0.25, **kwargs):
     model = tiny_model(family, **kwargs)
@@ -43,20 +39,7 @@ def test_learner_gradients_equal_the_full_models_slices(family):
     batch = tiny_batch()
     reference(**batch).loss.backward()
     lm(**batch).loss.backward()
-    up_name, down_name = FFN_NAMES[family]
-    for block, idx in zip(lm.ffn_blocks, lm.indices):
-        ref_block = reference.get_submodule(block.name)
-        ref_up, ref_down = ref_block.get_submodule(up_name), ref_block.get_submodule(down_name)
-        torch.testing.assert_close(block.up.learner_weight.grad, ref_up.weight.grad[idx], atol=1e-6, rtol=0)
-        torch.testing.assert_close(block.up.learner_bias.grad, ref_up.bias.grad[idx], atol=1e-6, rtol=0)
-        torch.testing.assert_close(block.down.learner_weight.grad, ref_down.weight.grad[:, idx], atol=1e-6, rtol=0)
-    # The head trains and gets the full model's gradient too; nothing frozen has a gradient buffer.
-    ref_params = dict(reference.named_parameters())
-    for name, p in lm.base_model.named_parameters():
-        if name in lm.head_names:
-            torch.testing.assert_close(p.grad, ref_params[name].grad, atol=1e-6, rtol=0)
-        elif not p.requires_grad:
-            assert p.grad is None, name
+    assert_learner_gradients_match(lm, reference, family)  # the head's too; nothing frozen holds a gradient
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -72,7 +55,7 @@ def test_frozen_weights_stay_bit_identical_and_optimizer_holds_no_state_for_them
                       for n, m in learner_layers.items()}
     trainable_before = {n: p.detach().clone() for n, p in lm.named_parameters() if p.requires_grad}
     optimizer, scheduler = make_optimizer(lm, TrainConfig(learning_rate=1e-2), 1e-2, 0, 10, 0)
-    for step in range(3):
+    for step in range(3):  # the optimizer's state is checked below
         lm(**tiny_batch(seed=step)).loss.backward()
         optimizer.step(), scheduler.step(), optimizer.zero_grad()
     current = dict(list(lm.named_buffers()) + list(lm.named_parameters()))
@@ -128,11 +111,7 @@ def test_learner_layers_share_the_frozen_weights_instead_of_copying_them():
 
 
 def train_a_little(lm, steps=3):
-    optimizer, scheduler = make_optimizer(lm, TrainConfig(learning_rate=1e-2), 1e-2, 0, 10, 0)
-    for step in range(steps):
-        lm(**tiny_batch(seed=step)).loss.backward()
-        optimizer.step(), scheduler.step(), optimizer.zero_grad()
-    return lm.eval()
+    return train_steps(lm, [tiny_batch(seed=step) for step in range(steps)])
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -275,9 +254,7 @@ def test_encoders_with_berts_module_names_get_learners_without_naming_them(famil
     reference.train(), lm.train()
     reference(**batch).loss.backward()
     lm(**batch).loss.backward()
-    for block, idx in zip(blocks, lm.indices):
-        ref_up = reference.get_submodule(block.name).get_submodule("intermediate.dense")
-        torch.testing.assert_close(block.up.learner_weight.grad, ref_up.weight.grad[idx], atol=1e-6, rtol=0)
+    assert_learner_gradients_match(lm, reference, "bert")
     train_a_little(lm)
     lm.eval()
     with torch.no_grad():

@@ -3,11 +3,10 @@
 import pytest
 import torch
 
-from conftest import tiny_batch, tiny_model
+from conftest import tiny_batch, tiny_model, train_steps
 from learners import LearnerConfig, LearnerModel, get_learner_model
 from learners.errors import UsageError
 from learners.learner.layer import LearnerColumnLinear, LearnerRowLinear
-from learners.harness.train import TrainConfig, make_optimizer
 
 # Two tasks trained differently: other label counts, other blocks, other neurons, other trained options.
 TASKS = {
@@ -18,12 +17,7 @@ TASKS = {
 
 
 def train(lm, num_labels, steps=3, seed=0):
-    optimizer, scheduler = make_optimizer(lm, TrainConfig(learning_rate=2e-2), 2e-2, 0, 10, 0)
-    lm.train()
-    for step in range(steps):
-        lm(**tiny_batch(seed=seed + step, num_labels=num_labels)).loss.backward()
-        optimizer.step(), scheduler.step(), optimizer.zero_grad()
-    return lm.eval()
+    return train_steps(lm, [tiny_batch(seed=seed + step, num_labels=num_labels) for step in range(steps)], 2e-2)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from conftest import tiny_batch, tiny_model
+from conftest import tiny_batch, tiny_model, train_steps
 from learners import LearnerConfig, LearnerModel, get_learner_model
 from learners.errors import UsageError
 from learners.learner.layer import LearnerColumnLinear, LearnerRowLinear
@@ -19,12 +19,7 @@ CONFIG = LearnerConfig.primed(ratio=0.25, selection="random", seed=1)
 
 def trained(model=None, config=CONFIG, steps=3):
     lm = get_learner_model(model if model is not None else tiny_model("bert"), config)
-    optimizer, scheduler = make_optimizer(lm, TrainConfig(learning_rate=1e-2), 1e-2, 0, 10, 0)
-    lm.train()
-    for step in range(steps):
-        lm(**tiny_batch(seed=step)).loss.backward()
-        optimizer.step(), scheduler.step(), optimizer.zero_grad()
-    return lm.eval()
+    return train_steps(lm, [tiny_batch(seed=step) for step in range(steps)])
 
 
 def logits(model, seed=7):

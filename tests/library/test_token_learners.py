@@ -9,29 +9,16 @@ import pytest
 import torch
 from transformers import AutoModelForTokenClassification
 
-from conftest import VOCAB, tiny_config
+from conftest import FFN_NAMES, VOCAB, assert_learner_gradients_match, tiny_model, train_steps
 from learners import LearnerConfig, LearnerModel, Primer, get_learner_model
 from learners.learner.layer import LearnerColumnLinear, LearnerRowLinear
-from learners.harness.train import TrainConfig, make_optimizer
 
 FAMILIES = ["bert", "distilbert"]
-FFN_NAMES = {"bert": ("intermediate.dense", "output.dense"), "distilbert": ("ffn.lin1", "ffn.lin2")}
 
 
 def tiny_tagger(family="bert", seed=0, num_labels=5, layers=2):
     """A tiny random token classification model, without dropout, with non-zero biases."""
-    torch.manual_seed(seed)
-    config = tiny_config(family, num_labels=num_labels, layers=layers)
-    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout",
-                 "classifier_dropout"):
-        if hasattr(config, name):
-            setattr(config, name, 0.0)
-    model = AutoModelForTokenClassification.from_config(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias"):
-                p.normal_(0, 0.02)
-    return model
+    return tiny_model(family, seed, auto_class=AutoModelForTokenClassification, num_labels=num_labels, layers=layers)
 
 
 def token_batch(batch_size=4, length=9, seed=0, num_labels=5):
@@ -47,12 +34,7 @@ def token_batch(batch_size=4, length=9, seed=0, num_labels=5):
 
 
 def train(lm, steps=3, seed=0, num_labels=5):
-    optimizer, scheduler = make_optimizer(lm, TrainConfig(learning_rate=1e-2), 1e-2, 0, 10, 0)
-    lm.train()
-    for step in range(steps):
-        lm(**token_batch(seed=seed + step, num_labels=num_labels)).loss.backward()
-        optimizer.step(), scheduler.step(), optimizer.zero_grad()
-    return lm.eval()
+    return train_steps(lm, [token_batch(seed=seed + step, num_labels=num_labels) for step in range(steps)])
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -64,20 +46,8 @@ def test_learner_gradients_equal_the_full_models_slices_per_token(family):
     assert lm(**batch).logits.shape == (4, 9, 5)
     reference(**batch).loss.backward()
     lm(**batch).loss.backward()
-    up_name, down_name = FFN_NAMES[family]
-    for block, idx in zip(lm.ffn_blocks, lm.indices):
-        ref_block = reference.get_submodule(block.name)
-        ref_up, ref_down = ref_block.get_submodule(up_name), ref_block.get_submodule(down_name)
-        torch.testing.assert_close(block.up.learner_weight.grad, ref_up.weight.grad[idx], atol=1e-6, rtol=0)
-        torch.testing.assert_close(block.up.learner_bias.grad, ref_up.bias.grad[idx], atol=1e-6, rtol=0)
-        torch.testing.assert_close(block.down.learner_weight.grad, ref_down.weight.grad[:, idx], atol=1e-6, rtol=0)
     assert lm.head_names == {"classifier.weight", "classifier.bias"}  # the token head: no pooler
-    ref_params = dict(reference.named_parameters())
-    for name, p in lm.base_model.named_parameters():
-        if name in lm.head_names:
-            torch.testing.assert_close(p.grad, ref_params[name].grad, atol=1e-6, rtol=0)
-        elif not p.requires_grad:
-            assert p.grad is None, name
+    assert_learner_gradients_match(lm, reference, family)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
