@@ -56,6 +56,27 @@ def test_skip_n_leaves_at_least_the_top_block(layers):
     assert one_block.plan.positions == (0,) and one_block.learner_config.layers == "skip-1"
 
 
+def test_the_ffn_blocks_are_located_once_per_wrap_and_a_plan_must_be_the_models(monkeypatch):
+    """get_learner_model and Primer hand their plan to LearnerModel, which does not walk the model again; a plan
+    of another config or another model is refused."""
+    import learners.learner.plan as plan_module
+    calls = []
+    locate = plan_module.locate_ffn_blocks
+    monkeypatch.setattr(plan_module, "locate_ffn_blocks", lambda *a, **k: calls.append(1) or locate(*a, **k))
+    for config in (LearnerConfig(), LearnerConfig.primed(selection="magnitude", layers="auto", ratio=0.25)):
+        calls.clear()
+        lm = get_learner_model(four_layer_bert(), config)
+        assert len(calls) == 1 and lm.plan.config == lm.learner_config
+    model = four_layer_bert()
+    plan = plan_learners(model, LearnerConfig())
+    indices = [torch.arange(k) for k in plan.sizes]
+    with pytest.raises(UsageError, match="plan was made for another LearnerConfig"):
+        LearnerModel(model, LearnerConfig(ratio=0.25), indices, plan=plan)
+    with pytest.raises(UsageError, match="plan was made for another model"):
+        LearnerModel(four_layer_bert(), LearnerConfig(), indices, plan=plan)
+    assert LearnerModel(model, LearnerConfig(), indices, plan=plan).plan is plan
+
+
 def test_choose_layers_takes_the_fewest_top_blocks_that_hold_the_coverage():
     scores = [torch.tensor([4.0, 0, 0]), torch.tensor([1.0, 0, 0]), torch.tensor([2.0, 1, 0]), torch.tensor([3.0, 0, 0])]
     sizes = [1, 1, 1, 1]  # signals 4, 1, 2, 3 (of 10)

@@ -44,9 +44,12 @@ class LearnerModel(LearnerSavingMixin, LearnerSetsMixin, PrefixCacheMixin, nn.Mo
         model's class cannot be found by name on load, so the load makes it again (signature.py)."""
         return rebuild_learner_model, (type(self).__bases__[0], self._wraps), self.__dict__
 
-    def __init__(self, model: nn.Module, config: LearnerConfig, indices: list[torch.Tensor], name: str = DEFAULT_NAME):
+    def __init__(self, model: nn.Module, config: LearnerConfig, indices: list[torch.Tensor], name: str = DEFAULT_NAME,
+                 plan: LearnerPlan | None = None):
+        """`plan`: `config`'s plan on `model` where the caller made one already (get_learner_model, Primer), so the
+        FFN blocks are located once; by default it is made here."""
         check_config_and_indices(config, indices, "LearnerModel")
-        plan = plan_learners(model, config)
+        plan = plan_learners(model, config) if plan is None else check_plan(plan, model, config)
         if not (config.attention_dropout and config.attention_probs_dropout):  # an error now, before the model changes,
             for attention in block_attention(plan.learner_blocks):  # if its blocks have no such modules
                 if not config.attention_probs_dropout:
@@ -230,6 +233,7 @@ def get_learner_model(model: nn.Module, config: LearnerConfig, indices: list[tor
     `gradient` select from training batches, so pass their `indices=` (see learners.learner.selection)."""
     check_argument(model, nn.Module, "model", "get_learner_model", "a transformers model (a torch.nn.Module)")
     check_config_and_indices(config, indices, "get_learner_model", indices_optional=True)
+    plan = None
     if indices is None:
         plan = plan_learners(model, config)
         if config.selection == "magnitude":
@@ -244,7 +248,20 @@ def get_learner_model(model: nn.Module, config: LearnerConfig, indices: list[tor
                 "learners.learner.trainer.prime_with_trainer); for 'gradient': indices = learners.learner.selection."
                 "select_by_gradient(model, config, batches), then pass indices="
             )
-    return LearnerModel(model, config, indices)
+    return LearnerModel(model, config, indices, plan=plan)
+
+
+def check_plan(plan: LearnerPlan, model: nn.Module, config: LearnerConfig) -> LearnerPlan:
+    """`plan`, if it is `config`'s plan on `model` (its blocks are `model`'s modules); else a UsageError."""
+    check_argument(plan, LearnerPlan, "plan", "LearnerModel", "a LearnerPlan (learners.learner.plan.plan_learners)")
+    if plan.config != config:
+        raise UsageError("LearnerModel: plan was made for another LearnerConfig than config; pass plan_learners(model, "
+                         "config), or leave plan out")
+    modules = dict(model.named_modules())
+    if any(modules.get(b.name) is not b.block for b in plan.blocks):
+        raise UsageError("LearnerModel: plan was made for another model (its FFN blocks are not this model's "
+                         "modules); pass plan_learners(model, config), or leave plan out")
+    return plan
 
 
 def check_config_and_indices(config, indices, where: str, indices_optional: bool = False) -> None:

@@ -105,7 +105,7 @@ class Primer:
             restore_parameters(model, self.pretrained)
         # Wrap the pre-trained model first, so the learners sit on the base model (unload() gives it back),
         # then warm-start the learner slices with their primed values.
-        learner_model = LearnerModel(model, config, indices)
+        learner_model = LearnerModel(model, config, indices, plan=plan)
         if not config.reset_after_priming:
             with torch.no_grad():
                 for block, slices in zip(learner_model.ffn_blocks, primed):

@@ -93,7 +93,7 @@ class LearnersMethod(Method):
             plan, indices = select(plan, rank0_scores(gradient_scores(model, plan,
                                                                       islice(batches, config.gradient_batches))))
             self.config = plan.config
-            return self.with_prefix_cache(LearnerModel(model, self.config, indices))
+            return self.with_prefix_cache(LearnerModel(model, self.config, indices, plan=plan))
         model = get_learner_model(model, config)
         self.config = model.learner_config
         return self.with_prefix_cache(model)
