@@ -10,7 +10,7 @@ from conftest import save_tiny_model_dir
 from learners.harness.cli import main
 from learners.harness.token_data import align_labels, continuation_ids, load_token_task, word_windows
 from learners.harness.token_files import read_sentences
-from learners.harness.token_metrics import entity_metrics
+from learners.harness.token_metrics import entity_metrics, tag_metrics
 
 NAMES, WORDS = ["paris", "london", "berlin"], "the cat sat on a mat in with big red".split()
 
@@ -166,6 +166,43 @@ def test_test_file_predictions_and_scores(ner, tmp_path):
     rows = [line.split("\t") for line in (tmp_path / "s.conll").read_text().splitlines() if line]
     assert [row[:3] for row in rows] == [line.split("\t") for line in (tmp_path / "p.conll").read_text().splitlines() if line]
     assert [float(row[3]) for row in rows] == pytest.approx([max(w.values()) for r in records for w in r["scores"]], abs=1e-6)
+
+
+def test_plain_tags_are_scored_per_word():
+    m = tag_metrics([["DET", "NOUN", "VERB"], ["NOUN"]], [["DET", "VERB", "VERB"], ["NOUN"]])
+    assert m["token_accuracy"] == 0.75 and list(m)[0] == "token_accuracy"
+    assert (m["f1_DET"], m["f1_NOUN"], m["f1_VERB"]) == (1.0, pytest.approx(2 / 3), pytest.approx(2 / 3))
+    assert m["tag_macro_f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
+
+
+def test_several_taggers_predict_on_one_backbone(ner, tmp_path):
+    """predict --learners with two token runs, one of named entities and one of part-of-speech-like plain tags
+    (scored per word): each task's column is what its own run predicts."""
+    (tmp_path / "pos.conll").write_text("".join(f"{line.split(chr(9))[0]}\t{'NOUN' if i % 2 else 'DET'}\n" if line
+                                               else "\n" for i, line in enumerate(
+                                                   (ner / "train.conll").read_text().split("\n")[:-1])))
+    assert finetune(ner, tmp_path / "ner") == 0
+    assert main(["finetune", "--task-type", "token-classification", "--train-file", str(tmp_path / "pos.conll"),
+                 "--validation-file", str(tmp_path / "pos.conll"), "--model", str(ner / "model"), "--output-dir",
+                 str(tmp_path / "pos"), "--max-steps", "3", "--batch-size", "8", "--no-progress", "--seed", "1"]) == 0
+    results = json.loads((tmp_path / "pos" / "results.json").read_text())
+    assert results["metric_name"] == "token_accuracy" and {"tag_macro_f1", "f1_DET"} <= set(results["final_metrics"])
+    for task in ("ner", "pos"):
+        assert main(["predict", "--model", str(tmp_path / task), "--input", str(ner / "dev.jsonl"),
+                     "--output", str(tmp_path / f"{task}.jsonl"), "--scores"]) == 0
+    assert main(["predict", "--learners", f"ner={tmp_path / 'ner'},pos={tmp_path / 'pos'}", "--base", str(ner / "model"),
+                 "--input", str(ner / "dev.jsonl"), "--output", str(tmp_path / "both.jsonl"), "--scores"]) == 0
+    both = [json.loads(line) for line in (tmp_path / "both.jsonl").read_text().splitlines()]
+    for task in ("ner", "pos"):
+        alone = [json.loads(line) for line in (tmp_path / f"{task}.jsonl").read_text().splitlines()]
+        assert [b[f"prediction_{task}"] for b in both] == [a["prediction"] for a in alone]
+        for b, a in zip(both, alone):
+            for x, y in zip(b[f"scores_{task}"], a["scores"]):
+                assert x == pytest.approx(y, abs=1e-6)
+    assert main(["predict", "--learners", f"ner={tmp_path / 'ner'},pos={tmp_path / 'pos'}", "--base", str(ner / "model"),
+                 "--input", str(ner / "dev.conll"), "--output", str(tmp_path / "both.conll")]) == 0
+    rows = [line.split("\t") for line in (tmp_path / "both.conll").read_text().splitlines() if line]
+    assert [row[2:] for row in rows] == [[n, p] for b in both for n, p in zip(b["prediction_ner"], b["prediction_pos"])]
 
 
 def test_merged_learners_predict_as_the_run_does(ner, tmp_path):

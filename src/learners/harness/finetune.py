@@ -31,7 +31,6 @@ from .models import (DEFAULT_ALIASES, DEFAULT_HUB_ID, DEFAULT_MODEL, check_max_l
 from .task_data import TaskData
 from .token_data import TASK_TYPE as TOKEN_TASK_TYPE, encode_tokens, is_token_task, load_token_task, task_file_facts
 from .token_inference import token_evaluator
-from .token_metrics import PRIMARY as TOKEN_METRIC
 from .precision import resolve_precision
 from .report import plot_run
 from .run_log import parse_report_to
@@ -487,8 +486,8 @@ def make_evaluate(args: FinetuneArgs, task: TaskData, tokenizer, max_length: int
     if is_token_task(task):
         dev = eval_subsets({"": task.validation}, args.max_eval_samples)[""]
         batch_size = args.eval_batch_size or max(128, args.batch_size)
-        evaluate = token_evaluator(dev, task.label_names, tokenizer, max_length, batch_size)
-        return evaluate, {"eval_examples": len(dev), "eval_batch_size": batch_size}, TOKEN_METRIC
+        evaluate = token_evaluator(dev, task.label_names, tokenizer, max_length, batch_size, task.metric_kind)
+        return evaluate, {"eval_examples": len(dev), "eval_batch_size": batch_size}, task.metric_kind
     dev_loaders, evaluation = make_dev_loaders(args, task, tokenizer, max_length)
 
     def evaluate(m) -> dict:

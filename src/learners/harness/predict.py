@@ -23,7 +23,7 @@ from .models import check_max_length, load_model_and_tokenizer, quiet_transforme
 from .multi_label import PROBLEM_TYPE
 from .multi_label_outputs import multi_label_columns, refuse_threshold
 from .token_data import is_token_task_file
-from .token_predict import is_token_model, run_token_predict, token_model_class
+from .token_predict import check_token_output, is_token_model, run_token_predict, run_token_predict_sets, token_model_class
 from .user_data import pick_text_columns, read_table
 
 OUTPUT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".conll")  # .conll: token classification (token_predict.py)
@@ -170,8 +170,9 @@ def run_predict(model_dir: str, input_file: str, output_file: str, text_columns:
     task_file = model_directory(model_dir) / TASK_FILE
     saved = read_json_file(task_file, "task file") if task_file.is_file() else {}
     if is_token_model(model):
-        given = [f for f, v in (("--text-columns", text_columns), ("--columns", input_columns), ("--split", split)) if v]
-        return run_token_predict(model, tokenizer, input_file, out, batch_size, max_length, scores, given)
+        refuse_threshold(threshold, "a token classification model")
+        return run_token_predict(model, tokenizer, input_file, out, batch_size, max_length, scores,
+                                 sentence_input_flags(text_columns, input_columns, split))
     if out.suffix.lower() == ".conll":
         raise UsageError(f"--output {out.name}: CoNLL output is for token classification models; this one predicts a "
                          "label per row: use .csv, .tsv or .jsonl")
@@ -180,6 +181,11 @@ def run_predict(model_dir: str, input_file: str, output_file: str, text_columns:
                               scores, threshold, out.suffix.lower() == ".jsonl")
     write_rows(out, [{**row, **{c: values[i] for c, values in columns.items()}} for i, row in enumerate(table.rows)])
     return len(table.rows)
+
+
+def sentence_input_flags(text_columns, input_columns, split) -> list[str]:
+    """The flags given that read sentence-level inputs, which a token classification model refuses."""
+    return [f for f, v in (("--text-columns", text_columns), ("--columns", input_columns), ("--split", split)) if v]
 
 
 # ---- several tasks on one backbone ----------------------------------------------------------
@@ -211,16 +217,19 @@ def parse_learners_spec(spec: str) -> dict[str, Path]:
     return tasks
 
 
-def refuse_token_learners(tasks: dict[str, Path]) -> None:
-    """--learners serves sentence-level tasks side by side; a token classification run is predicted alone."""
-    for name, directory in tasks.items():
-        task_file = directory / TASK_FILE
-        if is_token_task_file(read_json_file(task_file, "task file") if task_file.is_file() else None):
-            raise UsageError(f"--learners {name}={directory} is a token classification run; --learners serves sentence "
-                             f"tasks side by side: predict it with --model {directory.parent}, or merge it first")
+def token_learners(tasks: dict[str, Path]) -> bool:
+    """Whether --learners names token classification runs (each one, then) or sentence-level ones (none): one
+    backbone reads either words or sentences, not both."""
+    token = {name for name, directory in tasks.items() if is_token_task_file(
+        read_json_file(directory / TASK_FILE, "task file") if (directory / TASK_FILE).is_file() else None)}
+    if token and len(token) < len(tasks):
+        sentence = [name for name in tasks if name not in token]
+        raise UsageError(f"--learners mixes token classification runs ({', '.join(sorted(token))}) with sentence-level "
+                         f"ones ({', '.join(sentence)}); they read different inputs: predict each kind in its own call")
+    return bool(token)
 
 
-def load_learner_sets(tasks: dict[str, Path], base: str | None):
+def load_learner_sets(tasks: dict[str, Path], base: str | None, token_classification: bool = False):
     """The base model with every task's learners loaded as a set named after the task, and the tokenizer."""
     metas = {}
     for name, directory in tasks.items():
@@ -231,7 +240,8 @@ def load_learner_sets(tasks: dict[str, Path], base: str | None):
     first = next(iter(tasks))
     num_labels, label_names = head_labels(metas[first], str(tasks[first]))
     base = recorded_base(base, list(metas.values()))
-    model, tokenizer = load_model_and_tokenizer(base, num_labels, label_names, "--base", metas[first].get("problem_type"))
+    model, tokenizer = load_model_and_tokenizer(base, num_labels, label_names, "--base", metas[first].get("problem_type"),
+                                                token_classification=token_classification)
     learner_model = None
     for name, directory in tasks.items():
         try:
@@ -254,7 +264,14 @@ def run_predict_learners(spec: str, base: str | None, input_file: str, output_fi
     out = check_prediction_options(output_file, batch_size, input_file, overwrite)
     where = resolve_device(device)
     tasks = parse_learners_spec(spec)
-    refuse_token_learners(tasks)
+    if token_learners(tasks):
+        refuse_threshold(threshold, "a token classification run")
+        given = sentence_input_flags(text_columns, input_columns, split)
+        check_token_output(out, given)
+        learner_model, tokenizer = load_learner_sets(tasks, base, token_classification=True)
+        learner_model.to(where)
+        return run_token_predict_sets(learner_model, tokenizer, list(tasks), input_file, out, batch_size,
+                                      check_max_length(max_length, learner_model.config), scores, given)
     table = read_table(input_file, "--input", input_columns, "test", split)
     learner_model, tokenizer = load_learner_sets(tasks, base)
     learner_model.to(where)

@@ -21,7 +21,8 @@ import datasets
 from ..errors import UsageError
 from .distributed import log
 from .task_data import TaskData
-from .token_files import Sentence, check_tags, read_sentences
+from .token_files import Sentence, read_sentences, tag_scheme
+from .token_metrics import PRIMARY as ENTITY_METRIC, TAG_PRIMARY
 
 TASK_TYPE = "token-classification"
 IGNORED = -100  # the label the loss ignores (torch's CrossEntropyLoss ignore_index)
@@ -81,12 +82,14 @@ def load_token_task(train_file, validation_file, tag_column: str | None = None,
         raise UsageError("token classification needs --validation-file too (tagged sentences, like --train-file)")
     train = read_sentences(train_file, "--train-file", tag_column)
     validation = read_sentences(validation_file, "--validation-file", tag_column)
-    check_tags(train)
-    check_tags(validation)
+    scheme = tag_scheme(train, validation)
     names = label_list(train)
+    if scheme == "tags":
+        log(f"learners: the tags have no B-/I- prefixes ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}): "
+            f"scored per word ({TAG_PRIMARY}, tag_macro_f1), not by entity")
     ids = {name: i for i, name in enumerate(names)}
     check_known_tags(validation, ids)
-    return TokenTaskData(name="custom", text_columns=("tokens",), label_names=names, metric_kind="entity_f1",
+    return TokenTaskData(name="custom", text_columns=("tokens",), label_names=names, metric_kind=ENTITY_METRIC if scheme == "entities" else TAG_PRIMARY,
                          train=_dataset(train, ids), validation=_dataset(validation, ids), extra_validation={},
                          label_all_subtokens=label_all_subtokens)
 

@@ -27,6 +27,7 @@ JSON_SUFFIXES = (".jsonl", ".json")
 TAG_KEYS = ("tags", "ner_tags")  # the JSON key of the tags where --tag-column names none
 # IOB2 (and IOB1, IOE, IOBES, which seqeval's default mode reads too): O, or a prefix and an entity type
 TAG = re.compile(r"O|[BIES]-\S.*")
+ENTITY_TAG = re.compile(r"[BIES]-\S.*")
 
 
 @dataclass
@@ -131,11 +132,17 @@ def _read_json(path: Path, tag_column: str | None, tags: bool) -> list[Sentence]
     return sentences
 
 
-def check_tags(sentences: list[Sentence]) -> None:
-    """Every tag is O or PREFIX-TYPE (B-, I-, and E-, S-), as entity-level scoring needs; none is empty."""
-    for s in sentences:
-        for token, tag in zip(s.tokens, s.tags):
-            if not TAG.fullmatch(tag):
-                raise UsageError(f"tag {tag!r} of token {token!r} in the sentence at {s.where} is not an IOB2 tag "
-                                 "(O, B-TYPE or I-TYPE, e.g. B-PER); entity scores need them: rewrite the tags, or "
-                                 "check --tag-column")
+def tag_scheme(*splits: list[Sentence]) -> str:
+    """"entities" where every tag is O or PREFIX-TYPE (B-, I-, and E-, S-: scored by entity, token_metrics.py);
+    "tags" where no tag has such a prefix (part-of-speech tags and the like: scored per word). A mix is an error
+    naming the first tag outside IOB2: a B-/I- tag beside plain ones is a typo far more often than a scheme."""
+    tagged = [(s, token, tag) for split in splits for s in split for token, tag in zip(s.tokens, s.tags)]
+    if all(TAG.fullmatch(tag) for _, _, tag in tagged):
+        return "entities"
+    if not any(ENTITY_TAG.fullmatch(tag) for _, _, tag in tagged):
+        return "tags"
+    s, token, tag = next(x for x in tagged if not TAG.fullmatch(x[2]))
+    raise UsageError(f"tag {tag!r} of token {token!r} in the sentence at {s.where} is not an IOB2 tag (O, B-TYPE or "
+                     "I-TYPE, e.g. B-PER), but other tags are: entity scores need every tag in IOB2; rewrite the tags, "
+                     "or check --tag-column (tags without any B-/I- prefix, such as part-of-speech tags, are scored "
+                     "per word)")

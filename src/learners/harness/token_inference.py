@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from .token_data import check_fast_tokenizer, word_windows
-from .token_metrics import entity_metrics
+from .token_metrics import token_metrics
 
 
 def _pieces(tokenizer, sentences: list[list[str]], max_length: int) -> list[tuple[int, int, int]]:
@@ -63,8 +63,10 @@ def word_probabilities(model, tokenizer, sentences: list[list[str]], max_length:
                                lambda logits: logits.double().softmax(-1).tolist(), None)
 
 
-def token_evaluator(validation, label_names: list[str], tokenizer, max_length: int, batch_size: int):
-    """evaluate(model) -> entity metrics on `validation` (a TokenTaskData split), for the training loop."""
+def token_evaluator(validation, label_names: list[str], tokenizer, max_length: int, batch_size: int,
+                    metric_kind: str):
+    """evaluate(model) -> the metrics of `metric_kind` (entity or per-word scores, token_metrics.py) on
+    `validation` (a TokenTaskData split), for the training loop."""
     columns = validation.to_dict()
     sentences = columns["tokens"]
     gold = [[label_names[i] for i in labels] for labels in columns["label"]]
@@ -72,6 +74,6 @@ def token_evaluator(validation, label_names: list[str], tokenizer, max_length: i
 
     def evaluate(model) -> dict:
         predicted = word_predictions(model, tokenizer, sentences, max_length, batch_size, outside)
-        return entity_metrics(gold, [[label_names[i] for i in ids] for ids in predicted])
+        return token_metrics(metric_kind, gold, [[label_names[i] for i in ids] for ids in predicted])
 
     return evaluate

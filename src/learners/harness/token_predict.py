@@ -6,6 +6,9 @@ predicted tag as one more column (so a tagged input gives `token gold predicted`
 line between sentences; JSON lines (.jsonl) writes each sentence's record (or its tokens) with a `prediction`
 list, one tag per token, as sentence predictions add a `prediction` column.
 
+With `predict --learners` (several token runs' learners on one backbone), a `prediction_TASK` per task (CoNLL: a
+column per task, in the order given).
+
 With --scores, each word's tag probabilities (the softmax at its first sub-token): in JSON lines a `scores` list,
 per token a {tag: probability} object for every tag; in CoNLL one more column, the predicted tag's probability (a
 column per tag would bury the tags). A word without a sub-token (a control character) is tagged O with no scores:
@@ -34,27 +37,50 @@ def check_token_output(out: Path, sentence_flags: list[str]) -> None:
                          "drop it")
 
 
-def write_predictions(out: Path, sentences, tags: list[list[str]], label_names: list[str],
-                      probabilities: list[list[list[float] | None]] | None = None) -> None:
-    """`tags` per word of each sentence into `out` (CoNLL or JSON lines by its suffix); with `probabilities`, the
-    scores too (see the module's docstring)."""
+def write_predictions(out: Path, sentences, tags: dict[str, list[list[str]]], label_names: dict[str, list[str]],
+                      probabilities: dict[str, list[list[list[float] | None]]] | None = None) -> None:
+    """Each task's tags per word of each sentence into `out` (CoNLL or JSON lines by its suffix), the task "" as
+    `prediction` (one model), another as `prediction_TASK` (predict --learners; CoNLL: a column per task, in
+    order); with `probabilities`, the scores too (see the module's docstring)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     jsonl = out.suffix.lower() == ".jsonl"
     with replaced_atomically(out) as partial, open(partial, "w", encoding="utf-8", newline="\n") as f:
-        for k, (sentence, predicted) in enumerate(zip(sentences, tags)):
-            scores = probabilities[k] if probabilities is not None else None
+        for k, sentence in enumerate(sentences):
             if jsonl:
-                record = sentence.record if sentence.record is not None else {"tokens": sentence.tokens}
-                record = {**record, "prediction": predicted}
-                if scores is not None:
-                    record["scores"] = [None if p is None else dict(zip(label_names, p)) for p in scores]
+                record = dict(sentence.record if sentence.record is not None else {"tokens": sentence.tokens})
+                for task, task_tags in tags.items():
+                    record[_key("prediction", task)] = task_tags[k]
+                    if probabilities is not None:
+                        record[_key("scores", task)] = [None if p is None else dict(zip(label_names[task], p))
+                                                        for p in probabilities[task][k]]
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
                 continue
             lines = sentence.columns or [[token] for token in sentence.tokens]
-            for w, (cells, tag) in enumerate(zip(lines, predicted)):
-                extra = [] if scores is None else ["" if scores[w] is None else f"{max(scores[w]):.6f}"]
-                f.write("\t".join([*cells, tag, *extra]) + "\n")
+            for w, cells in enumerate(lines):
+                row = list(cells)
+                for task, task_tags in tags.items():
+                    row.append(task_tags[k][w])
+                    if probabilities is not None:
+                        p = probabilities[task][k][w]
+                        row.append("" if p is None else f"{max(p):.6f}")
+                f.write("\t".join(row) + "\n")
             f.write("\n")
+
+
+def _key(kind: str, task: str) -> str:
+    return f"{kind}_{task}" if task else kind
+
+
+def tag_words(model, tokenizer, sentences, max_length: int, batch_size: int) -> tuple[list, list[str], list]:
+    """The model's tags for each word of `sentences`, its tag names in id order, and the words' probabilities."""
+    model.eval()
+    probabilities = word_probabilities(model, tokenizer, [s.tokens for s in sentences], max_length, batch_size)
+    id2label = {int(k): v for k, v in model.config.id2label.items()}
+    label_names = [id2label[i] for i in range(len(id2label))]
+    outside = outside_id(id2label)
+    tags = [[label_names[outside if p is None else max(range(len(p)), key=p.__getitem__)] for p in sentence]
+            for sentence in probabilities]
+    return tags, label_names, probabilities
 
 
 def run_token_predict(model, tokenizer, input_file: str, out: Path, batch_size: int, max_length: int,
@@ -63,13 +89,22 @@ def run_token_predict(model, tokenizer, input_file: str, out: Path, batch_size: 
     the number of sentences."""
     check_token_output(out, sentence_flags or [])
     sentences = read_sentences(input_file, input_flag, tags=False)
-    model.eval()
-    probabilities = word_probabilities(model, tokenizer, [s.tokens for s in sentences], max_length, batch_size)
-    id2label = {int(k): v for k, v in model.config.id2label.items()}
-    label_names = [id2label[i] for i in range(len(id2label))]
-    outside = outside_id(id2label)
-    tags = [[label_names[outside if p is None else max(range(len(p)), key=p.__getitem__)] for p in sentence]
-            for sentence in probabilities]
+    tags, label_names, probabilities = tag_words(model, tokenizer, sentences, max_length, batch_size)
+    write_predictions(out, sentences, {"": tags}, {"": label_names}, {"": probabilities} if scores else None)
+    return len(sentences)
+
+
+def run_token_predict_sets(learner_model, tokenizer, names: list[str], input_file: str, out: Path, batch_size: int,
+                           max_length: int, scores: bool = False, sentence_flags: list[str] | None = None) -> int:
+    """predict --learners with token classification runs: each learner set (`names`) tags every word of
+    `input_file`'s sentences on the one loaded backbone; a `prediction_NAME` per task into `out`."""
+    check_token_output(out, sentence_flags or [])
+    sentences = read_sentences(input_file, "--input", tags=False)
+    tags, label_names, probabilities = {}, {}, {}
+    for name in names:
+        learner_model.set_learners(name)
+        tags[name], label_names[name], probabilities[name] = tag_words(learner_model, tokenizer, sentences, max_length,
+                                                                       batch_size)
     write_predictions(out, sentences, tags, label_names, probabilities if scores else None)
     return len(sentences)
 
