@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from conftest import save_tiny_model_dir
+from conftest import save_tiny_model_dir, tiny_model
 from learners.harness.cli import main
 from learners.harness.token_data import align_labels, continuation_ids, load_token_task, word_windows
 from learners.harness.token_files import read_sentences
@@ -203,6 +203,43 @@ def test_several_taggers_predict_on_one_backbone(ner, tmp_path):
                  "--input", str(ner / "dev.conll"), "--output", str(tmp_path / "both.conll")]) == 0
     rows = [line.split("\t") for line in (tmp_path / "both.conll").read_text().splitlines() if line]
     assert [row[2:] for row in rows] == [[n, p] for b in both for n, p in zip(b["prediction_ner"], b["prediction_pos"])]
+
+
+def save_tiny_roberta_dir(path, words):
+    """A tiny random RoBERTa with a byte-level BPE tokenizer trained here on `words` (RoBERTa's kind: a word reads
+    differently at the start of a text than after a space, so words must be read with add_prefix_space)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import AutoModelForTokenClassification, RobertaTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([" ".join(random.Random(i).choices(words, k=8)) for i in range(200)], vocab_size=300,
+                            min_frequency=1, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+                            show_progress=False)
+    tokenizer = RobertaTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>",
+                                     pad_token="<pad>", unk_token="<unk>", mask_token="<mask>")
+    tokenizer.save_pretrained(path)
+    tiny_model("roberta", vocab_size=len(tokenizer), auto_class=AutoModelForTokenClassification).save_pretrained(path)
+    return path
+
+
+def test_a_byte_level_bpe_model_reads_each_word_with_its_leading_space(ner, tmp_path):
+    """RoBERTa's tokenizer: the run reads words as run_ner does (add_prefix_space=True), saves that tokenizer with
+    its model, and predict aligns a tag to every word; its F1 is the run's."""
+    from transformers import AutoTokenizer
+
+    model = save_tiny_roberta_dir(tmp_path / "roberta", [*WORDS, *NAMES, "city"])
+    assert AutoTokenizer.from_pretrained(model).add_prefix_space is False
+    assert main(["finetune", "--task-type", "token-classification", "--train-file", str(ner / "train.conll"),
+                 "--validation-file", str(ner / "dev.jsonl"), "--model", str(model), "--output-dir", str(tmp_path / "run"),
+                 "--max-steps", "3", "--batch-size", "8", "--no-progress"]) == 0
+    saved = AutoTokenizer.from_pretrained(tmp_path / "run" / "model")
+    assert saved.add_prefix_space is True
+    assert saved.convert_ids_to_tokens(saved(["paris", "city"], is_split_into_words=True)["input_ids"]) == \
+        ["<s>", "\u0120paris", "\u0120city", "</s>"]  # each word as it reads after a space, one piece each
+    assert main(["predict", "--model", str(tmp_path / "run"), "--input", str(ner / "dev.jsonl"),
+                 "--output", str(tmp_path / "p.jsonl")]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert predicted_f1(tmp_path / "p.jsonl", ner / "dev.jsonl") == pytest.approx(results["best_metric"])
 
 
 def test_merged_learners_predict_as_the_run_does(ner, tmp_path):
