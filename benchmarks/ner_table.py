@@ -10,7 +10,9 @@ other work, so, as docs/journal.md#skip-1-default does, this counts optimizer st
 method's steps by its step time over full fine-tuning's in one side-by-side table (benchmarks/step_time_memory.py,
 its "vs first, same precision" column; `learners` is priced at its first-epoch row, and with a `learners:cached` row
 at that one after the first epoch, as the frozen-prefix cache serves the later epochs). Time to target is then the
-median run's steps x price, as a multiple of the reference's median run's steps (full-step units).
+median run's steps x price, as a multiple of the reference's median run's steps (full-step units); and, as `learners
+bench` draws its curves, the step at which the mean over seeds of the dev metric first reaches the target (the seeds
+share one evaluation schedule), priced the same way.
 """
 
 import argparse
@@ -55,8 +57,23 @@ def quality_rows(by_method: dict[str, dict[int, dict]]) -> list[str]:
     return lines
 
 
+def mean_curve_step(runs: dict[int, dict], target: float | None) -> int | None:
+    """The first step at which the mean over `runs` of the dev metric is >= target (evaluations of the returnable
+    model, report.reached_at's; evaluation i of every run averaged); None if never."""
+    curves = [[e for e in r.get("history", []) if e.get("phase", "train") == "train" and e.get("metric") is not None]
+              for r in runs.values()]
+    mean = [{"step": c[0]["step"], "metric": statistics.mean(e["metric"] for e in c)}
+            for c in zip(*curves) if len({e["step"] for e in c}) == 1]
+    entry = reached_at(mean, target)
+    return None if entry is None else int(entry["step"])
+
+
 def target_rows(by_method: dict, target: float | None, ratios: dict[str, float], reference: str) -> list[str]:
-    lines = ["| method | reached | steps to target (median; per seed) | x full's time (priced) |", "|---|---|---|---|"]
+    lines = ["| method | reached | steps to target (median; per seed) | x full's time (priced) | mean curve: step, "
+             "x full's |", "|---|---|---|---|---|"]
+    curve = {m: mean_curve_step(runs, target) for m, runs in by_method.items()}
+    curve_priced = {m: priced_steps(next(iter(by_method[m].values())), s, ratios) for m, s in curve.items()
+                    if s is not None}
     medians = {}
     for method, runs in by_method.items():
         reached = {s: reached_at(r.get("history", []), target) for s, r in sorted(runs.items())}
@@ -67,11 +84,14 @@ def target_rows(by_method: dict, target: float | None, ratios: dict[str, float],
             run = runs[next(s for s in hits if hits[s] == steps)]
             medians[method] = (steps, priced_steps(run, steps, ratios))
         lines.append([method, f"{len(hits)}/{len(runs)}", f"{medians[method][0] if method in medians else '-'}; {cell}"])
-    base = medians.get(reference, (None, None))[1]
+    base, curve_base = medians.get(reference, (None, None))[1], curve_priced.get(reference)
     for i, row in enumerate(lines[2:], 2):
         priced = medians.get(row[0], (None, None))[1]
         ratio = "never" if row[0] not in medians else "-" if priced is None or not base else f"{priced / base:.2f}x"
-        lines[i] = f"| {' | '.join(row)} | {ratio} |"
+        step, priced = curve[row[0]], curve_priced.get(row[0])
+        mean_cell = "never" if step is None else f"{step}, " + (
+            "-" if priced is None or not curve_base else f"{priced / curve_base:.2f}x")
+        lines[i] = f"| {' | '.join(row)} | {ratio} | {mean_cell} |"
     return lines
 
 
