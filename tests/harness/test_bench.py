@@ -302,3 +302,21 @@ def test_bad_bench_input_is_one_line_exit_2(args, message, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("learners: error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "o" / "runs").exists()
+
+
+def test_the_bench_passes_its_own_data_flags_with_local_paths_absolute(tmp_path, monkeypatch):
+    """Every finetune data flag set reaches the runs; files and a local --dataset as absolute paths, a hub set by
+    name; what only predicts after training (--test-file) is left out of what says which data the runs used."""
+    from learners.harness.bench_data import data_flags
+    from learners.harness.data_arguments import AFTER_TRAINING_FLAGS
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "saved").mkdir()
+    args = build_parser().parse_args(["bench", "--output-dir", "out", "--dataset", "saved", "--columns", "label,text",
+                                      "--no-header", "--test-file", "test.csv", "--threshold", "0.25"])
+    assert data_flags(args) == ["--threshold", "0.25", "--dataset", str(tmp_path / "saved"), "--test-file",
+                                str(tmp_path / "test.csv"), "--columns", "label,text", "--no-header"]
+    assert "--test-file" not in data_flags(args, AFTER_TRAINING_FLAGS)
+    hub = build_parser().parse_args(["bench", "--output-dir", "out", "--dataset", "nyu-mll/glue", "--dataset-config",
+                                     "sst2"])
+    assert data_flags(hub) == ["--dataset", "nyu-mll/glue", "--dataset-config", "sst2"]

@@ -215,3 +215,8 @@ def test_bench_passes_every_data_flag_to_its_runs(tmp_path, tiny_model_dir, caps
                  str(tiny_model_dir), "--methods", "learners", "--seeds", "0", "--output-dir", str(out),
                  "--no-progress"]) == 2
     assert "holds runs on other data" in capsys.readouterr().err
+    # a --test-file added later predicts with the same runs' data: not other data (the finished runs are kept)
+    assert main(["bench", "--train-file", str(tmp_path / "t.csv"), "--validation-file", str(tmp_path / "d.csv"),
+                 "--text-columns", "review", "--label-column", "topics", "--label-delimiter", "|", "--threshold", "0.3",
+                 "--test-file", str(tmp_path / "d.csv"), "--model", str(tiny_model_dir), "--methods", "learners",
+                 "--seeds", "0", "--max-steps", "2", "--output-dir", str(out), "--no-progress"]) == 0

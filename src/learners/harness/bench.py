@@ -20,6 +20,7 @@ from pathlib import Path
 from ..errors import UsageError, check_output_path
 from .arguments import given_training_flags, method_options, priming_flags_given
 from .bench_data import USER_TASK, data_flags
+from .data_arguments import AFTER_TRAINING_FLAGS
 from .files import ATOMIC_TEMPORARY, check_not_input, entry_names, listing, output_dir_in_use, write_text_atomically
 from .report import build_report, run_dir
 
@@ -142,7 +143,7 @@ def run_bench(args: argparse.Namespace) -> int:
         finetune_args(one_run).validate()
         check_method_options(method, one_run)
     flags = training_flags(args)
-    before = record_settings(out, tasks, methods, seeds, flags, own_data)
+    before = record_settings(out, tasks, methods, seeds, flags, data_flags(args, AFTER_TRAINING_FLAGS))
     # seed outermost: a bench stopped early still has every task x method at the first seeds
     grid = [(t, m, s) for s in seeds for t in tasks for m in methods]
     failed = []
@@ -178,7 +179,8 @@ def record_settings(out: Path, tasks: list[str], methods: list[str], seeds: list
                     data: list[str]) -> list[str] | None:
     """Write OUT/bench.json; return the training flags the bench was first started with (warned about if they differ).
 
-    Runs on other data (`data`: the bench's own-data flags) would be reported as the same task: refused."""
+    Runs on other data (`data`: the bench's own-data flags but --test-file) would be reported as the same task:
+    refused."""
     out.mkdir(parents=True, exist_ok=True)
     settings = out / "bench.json"
     recorded = json.loads(settings.read_text()) if settings.exists() else {}

@@ -17,8 +17,9 @@ def add_bench_data_arguments(bn: argparse.ArgumentParser) -> None:
     add_user_data_arguments(group)
 
 
-def data_flags(args: argparse.Namespace) -> list[str]:
-    """The finetune flags of the bench's own data (none for GLUE tasks), files as absolute paths."""
+def data_flags(args: argparse.Namespace, leave_out: tuple[str, ...] = ()) -> list[str]:
+    """The finetune flags of the bench's own data (none for GLUE tasks), files as absolute paths; without the flags
+    in `leave_out` (AFTER_TRAINING_FLAGS: what says which data the runs train and evaluate on)."""
     given = list(given_user_data_flags(args))
     own_data = [flag for flag, _, _ in given if flag in ("--train-file", "--dataset")]
     if not own_data:
@@ -31,8 +32,13 @@ def data_flags(args: argparse.Namespace) -> list[str]:
         raise UsageError(f"--tasks names GLUE tasks and {own_data[0]} your own data; pass one of them")
     flags = []
     for flag, value, action in given:
+        if flag in leave_out:
+            continue
         if action.nargs == 0:  # store_true
             flags.append(flag)
+        elif flag in PATH_FLAGS and (flag != "--dataset" or Path(value).expanduser().exists()):
+            flags += [flag, str(Path(value).expanduser().resolve())]
         else:
-            flags += [flag, str(Path(value).expanduser().resolve()) if flag in PATH_FLAGS else str(value)]
+            flags += [flag, str(value)]
     return flags
+

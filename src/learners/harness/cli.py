@@ -102,7 +102,9 @@ def add_push_arguments(ft: argparse.ArgumentParser) -> None:
 def add_scores_and_device_arguments(pr: argparse.ArgumentParser) -> None:
     pr.add_argument("--scores", action="store_true", help="also write each class's probability (softmax) as a column "
                                                           "score_LABEL (score_NAME_LABEL with --learners); multi-label: "
-                                                          "each label's sigmoid score; regression: score")
+                                                          "each label's sigmoid score; regression: score; token "
+                                                          "classification: each word's tag probabilities "
+                                                          "(docs/cli.md#token-classification)")
     pr.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda where a GPU is there, else cpu)")
 
 

@@ -5,8 +5,11 @@ import argparse
 
 TASK_TYPES = ("classification", "regression", "multi-label", "token-classification")
 
-# The flags whose values are paths: the bench passes them on absolute (its runs may start elsewhere).
-PATH_FLAGS = ("--train-file", "--validation-file", "--test-file")
+# The flags whose values are paths: the bench passes them on absolute (so one bench folder names one data set
+# wherever it is run from); --dataset too where it names a local path rather than a hub set.
+PATH_FLAGS = ("--train-file", "--validation-file", "--test-file", "--dataset")
+# The flags that do not change what a run trains and evaluates on (what it predicts afterwards).
+AFTER_TRAINING_FLAGS = ("--test-file", "--test-split")
 
 
 def add_user_data_arguments(parser: argparse.ArgumentParser) -> None:

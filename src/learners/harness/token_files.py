@@ -134,13 +134,28 @@ def _read_json(path: Path, tag_column: str | None, tags: bool) -> list[Sentence]
 
 def tag_scheme(*splits: list[Sentence]) -> str:
     """"entities" where every tag is O or PREFIX-TYPE (B-, I-, and E-, S-: scored by entity, token_metrics.py);
-    "tags" where no tag has such a prefix (part-of-speech tags and the like: scored per word). A mix is an error
-    naming the first tag outside IOB2: a B-/I- tag beside plain ones is a typo far more often than a scheme."""
+    "tags" where no tag has such a prefix and none is O (part-of-speech tags and the like: scored per word).
+    Errors: a mix (a B-/I- tag beside plain ones is a typo far more often than a scheme), O beside plain tags
+    (entities without their B-/I- prefixes: per-word accuracy would hide them behind O), tags that are all numbers
+    (a data set's class ids: the names are needed), and an empty tag."""
     tagged = [(s, token, tag) for split in splits for s in split for token, tag in zip(s.tokens, s.tags)]
+    for s, token, tag in tagged:
+        if not tag.strip():
+            raise UsageError(f"token {token!r} in the sentence at {s.where} has an empty tag; give every token its "
+                             "tag, or check --tag-column")
+    if all(tag.strip().lstrip("-").isdigit() for _, _, tag in tagged):
+        raise UsageError(f"the tags are numbers ({', '.join(sorted({t for _, _, t in tagged}, key=int)[:4])}, ...), a "
+                         "data set's class ids: write the tag names instead (a Hugging Face set keeps them in its "
+                         "ner_tags feature's names), e.g. O, B-PER, I-PER")
     if all(TAG.fullmatch(tag) for _, _, tag in tagged):
         return "entities"
     if not any(ENTITY_TAG.fullmatch(tag) for _, _, tag in tagged):
-        return "tags"
+        s, token, tag = next(x for x in tagged if x[2] != "O") if any(t == "O" for _, _, t in tagged) else (None,) * 3
+        if s is None:
+            return "tags"
+        raise UsageError(f"tag {tag!r} of token {token!r} in the sentence at {s.where} has no B-/I- prefix, beside O "
+                         "tags: entity tags without prefixes (the IO scheme) cannot be scored by entity; write them "
+                         "in IOB2 (B-TYPE on an entity's first word, I-TYPE on the rest)")
     s, token, tag = next(x for x in tagged if not TAG.fullmatch(x[2]))
     raise UsageError(f"tag {tag!r} of token {token!r} in the sentence at {s.where} is not an IOB2 tag (O, B-TYPE or "
                      "I-TYPE, e.g. B-PER), but other tags are: entity scores need every tag in IOB2; rewrite the tags, "

@@ -10,9 +10,10 @@ With `predict --learners` (several token runs' learners on one backbone), a `pre
 column per task, in the order given).
 
 With --scores, each word's tag probabilities (the softmax at its first sub-token): in JSON lines a `scores` list,
-per token a {tag: probability} object for every tag; in CoNLL one more column, the predicted tag's probability (a
-column per tag would bury the tags). A word without a sub-token (a control character) is tagged O with no scores:
-null, or an empty cell."""
+per token a {tag: probability} object for every tag; in CoNLL one more column after each tag, the predicted tag's
+probability (a column per tag would bury the tags). With --scores or several tasks the predicted tag is no longer
+the last CoNLL column, as conlleval reads it. A word without a sub-token (a control character) is tagged O (else
+the first tag) with no scores: null, or an empty cell."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from pathlib import Path
 from ..errors import UsageError
 from .files import replaced_atomically
 from .token_files import CONLL_SUFFIXES, read_sentences
-from .token_inference import outside_id, word_probabilities
+from .token_inference import outside_id, word_predictions, word_probabilities
 
 OUTPUT_SUFFIXES = (*CONLL_SUFFIXES, ".jsonl")
 
@@ -71,12 +72,18 @@ def _key(kind: str, task: str) -> str:
     return f"{kind}_{task}" if task else kind
 
 
-def tag_words(model, tokenizer, sentences, max_length: int, batch_size: int) -> tuple[list, list[str], list]:
-    """The model's tags for each word of `sentences`, its tag names in id order, and the words' probabilities."""
+def tag_words(model, tokenizer, sentences, max_length: int, batch_size: int,
+              scores: bool) -> tuple[list, list[str], list | None]:
+    """The model's tags for each word of `sentences`, its tag names in id order, and with `scores` the words'
+    probabilities (else None: a list of every tag's probability per word is kept only when asked for)."""
     model.eval()
-    probabilities = word_probabilities(model, tokenizer, [s.tokens for s in sentences], max_length, batch_size)
     id2label = {int(k): v for k, v in model.config.id2label.items()}
     label_names = [id2label[i] for i in range(len(id2label))]
+    words = [s.tokens for s in sentences]
+    if not scores:
+        ids = word_predictions(model, tokenizer, words, max_length, batch_size)
+        return [[label_names[i] for i in sentence] for sentence in ids], label_names, None
+    probabilities = word_probabilities(model, tokenizer, words, max_length, batch_size)
     outside = outside_id(id2label)
     tags = [[label_names[outside if p is None else max(range(len(p)), key=p.__getitem__)] for p in sentence]
             for sentence in probabilities]
@@ -89,7 +96,7 @@ def run_token_predict(model, tokenizer, input_file: str, out: Path, batch_size: 
     the number of sentences."""
     check_token_output(out, sentence_flags or [])
     sentences = read_sentences(input_file, input_flag, tags=False)
-    tags, label_names, probabilities = tag_words(model, tokenizer, sentences, max_length, batch_size)
+    tags, label_names, probabilities = tag_words(model, tokenizer, sentences, max_length, batch_size, scores)
     write_predictions(out, sentences, {"": tags}, {"": label_names}, {"": probabilities} if scores else None)
     return len(sentences)
 
@@ -104,7 +111,7 @@ def run_token_predict_sets(learner_model, tokenizer, names: list[str], input_fil
     for name in names:
         learner_model.set_learners(name)
         tags[name], label_names[name], probabilities[name] = tag_words(learner_model, tokenizer, sentences, max_length,
-                                                                       batch_size)
+                                                                       batch_size, scores)
     write_predictions(out, sentences, tags, label_names, probabilities if scores else None)
     return len(sentences)
 
