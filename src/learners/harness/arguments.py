@@ -124,22 +124,40 @@ def _add_learners_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ffn-modules", help=option_help("ffn_modules"))
 
 
-def given_training_flags(args: argparse.Namespace):
-    """(flag, value, action, methods) for each training option set away from its default.
-
-    `methods` names the methods the flag means something to (None: every method)."""
+def given_flags(args: argparse.Namespace, add_arguments, skip: tuple[str, ...] = ()):
+    """(flag, value, action, group) for each option that `add_arguments(parser)` defines and `args` sets away from
+    its default (options whose dest is in `skip` left out), in the order they are defined."""
     probe = argparse.ArgumentParser(add_help=False)
-    add_training_arguments(probe)
+    add_arguments(probe)
     for group in probe._action_groups:
         for action in group._group_actions:
             value = getattr(args, action.dest, None)
-            if action.dest == "no_progress" or value is None or value == action.default:
+            if action.dest in skip or value is None or value == action.default:
                 continue
             if isinstance(action, argparse.BooleanOptionalAction):  # --name or --no-name, as given
                 flag = min(action.option_strings, key=len) if value else max(action.option_strings, key=len)
             else:
                 flag = max(action.option_strings, key=len)
-            yield flag, value, action, getattr(group, "methods", None)
+            yield flag, value, action, group
+
+
+def flag_argv(flag: str, value, action: argparse.Action) -> list[str]:
+    """The command-line words that give `flag` its `value` (given_flags' flag, value and action)."""
+    if action.nargs == 0:  # store_true / store_const / --name or --no-name
+        return [flag]
+    if isinstance(value, (list, tuple)) and action.nargs in ("+", "*"):
+        return [flag, *map(str, value)]
+    if isinstance(value, (list, tuple)):
+        return [flag, ",".join(map(str, value))]
+    return [flag, str(value)]
+
+
+def given_training_flags(args: argparse.Namespace):
+    """(flag, value, action, methods) for each training option set away from its default.
+
+    `methods` names the methods the flag means something to (None: every method)."""
+    for flag, value, action, group in given_flags(args, add_training_arguments, skip=("no_progress",)):
+        yield flag, value, action, getattr(group, "methods", None)
 
 
 # Training options that act only where a priming phase runs (FinetuneArgs / argparse dest -> flag).

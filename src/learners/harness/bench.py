@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from ..errors import UsageError, check_output_path
-from .arguments import given_training_flags, method_options, priming_flags_given
+from .arguments import flag_argv, given_training_flags, method_options, priming_flags_given
 from .bench_data import USER_TASK, data_flags
 from .data_arguments import AFTER_TRAINING_FLAGS
 from .files import ATOMIC_TEMPORARY, check_not_input, entry_names, listing, output_dir_in_use, write_text_atomically
@@ -63,16 +63,8 @@ def training_flags(args: argparse.Namespace, method: str | None = None) -> list[
     Generic over the parser, so options added to add_training_arguments later pass through too."""
     flags = []
     for flag, value, action, methods in given_training_flags(args):
-        if method is not None and methods is not None and method not in methods:
-            continue
-        if action.nargs == 0:  # store_true / store_const
-            flags.append(flag)
-        elif isinstance(value, (list, tuple)) and action.nargs in ("+", "*"):
-            flags += [flag, *map(str, value)]
-        elif isinstance(value, (list, tuple)):
-            flags += [flag, ",".join(map(str, value))]
-        else:
-            flags += [flag, str(value)]
+        if method is None or methods is None or method in methods:
+            flags += flag_argv(flag, value, action)
     return flags
 
 

@@ -7,7 +7,8 @@ import argparse
 from pathlib import Path
 
 from ..errors import UsageError
-from .data_arguments import PATH_FLAGS, add_user_data_arguments, given_user_data_flags
+from .arguments import flag_argv, given_flags
+from .data_arguments import PATH_FLAGS, add_user_data_arguments
 
 USER_TASK = "custom"
 
@@ -20,7 +21,7 @@ def add_bench_data_arguments(bn: argparse.ArgumentParser) -> None:
 def data_flags(args: argparse.Namespace, leave_out: tuple[str, ...] = ()) -> list[str]:
     """The finetune flags of the bench's own data (none for GLUE tasks), files as absolute paths; without the flags
     in `leave_out` (AFTER_TRAINING_FLAGS: what says which data the runs train and evaluate on)."""
-    given = list(given_user_data_flags(args))
+    given = [(flag, value, action) for flag, value, action, _ in given_flags(args, add_user_data_arguments)]
     own_data = [flag for flag, _, _ in given if flag in ("--train-file", "--dataset")]
     if not own_data:
         if given:
@@ -32,13 +33,9 @@ def data_flags(args: argparse.Namespace, leave_out: tuple[str, ...] = ()) -> lis
         raise UsageError(f"--tasks names GLUE tasks and {own_data[0]} your own data; pass one of them")
     flags = []
     for flag, value, action in given:
-        if flag in leave_out:
-            continue
-        if action.nargs == 0:  # store_true
-            flags.append(flag)
-        elif flag in PATH_FLAGS and (flag != "--dataset" or Path(value).expanduser().exists()):
-            flags += [flag, str(Path(value).expanduser().resolve())]
-        else:
-            flags += [flag, str(value)]
+        if flag in PATH_FLAGS and (flag != "--dataset" or Path(value).expanduser().exists()):
+            value = Path(value).expanduser().resolve()
+        if flag not in leave_out:
+            flags += flag_argv(flag, value, action)
     return flags
 

@@ -50,14 +50,3 @@ def add_user_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--columns", help="the CSV/TSV files have no header row (e.g. SentEval's label<TAB>text): a "
                                           "name for each column, in order, e.g. --columns label,text")
     parser.add_argument("--no-header", action="store_true", help="says the same as --columns, which it needs")
-
-
-def given_user_data_flags(args: argparse.Namespace):
-    """(flag, value, action) for each user-data flag set away from its default, in the order they are defined."""
-    probe = argparse.ArgumentParser(add_help=False)
-    add_user_data_arguments(probe)
-    for action in probe._actions:
-        value = getattr(args, action.dest, None)
-        if value is None or value == action.default:
-            continue
-        yield max(action.option_strings, key=len), value, action
