@@ -474,6 +474,8 @@ CASES = [
      r"--input dev.csv: token classification reads CoNLL files"),
     ("pr-conll-from-sentence-model", lambda c: (predict(c, out=c.out.with_suffix(".conll")), c.out.with_suffix(".conll")),
      r"CoNLL output is for token classification models"),
+    ("pr-bio-from-sentence-sets", lambda c: (predict_learners(c, out=c.out.with_suffix(".bio")), c.out.with_suffix(".bio")),
+     r"--output .*\.bio: CoNLL output is for token classification models"),
     ("pr-learners-ner-and-sentence", lambda c: (predict_learners(c, f"ner={c.data / 'ner'},abc={c.data / 'learners'}"), c.out.with_suffix(".csv")),
      r"--learners mixes token classification runs \(ner\) with sentence-level ones \(abc\); .* in its own call"),
     ("pr-learners-ner-csv-output", lambda c: (predict_learners(c, f"ner={c.data / 'ner'}"), c.out.with_suffix(".csv")),

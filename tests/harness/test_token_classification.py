@@ -151,6 +151,9 @@ def test_test_file_predictions_and_scores(ner, tmp_path):
     assert main(["predict", "--model", str(tmp_path / "run"), "--input", str(ner / "dev.conll"),
                  "--output", str(tmp_path / "p.conll")]) == 0
     assert (tmp_path / "run" / "test_predictions.conll").read_text() == (tmp_path / "p.conll").read_text()
+    assert main(["predict", "--model", str(tmp_path / "run"), "--input", str(ner / "dev.conll"),
+                 "--output", str(tmp_path / "p.iob")]) == 0  # every CoNLL suffix the reader takes
+    assert (tmp_path / "p.iob").read_text() == (tmp_path / "p.conll").read_text()
 
     assert main(["predict", "--model", str(tmp_path / "run"), "--input", str(ner / "dev.jsonl"),
                  "--output", str(tmp_path / "s.jsonl"), "--scores"]) == 0

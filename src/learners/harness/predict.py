@@ -23,10 +23,12 @@ from .models import check_max_length, load_model_and_tokenizer, quiet_transforme
 from .multi_label import PROBLEM_TYPE
 from .multi_label_outputs import multi_label_columns, refuse_threshold
 from .token_data import is_token_task_file
-from .token_predict import check_token_output, is_token_model, run_token_predict, run_token_predict_sets, token_model_class
+from .token_files import CONLL_SUFFIXES
+from .token_predict import is_token_model, run_token_predict, run_token_predict_sets, token_model_class
 from .user_data import pick_text_columns, read_table
 
-OUTPUT_SUFFIXES = (".csv", ".tsv", ".jsonl", ".conll")  # .conll: token classification (token_predict.py)
+SENTENCE_SUFFIXES = (".csv", ".tsv", ".jsonl")
+OUTPUT_SUFFIXES = (*SENTENCE_SUFFIXES, *CONLL_SUFFIXES)  # CoNLL: token classification (token_predict.py)
 TASK_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
@@ -173,14 +175,19 @@ def run_predict(model_dir: str, input_file: str, output_file: str, text_columns:
         refuse_threshold(threshold, "a token classification model")
         return run_token_predict(model, tokenizer, input_file, out, batch_size, max_length, scores,
                                  sentence_input_flags(text_columns, input_columns, split))
-    if out.suffix.lower() == ".conll":
-        raise UsageError(f"--output {out.name}: CoNLL output is for token classification models; this one predicts a "
-                         "label per row: use .csv, .tsv or .jsonl")
+    check_sentence_output(out)
     table = read_table(input_file, "--input", input_columns, "test", split)
     columns = predict_columns(model, tokenizer, table, Path(input_file).name, text_columns, saved, batch_size, max_length,
                               scores, threshold, out.suffix.lower() == ".jsonl")
     write_rows(out, [{**row, **{c: values[i] for c, values in columns.items()}} for i, row in enumerate(table.rows)])
     return len(table.rows)
+
+
+def check_sentence_output(out: Path) -> None:
+    """A model that predicts a label per row writes CSV, TSV or JSON lines, not CoNLL (a tag per word)."""
+    if out.suffix.lower() not in SENTENCE_SUFFIXES:
+        raise UsageError(f"--output {out.name}: CoNLL output is for token classification models; this one predicts a "
+                         "label per row: use .csv, .tsv or .jsonl")
 
 
 def sentence_input_flags(text_columns, input_columns, split) -> list[str]:
@@ -266,12 +273,12 @@ def run_predict_learners(spec: str, base: str | None, input_file: str, output_fi
     tasks = parse_learners_spec(spec)
     if token_learners(tasks):
         refuse_threshold(threshold, "a token classification run")
-        given = sentence_input_flags(text_columns, input_columns, split)
-        check_token_output(out, given)
         learner_model, tokenizer = load_learner_sets(tasks, base, token_classification=True)
         learner_model.to(where)
         return run_token_predict_sets(learner_model, tokenizer, list(tasks), input_file, out, batch_size,
-                                      check_max_length(max_length, learner_model.config), scores, given)
+                                      check_max_length(max_length, learner_model.config), scores,
+                                      sentence_input_flags(text_columns, input_columns, split))
+    check_sentence_output(out)
     table = read_table(input_file, "--input", input_columns, "test", split)
     learner_model, tokenizer = load_learner_sets(tasks, base)
     learner_model.to(where)
