@@ -120,6 +120,24 @@ def assert_learner_gradients_match(lm, reference, family: str) -> None:
             assert p.grad is None, name
 
 
+def assert_saved_and_merged_reproduce(lm, fresh_base, batch, folder):
+    """`lm` (trained, in eval mode) saved into `folder` and loaded onto `fresh_base` gives its logits on `batch`
+    exactly; merged, it is a plain model without learner layers giving them within 1e-6. Returns the merged model."""
+    from learners import LearnerModel
+    from learners.learner.layer import LearnerColumnLinear, LearnerRowLinear
+
+    with torch.no_grad():
+        expected = lm(**batch).logits
+    lm.save_pretrained(folder)
+    restored = LearnerModel.from_pretrained(fresh_base, folder).eval()
+    with torch.no_grad():
+        assert torch.equal(restored(**batch).logits, expected)
+        merged = lm.merge_and_unload().eval()
+        assert not any(isinstance(m, (LearnerRowLinear, LearnerColumnLinear)) for m in merged.modules())
+        torch.testing.assert_close(merged(**batch).logits, expected, atol=1e-6, rtol=0)
+    return merged
+
+
 FAMILIES = ["bert", "distilbert", "roberta", "electra", "mpnet", "deberta-v2"]
 # ERNIE and RoFormer as BERT; MegatronBERT pre-LN (no LayerNorm after the FFN); MobileBERT with bottlenecks and
 # two FFNs per block

@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import AutoModelForTokenClassification
 
-from conftest import FFN_NAMES, VOCAB, assert_learner_gradients_match, tiny_model, train_steps
+from conftest import (FFN_NAMES, VOCAB, assert_learner_gradients_match, assert_saved_and_merged_reproduce, tiny_model,
+                      train_steps)
 from learners import LearnerConfig, LearnerModel, Primer, get_learner_model
-from learners.learner.layer import LearnerColumnLinear, LearnerRowLinear
 
 FAMILIES = ["bert", "distilbert"]
 
@@ -53,17 +53,8 @@ def test_learner_gradients_equal_the_full_models_slices_per_token(family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_merge_and_save_load_reproduce_the_trained_tagger(family, tmp_path):
     lm = train(get_learner_model(tiny_tagger(family), LearnerConfig.primed(ratio=0.25, selection="random", seed=1)))
-    batch = token_batch(seed=7)
-    with torch.no_grad():
-        expected = lm(**batch).logits
-    lm.save_pretrained(tmp_path / "learners")
-    restored = LearnerModel.from_pretrained(tiny_tagger(family), tmp_path / "learners").eval()
-    with torch.no_grad():
-        assert torch.equal(restored(**batch).logits, expected)
-        merged = lm.merge_and_unload().eval()
-        assert type(merged).__name__.endswith("ForTokenClassification")
-        assert not any(isinstance(m, (LearnerRowLinear, LearnerColumnLinear)) for m in merged.modules())
-        torch.testing.assert_close(merged(**batch).logits, expected, atol=1e-6, rtol=0)
+    merged = assert_saved_and_merged_reproduce(lm, tiny_tagger(family), token_batch(seed=7), tmp_path / "learners")
+    assert type(merged).__name__.endswith("ForTokenClassification")
 
 
 def test_priming_a_tagger_reconfigures_to_base_plus_learners_plus_head():

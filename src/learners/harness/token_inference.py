@@ -1,7 +1,7 @@
 """A token classification model's tag for every word of every sentence: what evaluation scores and `learners
 predict` writes. A word's tag is the one predicted at its first sub-token; a sentence longer than --max-length
 is read in windows of whole words (token_data.word_windows); a word the tokenizer gives no sub-token (a control
-character) is tagged O."""
+character) is tagged O (outside_id: else the first tag)."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def token_evaluator(validation, label_names: list[str], tokenizer, max_length: i
     columns = validation.to_dict()
     sentences = columns["tokens"]
     gold = [[label_names[i] for i in labels] for labels in columns["label"]]
-    outside = label_names.index("O") if "O" in label_names else 0
+    outside = outside_id(dict(enumerate(label_names)))
 
     def evaluate(model) -> dict:
         predicted = word_predictions(model, tokenizer, sentences, max_length, batch_size, outside)
