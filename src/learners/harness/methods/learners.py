@@ -78,7 +78,8 @@ class LearnersMethod(Method):
     def prepare(self, model: nn.Module, batches) -> nn.Module:
         super().prepare(model, batches)
         config = self.config
-        if config.train_layer_norm and not plan_learners(model, config).trains_layer_norm:
+        plan = plan_learners(model, config)
+        if config.train_layer_norm and not plan.trains_layer_norm:
             distributed.log("learners: this model has no LayerNorm after its FFNs (pre-LN blocks), so none trains")
         if config.selection == "priming":
             self.primer = Primer(model, config, batches)
@@ -89,7 +90,6 @@ class LearnersMethod(Method):
                                 f"{self.probe_signal}")
             return model
         if config.selection == "gradient":
-            plan = plan_learners(model, config)
             plan, indices = select(plan, rank0_scores(gradient_scores(model, plan,
                                                                       islice(batches, config.gradient_batches))))
             self.config = plan.config
